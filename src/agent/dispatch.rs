@@ -1,0 +1,394 @@
+//! Runs one command: routes it to the system documents or to the provider
+//! that owns the session, and turns the outcome into a result.
+//!
+//! Called on worker threads only. Provider errors map to result codes here,
+//! in one place (`failure_for`).
+
+use super::{status, Shared};
+use crate::protocol::command::{CreateParams, ExecParams, ListParams, Request};
+use crate::protocol::{codes, Command, CommandResult, ProviderKind, SessionId, Status};
+use crate::providers::{
+    ExecSpec, OutputSink, Provider, ProviderError, Session, SessionSpec, SessionStatus,
+};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Default grace for `session stop` when the command gives none.
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub fn execute(shared: &Shared, cmd: &Command, sink: &mut dyn OutputSink) -> CommandResult {
+    let started = SystemTime::now();
+    let request = match &cmd.request {
+        Ok(r) => r,
+        Err(field) => {
+            return CommandResult::failure(
+                cmd,
+                &shared.node_id,
+                started,
+                Status::Failed,
+                codes::INVALID,
+                field.to_string(),
+            )
+        }
+    };
+    let timeout = effective_timeout(shared, cmd, request);
+    let outcome: Result<Value, Failure> = match request {
+        Request::SystemStatus => Ok(status::status(shared)),
+        Request::SystemInfo => Ok(status::info(shared)),
+        Request::SystemHealth => Ok(status::health(shared).1),
+        Request::SessionList(p) => list_sessions(shared, p).map(|s| json!(s)),
+        Request::SessionCreate(p) => create(shared, p, timeout),
+        Request::SessionStart(p) => with_session(shared, &p.session_id, |prov| {
+            let s = prov.start(&p.session_id)?;
+            Ok(session_changed(shared, s, "started"))
+        }),
+        Request::SessionStop(p) => {
+            let grace = p.timeout.unwrap_or(DEFAULT_STOP_GRACE).min(timeout);
+            with_session(shared, &p.session_id, |prov| {
+                let s = prov.stop(&p.session_id, grace)?;
+                Ok(session_changed(shared, s, "stopped"))
+            })
+        }
+        Request::SessionDestroy(p) => destroy(shared, &p.session_id),
+        Request::SessionExec(p) => {
+            return exec(shared, cmd, p, timeout, sink, started);
+        }
+        Request::ServiceList(p) => service_list(shared, p),
+        Request::ServiceStatus(p) => service_status(shared, &p.session_id),
+    };
+    match outcome {
+        Ok(data) => CommandResult::success(cmd, &shared.node_id, started, data),
+        Err(f) => {
+            CommandResult::failure(cmd, &shared.node_id, started, f.status, f.code, f.message)
+        }
+    }
+}
+
+/// A failed outcome on its way to a result.
+#[derive(Debug)]
+struct Failure {
+    status: Status,
+    code: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            status: Status::Failed,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ProviderError> for Failure {
+    fn from(e: ProviderError) -> Failure {
+        failure_for(e)
+    }
+}
+
+/// The one mapping from provider errors to result status and code.
+fn failure_for(e: ProviderError) -> Failure {
+    let (status, code) = match &e {
+        ProviderError::NotFound(_) => (Status::Failed, codes::NOT_FOUND),
+        ProviderError::Conflict(_) => (Status::Failed, codes::CONFLICT),
+        ProviderError::Invalid(_) => (Status::Failed, codes::INVALID),
+        ProviderError::Unavailable(_) => (Status::Failed, codes::UNAVAILABLE),
+        ProviderError::Timeout(_) => (Status::Timeout, codes::TIMEOUT),
+        ProviderError::Failed(_) => (Status::Failed, codes::FAILED),
+    };
+    Failure {
+        status,
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// The command's own timeout (or the exec param's), else `command_timeout`,
+/// capped by `max_command_timeout`.
+fn effective_timeout(shared: &Shared, cmd: &Command, request: &Request) -> Duration {
+    let asked = match request {
+        Request::SessionExec(p) => p.timeout.or(cmd.timeout),
+        _ => cmd.timeout,
+    };
+    asked
+        .unwrap_or(shared.config.command_timeout)
+        .min(shared.config.timeout_cap())
+}
+
+fn provider(shared: &Shared, kind: ProviderKind) -> Result<Arc<dyn Provider>, Failure> {
+    shared.registry.get(kind).ok_or_else(|| {
+        Failure::new(
+            codes::UNAVAILABLE,
+            format!(
+                "provider {kind} is not enabled on this node (providers: {:?})",
+                shared.registry.kinds()
+            ),
+        )
+    })
+}
+
+/// Which provider owns a session: the table, else a fresh listing.
+fn owner(shared: &Shared, id: &SessionId) -> Result<Option<Arc<dyn Provider>>, Failure> {
+    if let Some(s) = shared.sessions.get(id.as_str()) {
+        return Ok(shared.registry.get(s.provider));
+    }
+    refresh_sessions(shared, None);
+    Ok(shared
+        .sessions
+        .get(id.as_str())
+        .and_then(|s| shared.registry.get(s.provider)))
+}
+
+fn with_session(
+    shared: &Shared,
+    id: &SessionId,
+    f: impl FnOnce(&Arc<dyn Provider>) -> Result<Value, ProviderError>,
+) -> Result<Value, Failure> {
+    match owner(shared, id)? {
+        Some(p) => f(&p).map_err(failure_for),
+        None => Err(Failure::new(
+            codes::NOT_FOUND,
+            format!("no session {id} on this node; `session list` shows the ones there are"),
+        )),
+    }
+}
+
+/// Lists providers live (all, or one) and refreshes the table from them.
+fn refresh_sessions(shared: &Shared, only: Option<ProviderKind>) -> (Vec<Session>, Vec<String>) {
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for p in shared.registry.all() {
+        if only.is_some_and(|k| k != p.kind()) {
+            continue;
+        }
+        match p.list() {
+            Ok(list) => {
+                shared.sessions.replace(p.kind(), list.clone());
+                all.extend(list);
+            }
+            Err(e) => errors.push(format!("{}: {e}", p.kind())),
+        }
+    }
+    (all, errors)
+}
+
+fn list_sessions(shared: &Shared, p: &ListParams) -> Result<Vec<Session>, Failure> {
+    if let Some(kind) = p.provider {
+        provider(shared, kind)?;
+    }
+    let (mut sessions, errors) = refresh_sessions(shared, p.provider);
+    if sessions.is_empty() && !errors.is_empty() && p.provider.is_some() {
+        return Err(Failure::new(codes::UNAVAILABLE, errors.join("; ")));
+    }
+    for e in &errors {
+        log::warn!("session list: provider unavailable: {e}");
+    }
+    sessions.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(sessions)
+}
+
+fn create(shared: &Shared, p: &CreateParams, timeout: Duration) -> Result<Value, Failure> {
+    let kind = p.provider.unwrap_or(shared.config.provider);
+    let prov = provider(shared, kind)?;
+    if let Some(existing) = shared.sessions.get(p.session_id.as_str()) {
+        return Err(Failure::new(
+            codes::CONFLICT,
+            format!(
+                "session {} already exists ({}, {}); destroy it first or pick another id",
+                existing.id,
+                existing.provider,
+                existing.status.as_str()
+            ),
+        ));
+    }
+    let (total, _) = shared.sessions.counts();
+    if total >= shared.config.limits.max_sessions {
+        return Err(Failure {
+            status: Status::Rejected,
+            code: codes::REJECTED,
+            message: format!(
+                "limits.max_sessions ({}) reached; destroy a session or raise the limit",
+                shared.config.limits.max_sessions
+            ),
+        });
+    }
+    let workspace = match &p.workspace_path {
+        Some(w) => Some(check_workspace(w, &shared.config.workspace_roots)?),
+        None => None,
+    };
+    let spec = SessionSpec {
+        id: p.session_id.clone(),
+        node_id: shared.node_id.clone(),
+        image: p.image.clone(),
+        workspace,
+        env: p.env.clone(),
+        ports: p.ports.clone(),
+        resources: p.resources.clone(),
+        labels: p.labels.clone(),
+        command: p.command.clone(),
+        timeout,
+    };
+    let session = prov.create(&spec)?;
+    Ok(session_changed(shared, session, "created"))
+}
+
+/// The workspace must exist, be a directory, and (when roots are set) lie
+/// under one of them after resolving symlinks and `..`.
+fn check_workspace(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
+    let invalid = |m: String| Failure::new(codes::INVALID, format!("params.workspace_path: {m}"));
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| invalid(format!("{} cannot be used: {e}", path.display())))?;
+    if !real.is_dir() {
+        return Err(invalid(format!("{} is not a directory", path.display())));
+    }
+    if !roots.is_empty() {
+        let inside = roots
+            .iter()
+            .any(|r| std::fs::canonicalize(r).is_ok_and(|root| real.starts_with(root)));
+        if !inside {
+            return Err(Failure {
+                status: Status::Rejected,
+                code: codes::REJECTED,
+                message: format!(
+                    "params.workspace_path: {} is not under workspace_roots ({})",
+                    path.display(),
+                    roots
+                        .iter()
+                        .map(|r| r.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
+    Ok(real)
+}
+
+fn destroy(shared: &Shared, id: &SessionId) -> Result<Value, Failure> {
+    let Some(prov) = owner(shared, id)? else {
+        // Idempotent: destroying what is not there succeeds.
+        return Ok(json!({"id": id, "destroyed": false, "existed": false}));
+    };
+    let existed = prov.destroy(id)?;
+    if let Some(s) = shared.sessions.remove(id.as_str()) {
+        shared.events.publish("session", json!({"id": s.id, "provider": s.provider, "event": "destroyed", "status": "destroyed"}));
+    }
+    log::info!(session_id = id.as_str(); "session destroyed");
+    Ok(json!({"id": id, "destroyed": existed, "existed": existed}))
+}
+
+/// Updates the table, publishes the event and returns the record.
+fn session_changed(shared: &Shared, s: Session, what: &str) -> Value {
+    shared.sessions.upsert(s.clone());
+    shared.events.publish(
+        "session",
+        json!({"id": s.id, "provider": s.provider, "event": what, "status": s.status.as_str()}),
+    );
+    log::info!(session_id = s.id.as_str(), provider = s.provider.as_str(); "session {what}");
+    serde_json::to_value(&s).unwrap_or(Value::Null)
+}
+
+fn exec(
+    shared: &Shared,
+    cmd: &Command,
+    p: &ExecParams,
+    timeout: Duration,
+    sink: &mut dyn OutputSink,
+    started: SystemTime,
+) -> CommandResult {
+    let node = &shared.node_id;
+    let prov = match owner(shared, &p.session_id) {
+        Ok(Some(prov)) => prov,
+        Ok(None) => {
+            let m = format!(
+                "no session {} on this node; `session list` shows the ones there are",
+                p.session_id
+            );
+            return CommandResult::failure(cmd, node, started, Status::Failed, codes::NOT_FOUND, m);
+        }
+        Err(f) => return CommandResult::failure(cmd, node, started, f.status, f.code, f.message),
+    };
+    let spec = ExecSpec {
+        argv: p.argv(),
+        env: p.env.clone(),
+        workdir: p.workdir.clone(),
+        user: p.user.clone(),
+        stdin: p.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
+        timeout,
+        max_output: usize::try_from(shared.config.limits.max_output).unwrap_or(usize::MAX),
+    };
+    match prov.exec(&p.session_id, &spec, sink) {
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let exit_code = out.exit_code.unwrap_or(-1);
+            let data = json!({
+                "exit_code": out.exit_code,
+                "stdout": stdout,
+                "stderr": stderr,
+                "stdout_truncated": out.stdout_truncated,
+                "stderr_truncated": out.stderr_truncated,
+                "timed_out": out.timed_out,
+            });
+            let mut r = if out.timed_out {
+                let mut r = CommandResult::failure(
+                    cmd,
+                    node,
+                    started,
+                    Status::Timeout,
+                    codes::TIMEOUT,
+                    format!(
+                        "exec timed out after {} and was killed",
+                        crate::protocol::duration::format(timeout)
+                    ),
+                );
+                r.data = data;
+                r
+            } else {
+                CommandResult::success(cmd, node, started, data)
+            };
+            r.output = stdout;
+            r.exit_code = exit_code;
+            r
+        }
+        Err(e) => {
+            let f = failure_for(e);
+            CommandResult::failure(cmd, node, started, f.status, f.code, f.message)
+        }
+    }
+}
+
+fn service_list(shared: &Shared, p: &ListParams) -> Result<Value, Failure> {
+    let sessions = list_sessions(shared, p)?;
+    let services: Vec<Value> = sessions
+        .iter()
+        .filter(|s| s.status == SessionStatus::Running)
+        .map(|s| service_doc(shared, s))
+        .collect();
+    Ok(json!(services))
+}
+
+fn service_status(shared: &Shared, id: &SessionId) -> Result<Value, Failure> {
+    owner(shared, id)?;
+    let s = shared
+        .sessions
+        .get(id.as_str())
+        .ok_or_else(|| Failure::new(codes::NOT_FOUND, format!("no session {id} on this node")))?;
+    Ok(service_doc(shared, &s))
+}
+
+fn service_doc(shared: &Shared, s: &Session) -> Value {
+    let health = match (s.status, shared.registry.get(s.provider)) {
+        (SessionStatus::Running, Some(p)) => {
+            serde_json::to_value(p.service_health(s)).unwrap_or(Value::Null)
+        }
+        _ => {
+            json!({"status": "down", "source": "session", "detail": format!("session is {}", s.status.as_str())})
+        }
+    };
+    json!({"id": s.id, "provider": s.provider, "status": s.status.as_str(), "ports": s.ports, "health": health})
+}

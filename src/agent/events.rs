@@ -1,0 +1,120 @@
+//! Live events for `/api/v1/events`: command and session state changes.
+//!
+//! Publishing never blocks: each subscriber has a bounded channel, and one
+//! that falls behind is dropped (it reconnects with `Last-Event-ID` and gets
+//! the backlog). The last events are kept so that a reconnect misses
+//! nothing that is still in the window.
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+const BACKLOG: usize = 256;
+const SUBSCRIBER_BUFFER: usize = 256;
+
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
+    /// `command` or `session`.
+    pub kind: &'static str,
+    /// The JSON payload, serialized once for every subscriber.
+    pub data: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    seq: u64,
+    subscribers: Vec<Sender<Arc<Event>>>,
+    backlog: VecDeque<Arc<Event>>,
+}
+
+#[derive(Default)]
+pub struct Events {
+    inner: Mutex<Inner>,
+}
+
+impl Events {
+    /// Publishes to every subscriber; returns how many were dropped as slow.
+    pub fn publish(&self, kind: &'static str, mut data: Value) -> usize {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.seq += 1;
+        let seq = inner.seq;
+        if let Value::Object(m) = &mut data {
+            m.insert("seq".into(), Value::from(seq));
+            m.insert("time".into(), Value::from(crate::util::now_rfc3339()));
+        }
+        let event = Arc::new(Event {
+            seq,
+            kind,
+            data: data.to_string(),
+        });
+        if inner.backlog.len() >= BACKLOG {
+            inner.backlog.pop_front();
+        }
+        inner.backlog.push_back(event.clone());
+        let before = inner.subscribers.len();
+        inner
+            .subscribers
+            .retain(|s| match s.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            });
+        before - inner.subscribers.len()
+    }
+
+    /// A new subscription, with the backlog after `last_seen` (if given).
+    pub fn subscribe(&self, last_seen: Option<u64>) -> (Vec<Arc<Event>>, Receiver<Arc<Event>>) {
+        let (tx, rx) = bounded(SUBSCRIBER_BUFFER);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let backlog = match last_seen {
+            Some(seen) => inner
+                .backlog
+                .iter()
+                .filter(|e| e.seq > seen)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        inner.subscribers.push(tx);
+        (backlog, rx)
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .subscribers
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn delivers_and_replays() {
+        let ev = Events::default();
+        let (_, rx) = ev.subscribe(None);
+        ev.publish("command", json!({"id": "a"}));
+        ev.publish("command", json!({"id": "b"}));
+        assert_eq!(rx.try_recv().unwrap().seq, 1);
+        let (backlog, _) = ev.subscribe(Some(1));
+        assert_eq!(backlog.len(), 1);
+        assert!(backlog[0].data.contains("\"b\""));
+    }
+
+    #[test]
+    fn slow_subscriber_is_dropped_not_waited_for() {
+        let ev = Events::default();
+        let (_, _rx) = ev.subscribe(None);
+        let mut dropped = 0;
+        for i in 0..(SUBSCRIBER_BUFFER + 1) {
+            dropped += ev.publish("command", json!({"i": i}));
+        }
+        assert_eq!(dropped, 1);
+        assert_eq!(ev.subscribers(), 0);
+    }
+}

@@ -1,0 +1,238 @@
+//! The one way in for a command: dedupe by id, check policy, queue.
+//!
+//! `submit` never blocks: a full queue is answered at once (the API says
+//! 429, the poller leaves the command for the server to re-send).
+
+use super::Shared;
+use crate::protocol::{codes, Command, CommandResult, Status};
+use crate::store::ledger::{Begin, Origin, State, Unfinished};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde_json::json;
+use std::time::SystemTime;
+
+/// A command on its way to a worker, with where its result goes.
+pub struct Job {
+    pub command: Command,
+    pub origin: Origin,
+    /// Whoever waits for the result (a sync API request); may be gone.
+    pub reply: Option<Sender<CommandResult>>,
+    /// Recorded on disk in the ledger (not read-only).
+    pub durable: bool,
+}
+
+/// What became of a submission.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Finished: a stored result for a repeated id, or an immediate answer
+    /// (invalid, rejected). `replayed` marks a stored one.
+    Done {
+        result: Box<CommandResult>,
+        replayed: bool,
+    },
+    /// Queued; the result will arrive on the receiver if one was asked for.
+    Queued(Option<Receiver<CommandResult>>),
+    /// The same id is queued or running already.
+    InProgress(State),
+    /// Not accepted; nothing was recorded.
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    QueueFull,
+    ShuttingDown,
+    /// The ledger could not record the command (disk full, permissions).
+    StoreFailed,
+}
+
+impl Shared {
+    /// Accepts a command for execution. With `want_reply`, the result is
+    /// also sent to the returned receiver.
+    pub fn submit(&self, command: Command, origin: Origin, want_reply: bool) -> Submitted {
+        let (kind, action) = (command.kind.clone(), command.action.clone());
+        self.metrics
+            .commands_received
+            .inc(&[&kind, &action, origin.as_str()]);
+        if !self.accepting() {
+            self.metrics.commands_refused.inc(&["shutting_down"]);
+            return Submitted::Refused(Refusal::ShuttingDown);
+        }
+        let durable = !command.read_only();
+        let begin = match self
+            .ledger
+            .begin(&command.id, origin, &command.echo, durable)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!(command_id = command.id.as_str(); "cannot record command: {e}");
+                self.metrics.commands_refused.inc(&["store_failed"]);
+                return Submitted::Refused(Refusal::StoreFailed);
+            }
+        };
+        match begin {
+            Begin::Done(result) => {
+                self.metrics.commands_refused.inc(&["duplicate"]);
+                log::debug!(command_id = command.id.as_str(); "repeated command id: answering with the stored result");
+                if origin == Origin::Coordination {
+                    // The server asks again because it has no result: send it again.
+                    self.deliver_to_server(&result);
+                }
+                return Submitted::Done {
+                    result,
+                    replayed: true,
+                };
+            }
+            Begin::InProgress(state) => {
+                self.metrics.commands_refused.inc(&["duplicate"]);
+                return Submitted::InProgress(state);
+            }
+            Begin::New => {}
+        }
+
+        // Answered at once, but recorded like any result.
+        let immediate = match &command.request {
+            Err(field) => {
+                self.metrics.commands_refused.inc(&["invalid"]);
+                Some(CommandResult::failure(
+                    &command,
+                    &self.node_id,
+                    SystemTime::now(),
+                    Status::Failed,
+                    codes::INVALID,
+                    field.to_string(),
+                ))
+            }
+            Ok(_) if !self.config.command_allowed(&command.name()) => {
+                self.metrics.commands_refused.inc(&["policy"]);
+                Some(CommandResult::failure(
+                    &command,
+                    &self.node_id,
+                    SystemTime::now(),
+                    Status::Rejected,
+                    codes::REJECTED,
+                    format!("{} is not in allowed_commands on this node", command.name()),
+                ))
+            }
+            Ok(_) => None,
+        };
+        if let Some(result) = immediate {
+            self.complete(&command, origin, &result);
+            return Submitted::Done {
+                result: Box::new(result),
+                replayed: false,
+            };
+        }
+
+        let (reply, rx) = if want_reply {
+            let (tx, rx) = bounded(1);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let id = command.id.clone();
+        let event = json!({"id": id.as_str(), "type": kind, "action": action, "state": "queued", "origin": origin.as_str()});
+        match self.queue.try_send(Job {
+            command,
+            origin,
+            reply,
+            durable,
+        }) {
+            Ok(()) => {
+                self.events.publish("command", event);
+                Submitted::Queued(rx)
+            }
+            Err(TrySendError::Full(_)) => {
+                self.ledger.forget(&id);
+                self.metrics.commands_refused.inc(&["queue_full"]);
+                log::warn!(command_id = id.as_str(), queue_size = self.config.queue_size; "command queue is full; refusing");
+                Submitted::Refused(Refusal::QueueFull)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.ledger.forget(&id);
+                Submitted::Refused(Refusal::ShuttingDown)
+            }
+        }
+    }
+
+    /// Records a finished command: spool (for the server), ledger, metrics,
+    /// event. The spool is written first so that a crash in between leaves
+    /// the real result to be found at restart.
+    pub fn complete(&self, command: &Command, origin: Origin, result: &CommandResult) {
+        if origin == Origin::Coordination {
+            self.deliver_to_server(result);
+        }
+        if let Err(e) = self.ledger.finish(result) {
+            log::error!(command_id = result.id.as_str(); "cannot store result: {e}");
+        }
+        self.metrics.commands_executed.inc(&[
+            &command.kind,
+            &command.action,
+            result.status.as_str(),
+        ]);
+        self.events.publish(
+            "command",
+            json!({"id": result.id, "type": command.kind, "action": command.action, "state": "finished",
+                   "status": result.status, "error": result.error, "duration_ms": result.duration_ms}),
+        );
+    }
+
+    /// Spools a result for the reporter. A spool failure is logged; the
+    /// ledger still has the result and a re-sent command gets it again.
+    pub fn deliver_to_server(&self, result: &CommandResult) {
+        if let Err(e) = self.spool.put(result) {
+            log::error!(command_id = result.id.as_str(); "cannot spool result for the server: {e}");
+        }
+    }
+}
+
+/// Handles commands found unfinished in the ledger at start. Queued ones
+/// never started, so they run now. Running ones were interrupted: they are
+/// reported as failed, never run twice, unless their result reached the
+/// spool before the crash. (Read-only commands are never journaled, so a
+/// read-only command is simply run again when the server re-sends it.)
+/// Call with the workers running: queuing blocks until there is room.
+pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
+    for u in unfinished {
+        let command = match crate::protocol::command::from_value(u.command.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!(command_id = u.id.as_str(); "unfinished command cannot be parsed again ({e}); dropping it");
+                if let Ok(id) = crate::protocol::CommandId::parse(&u.id) {
+                    shared.ledger.forget(&id);
+                }
+                continue;
+            }
+        };
+        if u.state == State::Running {
+            let result = match shared.spool.read(&u.id) {
+                Some(result) => {
+                    log::info!(command_id = u.id.as_str(); "command finished just before the restart; keeping its spooled result");
+                    result
+                }
+                None => {
+                    log::warn!(command_id = u.id.as_str(); "command was running when the agent stopped; reporting it as failed, not running it again");
+                    CommandResult::failure(
+                        &command,
+                        &shared.node_id,
+                        SystemTime::now(),
+                        Status::Failed,
+                        codes::RESTARTED,
+                        "agent restarted during execution; the command may have partly run and was not run again".into(),
+                    )
+                }
+            };
+            shared.complete(&command, u.origin, &result);
+            continue;
+        }
+        log::info!(command_id = u.id.as_str(); "running a command accepted before the restart");
+        let job = Job {
+            command,
+            origin: u.origin,
+            reply: None,
+            durable: true,
+        };
+        if shared.queue.send(job).is_err() {
+            log::warn!(command_id = u.id.as_str(); "workers are gone; the command stays queued for the next start");
+        }
+    }
+}

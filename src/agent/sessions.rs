@@ -1,0 +1,170 @@
+//! The session table: which sessions exist, in which provider, in which
+//! state. Filled from the providers at start and by the monitor, updated by
+//! every session command. It answers "which provider owns session X" and
+//! the session counts; `session list` still asks the providers live.
+
+use crate::protocol::ProviderKind;
+use crate::providers::{Session, SessionStatus};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+/// A change the monitor noticed, published as an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Appeared(Session),
+    Status {
+        session: Session,
+        from: SessionStatus,
+    },
+    Vanished(Session),
+}
+
+#[derive(Default)]
+pub struct SessionTable {
+    inner: RwLock<BTreeMap<String, Session>>,
+}
+
+impl SessionTable {
+    pub fn get(&self, id: &str) -> Option<Session> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn upsert(&self, s: Session) {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.id.clone(), s);
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Session> {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+    }
+
+    /// Replaces one provider's sessions with a fresh listing and returns
+    /// what changed.
+    pub fn replace(&self, kind: ProviderKind, fresh: Vec<Session>) -> Vec<Change> {
+        let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut changes = Vec::new();
+        let fresh: BTreeMap<String, Session> =
+            fresh.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let gone: Vec<String> = map
+            .iter()
+            .filter(|(id, s)| s.provider == kind && !fresh.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some(s) = map.remove(&id) {
+                changes.push(Change::Vanished(s));
+            }
+        }
+        for (id, s) in fresh {
+            match map.get(&id) {
+                None => changes.push(Change::Appeared(s.clone())),
+                Some(old) if old.status != s.status => changes.push(Change::Status {
+                    session: s.clone(),
+                    from: old.status,
+                }),
+                _ => {}
+            }
+            map.insert(id, s);
+        }
+        changes
+    }
+
+    pub fn all(&self) -> Vec<Session> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// (total, running)
+    pub fn counts(&self) -> (usize, usize) {
+        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let running = map
+            .values()
+            .filter(|s| s.status == SessionStatus::Running)
+            .count();
+        (map.len(), running)
+    }
+
+    /// Sessions per (provider, status), for the metrics gauge.
+    pub fn by_status(&self) -> BTreeMap<(ProviderKind, SessionStatus), usize> {
+        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = BTreeMap::new();
+        for s in map.values() {
+            *out.entry((s.provider, s.status)).or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+impl PartialOrd for SessionStatus {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SessionStatus {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(id: &str, status: SessionStatus) -> Session {
+        Session {
+            id: id.into(),
+            provider: ProviderKind::Docker,
+            status,
+            image: "img".into(),
+            ports: Default::default(),
+            created: String::new(),
+            labels: Default::default(),
+            exit_code: None,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn diffs_listings() {
+        let t = SessionTable::default();
+        let c = t.replace(
+            ProviderKind::Docker,
+            vec![
+                s("a", SessionStatus::Running),
+                s("b", SessionStatus::Running),
+            ],
+        );
+        assert_eq!(c.len(), 2);
+        let c = t.replace(ProviderKind::Docker, vec![s("a", SessionStatus::Exited)]);
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().any(|c| matches!(
+            c,
+            Change::Status {
+                from: SessionStatus::Running,
+                ..
+            }
+        )));
+        assert!(c
+            .iter()
+            .any(|c| matches!(c, Change::Vanished(x) if x.id == "b")));
+        assert_eq!(t.counts(), (1, 0));
+        assert!(
+            t.replace(ProviderKind::Lxc, vec![]).is_empty(),
+            "other providers' sessions are untouched"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The documents behind `system status`, `system info`, `system health`
+//! and `GET /health`, built from live state and real host values.
+
+use super::{Shared, VERSION};
+use crate::protocol::ProviderKind;
+use serde_json::{json, Map, Value};
+
+/// Free space below this on the cache_dir file system makes health degraded.
+const MIN_DISK_FREE: u64 = 256 << 20;
+/// Available memory below this makes health degraded.
+const MIN_MEM_AVAILABLE: u64 = 64 << 20;
+
+pub fn status(shared: &Shared) -> Value {
+    let (total, running) = shared.sessions.counts();
+    json!({
+        "node_id": shared.node_id,
+        "node_name": shared.node_name,
+        "version": VERSION,
+        "pid": std::process::id(),
+        "uptime_s": shared.uptime().as_secs(),
+        "started": crate::util::rfc3339(shared.started_at),
+        "config": shared.config_source.to_string(),
+        "default_provider": shared.config.provider,
+        "providers": shared.registry.usable(),
+        "enabled_providers": shared.registry.kinds(),
+        "sessions": {"total": total, "running": running},
+        "queue": {"depth": shared.queue_depth(), "capacity": shared.queue_capacity()},
+        "workers": {"busy": shared.busy_workers(), "total": shared.config.workers},
+        "pending_results": shared.spool.pending(),
+        "accepting": shared.accepting(),
+        "link": shared.link(),
+    })
+}
+
+pub fn info(shared: &Shared) -> Value {
+    let host = crate::sys::host_info();
+    let cache_dir = shared.config.cache_dir();
+    let disk = crate::sys::disk(&cache_dir);
+    json!({
+        "os": host.os,
+        "arch": host.arch,
+        "kernel": host.kernel,
+        "hostname": host.hostname,
+        "cpus": host.cpus,
+        "memory_total_bytes": host.memory_total_bytes,
+        "memory_available_bytes": host.memory_available_bytes,
+        "host_uptime_s": host.uptime_s,
+        "load1": crate::sys::load1(),
+        "disk": {
+            "path": cache_dir,
+            "total_bytes": disk.map(|d| d.total_bytes),
+            "available_bytes": disk.map(|d| d.available_bytes),
+        },
+        "agent": {
+            "version": VERSION,
+            "pid": std::process::id(),
+            "rss_bytes": crate::sys::rss_bytes(),
+            "threads": crate::sys::threads(),
+        },
+    })
+}
+
+/// The health document and whether the agent counts as healthy: the agent
+/// runs and its default provider works. Low disk or memory, or a down
+/// coordination link, degrade it without failing it.
+pub fn health(shared: &Shared) -> (bool, Value) {
+    let providers = shared.registry.health();
+    let mut per_provider = Map::new();
+    for (kind, h) in &providers {
+        per_provider.insert(
+            kind.to_string(),
+            serde_json::to_value(h).unwrap_or(Value::Null),
+        );
+    }
+    let default: ProviderKind = shared.config.provider;
+    let default_ok = providers.get(&default).is_some_and(|h| h.ok);
+    let cache_dir = shared.config.cache_dir();
+    let disk = crate::sys::disk(&cache_dir);
+    let disk_ok = disk.is_none_or(|d| d.available_bytes >= MIN_DISK_FREE);
+    let mem = crate::sys::meminfo();
+    let mem_ok = mem.is_none_or(|m| m.1 >= MIN_MEM_AVAILABLE);
+    let link = shared.link();
+    let link_ok = matches!(link.state.as_str(), "offline" | "connected");
+    let status = if !default_ok {
+        "down"
+    } else if disk_ok && mem_ok && link_ok {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let mut problems = Vec::new();
+    if !default_ok {
+        let why = providers
+            .get(&default)
+            .map(|h| h.message.clone())
+            .unwrap_or_else(|| "not enabled".into());
+        problems.push(format!("default provider {default} is not usable: {why}"));
+    }
+    if !disk_ok {
+        problems.push(format!(
+            "less than {} MiB free in {}",
+            MIN_DISK_FREE >> 20,
+            cache_dir.display()
+        ));
+    }
+    if !mem_ok {
+        problems.push(format!(
+            "less than {} MiB of memory available",
+            MIN_MEM_AVAILABLE >> 20
+        ));
+    }
+    if !link_ok {
+        problems.push(format!(
+            "coordination link is {}: {}",
+            link.state, link.last_error
+        ));
+    }
+    let doc = json!({
+        "status": status,
+        "node_id": shared.node_id,
+        "version": VERSION,
+        "uptime_s": shared.uptime().as_secs(),
+        "default_provider": default,
+        "providers": per_provider,
+        "checks": {
+            "disk": {"ok": disk_ok, "path": cache_dir, "available_bytes": disk.map(|d| d.available_bytes)},
+            "memory": {"ok": mem_ok, "available_bytes": mem.map(|m| m.1)},
+            "link": {"ok": link_ok},
+        },
+        "link": link,
+        "pending_results": shared.spool.pending(),
+        "problems": problems,
+    });
+    (default_ok, doc)
+}
+
+/// `/metrics`: the stored families plus gauges read from live state.
+pub fn metrics_text(shared: &Shared) -> String {
+    use crate::metrics::Exposition;
+    let mut e = Exposition::new();
+    e.gauge_vec(
+        "vendetta_build_info",
+        "Agent version, always 1.",
+        &["version"],
+        &[(vec![VERSION.to_string()], 1.0)],
+    );
+    e.gauge(
+        "vendetta_uptime_seconds",
+        "Seconds since the agent started.",
+        shared.uptime().as_secs_f64(),
+    );
+    e.gauge(
+        "vendetta_queue_depth",
+        "Commands waiting in the queue.",
+        shared.queue_depth() as f64,
+    );
+    e.gauge(
+        "vendetta_queue_capacity",
+        "Size of the command queue (queue_size).",
+        shared.queue_capacity() as f64,
+    );
+    e.gauge(
+        "vendetta_workers_busy",
+        "Workers running a command.",
+        shared.busy_workers() as f64,
+    );
+    e.gauge(
+        "vendetta_workers",
+        "Workers in the pool (workers).",
+        shared.config.workers as f64,
+    );
+    e.gauge(
+        "vendetta_results_pending",
+        "Results spooled for the server and not yet acknowledged.",
+        shared.spool.pending() as f64,
+    );
+    let health = shared.registry.health();
+    let up: Vec<(Vec<String>, f64)> = health
+        .iter()
+        .map(|(k, h)| (vec![k.to_string()], if h.ok { 1.0 } else { 0.0 }))
+        .collect();
+    e.gauge_vec(
+        "vendetta_provider_up",
+        "Whether a provider is usable (1) or not (0).",
+        &["provider"],
+        &up,
+    );
+    let sessions: Vec<(Vec<String>, f64)> = shared
+        .sessions
+        .by_status()
+        .into_iter()
+        .map(|((p, s), n)| (vec![p.to_string(), s.as_str().to_string()], n as f64))
+        .collect();
+    e.gauge_vec(
+        "vendetta_sessions",
+        "Sessions by provider and status.",
+        &["provider", "status"],
+        &sessions,
+    );
+    let link = shared.link();
+    let connected = if link.state == "connected" { 1.0 } else { 0.0 };
+    e.gauge(
+        "vendetta_link_connected",
+        "Whether the coordination link is up (1) or not (0).",
+        connected,
+    );
+    e.gauge(
+        "vendetta_event_subscribers",
+        "Clients on /api/v1/events.",
+        shared.events.subscribers() as f64,
+    );
+    shared.metrics.render_into(&mut e);
+    e.gauge(
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch.",
+        crate::sys::process_start_unix(),
+    );
+    if let Some(rss) = crate::sys::rss_bytes() {
+        e.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            rss as f64,
+        );
+    }
+    if let Some(cpu) = crate::sys::cpu_seconds() {
+        e.counter(
+            "process_cpu_seconds_total",
+            "User and system CPU time spent in seconds.",
+            cpu,
+        );
+    }
+    if let Some(fds) = crate::sys::open_fds() {
+        e.gauge(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            fds as f64,
+        );
+    }
+    e.finish()
+}

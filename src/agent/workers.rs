@@ -1,0 +1,112 @@
+//! The worker pool: takes jobs off the bounded queue and runs them.
+//!
+//! A worker finishes the command in hand when shutdown comes and takes no
+//! new one; what is still queued stays journaled in the ledger and runs
+//! after the restart. A panic inside a command becomes a `failed` result;
+//! the worker lives on.
+
+use super::intake::Job;
+use super::threads::{self, Control, Thread};
+use super::{dispatch, Shared};
+use crate::protocol::{codes, CommandResult, Status};
+use crate::providers::output::Discard;
+use crossbeam_channel::{select, Receiver, Sender};
+use serde_json::json;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub fn spawn(
+    shared: &Arc<Shared>,
+    queue: &Receiver<Job>,
+    shutdown: &Receiver<()>,
+    control: &Sender<Control>,
+) -> std::io::Result<Vec<Thread>> {
+    (0..shared.config.workers)
+        .map(|i| {
+            let (shared, queue, shutdown) = (shared.clone(), queue.clone(), shutdown.clone());
+            threads::spawn(&format!("worker-{i}"), Some(control.clone()), move || {
+                worker_loop(&shared, &queue, &shutdown)
+            })
+        })
+        .collect()
+}
+
+fn worker_loop(shared: &Shared, queue: &Receiver<Job>, shutdown: &Receiver<()>) {
+    loop {
+        select! {
+            recv(shutdown) -> _ => return,
+            recv(queue) -> job => match job {
+                Ok(job) => run_job(shared, job),
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+pub fn run_job(shared: &Shared, job: Job) {
+    let cmd = &job.command;
+    let id = cmd.id.as_str();
+    shared.busy.fetch_add(1, Ordering::Relaxed);
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let result = match shared.ledger.mark_running(&cmd.id, &cmd.echo) {
+        Err(e) => {
+            log::error!(command_id = id; "cannot journal the command before running it: {e}");
+            CommandResult::failure(
+                cmd,
+                &shared.node_id,
+                started,
+                Status::Failed,
+                codes::INTERNAL,
+                format!("not run: the agent could not record it first ({e})"),
+            )
+        }
+        Ok(()) => {
+            shared.events.publish(
+                "command",
+                json!({"id": id, "type": cmd.kind, "action": cmd.action, "state": "running"}),
+            );
+            log::debug!(command_id = id, command = cmd.name().as_str(); "command started");
+            std::panic::catch_unwind(AssertUnwindSafe(|| dispatch::execute(shared, cmd, &mut Discard))).unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                log::error!(command_id = id; "command panicked: {what}");
+                CommandResult::failure(
+                    cmd,
+                    &shared.node_id,
+                    started,
+                    Status::Failed,
+                    codes::INTERNAL,
+                    format!("internal error while running the command ({what}); the agent keeps running, please report this"),
+                )
+            })
+        }
+    };
+    shared
+        .metrics
+        .command_duration
+        .observe(&[&cmd.kind, &cmd.action], clock.elapsed());
+    shared.complete(cmd, job.origin, &result);
+    // Read-only commands (status polls, lists) would drown the log at info.
+    let level = if cmd.read_only() {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
+    log::log!(
+        level,
+        command_id = id, command = cmd.name().as_str(), status = result.status.as_str(),
+        duration = format!("{:?}", clock.elapsed()).as_str();
+        "command finished"
+    );
+    if let Some(reply) = job.reply {
+        // The waiter may have given up; the result is stored either way.
+        let _ = reply.try_send(result);
+    }
+    shared.busy.fetch_sub(1, Ordering::Relaxed);
+}

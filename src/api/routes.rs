@@ -1,0 +1,501 @@
+//! Routes of the local API and the one mapping from outcomes to HTTP status.
+//!
+//! | route | auth | answer |
+//! |---|---|---|
+//! | `GET /health` | no | 200 healthy, 503 not (default provider down) |
+//! | `GET /metrics` | if `metrics_auth` | Prometheus text 0.0.4 |
+//! | `POST /api/v1/commands[?async=true]` | yes | the result (200/400/403), 202 queued, 429 full, 503 stopping |
+//! | `GET /api/v1/commands/{id}` | yes | the stored result, 202 while running, 404 |
+//! | `GET /api/v1/sessions[?provider=]` | yes | the session list |
+//! | `GET /api/v1/events` | yes | Server-Sent Events |
+//! | `GET /debug/threads`, `/debug/memory` | yes, and `debug_pprof` | process facts |
+//!
+//! Errors are `{"error": "...", "code": "..."}`.
+
+use super::auth::{self, Denied};
+use crate::agent::intake::{Refusal, Submitted};
+use crate::agent::{status, Shared};
+use crate::protocol::command::{self as wire, CommandError};
+use crate::protocol::{codes, CommandId, CommandResult};
+use crate::store::ledger::{Found, Origin, State};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use serde_json::{json, Value};
+use std::io::{Cursor, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tiny_http::{Header, Method, Request, Response};
+
+/// Extra time a sync request waits beyond the command's own timeout before
+/// it answers 202 and leaves the client to poll.
+const WAIT_SLACK: Duration = Duration::from_secs(10);
+/// Requests waiting for results at once; more get 503.
+const MAX_WAITERS: usize = 1024;
+static WAITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// An HTTP answer before it is written.
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply {
+            status,
+            body: body.to_string().into_bytes(),
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
+        Reply::json(status, &json!({"error": message.into(), "code": code}))
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn into_response(self) -> Response<Cursor<Vec<u8>>> {
+        let mut r = Response::from_data(self.body).with_status_code(self.status);
+        let mut add = |name: &str, value: &str| {
+            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                r.add_header(h);
+            }
+        };
+        add("Content-Type", self.content_type);
+        add("Cache-Control", "no-store");
+        for (name, value) in &self.headers {
+            add(name, value);
+        }
+        r
+    }
+}
+
+/// Sends a reply and counts it.
+fn send(shared: &Shared, request: Request, route: &str, reply: Reply) {
+    shared
+        .metrics
+        .api_requests
+        .inc(&[route, &reply.status.to_string()]);
+    if let Err(e) = request.respond(reply.into_response()) {
+        log::debug!("could not send a response: {e}");
+    }
+}
+
+fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()>) {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let path = path.to_string();
+    let query = query.to_string();
+    let method = request.method().clone();
+    let route = route_of(&path);
+
+    if !auth::ip_allowed(shared, request.remote_addr().map(|a| a.ip())) {
+        log::warn!(remote = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default().as_str(); "API request from an address outside allowed_ips");
+        return send(
+            shared,
+            request,
+            route,
+            Reply::error(403, "forbidden", "your address is not in allowed_ips"),
+        );
+    }
+
+    let allowed: &[Method] = match route {
+        "/health"
+        | "/metrics"
+        | "/api/v1/commands/{id}"
+        | "/api/v1/sessions"
+        | "/api/v1/events"
+        | "/debug" => &[Method::Get, Method::Head],
+        "/api/v1/commands" => &[Method::Post],
+        _ => {
+            return send(
+                shared,
+                request,
+                "other",
+                Reply::error(404, "not_found", format!("no route {}", wire::clip(&path))),
+            )
+        }
+    };
+    if !allowed.contains(&method) {
+        let allow = allowed
+            .iter()
+            .map(|m| m.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reply = Reply::error(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed on {route}; use {allow}"),
+        )
+        .header("Allow", allow);
+        return send(shared, request, route, reply);
+    }
+
+    let needs_auth = match route {
+        "/health" => false,
+        "/metrics" => shared.config.metrics_auth,
+        _ => true,
+    };
+    if needs_auth {
+        if let Err(denied) = auth::check_bearer(shared, header(&request, "Authorization")) {
+            let reply = match denied {
+                Denied::Unauthenticated(why) => {
+                    log::info!(route = route; "API request refused: {why}");
+                    Reply::error(
+                        401,
+                        "unauthorized",
+                        "missing or invalid bearer token; pass Authorization: Bearer <api_token>",
+                    )
+                    .header("WWW-Authenticate", "Bearer")
+                }
+                Denied::Forbidden => Reply::error(403, "forbidden", "not allowed"),
+            };
+            return send(shared, request, route, reply);
+        }
+    }
+
+    let reply = match route {
+        "/health" => {
+            let (ok, doc) = status::health(shared);
+            Reply::json(if ok { 200 } else { 503 }, &doc)
+        }
+        "/metrics" => Reply {
+            status: 200,
+            body: status::metrics_text(shared).into_bytes(),
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            headers: Vec::new(),
+        },
+        "/api/v1/commands" => {
+            let body = match read_body(&mut request, shared.config.limits.max_body) {
+                Ok(b) => b,
+                Err(reply) => return send(shared, request, route, reply),
+            };
+            let async_mode = query_flag(&query, "async");
+            match post_command(shared, &body, async_mode) {
+                Outcome::Now(reply) => reply,
+                Outcome::Wait(rx, timeout, id) => {
+                    return wait_then_send(
+                        shared.clone(),
+                        request,
+                        route,
+                        rx,
+                        timeout,
+                        id,
+                        result_reply,
+                    )
+                }
+            }
+        }
+        "/api/v1/commands/{id}" => get_command(shared, &path),
+        "/api/v1/sessions" => return sessions(shared, &query, request),
+        "/api/v1/events" => return super::sse::serve(shared, request, shutdown),
+        "/debug" => debug(shared, &path),
+        _ => Reply::error(404, "not_found", "no such route"),
+    };
+    send(shared, request, route, reply);
+}
+
+/// A route's label for metrics and logs; ids are folded into `{id}`.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        "/api/v1/commands" | "/api/v1/commands/" => "/api/v1/commands",
+        "/api/v1/sessions" => "/api/v1/sessions",
+        "/api/v1/events" => "/api/v1/events",
+        "/debug/threads" | "/debug/memory" => "/debug",
+        p if p.starts_with("/api/v1/commands/") => "/api/v1/commands/{id}",
+        _ => "other",
+    }
+}
+
+fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+        k == name && matches!(v, "true" | "1" | "yes" | "")
+    })
+}
+
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
+}
+
+/// Reads at most `max` bytes of body; more is 413 without reading it all.
+fn read_body(request: &mut Request, max: u64) -> Result<Vec<u8>, Reply> {
+    let too_large = || {
+        Reply::error(
+            413,
+            "body_too_large",
+            format!(
+                "request body is larger than limits.max_body ({})",
+                crate::protocol::size::format(max)
+            ),
+        )
+    };
+    if request.body_length().is_some_and(|n| n as u64 > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(max + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| {
+            Reply::error(
+                400,
+                "bad_body",
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+    if body.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+enum Outcome {
+    Now(Reply),
+    Wait(Receiver<CommandResult>, Duration, CommandId),
+}
+
+fn post_command(shared: &Shared, body: &[u8], async_mode: bool) -> Outcome {
+    let command = match wire::parse(body) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e {
+                CommandError::Malformed(_) => "malformed_json",
+                CommandError::NotAnObject => "malformed_command",
+                CommandError::MissingId | CommandError::InvalidId(_) => "invalid_id",
+            };
+            return Outcome::Now(Reply::error(400, code, e.to_string()));
+        }
+    };
+    let id = command.id.clone();
+    let timeout = command
+        .timeout
+        .unwrap_or(shared.config.command_timeout)
+        .min(shared.config.timeout_cap());
+    match shared.submit(command, Origin::Api, !async_mode) {
+        Submitted::Done { result, replayed } => {
+            let reply = result_reply(&result);
+            Outcome::Now(if replayed {
+                reply.header("X-Vendetta-Replayed", "true")
+            } else {
+                reply
+            })
+        }
+        Submitted::Queued(Some(rx)) => Outcome::Wait(rx, timeout, id),
+        Submitted::Queued(None) => Outcome::Now(accepted(&id, State::Queued)),
+        Submitted::InProgress(state) => Outcome::Now(accepted(&id, state)),
+        Submitted::Refused(r) => Outcome::Now(refusal_reply(shared, r)),
+    }
+}
+
+fn refusal_reply(shared: &Shared, r: Refusal) -> Reply {
+    match r {
+        Refusal::QueueFull => Reply::error(
+            429,
+            "queue_full",
+            format!(
+                "the command queue is full ({} queued, {} workers busy); retry shortly",
+                shared.queue_capacity(),
+                shared.busy_workers()
+            ),
+        )
+        .header("Retry-After", "1"),
+        Refusal::ShuttingDown => Reply::error(503, "shutting_down", "the agent is shutting down; retry after it restarts"),
+        Refusal::StoreFailed => Reply::error(
+            503,
+            "store_failed",
+            "the agent could not record the command (is cache_dir full or read-only?); see the agent log",
+        ),
+    }
+}
+
+/// 202 with where to find the result.
+fn accepted(id: &CommandId, state: State) -> Reply {
+    let location = format!("/api/v1/commands/{id}");
+    Reply::json(
+        202,
+        &json!({"id": id, "status": state.as_str(), "location": location}),
+    )
+    .header("Location", location)
+}
+
+/// The one mapping from a result to an HTTP status.
+pub fn status_for(result: &CommandResult) -> u16 {
+    match result.code.as_deref() {
+        Some(codes::INVALID) => 400,
+        Some(codes::REJECTED) => 403,
+        _ => 200,
+    }
+}
+
+fn result_reply(result: &CommandResult) -> Reply {
+    let body = serde_json::to_vec(result).unwrap_or_else(|_| b"{}".to_vec());
+    Reply {
+        status: status_for(result),
+        body,
+        content_type: "application/json",
+        headers: Vec::new(),
+    }
+}
+
+/// Waits for a queued command's result on its own thread, then answers
+/// with `reply_for(result)`; if the wait outlasts the command's timeout, 202.
+fn wait_then_send(
+    shared: Arc<Shared>,
+    request: Request,
+    route: &'static str,
+    rx: Receiver<CommandResult>,
+    timeout: Duration,
+    id: CommandId,
+    reply_for: fn(&CommandResult) -> Reply,
+) {
+    if WAITERS.fetch_add(1, Ordering::SeqCst) >= MAX_WAITERS {
+        WAITERS.fetch_sub(1, Ordering::SeqCst);
+        // Still queued: the client can poll for it.
+        return send(&shared, request, route, accepted(&id, State::Queued));
+    }
+    let waiter = move || {
+        let reply = match rx.recv_timeout(timeout + WAIT_SLACK) {
+            Ok(result) => reply_for(&result),
+            Err(RecvTimeoutError::Timeout) => accepted(&id, State::Running),
+            Err(RecvTimeoutError::Disconnected) => match shared.ledger.lookup(&id) {
+                Some(Found::Done(result)) => reply_for(&result),
+                Some(Found::InProgress(state)) => Reply::error(
+                    503,
+                    "shutting_down",
+                    format!(
+                        "the agent is shutting down; command {id} is {} and will run after restart",
+                        state.as_str()
+                    ),
+                ),
+                None => Reply::error(
+                    503,
+                    "shutting_down",
+                    format!("the agent is shutting down; command {id} did not run"),
+                ),
+            },
+        };
+        send(&shared, request, route, reply);
+        WAITERS.fetch_sub(1, Ordering::SeqCst);
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("api-wait".into())
+        .stack_size(128 * 1024)
+        .spawn(waiter)
+    {
+        WAITERS.fetch_sub(1, Ordering::SeqCst);
+        log::error!(
+            "cannot start a thread to wait for a command result: {e}; the command still runs"
+        );
+    }
+}
+
+fn get_command(shared: &Shared, path: &str) -> Reply {
+    let raw = path.trim_start_matches("/api/v1/commands/");
+    let id = match CommandId::parse(raw) {
+        Ok(id) => id,
+        Err(e) => {
+            return Reply::error(
+                400,
+                "invalid_id",
+                format!("command id {}: {e}", wire::clip(raw)),
+            )
+        }
+    };
+    match shared.ledger.lookup(&id) {
+        Some(Found::Done(result)) => result_reply(&result).header("X-Vendetta-Replayed", "true"),
+        Some(Found::InProgress(state)) => accepted(&id, state),
+        None => Reply::error(
+            404,
+            "not_found",
+            format!("no result stored for command {id} (never seen, or pruned)"),
+        ),
+    }
+}
+
+/// `GET /api/v1/sessions` runs a `session.list` command like any other.
+fn sessions(shared: &Arc<Shared>, query: &str, request: Request) {
+    let route = "/api/v1/sessions";
+    let mut params = serde_json::Map::new();
+    if let Some(p) = query_value(query, "provider") {
+        params.insert("provider".into(), Value::from(p));
+    }
+    let id = CommandId::generate("api-sessions");
+    let cmd = match wire::from_value(
+        json!({"id": id, "type": "session", "action": "list", "params": params}),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            return send(
+                shared,
+                request,
+                route,
+                Reply::error(500, "internal_error", e.to_string()),
+            )
+        }
+    };
+    let list_reply = |r: &CommandResult| match r.status {
+        crate::protocol::Status::Success => Reply::json(200, &json!({"sessions": r.data})),
+        _ => result_reply(r),
+    };
+    match shared.submit(cmd, Origin::Api, true) {
+        Submitted::Queued(Some(rx)) => {
+            let timeout = shared.config.command_timeout;
+            wait_then_send(shared.clone(), request, route, rx, timeout, id, list_reply)
+        }
+        Submitted::Done { result, .. } => send(shared, request, route, list_reply(&result)),
+        Submitted::Refused(r) => send(shared, request, route, refusal_reply(shared, r)),
+        Submitted::Queued(None) | Submitted::InProgress(_) => send(
+            shared,
+            request,
+            route,
+            Reply::error(500, "internal_error", "session list in an unexpected state"),
+        ),
+    }
+}
+
+fn debug(shared: &Shared, path: &str) -> Reply {
+    if !shared.config.debug_pprof {
+        return Reply::error(
+            404,
+            "not_found",
+            "debug routes are off; start with VENDETTA_DEBUG_PPROF=true",
+        );
+    }
+    match path {
+        "/debug/threads" => Reply::json(200, &json!({"threads": crate::sys::thread_names()})),
+        _ => {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let mut doc = serde_json::Map::new();
+            for line in status.lines() {
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.starts_with("Vm") || k.starts_with("Rss") || k == "Threads" {
+                        doc.insert(k.to_string(), Value::from(v.trim()));
+                    }
+                }
+            }
+            Reply::json(200, &Value::Object(doc))
+        }
+    }
+}

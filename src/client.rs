@@ -1,0 +1,230 @@
+//! A client of the local API for the CLI: `vendetta session …`,
+//! `service …`, `system …` and `agent status`.
+//!
+//! Where the agent is: `--agent URL`, else `VENDETTA_AGENT_URL`, else
+//! `http://` + the config's `listen`. The token: `--token`, else
+//! `VENDETTA_API_TOKEN`, else the config's `api_token` or `auth_token`,
+//! else the token the agent generated into `cache_dir/api_token`.
+
+use crate::config::{self, Config};
+use crate::protocol::CommandId;
+use serde_json::{json, Value};
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: ureq::Agent,
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing answers at the address: the agent is not running there.
+    Unreachable {
+        url: String,
+        source: String,
+    },
+    /// The agent answered with an error document.
+    Api {
+        status: u16,
+        message: String,
+        code: String,
+    },
+    /// The agent's answer could not be read.
+    BadResponse {
+        url: String,
+        message: String,
+    },
+    Config(config::ConfigError),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Unreachable { url, source } => write!(
+                f,
+                "cannot reach the agent at {url} ({source}): is it running? (`vendetta agent status`; set --agent or VENDETTA_AGENT_URL if it listens elsewhere)"
+            ),
+            ClientError::Api { status, message, code } => {
+                write!(f, "{message} (HTTP {status}")?;
+                if !code.is_empty() {
+                    write!(f, ", {code}")?;
+                }
+                write!(f, ")")?;
+                if *status == 401 {
+                    write!(f, "; pass --token or set VENDETTA_API_TOKEN")?;
+                }
+                Ok(())
+            }
+            ClientError::BadResponse { url, message } => write!(f, "unreadable answer from {url}: {message}"),
+            ClientError::Config(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// An answer: HTTP status and JSON body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    /// Builds a client from flags, environment and (if present) the config.
+    pub fn new(
+        agent: Option<String>,
+        token: Option<String>,
+        config_path: Option<&Path>,
+    ) -> Result<Client, ClientError> {
+        let needs_config = agent.is_none() && std::env::var("VENDETTA_AGENT_URL").is_err()
+            || token.is_none() && std::env::var("VENDETTA_API_TOKEN").is_err();
+        let cfg: Config = if needs_config {
+            config::load(config_path)
+                .map_err(ClientError::Config)?
+                .config
+        } else {
+            Config::default()
+        };
+        let base = agent
+            .or_else(|| {
+                std::env::var("VENDETTA_AGENT_URL")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .unwrap_or_else(|| format!("http://{}", cfg.listen))
+            .trim_end_matches('/')
+            .to_string();
+        let token = token
+            .or_else(|| {
+                std::env::var("VENDETTA_API_TOKEN")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .or_else(|| (!cfg.api_token.is_empty()).then(|| cfg.api_token.expose().to_string()))
+            .or_else(|| (!cfg.auth_token.is_empty()).then(|| cfg.auth_token.expose().to_string()))
+            .or_else(|| crate::store::node::read_api_token(&cfg.cache_dir()));
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .user_agent(format!("vendetta-cli/{}", crate::agent::VERSION))
+            .build()
+            .into();
+        Ok(Client { base, token, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn read(
+        &self,
+        url: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Answer, ClientError> {
+        let mut resp = resp.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            source: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .map_err(|e| ClientError::BadResponse {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok(Answer { status, body })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Answer, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.get(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        self.read(&url, req.call())
+    }
+
+    /// Runs a command synchronously and returns its result document.
+    /// A 202 (still running past the agent's wait) is followed by polling.
+    pub fn command(
+        &self,
+        kind: &str,
+        action: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ClientError> {
+        let id = CommandId::generate("cli");
+        let mut cmd = json!({"id": id, "type": kind, "action": action, "params": params});
+        if let Some(t) = timeout {
+            cmd["timeout"] = Value::from(crate::protocol::duration::format(t));
+        }
+        let url = format!("{}/api/v1/commands", self.base);
+        let mut req = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let answer = self.read(&url, req.send(cmd.to_string()))?;
+        let answer = if answer.status == 202 {
+            self.poll(&id)?
+        } else {
+            answer
+        };
+        match answer.status {
+            200 | 400 | 403 if answer.body.get("status").is_some() => Ok(answer.body),
+            _ => Err(api_error(answer)),
+        }
+    }
+
+    fn poll(&self, id: &CommandId) -> Result<Answer, ClientError> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let a = self.get(&format!("/api/v1/commands/{id}"))?;
+            if a.status != 202 {
+                return Ok(a);
+            }
+            if started.elapsed() > Duration::from_secs(24 * 3600) {
+                return Err(ClientError::BadResponse {
+                    url: self.base.clone(),
+                    message: format!("command {id} never finished"),
+                });
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+pub fn api_error(a: Answer) -> ClientError {
+    let message = a
+        .body
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| a.body.to_string());
+    let code = a
+        .body
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    ClientError::Api {
+        status: a.status,
+        message,
+        code,
+    }
+}

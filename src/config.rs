@@ -1,0 +1,1117 @@
+//! The agent's configuration: `agent.yaml` (or `.json`), environment
+//! overrides, defaults for everything, and validation.
+//!
+//! Every key is documented in vendetta-agent.yaml(5) and shown with its
+//! default in `packaging/agent.yaml`, which `vendetta agent config` prints
+//! and a test keeps equal to [`Config::default`].
+
+use crate::protocol::{duration, size, ProviderKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The commented default config, printed by `vendetta agent config`.
+pub const DEFAULT_YAML: &str = include_str!("../packaging/agent.yaml");
+
+/// Where the agent looks for its config when neither `--config` nor
+/// `VENDETTA_CONFIG` names one. Missing means: run on embedded defaults.
+pub const SYSTEM_CONFIG: &str = "/etc/vendetta/agent.yaml";
+
+/// A secret string: never printed by `Debug`, never logged.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Some(LogLevel::Error),
+            "warn" | "warning" => Some(LogLevel::Warn),
+            "info" => Some(LogLevel::Info),
+            "debug" => Some(LogLevel::Debug),
+            "trace" => Some(LogLevel::Trace),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Heartbeat {
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub interval: Duration,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            retries: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub backoff: Duration,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Coordination-link settings beyond the seed's keys.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Coordination {
+    /// How long the server may hold a command fetch (`?wait=`).
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub poll_wait: Duration,
+    /// Send `DELETE /api/v1/nodes/{id}` on a clean stop.
+    pub unregister_on_stop: bool,
+    /// Bounds for a heartbeat interval the server asks for.
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub min_heartbeat_interval: Duration,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub max_heartbeat_interval: Duration,
+}
+
+impl Default for Coordination {
+    fn default() -> Self {
+        Coordination {
+            poll_wait: Duration::from_secs(30),
+            unregister_on_stop: true,
+            min_heartbeat_interval: Duration::from_secs(5),
+            max_heartbeat_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Cap per output stream of an exec (stdout and stderr each).
+    #[serde(
+        deserialize_with = "size::deserialize",
+        serialize_with = "size::serialize"
+    )]
+    pub max_output: u64,
+    pub max_sessions: usize,
+    /// Largest request body the local API reads.
+    #[serde(
+        deserialize_with = "size::deserialize",
+        serialize_with = "size::serialize"
+    )]
+    pub max_body: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_output: 1 << 20,
+            max_sessions: 100,
+            max_body: 1 << 20,
+        }
+    }
+}
+
+/// Retention of stored results (the idempotency ledger).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Results {
+    pub max_entries: usize,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub max_age: Duration,
+}
+
+impl Default for Results {
+    fn default() -> Self {
+        Results {
+            max_entries: 10_000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    EdDSA,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jwt {
+    /// The one algorithm accepted; tokens naming another are refused.
+    pub algorithm: Option<JwtAlgorithm>,
+    pub secret: Secret,
+    pub public_key_file: Option<PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub leeway: Duration,
+}
+
+impl Default for Jwt {
+    fn default() -> Self {
+        Jwt {
+            algorithm: None,
+            secret: Secret::default(),
+            public_key_file: None,
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Docker {
+    /// Engine socket; `DOCKER_HOST=unix://…` is used when this is not set.
+    pub socket: Option<PathBuf>,
+    /// Image for sessions whose create names none.
+    pub image: String,
+    /// Pull a missing image (needs a registry); otherwise fail naming it.
+    pub pull: bool,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub api_timeout: Duration,
+}
+
+impl Default for Docker {
+    fn default() -> Self {
+        Docker {
+            socket: None,
+            image: "debian:stable-slim".into(),
+            pull: false,
+            api_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LxcNetwork {
+    Empty,
+    Veth,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lxc {
+    pub lxcpath: PathBuf,
+    pub template: String,
+    pub network: LxcNetwork,
+    pub bridge: String,
+    pub require_limits: bool,
+    /// Extra template arguments a create may pass (e.g. `--dist`, `--release`).
+    pub template_args: Vec<String>,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub tool_timeout: Duration,
+}
+
+impl Default for Lxc {
+    fn default() -> Self {
+        Lxc {
+            lxcpath: PathBuf::from("/var/lib/lxc"),
+            template: "busybox".into(),
+            network: LxcNetwork::Empty,
+            bridge: "lxcbr0".into(),
+            require_limits: false,
+            template_args: Vec::new(),
+            tool_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Qemu {
+    pub binary: String,
+    /// Base images must lie under one of these when set.
+    pub image_roots: Vec<PathBuf>,
+    /// Extra QEMU arguments added to every VM; only from here, never from commands.
+    pub extra_args: Vec<String>,
+    #[serde(
+        deserialize_with = "size::deserialize",
+        serialize_with = "size::serialize"
+    )]
+    pub memory: u64,
+    pub cpus: u32,
+    /// `-machine` type.
+    pub machine: String,
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Qemu {
+            binary: "qemu-system-x86_64".into(),
+            image_roots: Vec::new(),
+            extra_args: Vec::new(),
+            memory: 512 << 20,
+            cpus: 1,
+            machine: "q35".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub coordination_url: String,
+    pub auth_token: Secret,
+    pub offline_mode: bool,
+    pub node_id: String,
+    pub node_name: String,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat: Heartbeat,
+    pub retry_policy: RetryPolicy,
+    pub coordination: Coordination,
+    pub tls: Tls,
+
+    pub provider: ProviderKind,
+    pub providers: Vec<ProviderKind>,
+    pub workers: usize,
+    pub queue_size: usize,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub command_timeout: Duration,
+    /// Longest timeout a command may ask for; unset = `command_timeout`.
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub max_command_timeout: Option<Duration>,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub shutdown_timeout: Duration,
+    /// How often provider health and the session table are refreshed.
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub monitor_interval: Duration,
+    pub limits: Limits,
+    pub allowed_commands: Vec<String>,
+    pub workspace_roots: Vec<PathBuf>,
+    pub results: Results,
+
+    pub listen: String,
+    pub api_token: Secret,
+    pub metrics_auth: bool,
+    pub allowed_ips: Vec<String>,
+    pub jwt: Jwt,
+
+    pub cache_dir: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    pub debug_pprof: bool,
+
+    pub docker: Docker,
+    pub lxc: Lxc,
+    pub qemu: Qemu,
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration::deserialize_config(d).map(Some)
+}
+
+fn ser_opt_duration<S: serde::Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => duration::serialize_config(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            coordination_url: String::new(),
+            auth_token: Secret::default(),
+            offline_mode: false,
+            node_id: String::new(),
+            node_name: String::new(),
+            labels: BTreeMap::new(),
+            heartbeat: Heartbeat::default(),
+            retry_policy: RetryPolicy::default(),
+            coordination: Coordination::default(),
+            tls: Tls::default(),
+            provider: ProviderKind::Docker,
+            providers: ProviderKind::ALL.to_vec(),
+            workers: 4,
+            queue_size: 64,
+            command_timeout: Duration::from_secs(300),
+            max_command_timeout: None,
+            shutdown_timeout: Duration::from_secs(30),
+            monitor_interval: Duration::from_secs(10),
+            limits: Limits::default(),
+            allowed_commands: vec!["*".into()],
+            workspace_roots: Vec::new(),
+            results: Results::default(),
+            listen: "127.0.0.1:8080".into(),
+            api_token: Secret::default(),
+            metrics_auth: false,
+            allowed_ips: Vec::new(),
+            jwt: Jwt::default(),
+            cache_dir: None,
+            pid_file: None,
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Json,
+            debug_pprof: false,
+            docker: Docker::default(),
+            lxc: Lxc::default(),
+            qemu: Qemu::default(),
+        }
+    }
+}
+
+/// A config that could not be loaded. Each names the file and the key.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Parse {
+        path: PathBuf,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    Env {
+        var: &'static str,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config file {}: {source}", path.display())
+            }
+            ConfigError::Parse {
+                path,
+                key,
+                line,
+                message,
+            } => {
+                write!(f, "config file {}", path.display())?;
+                if let Some(line) = line {
+                    write!(f, ", line {line}")?;
+                }
+                if key.is_empty() {
+                    write!(f, ": {message}")
+                } else {
+                    write!(f, ": key {key}: {message}")
+                }
+            }
+            ConfigError::Invalid { path, key, message } => {
+                write!(f, "config file {}: key {key}: {message}", path.display())
+            }
+            ConfigError::Env { var, message } => write!(f, "environment variable {var}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where a loaded config came from, for logs and `agent status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Defaults,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults => f.write_str("embedded defaults"),
+        }
+    }
+}
+
+/// A validated config plus facts derived from it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: Source,
+    /// Warnings to log once logging is up (e.g. a token in a world-readable file).
+    pub warnings: Vec<String>,
+}
+
+/// Picks the config file: `--config`, then `VENDETTA_CONFIG`, then
+/// [`SYSTEM_CONFIG`] if it exists; `None` means embedded defaults.
+pub fn locate(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = flag {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("VENDETTA_CONFIG").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let system = Path::new(SYSTEM_CONFIG);
+    system.exists().then(|| system.to_path_buf())
+}
+
+/// Loads, applies environment overrides and validates.
+pub fn load(flag: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
+    let (mut config, source) = match locate(flag) {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let config = parse_text(&path, &text)?;
+            if config_holds_secret(&config) {
+                if let Some(w) = permission_warning(&path) {
+                    warnings.push(w);
+                }
+            }
+            (config, Source::File(path))
+        }
+        None => (Config::default(), Source::Defaults),
+    };
+    apply_env(&mut config, |k| std::env::var(k).ok())?;
+    let path = match &source {
+        Source::File(p) => p.clone(),
+        Source::Defaults => PathBuf::from("(defaults)"),
+    };
+    config.validate(&path)?;
+    Ok(Loaded {
+        config,
+        source,
+        warnings,
+    })
+}
+
+fn config_holds_secret(c: &Config) -> bool {
+    !c.auth_token.is_empty() || !c.api_token.is_empty() || !c.jwt.secret.is_empty()
+}
+
+fn permission_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "config file {} holds a token and is readable by group or others (mode {:04o}); run: chmod 600 {}",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )
+    })
+}
+
+/// Parses YAML, or JSON when the file name ends in `.json`.
+pub fn parse_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if is_json {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_of(&e.path().to_string());
+            let inner = e.into_inner();
+            let line = (inner.line() > 0).then_some(inner.line());
+            let message = strip_position(&inner.to_string());
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                key: refine_key(&key, &message),
+                line,
+                message,
+            }
+        })
+    } else {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_of(&e.path().to_string());
+            let inner = e.into_inner();
+            let line = inner.location().map(|l| l.line());
+            let message = strip_position(&inner.to_string());
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                key: refine_key(&key, &message),
+                line,
+                message,
+            }
+        })
+    }
+}
+
+fn key_of(path: &str) -> String {
+    if path == "." {
+        String::new()
+    } else {
+        path.to_string()
+    }
+}
+
+/// serde reports an unknown key at its parent; name the key itself.
+fn refine_key(parent: &str, message: &str) -> String {
+    let named = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next());
+    match named {
+        Some(name) if parent.is_empty() => name.to_string(),
+        Some(name) if !parent.ends_with(name) => format!("{parent}.{name}"),
+        _ => parent.to_string(),
+    }
+}
+
+/// Drops serde's "at line N column M" (the line is reported on its own) and
+/// a leading "path: " that serde_yaml repeats.
+fn strip_position(message: &str) -> String {
+    let m = match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    let m = match m.find(": ") {
+        Some(i) if !m[..i].contains(' ') && m[..i].contains('.') => &m[i + 2..],
+        _ => m,
+    };
+    m.to_string()
+}
+
+/// Applies the documented `VENDETTA_*` overrides. `get` reads a variable
+/// (injected so tests need not touch the process environment).
+pub fn apply_env(c: &mut Config, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    if let Some(v) = get("VENDETTA_COORD_URL") {
+        c.coordination_url = v;
+    }
+    if let Some(v) = get("VENDETTA_AUTH_TOKEN") {
+        c.auth_token = Secret(v);
+    }
+    if let Some(v) = get("VENDETTA_PROVIDER").filter(|v| !v.is_empty()) {
+        c.provider = ProviderKind::parse(&v).ok_or_else(|| ConfigError::Env {
+            var: "VENDETTA_PROVIDER",
+            message: format!("unknown provider {v:?}; use docker, lxc or qemu"),
+        })?;
+    }
+    if let Some(v) = get("VENDETTA_LOG_LEVEL").filter(|v| !v.is_empty()) {
+        c.log_level = LogLevel::parse(&v).ok_or_else(|| ConfigError::Env {
+            var: "VENDETTA_LOG_LEVEL",
+            message: format!("unknown level {v:?}; use error, warn, info, debug or trace"),
+        })?;
+    }
+    if let Some(v) = get("VENDETTA_DEBUG_PPROF").filter(|v| !v.is_empty()) {
+        c.debug_pprof = match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => {
+                return Err(ConfigError::Env {
+                    var: "VENDETTA_DEBUG_PPROF",
+                    message: format!("{v:?} is not a boolean; use true or false"),
+                })
+            }
+        };
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks what types cannot: ranges, formats, combinations.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.into(),
+            message,
+        };
+        if !self.coordination_url.is_empty() {
+            let u = &self.coordination_url;
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                return Err(bad(
+                    "coordination_url",
+                    format!("{u:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        self.listen_addr().map_err(|m| bad("listen", m))?;
+        if self.workers == 0 || self.workers > 256 {
+            return Err(bad(
+                "workers",
+                format!("{} is out of range; use 1 to 256", self.workers),
+            ));
+        }
+        if self.queue_size == 0 || self.queue_size > 100_000 {
+            return Err(bad(
+                "queue_size",
+                format!("{} is out of range; use 1 to 100000", self.queue_size),
+            ));
+        }
+        if self.command_timeout.is_zero() {
+            return Err(bad("command_timeout", "must be more than 0s".into()));
+        }
+        if let Some(max) = self.max_command_timeout {
+            if max < self.command_timeout {
+                return Err(bad(
+                    "max_command_timeout",
+                    "must not be less than command_timeout".into(),
+                ));
+            }
+        }
+        if self.monitor_interval < Duration::from_millis(100) {
+            return Err(bad("monitor_interval", "must be at least 100ms".into()));
+        }
+        if self.heartbeat.interval < Duration::from_millis(100) {
+            return Err(bad("heartbeat.interval", "must be at least 100ms".into()));
+        }
+        if self.heartbeat.timeout.is_zero() {
+            return Err(bad("heartbeat.timeout", "must be more than 0s".into()));
+        }
+        if self.retry_policy.backoff.is_zero() {
+            return Err(bad(
+                "retry_policy.backoff",
+                "must be more than 0s (a zero backoff would spin)".into(),
+            ));
+        }
+        if self.retry_policy.max_backoff < self.retry_policy.backoff {
+            return Err(bad(
+                "retry_policy.max_backoff",
+                "must not be less than retry_policy.backoff".into(),
+            ));
+        }
+        if self.coordination.min_heartbeat_interval > self.coordination.max_heartbeat_interval {
+            return Err(bad(
+                "coordination.min_heartbeat_interval",
+                "must not exceed max_heartbeat_interval".into(),
+            ));
+        }
+        if self.providers.is_empty() {
+            return Err(bad(
+                "providers",
+                "must enable at least one of docker, lxc, qemu".into(),
+            ));
+        }
+        if !self.providers.contains(&self.provider) {
+            return Err(bad(
+                "provider",
+                format!("{} is not in providers {:?}", self.provider, self.providers),
+            ));
+        }
+        if self.limits.max_output < 1024 {
+            return Err(bad("limits.max_output", "must be at least 1k".into()));
+        }
+        if self.limits.max_body < 1024 {
+            return Err(bad("limits.max_body", "must be at least 1k".into()));
+        }
+        for pattern in &self.allowed_commands {
+            if !valid_command_pattern(pattern) {
+                return Err(bad(
+                    "allowed_commands",
+                    format!("{pattern:?} is not a command pattern; use *, session.*, or type.action such as system.status"),
+                ));
+            }
+        }
+        for (i, root) in self.workspace_roots.iter().enumerate() {
+            if !root.is_absolute() {
+                return Err(bad(
+                    &format!("workspace_roots[{i}]"),
+                    format!("{} is not an absolute path", root.display()),
+                ));
+            }
+        }
+        for (i, cidr) in self.allowed_ips.iter().enumerate() {
+            crate::api::auth::Cidr::parse(cidr)
+                .map_err(|m| bad(&format!("allowed_ips[{i}]"), m))?;
+        }
+        if let Some(d) = &self.cache_dir {
+            if !d.is_absolute() {
+                return Err(bad(
+                    "cache_dir",
+                    format!("{} is not an absolute path", d.display()),
+                ));
+            }
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(bad(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file must be set together".into(),
+            ));
+        }
+        if self.jwt.algorithm.is_some() {
+            return Err(bad(
+                "jwt.algorithm",
+                "JWT authentication is not available in this build yet; use api_token".into(),
+            ));
+        }
+        match self.jwt.algorithm {
+            Some(JwtAlgorithm::HS256) if self.jwt.secret.0.len() < 32 => {
+                return Err(bad(
+                    "jwt.secret",
+                    "HS256 needs a secret of at least 32 bytes".into(),
+                ))
+            }
+            Some(JwtAlgorithm::RS256 | JwtAlgorithm::EdDSA)
+                if self.jwt.public_key_file.is_none() =>
+            {
+                return Err(bad(
+                    "jwt.public_key_file",
+                    "RS256 and EdDSA need a public key file".into(),
+                ))
+            }
+            None if !self.jwt.secret.is_empty() || self.jwt.public_key_file.is_some() => {
+                return Err(bad(
+                    "jwt.algorithm",
+                    "set the one accepted algorithm: HS256, RS256 or EdDSA".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.docker.image.is_empty() {
+            return Err(bad("docker.image", "must name an image".into()));
+        }
+        if self.qemu.cpus == 0 {
+            return Err(bad("qemu.cpus", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|_| {
+            format!(
+                "{:?} is not an address:port such as 127.0.0.1:8080",
+                self.listen
+            )
+        })
+    }
+
+    /// Offline when asked to be, or when there is nothing to dial.
+    pub fn offline(&self) -> bool {
+        self.offline_mode || self.coordination_url.is_empty()
+    }
+
+    /// `cache_dir`, or the default: /var/lib/vendetta for root,
+    /// `$XDG_STATE_HOME/vendetta` (or ~/.local/state/vendetta) otherwise.
+    pub fn cache_dir(&self) -> PathBuf {
+        if let Some(d) = &self.cache_dir {
+            return d.clone();
+        }
+        // SAFETY: getuid has no preconditions and cannot fail.
+        if unsafe { libc::getuid() } == 0 {
+            return PathBuf::from("/var/lib/vendetta");
+        }
+        if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(state).join("vendetta");
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".local/state/vendetta"),
+            None => std::env::temp_dir().join("vendetta"),
+        }
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.pid_file
+            .clone()
+            .unwrap_or_else(|| self.cache_dir().join("vendetta.pid"))
+    }
+
+    /// The longest timeout a command may ask for.
+    pub fn timeout_cap(&self) -> Duration {
+        self.max_command_timeout.unwrap_or(self.command_timeout)
+    }
+
+    /// Whether `allowed_commands` lets `name` (`type.action`) run.
+    pub fn command_allowed(&self, name: &str) -> bool {
+        let kind = name.split('.').next().unwrap_or("");
+        self.allowed_commands
+            .iter()
+            .any(|p| p == "*" || p == name || p.strip_suffix(".*").is_some_and(|t| t == kind))
+    }
+}
+
+fn valid_command_pattern(p: &str) -> bool {
+    if p == "*" {
+        return true;
+    }
+    let Some((kind, action)) = p.split_once('.') else {
+        return false;
+    };
+    let Some((_, actions)) = crate::protocol::command::ACTIONS
+        .iter()
+        .find(|(k, _)| *k == kind)
+    else {
+        return false;
+    };
+    action == "*" || actions.contains(&action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let c = parse_text(Path::new(name), text)?;
+        c.validate(Path::new(name))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn packaged_example_is_the_default() {
+        let c = parse("agent.yaml", DEFAULT_YAML).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn seed_example_parses() {
+        let seed = r#"
+coordination_url: "http://localhost:3001"
+auth_token: ""
+provider: "docker"
+heartbeat:
+  interval: 30s
+  timeout: 10s
+  retries: 3
+command_timeout: 5m
+retry_policy:
+  max_retries: 3
+  backoff: 1s
+  max_backoff: 30s
+offline_mode: false
+cache_dir: "/tmp/vendetta-agent"
+log_level: "info"
+"#;
+        let c = parse("agent.yaml", seed).unwrap();
+        assert_eq!(c.coordination_url, "http://localhost:3001");
+        assert_eq!(c.command_timeout, Duration::from_secs(300));
+        assert!(!c.offline());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = parse("agent.yaml", "log_level: info\nheartbeat:\n  intervl: 5s\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("agent.yaml"), "{s}");
+        assert!(s.contains("line 3"), "{s}");
+        assert!(s.contains("heartbeat.intervl"), "{s}");
+        let e = parse("agent.yaml", "bogus: 1\n").unwrap_err().to_string();
+        assert!(e.contains("key bogus") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_type() {
+        let e = parse("agent.yaml", "command_timeout: 5x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("command_timeout") && e.contains("\"5x\"") && e.contains("line 1"),
+            "{e}"
+        );
+        let e = parse("agent.yaml", "heartbeat:\n  interval: 30\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("heartbeat.interval") && e.contains("no unit"),
+            "{e}"
+        );
+        let e = parse("agent.yaml", "workers: many\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key workers") && e.contains("invalid type"),
+            "{e}"
+        );
+        let e = parse("agent.yaml", "provider: podman\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key provider") && e.contains("podman"), "{e}");
+    }
+
+    #[test]
+    fn json_by_extension() {
+        let c = parse(
+            "agent.json",
+            r#"{"listen":"127.0.0.1:9999","heartbeat":{"interval":"5s"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9999");
+        let e = parse("agent.json", "{\n\"nope\": 1}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key nope") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn semantic_checks() {
+        assert!(parse("a.yaml", "workers: 0\n")
+            .unwrap_err()
+            .to_string()
+            .contains("key workers"));
+        assert!(parse("a.yaml", "listen: nowhere\n")
+            .unwrap_err()
+            .to_string()
+            .contains("key listen"));
+        assert!(parse("a.yaml", "provider: qemu\nproviders: [docker]\n").is_err());
+        assert!(parse("a.yaml", "allowed_commands: [\"session.nuke\"]\n").is_err());
+        assert!(parse("a.yaml", "allowed_ips: [\"10.0.0.0/33\"]\n").is_err());
+        assert!(parse("a.yaml", "coordination_url: ftp://x\n").is_err());
+        assert!(parse("a.yaml", "jwt:\n  algorithm: HS256\n  secret: short\n").is_err());
+        assert!(parse(
+            "a.yaml",
+            "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = Config::default();
+        let env = |k: &str| match k {
+            "VENDETTA_COORD_URL" => Some("http://coord:3001".to_string()),
+            "VENDETTA_PROVIDER" => Some("lxc".to_string()),
+            "VENDETTA_LOG_LEVEL" => Some("debug".to_string()),
+            "VENDETTA_DEBUG_PPROF" => Some("true".to_string()),
+            "VENDETTA_AUTH_TOKEN" => Some("t0k".to_string()),
+            _ => None,
+        };
+        apply_env(&mut c, env).unwrap();
+        assert_eq!(c.coordination_url, "http://coord:3001");
+        assert_eq!(c.provider, ProviderKind::Lxc);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert!(c.debug_pprof);
+        assert_eq!(c.auth_token.expose(), "t0k");
+        let e = apply_env(&mut c, |k| {
+            (k == "VENDETTA_PROVIDER").then(|| "vbox".to_string())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("VENDETTA_PROVIDER"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.auth_token = Secret("hunter2-very-secret".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn allowlist() {
+        let mut c = Config::default();
+        assert!(c.command_allowed("session.exec"));
+        c.allowed_commands = vec!["system.*".into(), "session.list".into()];
+        assert!(c.command_allowed("system.info"));
+        assert!(c.command_allowed("session.list"));
+        assert!(!c.command_allowed("session.exec"));
+    }
+}

@@ -1,0 +1,178 @@
+//! Identifier newtypes that can only hold valid values.
+//!
+//! Command ids become file names in the ledger and session ids become
+//! container names and directory names, so both are checked once, here, and
+//! the rest of the agent never sees an unchecked one.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+
+/// Why an id was refused. Says which rule, never echoes more than a prefix
+/// of a hostile value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdError {
+    Empty,
+    TooLong {
+        max: usize,
+        len: usize,
+    },
+    BadChar {
+        what: &'static str,
+        rule: &'static str,
+        at: usize,
+    },
+}
+
+impl fmt::Display for IdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdError::Empty => write!(f, "must not be empty"),
+            IdError::TooLong { max, len } => {
+                write!(f, "is {len} characters long; at most {max} are allowed")
+            }
+            IdError::BadChar { what, rule, at } => {
+                write!(f, "has a character not allowed in a {what} at position {at}; it must match {rule}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for IdError {}
+
+/// A command id: 1-128 characters of `[A-Za-z0-9._:-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct CommandId(String);
+
+impl CommandId {
+    pub const RULE: &'static str = "[A-Za-z0-9._:-]{1,128}";
+
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if s.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if s.len() > 128 {
+            return Err(IdError::TooLong {
+                max: 128,
+                len: s.len(),
+            });
+        }
+        if let Some(at) = s
+            .chars()
+            .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+        {
+            return Err(IdError::BadChar {
+                what: "command id",
+                rule: Self::RULE,
+                at,
+            });
+        }
+        Ok(CommandId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A fresh id for commands the agent or its CLI originates.
+    pub fn generate(prefix: &str) -> CommandId {
+        CommandId(format!("{prefix}-{}", crate::util::random_hex(8)))
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommandId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CommandId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A session id: `[a-z0-9][a-z0-9_.-]{0,62}`. It is valid as a Docker
+/// container name suffix, an LXC name and a directory name, and it cannot
+/// be `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub const RULE: &'static str = "[a-z0-9][a-z0-9_.-]{0,62}";
+
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if s.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if s.len() > 63 {
+            return Err(IdError::TooLong {
+                max: 63,
+                len: s.len(),
+            });
+        }
+        let bad = s.chars().enumerate().find(|&(i, c)| {
+            let first_ok = c.is_ascii_lowercase() || c.is_ascii_digit();
+            !(first_ok || (i > 0 && matches!(c, '_' | '.' | '-')))
+        });
+        if let Some((at, _)) = bad {
+            return Err(IdError::BadChar {
+                what: "session id",
+                rule: Self::RULE,
+                at,
+            });
+        }
+        Ok(SessionId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SessionId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_ids() {
+        assert!(CommandId::parse("cmd_8f2c").is_ok());
+        assert!(CommandId::parse("a.b:c-d_e").is_ok());
+        assert_eq!(CommandId::parse(""), Err(IdError::Empty));
+        assert!(matches!(
+            CommandId::parse(&"x".repeat(129)),
+            Err(IdError::TooLong { .. })
+        ));
+        for bad in ["../x", "a/b", "a b", "a\nb", "a\u{0}b", "é"] {
+            assert!(CommandId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn session_ids() {
+        assert!(SessionId::parse("web-1").is_ok());
+        assert!(SessionId::parse("0a.b_c").is_ok());
+        for bad in [
+            "", ".", "..", "-a", "_a", "Web", "a/b", "../x", "a b", "a\tb",
+        ] {
+            assert!(SessionId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(SessionId::parse(&"a".repeat(63)).is_ok());
+        assert!(SessionId::parse(&"a".repeat(64)).is_err());
+    }
+}

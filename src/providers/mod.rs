@@ -1,0 +1,220 @@
+//! Where sessions live: Docker containers, LXC containers, QEMU VMs.
+//!
+//! Every provider implements [`Provider`]; the dispatcher never knows which
+//! one it talks to. Providers own no threads and touch no channels: they
+//! are called from worker threads (and the monitor) and block until done,
+//! bounded by the timeouts they are given. Each has its own error enum and
+//! converts it into [`ProviderError`], whose kind the dispatcher maps to a
+//! result code.
+
+pub mod docker;
+pub mod lxc;
+pub mod output;
+pub mod probe;
+pub mod qemu;
+pub mod registry;
+
+use crate::protocol::command::{PortSpec, Resources};
+use crate::protocol::{ProviderKind, SessionId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use output::{Capture, OutputSink, Stream};
+pub use registry::Registry;
+
+/// A session as the provider sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub provider: ProviderKind,
+    pub status: SessionStatus,
+    pub image: String,
+    /// Container/guest port ("8080/tcp") -> host port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    pub created: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Set when the main process has exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Limits or settings the host could not apply, said plainly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Created,
+    Running,
+    Stopped,
+    Exited,
+    Lost,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Created => "created",
+            SessionStatus::Running => "running",
+            SessionStatus::Stopped => "stopped",
+            SessionStatus::Exited => "exited",
+            SessionStatus::Lost => "lost",
+        }
+    }
+}
+
+/// What a create asks for, checked by the dispatcher (workspace exists and
+/// lies under an allowed root; image defaulted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSpec {
+    pub id: SessionId,
+    pub node_id: String,
+    pub image: Option<String>,
+    pub workspace: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub resources: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub command: Option<Vec<String>>,
+    /// How long the provider may take.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+    /// Cap per stream; bytes beyond it are counted, not kept.
+    pub max_output: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExecOutput {
+    /// None when the process was killed (timeout) or the code is unknown.
+    pub exit_code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub timed_out: bool,
+}
+
+/// A provider's view of its own health, refreshed by the monitor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    pub ok: bool,
+    pub message: String,
+    /// Provider-specific facts (engine version, tool paths, …).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+impl Health {
+    pub fn ok(message: impl Into<String>, detail: serde_json::Value) -> Health {
+        Health {
+            ok: true,
+            message: message.into(),
+            detail,
+        }
+    }
+    pub fn down(message: impl Into<String>) -> Health {
+        Health {
+            ok: false,
+            message: message.into(),
+            detail: serde_json::Value::Null,
+        }
+    }
+}
+
+/// The health of one published service (a session's ports).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceHealth {
+    /// healthy | unhealthy | starting | unknown
+    pub status: String,
+    /// Where the status came from: "healthcheck" or "tcp".
+    pub source: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// What went wrong, in classes the dispatcher maps to result codes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderError {
+    /// No such session (or image, or exec).
+    NotFound(String),
+    /// The name is taken by something we do not manage, or the state forbids it.
+    Conflict(String),
+    /// The request cannot work as given (bad image name, limit too small…).
+    Invalid(String),
+    /// The provider cannot be reached (engine down, tools missing).
+    Unavailable(String),
+    /// The provider did not answer in time.
+    Timeout(String),
+    /// Anything else, with the provider's own message.
+    Failed(String),
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderError::NotFound(m)
+            | ProviderError::Conflict(m)
+            | ProviderError::Invalid(m)
+            | ProviderError::Unavailable(m)
+            | ProviderError::Timeout(m)
+            | ProviderError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+/// A place sessions can live. All methods block; all are bounded by the
+/// timeouts in their arguments or the provider's own config.
+pub trait Provider: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+
+    /// Whether the provider can work right now, and why not.
+    fn health(&self) -> Health;
+
+    /// Creates a session (not started). Refuses to adopt a name it did not
+    /// create.
+    fn create(&self, spec: &SessionSpec) -> Result<Session, ProviderError>;
+
+    /// Starts a session; starting a running one succeeds.
+    fn start(&self, id: &SessionId) -> Result<Session, ProviderError>;
+
+    /// Stops a session within `grace`, then forcibly; stopping a stopped one
+    /// succeeds.
+    fn stop(&self, id: &SessionId, grace: Duration) -> Result<Session, ProviderError>;
+
+    /// Removes a session and what it owns. Returns false when it did not exist.
+    fn destroy(&self, id: &SessionId) -> Result<bool, ProviderError>;
+
+    /// Runs a command in a running session. Output goes to `sink` as it
+    /// arrives and is captured up to `spec.max_output` per stream.
+    fn exec(
+        &self,
+        id: &SessionId,
+        spec: &ExecSpec,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExecOutput, ProviderError>;
+
+    /// Every session this provider manages for this node.
+    fn list(&self) -> Result<Vec<Session>, ProviderError>;
+
+    /// Health of a session's published services. The default probes each
+    /// published port over TCP on loopback.
+    fn service_health(&self, session: &Session) -> ServiceHealth {
+        probe::tcp_ports(session)
+    }
+}

@@ -1,0 +1,99 @@
+//! Small host probes shared by providers: is a tool on PATH, does a TCP
+//! port answer.
+
+use super::{ServiceHealth, Session};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The full path of `name` if it is an executable file on PATH (or `name`
+/// itself when it holds a slash).
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_exec(p))
+}
+
+/// Healthy when every published TCP port accepts a connection on loopback.
+pub fn tcp_ports(session: &Session) -> ServiceHealth {
+    let tcp: Vec<u16> = session
+        .ports
+        .iter()
+        .filter(|(k, _)| k.ends_with("/tcp"))
+        .map(|(_, host)| *host)
+        .collect();
+    if tcp.is_empty() {
+        return ServiceHealth {
+            status: "unknown".into(),
+            source: "tcp".into(),
+            detail: "no published TCP ports".into(),
+        };
+    }
+    let closed: Vec<String> = tcp
+        .iter()
+        .filter(|port| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], **port));
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+        })
+        .map(|p| p.to_string())
+        .collect();
+    if closed.is_empty() {
+        ServiceHealth {
+            status: "healthy".into(),
+            source: "tcp".into(),
+            detail: String::new(),
+        }
+    } else {
+        ServiceHealth {
+            status: "unhealthy".into(),
+            source: "tcp".into(),
+            detail: format!("no answer on host port(s) {}", closed.join(", ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProviderKind;
+    use crate::providers::SessionStatus;
+
+    #[test]
+    fn finds_sh() {
+        assert!(which("sh").is_some());
+        assert!(which("definitely-not-a-tool-xyz").is_none());
+    }
+
+    #[test]
+    fn probes_ports() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().port();
+        let mut s = Session {
+            id: "s".into(),
+            provider: ProviderKind::Docker,
+            status: SessionStatus::Running,
+            image: String::new(),
+            ports: [("80/tcp".to_string(), open)].into(),
+            created: String::new(),
+            labels: Default::default(),
+            exit_code: None,
+            warnings: vec![],
+        };
+        assert_eq!(tcp_ports(&s).status, "healthy");
+        drop(listener);
+        s.ports.insert("81/tcp".into(), open);
+        assert_eq!(tcp_ports(&s).status, "unhealthy");
+    }
+}

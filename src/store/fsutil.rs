@@ -1,0 +1,92 @@
+//! Durable file writes: temp file, fsync, rename, fsync of the directory.
+//! A reader sees the old file or the new one, never a torn one, and after
+//! `write_atomic` returns the new one survives a power cut.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", crate::util::random_hex(4)));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Moves a damaged file into `corrupt/` next to its directory's parent so
+/// that it can be inspected, and returns where it went.
+pub fn move_aside(path: &Path, corrupt_dir: &Path) -> io::Result<PathBuf> {
+    ensure_dir(corrupt_dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unnamed".into());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dest = corrupt_dir.join(format!("{name}.{stamp}"));
+    fs::rename(path, &dest)?;
+    Ok(dest)
+}
+
+/// Removes leftover temp files of interrupted writes.
+pub fn clean_temp_files(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().contains(".tmp-") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir =
+            std::env::temp_dir().join(format!("vendetta-fsutil-{}", crate::util::random_hex(4)));
+        ensure_dir(&dir).unwrap();
+        let p = dir.join("f.json");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp files left");
+        let moved = move_aside(&p, &dir.join("corrupt")).unwrap();
+        assert!(moved.exists() && !p.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,504 @@
+//! The idempotency ledger: what happened to each command id.
+//!
+//! A command that changes something (create, start, stop, destroy, exec) is
+//! recorded on disk as `queued` when accepted, `running` before it starts
+//! and `done` with its result, each step an atomic write. So after a crash
+//! a `queued` command can safely run (it never started) and a `running` one
+//! is reported as interrupted rather than run a second time.
+//!
+//! Read-only commands (system.*, session.list, service.*) are not written to
+//! disk: running one again is harmless, and the agent answers thousands of
+//! them. Their results stay in a small in-memory window so that a repeated
+//! id within it still gets the same answer.
+//!
+//! Retention: `done` records older than `results.max_age`, or beyond the
+//! newest `results.max_entries`, are pruned by the monitor. Records of
+//! commands still queued or running are never pruned.
+
+use super::{fsutil, StoreError};
+use crate::protocol::{CommandId, CommandResult};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// How many read-only results are kept in memory.
+const RECENT_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Running,
+    Done,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Done => "done",
+        }
+    }
+}
+
+/// Who sent a command, and so where its result goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Api,
+    Coordination,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Api => "api",
+            Origin::Coordination => "coordination",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    state: State,
+    origin: Origin,
+    updated: String,
+    command: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<CommandResult>,
+}
+
+/// What `begin` found for an id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Begin {
+    /// Not seen before; now recorded as queued.
+    New,
+    /// Already finished: here is its result.
+    Done(Box<CommandResult>),
+    /// Accepted earlier and not finished yet.
+    InProgress(State),
+}
+
+/// What `lookup` knows about an id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    Done(Box<CommandResult>),
+    InProgress(State),
+}
+
+/// A command found unfinished when the ledger was opened.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub id: String,
+    pub state: State,
+    pub origin: Origin,
+    pub command: Value,
+}
+
+struct Inner {
+    inflight: HashMap<String, (State, Origin, bool)>,
+    recent: VecDeque<(String, CommandResult)>,
+}
+
+pub struct Ledger {
+    dir: PathBuf,
+    corrupt: PathBuf,
+    max_entries: usize,
+    max_age: Duration,
+    inner: Mutex<Inner>,
+}
+
+impl Ledger {
+    /// Opens `cache_dir/results`, moving damaged records aside, and returns
+    /// the commands that were queued or running when the agent last stopped.
+    pub fn open(
+        cache_dir: &Path,
+        max_entries: usize,
+        max_age: Duration,
+    ) -> Result<(Ledger, Vec<Unfinished>), StoreError> {
+        let dir = cache_dir.join("results");
+        fsutil::ensure_dir(&dir)
+            .map_err(|e| StoreError::io("create the results directory", &dir, e))?;
+        fsutil::clean_temp_files(&dir);
+        let corrupt = cache_dir.join("corrupt");
+        let mut unfinished = Vec::new();
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| StoreError::io("read the results directory", &dir, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = id_of(&path) else { continue };
+            match read_record(&path) {
+                Ok(r) if r.state == State::Done => {}
+                Ok(r) => unfinished.push(Unfinished {
+                    id,
+                    state: r.state,
+                    origin: r.origin,
+                    command: r.command,
+                }),
+                Err(reason) => match fsutil::move_aside(&path, &corrupt) {
+                    Ok(to) => log::warn!(
+                        "result record {} is damaged ({reason}); moved to {}",
+                        path.display(),
+                        to.display()
+                    ),
+                    Err(e) => log::warn!(
+                        "result record {} is damaged ({reason}) and could not be moved: {e}",
+                        path.display()
+                    ),
+                },
+            }
+        }
+        let mut inner = Inner {
+            inflight: HashMap::new(),
+            recent: VecDeque::new(),
+        };
+        for u in &unfinished {
+            inner
+                .inflight
+                .insert(u.id.clone(), (u.state, u.origin, true));
+        }
+        let ledger = Ledger {
+            dir,
+            corrupt,
+            max_entries,
+            max_age,
+            inner: Mutex::new(inner),
+        };
+        Ok((ledger, unfinished))
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        // The prefix keeps ids such as "." and ".." from naming directories.
+        self.dir.join(format!("r-{id}.json"))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks an id and, if it is new, records it as queued. `durable`
+    /// commands are written to disk before this returns.
+    pub fn begin(
+        &self,
+        id: &CommandId,
+        origin: Origin,
+        command: &Value,
+        durable: bool,
+    ) -> Result<Begin, StoreError> {
+        let mut inner = self.lock();
+        if let Some((state, _, _)) = inner.inflight.get(id.as_str()) {
+            return Ok(Begin::InProgress(*state));
+        }
+        if let Some((_, r)) = inner.recent.iter().find(|(k, _)| k == id.as_str()) {
+            return Ok(Begin::Done(Box::new(r.clone())));
+        }
+        let path = self.path(id.as_str());
+        if path.exists() {
+            match read_record(&path) {
+                Ok(Record {
+                    state: State::Done,
+                    result: Some(r),
+                    ..
+                }) => return Ok(Begin::Done(Box::new(r))),
+                Ok(r) => return Ok(Begin::InProgress(r.state)),
+                Err(reason) => {
+                    let _ = fsutil::move_aside(&path, &self.corrupt);
+                    log::warn!(
+                        "result record {} was damaged ({reason}); moved aside",
+                        path.display()
+                    );
+                }
+            }
+        }
+        if durable {
+            self.write(&path, State::Queued, origin, command, None)?;
+        }
+        inner
+            .inflight
+            .insert(id.as_str().to_string(), (State::Queued, origin, durable));
+        Ok(Begin::New)
+    }
+
+    /// Marks a queued command as started. For durable commands the record
+    /// is on disk before the command may run.
+    pub fn mark_running(&self, id: &CommandId, command: &Value) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.inflight.get_mut(id.as_str()) else {
+            return Ok(());
+        };
+        entry.0 = State::Running;
+        let (origin, durable) = (entry.1, entry.2);
+        drop(inner);
+        if durable {
+            self.write(
+                &self.path(id.as_str()),
+                State::Running,
+                origin,
+                command,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Stores the result and ends the command's in-flight state.
+    pub fn finish(&self, result: &CommandResult) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let (origin, durable) = match inner.inflight.get(&result.id) {
+            Some((_, o, d)) => (*o, *d),
+            None => (Origin::Api, false),
+        };
+        let outcome = if durable {
+            self.write(
+                &self.path(&result.id),
+                State::Done,
+                origin,
+                &result.command,
+                Some(result),
+            )
+        } else {
+            if inner.recent.len() >= RECENT_CAPACITY {
+                inner.recent.pop_front();
+            }
+            inner.recent.push_back((result.id.clone(), result.clone()));
+            Ok(())
+        };
+        inner.inflight.remove(&result.id);
+        outcome
+    }
+
+    /// Forgets a command that was accepted but could not be queued.
+    pub fn forget(&self, id: &CommandId) {
+        let mut inner = self.lock();
+        if let Some((_, _, durable)) = inner.inflight.remove(id.as_str()) {
+            if durable {
+                let _ = std::fs::remove_file(self.path(id.as_str()));
+            }
+        }
+    }
+
+    /// The stored result, or the state of an unfinished command.
+    pub fn lookup(&self, id: &CommandId) -> Option<Found> {
+        let inner = self.lock();
+        if let Some((state, _, _)) = inner.inflight.get(id.as_str()) {
+            return Some(Found::InProgress(*state));
+        }
+        if let Some((_, r)) = inner.recent.iter().find(|(k, _)| k == id.as_str()) {
+            return Some(Found::Done(Box::new(r.clone())));
+        }
+        drop(inner);
+        match read_record(&self.path(id.as_str())) {
+            Ok(Record {
+                state: State::Done,
+                result: Some(r),
+                ..
+            }) => Some(Found::Done(Box::new(r))),
+            Ok(r) => Some(Found::InProgress(r.state)),
+            Err(_) => None,
+        }
+    }
+
+    /// Number of commands queued or running.
+    pub fn inflight(&self) -> usize {
+        self.lock().inflight.len()
+    }
+
+    /// Deletes done records past the retention limits. Returns how many.
+    pub fn prune(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut done: Vec<(SystemTime, PathBuf)> = Vec::new();
+        let inflight: Vec<String> = self.lock().inflight.keys().cloned().collect();
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(id) = id_of(&path) else { continue };
+            if inflight.contains(&id) {
+                continue;
+            }
+            let mtime = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            done.push((mtime, path));
+        }
+        done.sort();
+        let now = SystemTime::now();
+        let excess = done.len().saturating_sub(self.max_entries);
+        let mut removed = 0;
+        for (i, (mtime, path)) in done.iter().enumerate() {
+            let old = now
+                .duration_since(*mtime)
+                .map(|age| age > self.max_age)
+                .unwrap_or(false);
+            if (i < excess || old) && std::fs::remove_file(path).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn write(
+        &self,
+        path: &Path,
+        state: State,
+        origin: Origin,
+        command: &Value,
+        result: Option<&CommandResult>,
+    ) -> Result<(), StoreError> {
+        let record = Record {
+            state,
+            origin,
+            updated: crate::util::now_rfc3339(),
+            command: command.clone(),
+            result: result.cloned(),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Invalid {
+            what: "result record",
+            message: e.to_string(),
+        })?;
+        fsutil::write_atomic(path, &bytes, 0o600)
+            .map_err(|e| StoreError::io("write a result record", path, e))
+    }
+}
+
+fn id_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let id = name.strip_prefix("r-")?.strip_suffix(".json")?;
+    CommandId::parse(id).ok().map(|_| id.to_string())
+}
+
+fn read_record(path: &Path) -> Result<Record, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let r: Record = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if r.state == State::Done && r.result.is_none() {
+        return Err("a done record without a result".into());
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Status;
+    use serde_json::json;
+
+    fn tmp() -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("vendetta-ledger-{}", crate::util::random_hex(4)));
+        fsutil::ensure_dir(&d).unwrap();
+        d
+    }
+
+    fn result(id: &str) -> CommandResult {
+        CommandResult::new(
+            id,
+            &json!({"id": id}),
+            "n",
+            Status::Success,
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn dedupes_across_reopen() {
+        let dir = tmp();
+        let id = CommandId::parse("c1").unwrap();
+        let (l, unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
+        assert!(unfinished.is_empty());
+        assert_eq!(
+            l.begin(&id, Origin::Api, &json!({}), true).unwrap(),
+            Begin::New
+        );
+        assert_eq!(
+            l.begin(&id, Origin::Api, &json!({}), true).unwrap(),
+            Begin::InProgress(State::Queued)
+        );
+        l.mark_running(&id, &json!({})).unwrap();
+        l.finish(&result("c1")).unwrap();
+        drop(l);
+        let (l, unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
+        assert!(unfinished.is_empty());
+        assert!(
+            matches!(l.begin(&id, Origin::Api, &json!({}), true).unwrap(), Begin::Done(r) if r.id == "c1")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reports_unfinished_and_moves_garbage_aside() {
+        let dir = tmp();
+        let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
+        let q = CommandId::parse("queued-1").unwrap();
+        let r = CommandId::parse("running-1").unwrap();
+        l.begin(&q, Origin::Coordination, &json!({"id":"queued-1"}), true)
+            .unwrap();
+        l.begin(&r, Origin::Api, &json!({"id":"running-1"}), true)
+            .unwrap();
+        l.mark_running(&r, &json!({"id":"running-1"})).unwrap();
+        drop(l);
+        std::fs::write(dir.join("results/r-bad.json"), b"{truncated").unwrap();
+        let (_, mut unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
+        unfinished.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(unfinished.len(), 2);
+        assert_eq!(
+            (unfinished[0].id.as_str(), unfinished[0].state),
+            ("queued-1", State::Queued)
+        );
+        assert_eq!(unfinished[0].origin, Origin::Coordination);
+        assert_eq!(
+            (unfinished[1].id.as_str(), unfinished[1].state),
+            ("running-1", State::Running)
+        );
+        assert!(!dir.join("results/r-bad.json").exists());
+        assert_eq!(std::fs::read_dir(dir.join("corrupt")).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_only_results_stay_in_memory_and_are_bounded() {
+        let dir = tmp();
+        let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
+        for i in 0..(RECENT_CAPACITY + 10) {
+            let id = CommandId::parse(&format!("s{i}")).unwrap();
+            assert_eq!(
+                l.begin(&id, Origin::Api, &json!({}), false).unwrap(),
+                Begin::New
+            );
+            l.finish(&result(&format!("s{i}"))).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.join("results")).unwrap().count(), 0);
+        assert!(
+            l.lookup(&CommandId::parse("s0").unwrap()).is_none(),
+            "oldest fell out of the window"
+        );
+        let last = format!("s{}", RECENT_CAPACITY + 9);
+        assert!(matches!(
+            l.lookup(&CommandId::parse(&last).unwrap()),
+            Some(Found::Done(_))
+        ));
+        assert_eq!(l.lock().recent.len(), RECENT_CAPACITY);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn prunes_beyond_max_entries() {
+        let dir = tmp();
+        let (l, _) = Ledger::open(&dir, 3, Duration::from_secs(3600)).unwrap();
+        for i in 0..5 {
+            let id = CommandId::parse(&format!("d{i}")).unwrap();
+            l.begin(&id, Origin::Api, &json!({}), true).unwrap();
+            l.finish(&result(&format!("d{i}"))).unwrap();
+        }
+        let keep = CommandId::parse("still-running").unwrap();
+        l.begin(&keep, Origin::Api, &json!({}), true).unwrap();
+        assert_eq!(l.prune(), 2);
+        assert!(l.lookup(&keep).is_some());
+        assert_eq!(std::fs::read_dir(dir.join("results")).unwrap().count(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,97 @@
+//! The node id (generated once, kept in `cache_dir/node_id`) and the
+//! local API token file.
+
+use super::{fsutil, StoreError};
+use std::path::Path;
+
+/// Node ids travel in URL paths: `[A-Za-z0-9._-]{1,64}`.
+pub fn valid_node_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The configured id, else the stored one, else a new one that is stored.
+pub fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<String, StoreError> {
+    if !configured.is_empty() {
+        if !valid_node_id(configured) {
+            return Err(StoreError::Invalid {
+                what: "node_id",
+                message: format!(
+                    "{configured:?} is not a node id; use 1-64 characters of [A-Za-z0-9._-]"
+                ),
+            });
+        }
+        return Ok(configured.to_string());
+    }
+    let path = cache_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if valid_node_id(s.trim()) => return Ok(s.trim().to_string()),
+        Ok(_) => {
+            let moved = fsutil::move_aside(&path, &cache_dir.join("corrupt"))
+                .map_err(|e| StoreError::io("move aside a damaged node_id file", &path, e))?;
+            log::warn!(
+                "node_id file {} was damaged; moved to {} and made a new id",
+                path.display(),
+                moved.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io("read the node id", &path, e)),
+    }
+    let id = format!("node-{}", crate::util::random_hex(6));
+    fsutil::write_atomic(&path, format!("{id}\n").as_bytes(), 0o644)
+        .map_err(|e| StoreError::io("store the node id", &path, e))?;
+    Ok(id)
+}
+
+/// The local API token when none is configured: generated once into
+/// `cache_dir/api_token` (mode 0600), so only the agent's user and root can
+/// read it, and the local CLI finds it there.
+pub fn load_or_create_api_token(cache_dir: &Path) -> Result<String, StoreError> {
+    let path = cache_dir.join("api_token");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io("read the API token", &path, e)),
+    }
+    let token = crate::util::random_hex(24);
+    fsutil::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
+        .map_err(|e| StoreError::io("store the API token", &path, e))?;
+    Ok(token)
+}
+
+/// Reads the generated token, for the CLI.
+pub fn read_api_token(cache_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(cache_dir.join("api_token"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_is_stable() {
+        let dir =
+            std::env::temp_dir().join(format!("vendetta-node-{}", crate::util::random_hex(4)));
+        fsutil::ensure_dir(&dir).unwrap();
+        let a = load_or_create_id(&dir, "").unwrap();
+        let b = load_or_create_id(&dir, "").unwrap();
+        assert_eq!(a, b);
+        assert!(a.starts_with("node-"));
+        assert_eq!(load_or_create_id(&dir, "edge-7").unwrap(), "edge-7");
+        assert!(load_or_create_id(&dir, "../etc").is_err());
+        std::fs::write(dir.join("node_id"), "garbage/\n").unwrap();
+        let c = load_or_create_id(&dir, "").unwrap();
+        assert_ne!(c, a);
+        assert!(dir.join("corrupt").read_dir().unwrap().count() == 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

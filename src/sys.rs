@@ -1,0 +1,189 @@
+//! Facts about the host and this process, read from /proc, uname and statvfs.
+//!
+//! Every reader returns `Option`: a missing file (a container without
+//! /proc/loadavg, say) leaves one field empty, never fails a command.
+
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostInfo {
+    pub os: String,
+    pub arch: &'static str,
+    pub kernel: String,
+    pub hostname: String,
+    pub cpus: usize,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub uptime_s: u64,
+}
+
+pub fn host_info() -> HostInfo {
+    let mem = meminfo();
+    HostInfo {
+        os: os_name(),
+        arch: std::env::consts::ARCH,
+        kernel: read_trim("/proc/sys/kernel/osrelease").unwrap_or_default(),
+        hostname: hostname(),
+        cpus: cpus(),
+        memory_total_bytes: mem.map(|m| m.0).unwrap_or(0),
+        memory_available_bytes: mem.map(|m| m.1).unwrap_or(0),
+        uptime_s: read_trim("/proc/uptime")
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .map(|v| v as u64)
+            .unwrap_or(0),
+    }
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+pub fn hostname() -> String {
+    read_trim("/proc/sys/kernel/hostname")
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+pub fn os_name() -> String {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .map(|v| v.trim_matches('"').to_string())
+    };
+    field("PRETTY_NAME")
+        .or_else(|| field("NAME"))
+        .unwrap_or_else(|| std::env::consts::OS.to_string())
+}
+
+/// (MemTotal, MemAvailable) in bytes.
+pub fn meminfo() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("MemTotal:")?, field("MemAvailable:")?))
+}
+
+/// The 1-minute load average.
+pub fn load1() -> Option<f64> {
+    read_trim("/proc/loadavg")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Disk {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// Space on the file system holding `path`.
+pub fn disk(path: &Path) -> Option<Disk> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; c is a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    let frsize = s.f_frsize as u64;
+    Some(Disk {
+        total_bytes: s.f_blocks as u64 * frsize,
+        available_bytes: s.f_bavail as u64 * frsize,
+    })
+}
+
+/// Resident set size of this process in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(4096) as u64)
+}
+
+/// User plus system CPU time of this process, in seconds.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((utime + stime) / tick)
+}
+
+pub fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
+pub fn threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Names of this process's threads, for /debug/threads.
+pub fn thread_names() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Start time of this process as Unix seconds.
+pub fn process_start_unix() -> f64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<f64> = OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_real_values() {
+        let h = host_info();
+        assert!(h.cpus >= 1);
+        assert!(h.memory_total_bytes > 0);
+        assert!(!h.kernel.is_empty());
+        assert!(rss_bytes().unwrap() > 0);
+        assert!(cpu_seconds().is_some());
+        assert!(disk(Path::new("/")).unwrap().total_bytes > 0);
+        assert!(threads().unwrap() >= 1);
+    }
+}
