@@ -623,7 +623,7 @@ fn session(mut args: Arguments, help: bool, tail: Vec<String>) -> Result<i32, Cl
             params.insert("session_id".into(), Value::from(id));
             finish(args)?;
             let r = client.command("session", "create", Value::Object(params), None)?;
-            report(r, json_out, |d| print_sessions(&[d.clone()]))
+            report(r, json_out, |d| print_sessions(std::slice::from_ref(d)))
         }
         "start" | "destroy" => {
             let id = need_free(&mut args, "session id")?;
@@ -642,7 +642,7 @@ fn session(mut args: Arguments, help: bool, tail: Vec<String>) -> Result<i32, Cl
                         }
                     );
                 } else {
-                    print_sessions(&[d.clone()]);
+                    print_sessions(std::slice::from_ref(d));
                 }
             })
         }
@@ -656,7 +656,7 @@ fn session(mut args: Arguments, help: bool, tail: Vec<String>) -> Result<i32, Cl
                 params["timeout"] = Value::from(duration::format(g));
             }
             let r = client.command("session", "stop", params, None)?;
-            report(r, json_out, |d| print_sessions(&[d.clone()]))
+            report(r, json_out, |d| print_sessions(std::slice::from_ref(d)))
         }
         "list" => {
             let provider = provider_flag(&mut args)?;
@@ -778,7 +778,7 @@ fn service(mut args: Arguments, help: bool) -> Result<i32, CliError> {
             let r = flags
                 .client
                 .command("service", "status", json!({"session_id": id}), None)?;
-            report(r, flags.json, |d| print_services(&[d.clone()]))
+            report(r, flags.json, |d| print_services(std::slice::from_ref(d)))
         }
         Some(other) => Err(CliError::Usage(format!(
             "unknown service command {other:?}; see `vendetta service --help`"

@@ -1100,8 +1100,10 @@ log_level: "info"
 
     #[test]
     fn secrets_are_redacted() {
-        let mut c = Config::default();
-        c.auth_token = Secret("hunter2-very-secret".into());
+        let c = Config {
+            auth_token: Secret("hunter2-very-secret".into()),
+            ..Config::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

@@ -148,18 +148,17 @@ impl From<StoreError> for AgentError {
     }
 }
 
+/// What `build` returns: the shared state, the workers' end of the job
+/// queue, and the commands the ledger found unfinished.
+pub type Built = (
+    Arc<Shared>,
+    Receiver<Job>,
+    Vec<crate::store::ledger::Unfinished>,
+);
+
 /// Builds the shared state: cache dir, node id, token, ledger, spool,
 /// providers. Also used by tests that drive the runtime in-process.
-pub fn build(
-    loaded: &config::Loaded,
-) -> Result<
-    (
-        Arc<Shared>,
-        Receiver<Job>,
-        Vec<crate::store::ledger::Unfinished>,
-    ),
-    AgentError,
-> {
+pub fn build(loaded: &config::Loaded) -> Result<Built, AgentError> {
     let config = loaded.config.clone();
     let cache_dir = config.cache_dir();
     crate::store::fsutil::ensure_dir(&cache_dir)

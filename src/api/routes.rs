@@ -424,7 +424,10 @@ fn get_command(shared: &Shared, path: &str) -> Reply {
         }
     };
     match shared.ledger.lookup(&id) {
-        Some(Found::Done(result)) => result_reply(&result).header("X-Vendetta-Replayed", "true"),
+        // The stored result is the resource: 200 whatever its status.
+        Some(Found::Done(result)) => {
+            Reply::json(200, &serde_json::to_value(&*result).unwrap_or(Value::Null))
+        }
         Some(Found::InProgress(state)) => accepted(&id, state),
         None => Reply::error(
             404,
@@ -455,9 +458,15 @@ fn sessions(shared: &Arc<Shared>, query: &str, request: Request) {
             )
         }
     };
-    let list_reply = |r: &CommandResult| match r.status {
-        crate::protocol::Status::Success => Reply::json(200, &json!({"sessions": r.data})),
-        _ => result_reply(r),
+    let list_reply = |r: &CommandResult| match (r.status, r.code.as_deref()) {
+        (crate::protocol::Status::Success, _) => Reply::json(200, &json!({"sessions": r.data})),
+        (_, Some(codes::UNAVAILABLE)) => Reply::error(503, codes::UNAVAILABLE, r.error.clone()),
+        (_, Some(codes::INVALID)) => Reply::error(400, codes::INVALID, r.error.clone()),
+        _ => Reply::error(
+            500,
+            r.code.as_deref().unwrap_or(codes::FAILED),
+            r.error.clone(),
+        ),
     };
     match shared.submit(cmd, Origin::Api, true) {
         Submitted::Queued(Some(rx)) => {

@@ -79,10 +79,10 @@ pub fn format(d: Duration) -> String {
     if ns == 0 {
         return "0s".to_string();
     }
-    if ns % 1_000_000_000 != 0 {
+    if !ns.is_multiple_of(1_000_000_000) {
         // Sub-second precision is written in one unit: "1500ms", not "1s500ms".
         for (size, unit) in [(1_000_000, "ms"), (1_000, "us"), (1, "ns")] {
-            if ns % size == 0 {
+            if ns.is_multiple_of(size) {
                 return format!("{}{}", ns / size, unit);
             }
         }

@@ -54,7 +54,7 @@ pub fn parse(s: &str) -> Result<u64, SizeError> {
 /// Formats with the largest exact binary suffix, so printed configs round-trip.
 pub fn format(bytes: u64) -> String {
     for (shift, unit) in [(40, "t"), (30, "g"), (20, "m"), (10, "k")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{}", bytes >> shift, unit);
         }
     }

@@ -1,0 +1,381 @@
+//! The local API: routes, auth, status codes, and every kind of bad input.
+
+use crate::util::{next_id, wait_until, Agent, TOKEN};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[test]
+fn health_is_public_and_describes_providers() {
+    let a = Agent::start("");
+    let (status, body) = a.get_as("/health", None);
+    assert!(status == 200 || status == 503, "{status}");
+    assert_eq!(body["status"] == "down", status == 503);
+    for p in ["docker", "lxc", "qemu"] {
+        assert!(body["providers"][p]["ok"].is_boolean(), "{body}");
+    }
+    assert_eq!(body["link"]["state"], "offline");
+    assert!(body["node_id"].as_str().unwrap().starts_with("node-"));
+}
+
+#[test]
+fn health_is_503_when_the_default_provider_is_down() {
+    let a = Agent::start("docker:\n  socket: /nonexistent/docker.sock\n");
+    let (status, body) = a.get_as("/health", None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["providers"]["docker"]["ok"], false);
+    assert!(
+        body["providers"]["docker"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/docker.sock"),
+        "{body}"
+    );
+    assert!(
+        body["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("default provider docker"),
+        "{body}"
+    );
+}
+
+#[test]
+fn system_commands_report_real_values() {
+    let a = Agent::start("");
+    let r = a.cmd("system", "info", json!({}));
+    assert_eq!(r["status"], "success");
+    let d = &r["data"];
+    assert_eq!(d["arch"], std::env::consts::ARCH);
+    assert!(d["cpus"].as_u64().unwrap() >= 1);
+    assert!(d["memory_total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        d["kernel"].as_str().unwrap(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim()
+    );
+    assert!(d["disk"]["available_bytes"].as_u64().unwrap() > 0);
+    let r = a.cmd("system", "status", json!({}));
+    assert_eq!(r["data"]["pid"], a.pid());
+    assert_eq!(r["data"]["queue"]["capacity"], 64);
+    assert_eq!(r["data"]["workers"]["total"], 4);
+    assert_eq!(r["data"]["link"]["state"], "offline");
+    let r = a.cmd("system", "health", json!({}));
+    assert!(r["data"]["providers"]["docker"].is_object());
+    // The result echoes the command and carries Go-style and human durations.
+    assert_eq!(r["command"]["action"], "health");
+    assert!(r["duration"].as_u64().is_some() && r["duration_ms"].as_f64().is_some());
+    assert_eq!(
+        r["node_id"],
+        a.cmd("system", "status", json!({}))["data"]["node_id"]
+    );
+}
+
+#[test]
+fn async_command_answers_202_then_the_result() {
+    let a = Agent::start("");
+    let id = format!("async-{}", next_id());
+    let (status, body) = a.post_path(
+        "/api/v1/commands?async=true",
+        &json!({"id": id, "type": "system", "action": "status"}).to_string(),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["location"], format!("/api/v1/commands/{id}"));
+    let mut last = Value::Null;
+    assert!(wait_until(Duration::from_secs(5), || {
+        let (s, b) = a.get(&format!("/api/v1/commands/{id}"));
+        last = b;
+        s == 200
+    }));
+    assert_eq!(last["status"], "success");
+    assert_eq!(last["id"], id.as_str());
+}
+
+#[test]
+fn repeated_id_is_answered_from_the_store_not_run_again() {
+    let a = Agent::start("");
+    let id = format!("dup-{}", next_id());
+    let body = json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "never-was"}}).to_string();
+    let (s1, r1) = a.post(&body);
+    let (s2, r2) = a.post(&body);
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(r1, r2, "same stored result");
+    assert_eq!(r1["data"]["existed"], false);
+    let (_, m) = a.get_as("/metrics", None);
+    let text = m.as_str().unwrap();
+    assert!(text.contains("vendetta_commands_executed_total{type=\"session\",action=\"destroy\",status=\"success\"} 1\n"), "{text}");
+    assert!(
+        text.contains("vendetta_commands_refused_total{reason=\"duplicate\"} 1\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_command_id_is_404_and_bad_one_400() {
+    let a = Agent::start("");
+    let (s, b) = a.get("/api/v1/commands/nope-never");
+    assert_eq!(s, 404, "{b}");
+    assert_eq!(b["code"], "not_found");
+    let (s, b) = a.get("/api/v1/commands/a%2F..%2Fb");
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["code"], "invalid_id");
+}
+
+#[test]
+fn auth_is_required_and_checked() {
+    let a = Agent::start("");
+    let body = json!({"id": "auth-1", "type": "system", "action": "status"}).to_string();
+    for token in [None, Some("wrong"), Some(""), Some(&"x".repeat(10_000)[..])] {
+        let (s, b) = a.post_path("/api/v1/commands", &body, token);
+        assert_eq!(s, 401, "{token:?}: {b}");
+        assert_eq!(b["code"], "unauthorized");
+        assert!(!b.to_string().contains(TOKEN));
+    }
+    let (s, _) = a.get_as("/api/v1/sessions", Some("wrong"));
+    assert_eq!(s, 401);
+    let (s, _) = a.get_as("/api/v1/events", None);
+    assert_eq!(s, 401);
+    // The refused command was never recorded: with the token it runs.
+    let (s, b) = a.post(&body);
+    assert_eq!(s, 200, "{b}");
+    assert!(!a.log().contains(TOKEN), "the token must never be logged");
+}
+
+#[test]
+fn metrics_can_require_auth() {
+    let a = Agent::start("metrics_auth: true\n");
+    assert_eq!(a.get_as("/metrics", None).0, 401);
+    assert_eq!(a.get("/metrics").0, 200);
+}
+
+#[test]
+fn allowed_ips_apply_before_auth() {
+    let a = Agent::start("allowed_ips: [\"10.0.0.0/8\"]\n");
+    let (s, b) = a.get("/api/v1/sessions");
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(b["code"], "forbidden");
+    assert_eq!(a.get_as("/health", None).0, 403);
+}
+
+#[test]
+fn wrong_method_and_unknown_route() {
+    let a = Agent::start("");
+    let (s, b) = a.get("/api/v1/commands");
+    assert_eq!(s, 405, "{b}");
+    assert_eq!(b["code"], "method_not_allowed");
+    let raw = a.raw(b"DELETE /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("allow: get, head"),
+        "{raw}"
+    );
+    let (s, b) = a.get("/api/v2/whatever");
+    assert_eq!(s, 404, "{b}");
+}
+
+/// Each bad body gets a JSON error naming what is wrong, with the right
+/// status, and the agent keeps serving.
+#[test]
+fn bad_commands_get_clear_errors() {
+    let a = Agent::start("");
+    let cases: Vec<(String, u16, &str, &str)> = vec![
+        ("{not json".into(), 400, "malformed_json", "malformed JSON"),
+        ("[1,2]".into(), 400, "malformed_command", "JSON object"),
+        (json!({"type": "system", "action": "status"}).to_string(), 400, "invalid_id", "id: is required"),
+        (json!({"id": "../x", "type": "system", "action": "status"}).to_string(), 400, "invalid_id", "command id"),
+        (json!({"id": "a\u{1}b", "type": "system", "action": "status"}).to_string(), 400, "invalid_id", "command id"),
+        (json!({"id": "x".repeat(10_240), "type": "system", "action": "status"}).to_string(), 400, "invalid_id", "at most 128"),
+        (json!({"id": 42, "type": "system", "action": "status"}).to_string(), 400, "invalid_id", "id"),
+        (json!({"id": format!("u1-{}", next_id()), "type": "nuke", "action": "all"}).to_string(), 400, "invalid_command", "type: unknown type"),
+        (json!({"id": format!("u2-{}", next_id()), "type": "system", "action": "reboot"}).to_string(), 400, "invalid_command", "action: unknown action"),
+        (json!({"id": format!("u3-{}", next_id()), "type": "session", "action": "start"}).to_string(), 400, "invalid_command", "params.session_id: is required"),
+        (json!({"id": format!("u4-{}", next_id()), "type": "session", "action": "start", "params": {"session_id": "../etc"}}).to_string(), 400, "invalid_command", "params.session_id"),
+        (json!({"id": format!("u5-{}", next_id()), "type": "session", "action": "start", "params": {"session_id": "a".repeat(10_240)}}).to_string(), 400, "invalid_command", "params.session_id"),
+        (json!({"id": format!("u6-{}", next_id()), "type": "session", "action": "start", "params": {"session_id": "ab\u{7}c"}}).to_string(), 400, "invalid_command", "params.session_id"),
+        (json!({"id": format!("u7-{}", next_id()), "type": "session", "action": "exec", "params": {"session_id": "s", "command": 7}}).to_string(), 400, "invalid_command", "params.command"),
+        (json!({"id": format!("u8-{}", next_id()), "type": "session", "action": "create", "params": {"session_id": "s", "resources": {"cpus": "many"}}}).to_string(), 400, "invalid_command", "params.resources.cpus"),
+        (json!({"id": format!("u9-{}", next_id()), "type": "system", "action": "status", "params": "x"}).to_string(), 400, "invalid_command", "params: must be a JSON object"),
+    ];
+    for (body, status, code, needle) in cases {
+        let (s, b) = a.post(&body);
+        assert_eq!(s, status, "{}: {b}", &body[..body.len().min(80)]);
+        assert_eq!(b["code"], code, "{b}");
+        let err = b["error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains(needle),
+            "error {err:?} should contain {needle:?}"
+        );
+        assert!(
+            err.len() < 600,
+            "errors never echo huge input: {} bytes",
+            err.len()
+        );
+    }
+    // A failed command is stored like any other result.
+    let id = format!("stored-{}", next_id());
+    let body = json!({"id": id, "type": "system", "action": "reboot"}).to_string();
+    assert_eq!(a.post(&body).0, 400);
+    let (s, b) = a.get(&format!("/api/v1/commands/{id}"));
+    assert_eq!(s, 200);
+    assert_eq!(b["status"], "failed");
+    assert_eq!(
+        a.cmd("system", "status", json!({}))["status"],
+        "success",
+        "still serving"
+    );
+}
+
+#[test]
+fn policy_rejects_with_403() {
+    let a = Agent::start("allowed_commands: [\"system.*\"]\n");
+    let (s, b) = a.post(&json!({"id": "p1", "type": "session", "action": "list"}).to_string());
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(b["status"], "rejected");
+    assert!(b["error"].as_str().unwrap().contains("allowed_commands"));
+    assert_eq!(a.cmd("system", "info", json!({}))["status"], "success");
+}
+
+#[test]
+fn huge_bodies_are_refused_and_the_agent_keeps_running() {
+    let a = Agent::start("");
+    // 10 MB of real body.
+    let big = format!(
+        "{{\"id\":\"big\",\"type\":\"system\",\"action\":\"status\",\"pad\":\"{}\"}}",
+        "x".repeat(10 << 20)
+    );
+    let (s, b) = a.post(&big);
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(b["code"], "body_too_large");
+    // A declared length far beyond memory, with almost no body, must not
+    // make the agent allocate it.
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let huge = format!("POST /api/v1/commands HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 4611686018427387904\r\nConnection: close\r\n\r\n{{}}");
+    let raw = a.raw(huge.as_bytes());
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    // Without a token it is refused before the body matters.
+    let raw = a.raw(b"POST /api/v1/commands HTTP/1.1\r\nHost: x\r\nContent-Length: 4611686018427387904\r\nConnection: close\r\n\r\n{}");
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    // Chunked bodies are capped too.
+    let mut chunked = format!("POST /api/v1/commands HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").into_bytes();
+    for _ in 0..(2 << 10) {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b'x'; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let raw = a.raw(&chunked);
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(a.is_alive());
+    assert_eq!(a.cmd("system", "status", json!({}))["status"], "success");
+}
+
+#[test]
+fn garbage_on_the_socket_does_not_hurt() {
+    let a = Agent::start("");
+    let raw = a.raw(b"\x00\x01\x02 garbage\r\n\r\n");
+    assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 400"), "{raw}");
+    let raw = a.raw(b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n");
+    assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 400"), "{raw}");
+    // A client that connects and says nothing.
+    let idle = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    assert!(a.is_alive());
+    drop(idle);
+}
+
+#[test]
+fn sessions_route_lists_through_the_command_path() {
+    let a = Agent::start("providers: [lxc]\nprovider: lxc\n");
+    let (s, b) = a.get("/api/v1/sessions");
+    assert_eq!(s, 200, "{b}");
+    assert!(b["sessions"].is_array(), "{b}");
+    let (s, b) = a.get("/api/v1/sessions?provider=docker");
+    assert_eq!(s, 503, "docker is not enabled here: {b}");
+    assert!(b["error"].as_str().unwrap().contains("not enabled"), "{b}");
+    let (s, b) = a.get("/api/v1/sessions?provider=vbox");
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("params.provider"),
+        "{b}"
+    );
+}
+
+#[test]
+fn events_stream_live_command_changes() {
+    let a = Agent::start("");
+    let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    // Skip headers and the opening comment.
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let id = format!("ev-{}", next_id());
+    a.post(&json!({"id": id, "type": "system", "action": "info"}).to_string());
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if let Some(data) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data.trim()).unwrap();
+            if v["id"] == id.as_str() {
+                seen.push(v["state"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(seen, ["queued", "running", "finished"]);
+}
+
+#[test]
+fn metrics_pass_promtool() {
+    let a = Agent::start("");
+    a.cmd("system", "status", json!({}));
+    let (s, m) = a.get_as("/metrics", None);
+    assert_eq!(s, 200);
+    let text = m.as_str().unwrap().to_string();
+    for family in [
+        "vendetta_commands_received_total",
+        "vendetta_command_duration_seconds_bucket",
+        "vendetta_queue_depth",
+        "vendetta_provider_up",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(family), "missing {family}");
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by tests/setup/deps.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

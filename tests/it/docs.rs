@@ -1,0 +1,99 @@
+//! Man pages lint clean and document what the code has.
+
+use std::process::Command;
+
+fn man_pages() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let mut pages: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    pages.sort();
+    pages
+}
+
+#[test]
+fn man_pages_pass_mandoc_lint() {
+    let pages = man_pages();
+    assert!(pages.len() >= 3, "{pages:?}");
+    for p in pages {
+        let out = Command::new("mandoc")
+            .args(["-T", "lint", "-W", "warning"])
+            .arg(&p)
+            .output()
+            .expect("mandoc is installed by tests/setup/deps.sh");
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            p.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn every_config_key_is_in_the_man_page_and_the_example() {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man/vendetta-agent.yaml.5"),
+    )
+    .unwrap();
+    let example = vendetta::config::DEFAULT_YAML;
+    let all = serde_yaml::to_value(vendetta::config::Config::default()).unwrap();
+    let mut keys = Vec::new();
+    for (k, v) in all.as_mapping().unwrap() {
+        let k = k.as_str().unwrap().to_string();
+        match v.as_mapping() {
+            Some(m) if k != "labels" => {
+                for (sub, _) in m {
+                    keys.push(format!("{k}.{}", sub.as_str().unwrap()));
+                }
+            }
+            _ => keys.push(k),
+        }
+    }
+    assert!(keys.len() > 50, "{keys:?}");
+    for key in keys {
+        // The page names nested keys in full (heartbeat.interval).
+        assert!(
+            page.contains(&format!("Cm {key}")),
+            "vendetta-agent.yaml(5) does not document {key}"
+        );
+        let leaf = key.rsplit('.').next().unwrap();
+        assert!(
+            example.contains(&format!("{leaf}:")),
+            "packaging/agent.yaml does not show {key}"
+        );
+    }
+}
+
+#[test]
+fn every_env_var_and_exit_code_is_in_the_agent_page() {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man/vendetta-agent.1"),
+    )
+    .unwrap();
+    for var in [
+        "VENDETTA_CONFIG",
+        "VENDETTA_COORD_URL",
+        "VENDETTA_AUTH_TOKEN",
+        "VENDETTA_PROVIDER",
+        "VENDETTA_LOG_LEVEL",
+        "VENDETTA_DEBUG_PPROF",
+        "VENDETTA_AGENT_URL",
+        "VENDETTA_API_TOKEN",
+    ] {
+        assert!(page.contains(var), "vendetta-agent(1) lacks {var}");
+    }
+    for flag in [
+        "\\-\\-config",
+        "\\-\\-timeout",
+        "\\-\\-json",
+        "\\-\\-check",
+        "\\-\\-token",
+        "\\-\\-agent",
+    ] {
+        assert!(page.contains(flag), "vendetta-agent(1) lacks {flag}");
+    }
+}

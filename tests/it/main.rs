@@ -1,0 +1,7 @@
+//! Integration tests: the real binary, over HTTP and its CLI.
+
+mod api;
+mod cli;
+mod docs;
+mod runtime;
+mod util;

@@ -1,0 +1,374 @@
+//! Test harness: runs the real `vendetta` binary in its own temp dir, talks
+//! to it over HTTP and its CLI, and cleans up (processes, dirs) on drop,
+//! also when a test fails. On failure the agent's log is printed.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vendetta");
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A directory under /tmp removed on drop. Names stay short: QEMU socket
+/// paths must fit in 108 bytes.
+pub struct TempDir(pub PathBuf);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = PathBuf::from(format!("/tmp/vt-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub struct Agent {
+    pub dir: TempDir,
+    pub port: u16,
+    pub url: String,
+    pub config: PathBuf,
+    child: Option<Child>,
+    http: ureq::Agent,
+    starts: u32,
+}
+
+impl Agent {
+    /// Starts an agent whose config is the harness defaults plus `extra`
+    /// (YAML lines; later keys must not repeat the defaults').
+    pub fn start(extra: &str) -> Agent {
+        let mut a = Agent::configure("agent", extra);
+        a.spawn();
+        a.wait_ready();
+        a
+    }
+
+    /// Writes the config but does not start the agent.
+    pub fn configure(tag: &str, extra: &str) -> Agent {
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let config = dir.path().join("agent.yaml");
+        let mut yaml = format!(
+            "listen: 127.0.0.1:{port}\ncache_dir: {}\napi_token: {TOKEN}\nlog_format: json\nlog_level: debug\nmonitor_interval: 500ms\n",
+            dir.path().join("cache").display()
+        );
+        let overridden: Vec<&str> = extra
+            .lines()
+            .filter_map(|l| l.split(':').next())
+            .filter(|k| !k.starts_with(' '))
+            .collect();
+        yaml = yaml
+            .lines()
+            .filter(|l| !overridden.contains(&l.split(':').next().unwrap_or("")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        yaml.push_str(extra);
+        yaml.push('\n');
+        std::fs::write(&config, yaml).expect("write config");
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Agent {
+            dir,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            config,
+            child: None,
+            http,
+            starts: 0,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("agent-{}.log", self.starts))
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    pub fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let child = Command::new(BIN)
+            .args(["agent", "start", "--config"])
+            .arg(&self.config)
+            .env_remove("VENDETTA_CONFIG")
+            .env_remove("VENDETTA_LOG_LEVEL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vendetta");
+        self.child = Some(child);
+    }
+
+    pub fn wait_ready(&self) {
+        let ok = wait_until(Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+        assert!(
+            ok,
+            "agent did not listen on {} within 20s; log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// All logs of every start, concatenated.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("agent-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(40))
+            .unwrap_or_else(|| panic!("agent did not exit after SIGTERM; log:\n{}", self.log()))
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let resp = match method {
+            "GET" => {
+                let mut r = self.http.get(&url);
+                if let Some(t) = token {
+                    r = r.header("Authorization", format!("Bearer {t}"));
+                }
+                r.call()
+            }
+            "POST" => {
+                let mut r = self
+                    .http
+                    .post(&url)
+                    .header("Content-Type", "application/json");
+                if let Some(t) = token {
+                    r = r.header("Authorization", format!("Bearer {t}"));
+                }
+                r.send(body.unwrap_or("").to_string())
+            }
+            "DELETE" => {
+                let mut r = self.http.delete(&url);
+                if let Some(t) = token {
+                    r = r.header("Authorization", format!("Bearer {t}"));
+                }
+                r.call()
+            }
+            other => panic!("unsupported method {other}"),
+        };
+        let mut resp =
+            resp.unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log()));
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None, Some(TOKEN))
+    }
+
+    pub fn get_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call("GET", path, None, token)
+    }
+
+    pub fn post(&self, body: &str) -> (u16, Value) {
+        self.call("POST", "/api/v1/commands", Some(body), Some(TOKEN))
+    }
+
+    pub fn post_path(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+        self.call("POST", path, Some(body), token)
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.call("DELETE", path, None, Some(TOKEN))
+    }
+
+    /// Runs a command through the API and returns its result (asserting 200).
+    pub fn cmd(&self, kind: &str, action: &str, params: Value) -> Value {
+        let id = format!("t-{kind}-{action}-{}", next_id());
+        let (status, body) = self
+            .post(&json!({"id": id, "type": kind, "action": action, "params": params}).to_string());
+        assert_eq!(
+            status,
+            200,
+            "{kind}.{action} answered {status}: {body}\nlog:\n{}",
+            self.log()
+        );
+        body
+    }
+
+    /// Runs the CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("VENDETTA_AGENT_URL", &self.url)
+            .env("VENDETTA_API_TOKEN", TOKEN)
+            .env("VENDETTA_CONFIG", &self.config)
+            .output()
+            .expect("run vendetta cli")
+    }
+
+    /// Sends raw bytes and returns the raw answer (for hostile requests).
+    pub fn raw(&self, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+        let _ = s.write_all(request);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the status line and headers, then whatever body follows.
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.windows(4).any(|w| w == b"\r\n\r\n") && body_complete(&out) {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        let (status, _) = self.call("GET", "/health", None, None);
+        status == 200 || status == 503
+    }
+}
+
+fn body_complete(resp: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(resp);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse::<usize>().ok());
+    match len {
+        Some(n) => body.len() >= n,
+        None => true,
+    }
+}
+
+static IDS: AtomicU32 = AtomicU32::new(0);
+
+pub fn next_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        IDS.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- agent log ({}) ----\n{}\n---- end of agent log ----",
+                self.config.display(),
+                self.log()
+            );
+        }
+        self.kill9();
+    }
+}
