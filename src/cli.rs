@@ -726,18 +726,34 @@ fn exec(
             .map_err(|e| CliError::Usage(format!("cannot read stdin for -i: {e}")))?;
         params["stdin"] = Value::from(input);
     }
-    let r = client.command("session", "exec", params, None)?;
-    if json_out {
+    let r = if json_out {
+        let r = client.command("session", "exec", params, None)?;
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        r
     } else {
         use std::io::Write;
+        // Output passes through as it arrives; the result follows.
+        let mut streamed = false;
+        let r = client.command_streaming("session", "exec", params, |stream, data| {
+            streamed = true;
+            let _ = match stream {
+                "stderr" => std::io::stderr().write_all(data.as_bytes()),
+                _ => std::io::stdout()
+                    .write_all(data.as_bytes())
+                    .and_then(|_| std::io::stdout().flush()),
+            };
+        })?;
         let d = &r["data"];
-        let _ = std::io::stdout().write_all(d["stdout"].as_str().unwrap_or("").as_bytes());
-        let _ = std::io::stderr().write_all(d["stderr"].as_str().unwrap_or("").as_bytes());
+        if !streamed {
+            // A stored result (repeated id) comes whole.
+            let _ = std::io::stdout().write_all(d["stdout"].as_str().unwrap_or("").as_bytes());
+            let _ = std::io::stderr().write_all(d["stderr"].as_str().unwrap_or("").as_bytes());
+        }
         if d["stdout_truncated"] == true || d["stderr_truncated"] == true {
             eprintln!("vendetta: output was cut at the agent's limits.max_output");
         }
-    }
+        r
+    };
     match r["status"].as_str() {
         Some("success") => Ok(r["data"]["exit_code"]
             .as_i64()

@@ -189,6 +189,77 @@ impl Client {
         }
     }
 
+    /// Runs a command with `?stream=true`: `on_output(stream, text)` gets
+    /// exec output as it arrives; returns the result document.
+    pub fn command_streaming(
+        &self,
+        kind: &str,
+        action: &str,
+        params: Value,
+        mut on_output: impl FnMut(&str, &str),
+    ) -> Result<Value, ClientError> {
+        use std::io::BufRead;
+        let id = CommandId::generate("cli");
+        let cmd = json!({"id": id, "type": kind, "action": action, "params": params});
+        let url = format!("{}/api/v1/commands?stream=true", self.base);
+        let mut req = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req
+            .send(cmd.to_string())
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                source: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        let ndjson = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-ndjson"));
+        if !ndjson {
+            // Answered at once (a stored or refused command): one JSON document.
+            let answer = self.read(&url, Ok(resp))?;
+            let answer = if answer.status == 202 {
+                self.poll(&id)?
+            } else {
+                answer
+            };
+            return match answer.status {
+                200 | 400 | 403 if answer.body.get("status").is_some() => Ok(answer.body),
+                _ => Err(api_error(answer)),
+            };
+        }
+        let bad = |m: String| ClientError::BadResponse {
+            url: url.clone(),
+            message: m,
+        };
+        let reader =
+            std::io::BufReader::new(resp.body_mut().with_config().limit(u64::MAX).reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| bad(format!("stream broke off: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value =
+                serde_json::from_str(&line).map_err(|e| bad(format!("bad stream line: {e}")))?;
+            if let (Some(stream), Some(data)) = (v["stream"].as_str(), v["data"].as_str()) {
+                on_output(stream, data);
+            } else if v.get("result").is_some() {
+                return Ok(v["result"].clone());
+            } else if v["status"] == "running" {
+                return Ok(self.poll(&id)?.body);
+            } else {
+                return Err(api_error(Answer { status, body: v }));
+            }
+        }
+        Err(bad("the stream ended without a result".into()))
+    }
+
     fn poll(&self, id: &CommandId) -> Result<Answer, ClientError> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);

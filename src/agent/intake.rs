@@ -5,6 +5,7 @@
 
 use super::Shared;
 use crate::protocol::{codes, Command, CommandResult, Status};
+use crate::providers::output::Chunk;
 use crate::store::ledger::{Begin, Origin, State, Unfinished};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde_json::json;
@@ -18,6 +19,8 @@ pub struct Job {
     pub reply: Option<Sender<CommandResult>>,
     /// Recorded on disk in the ledger (not read-only).
     pub durable: bool,
+    /// Where exec output goes as it arrives (a streaming API request).
+    pub stream: Option<Sender<Chunk>>,
 }
 
 /// What became of a submission.
@@ -49,6 +52,27 @@ impl Shared {
     /// Accepts a command for execution. With `want_reply`, the result is
     /// also sent to the returned receiver.
     pub fn submit(&self, command: Command, origin: Origin, want_reply: bool) -> Submitted {
+        self.submit_with(command, origin, want_reply, None)
+    }
+
+    /// Like `submit` with a reply, and exec output sent to `stream` as it
+    /// arrives.
+    pub fn submit_streaming(
+        &self,
+        command: Command,
+        origin: Origin,
+        stream: Sender<Chunk>,
+    ) -> Submitted {
+        self.submit_with(command, origin, true, Some(stream))
+    }
+
+    fn submit_with(
+        &self,
+        command: Command,
+        origin: Origin,
+        want_reply: bool,
+        stream: Option<Sender<Chunk>>,
+    ) -> Submitted {
         let (kind, action) = (command.kind.clone(), command.action.clone());
         self.metrics
             .commands_received
@@ -136,6 +160,7 @@ impl Shared {
             origin,
             reply,
             durable,
+            stream,
         }) {
             Ok(()) => {
                 self.events.publish("command", event);
@@ -230,6 +255,7 @@ pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
             origin: u.origin,
             reply: None,
             durable: true,
+            stream: None,
         };
         if shared.queue.send(job).is_err() {
             log::warn!(command_id = u.id.as_str(); "workers are gone; the command stays queued for the next start");

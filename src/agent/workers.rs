@@ -9,7 +9,7 @@ use super::intake::Job;
 use super::threads::{self, Control, Thread};
 use super::{dispatch, Shared};
 use crate::protocol::{codes, CommandResult, Status};
-use crate::providers::output::Discard;
+use crate::providers::output::{Chunk, Discard, OutputSink, Stream};
 use crossbeam_channel::{select, Receiver, Sender};
 use serde_json::json;
 use std::panic::AssertUnwindSafe;
@@ -69,7 +69,17 @@ pub fn run_job(shared: &Shared, job: Job) {
                 json!({"id": id, "type": cmd.kind, "action": cmd.action, "state": "running"}),
             );
             log::debug!(command_id = id, command = cmd.name().as_str(); "command started");
-            std::panic::catch_unwind(AssertUnwindSafe(|| dispatch::execute(shared, cmd, &mut Discard))).unwrap_or_else(|panic| {
+            let run = || match &job.stream {
+                Some(tx) => dispatch::execute(
+                    shared,
+                    cmd,
+                    &mut ChannelSink {
+                        tx: Some(tx.clone()),
+                    },
+                ),
+                None => dispatch::execute(shared, cmd, &mut Discard),
+            };
+            std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -109,4 +119,30 @@ pub fn run_job(shared: &Shared, job: Job) {
         let _ = reply.try_send(result);
     }
     shared.busy.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Passes exec output to a streaming client. A client that stops reading
+/// for `STREAM_STALL` is cut off; the output is still captured for the
+/// result.
+struct ChannelSink {
+    tx: Option<Sender<Chunk>>,
+}
+
+const STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl OutputSink for ChannelSink {
+    fn chunk(&mut self, stream: Stream, data: &[u8]) {
+        if let Some(tx) = &self.tx {
+            let chunk = Chunk {
+                stream,
+                data: data.to_vec(),
+            };
+            if tx.send_timeout(chunk, STREAM_STALL).is_err() {
+                log::debug!(
+                    "streaming client gone or stalled; output is still captured for the result"
+                );
+                self.tx = None;
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod jwt;
 pub mod routes;
 pub mod sse;
+pub mod stream;
 
 use crate::agent::threads::{self, Control, Thread};
 use crate::agent::{AgentError, Shared};

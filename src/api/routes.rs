@@ -77,7 +77,7 @@ impl Reply {
 }
 
 /// Sends a reply and counts it.
-fn send(shared: &Shared, request: Request, route: &str, reply: Reply) {
+pub(super) fn send(shared: &Shared, request: Request, route: &str, reply: Reply) {
     shared
         .metrics
         .api_requests
@@ -184,9 +184,18 @@ pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()
                 Ok(b) => b,
                 Err(reply) => return send(shared, request, route, reply),
             };
-            let async_mode = query_flag(&query, "async");
-            match post_command(shared, &body, async_mode) {
+            let mode = if query_flag(&query, "async") {
+                Mode::Async
+            } else if query_flag(&query, "stream") {
+                Mode::Stream
+            } else {
+                Mode::Sync
+            };
+            match post_command(shared, &body, mode) {
                 Outcome::Now(reply) => reply,
+                Outcome::Stream(rx, chunks, timeout, id) => {
+                    return super::stream::serve(shared.clone(), request, rx, chunks, timeout, id)
+                }
                 Outcome::Wait(rx, timeout, id) => {
                     return wait_then_send(
                         shared.clone(),
@@ -273,10 +282,27 @@ fn read_body(request: &mut Request, max: u64) -> Result<Vec<u8>, Reply> {
 
 enum Outcome {
     Now(Reply),
+    Stream(
+        Receiver<CommandResult>,
+        Receiver<crate::providers::output::Chunk>,
+        Duration,
+        CommandId,
+    ),
     Wait(Receiver<CommandResult>, Duration, CommandId),
 }
 
-fn post_command(shared: &Shared, body: &[u8], async_mode: bool) -> Outcome {
+/// How a POST wants its answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Wait and answer with the result.
+    Sync,
+    /// 202 at once; the client polls.
+    Async,
+    /// NDJSON: output lines as they arrive, then the result.
+    Stream,
+}
+
+fn post_command(shared: &Shared, body: &[u8], mode: Mode) -> Outcome {
     let command = match wire::parse(body) {
         Ok(c) => c,
         Err(e) => {
@@ -293,7 +319,13 @@ fn post_command(shared: &Shared, body: &[u8], async_mode: bool) -> Outcome {
         .timeout
         .unwrap_or(shared.config.command_timeout)
         .min(shared.config.timeout_cap());
-    match shared.submit(command, Origin::Api, !async_mode) {
+    let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(64);
+    let submitted = match mode {
+        Mode::Stream => shared.submit_streaming(command, Origin::Api, chunk_tx),
+        Mode::Sync => shared.submit(command, Origin::Api, true),
+        Mode::Async => shared.submit(command, Origin::Api, false),
+    };
+    match submitted {
         Submitted::Done { result, replayed } => {
             let reply = result_reply(&result);
             Outcome::Now(if replayed {
@@ -301,6 +333,9 @@ fn post_command(shared: &Shared, body: &[u8], async_mode: bool) -> Outcome {
             } else {
                 reply
             })
+        }
+        Submitted::Queued(Some(rx)) if mode == Mode::Stream => {
+            Outcome::Stream(rx, chunk_rx, timeout, id)
         }
         Submitted::Queued(Some(rx)) => Outcome::Wait(rx, timeout, id),
         Submitted::Queued(None) => Outcome::Now(accepted(&id, State::Queued)),
@@ -331,7 +366,7 @@ fn refusal_reply(shared: &Shared, r: Refusal) -> Reply {
 }
 
 /// 202 with where to find the result.
-fn accepted(id: &CommandId, state: State) -> Reply {
+pub(super) fn accepted(id: &CommandId, state: State) -> Reply {
     let location = format!("/api/v1/commands/{id}");
     Reply::json(
         202,
@@ -349,7 +384,7 @@ pub fn status_for(result: &CommandResult) -> u16 {
     }
 }
 
-fn result_reply(result: &CommandResult) -> Reply {
+pub(super) fn result_reply(result: &CommandResult) -> Reply {
     let body = serde_json::to_vec(result).unwrap_or_else(|_| b"{}".to_vec());
     Reply {
         status: status_for(result),
@@ -357,6 +392,19 @@ fn result_reply(result: &CommandResult) -> Reply {
         content_type: "application/json",
         headers: Vec::new(),
     }
+}
+
+/// Counts a thread that waits for a result; false when there are too many.
+pub(super) fn enter_waiter() -> bool {
+    if WAITERS.fetch_add(1, Ordering::SeqCst) >= MAX_WAITERS {
+        WAITERS.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
+    true
+}
+
+pub(super) fn leave_waiter() {
+    WAITERS.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Waits for a queued command's result on its own thread, then answers
@@ -370,8 +418,7 @@ fn wait_then_send(
     id: CommandId,
     reply_for: fn(&CommandResult) -> Reply,
 ) {
-    if WAITERS.fetch_add(1, Ordering::SeqCst) >= MAX_WAITERS {
-        WAITERS.fetch_sub(1, Ordering::SeqCst);
+    if !enter_waiter() {
         // Still queued: the client can poll for it.
         return send(&shared, request, route, accepted(&id, State::Queued));
     }
@@ -397,14 +444,14 @@ fn wait_then_send(
             },
         };
         send(&shared, request, route, reply);
-        WAITERS.fetch_sub(1, Ordering::SeqCst);
+        leave_waiter();
     };
     if let Err(e) = std::thread::Builder::new()
         .name("api-wait".into())
         .stack_size(128 * 1024)
         .spawn(waiter)
     {
-        WAITERS.fetch_sub(1, Ordering::SeqCst);
+        leave_waiter();
         log::error!(
             "cannot start a thread to wait for a command result: {e}; the command still runs"
         );

@@ -21,6 +21,13 @@ pub trait OutputSink {
     fn chunk(&mut self, stream: Stream, data: &[u8]);
 }
 
+/// A piece of output on its way to a streaming client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub stream: Stream,
+    pub data: Vec<u8>,
+}
+
 /// A sink that drops everything (no one is streaming).
 pub struct Discard;
 

@@ -1,0 +1,186 @@
+//! `POST /api/v1/commands?stream=true`: the answer is NDJSON, written as
+//! the command runs: `{"stream":"stdout","data":"..."}` lines for exec
+//! output as it arrives, then one `{"result":{...}}` line, then the
+//! connection closes. `vendetta session exec` reads it to pass output
+//! through live.
+//!
+//! Output is split into chunks wherever the provider read it; a UTF-8
+//! character cut at a chunk edge is held back and joined with the next
+//! chunk, so every line is valid JSON text.
+
+use super::routes::{accepted, enter_waiter, leave_waiter, send};
+use crate::agent::Shared;
+use crate::protocol::{CommandId, CommandResult};
+use crate::providers::output::{Chunk, Stream};
+use crate::store::ledger::State;
+use crossbeam_channel::{select, Receiver};
+use serde_json::json;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tiny_http::Request;
+
+const ROUTE: &str = "/api/v1/commands";
+
+pub fn serve(
+    shared: Arc<Shared>,
+    request: Request,
+    result: Receiver<CommandResult>,
+    chunks: Receiver<Chunk>,
+    timeout: Duration,
+    id: CommandId,
+) {
+    if !enter_waiter() {
+        return send(&shared, request, ROUTE, accepted(&id, State::Queued));
+    }
+    let worker = move || {
+        shared.metrics.api_requests.inc(&[ROUTE, "200"]);
+        let mut w = request.into_writer();
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+        let mut alive = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
+        let mut carry = Carry::default();
+        let deadline = Instant::now() + timeout + Duration::from_secs(10);
+        let last = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            select! {
+                recv(chunks) -> c => match c {
+                    Ok(c) => {
+                        if alive {
+                            alive = write_chunk(&mut w, &mut carry, c).is_ok();
+                        }
+                    }
+                    // The job ended; wait for its result alone.
+                    Err(_) => match result.recv_timeout(left) {
+                        Ok(r) => break json!({"result": r}),
+                        Err(_) => break json!({"id": id, "status": "running", "location": format!("/api/v1/commands/{id}")}),
+                    },
+                },
+                recv(result) -> r => {
+                    // Output sent before the result is still in the channel.
+                    while let Ok(c) = chunks.try_recv() {
+                        if alive {
+                            alive = write_chunk(&mut w, &mut carry, c).is_ok();
+                        }
+                    }
+                    break match r {
+                        Ok(r) => json!({"result": r}),
+                        Err(_) => json!({"error": "the agent is shutting down", "code": "shutting_down"}),
+                    };
+                }
+                default(left) => break json!({"id": id, "status": "running", "location": format!("/api/v1/commands/{id}")}),
+            }
+        };
+        if alive {
+            let _ = flush_carry(&mut w, &mut carry)
+                .and_then(|_| writeln!(w, "{last}"))
+                .and_then(|_| w.flush());
+        }
+        leave_waiter();
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("api-stream".into())
+        .stack_size(128 * 1024)
+        .spawn(worker)
+    {
+        leave_waiter();
+        log::error!("cannot start a thread to stream a command: {e}; the command still runs");
+    }
+}
+
+/// Bytes of a UTF-8 character cut at a chunk edge, per stream.
+#[derive(Default)]
+struct Carry {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+fn write_chunk(w: &mut dyn Write, carry: &mut Carry, c: Chunk) -> std::io::Result<()> {
+    let held = match c.stream {
+        Stream::Stdout => &mut carry.stdout,
+        Stream::Stderr => &mut carry.stderr,
+    };
+    held.extend_from_slice(&c.data);
+    let cut = complete_prefix(held);
+    if cut == 0 {
+        return Ok(());
+    }
+    let rest = held.split_off(cut);
+    let text = String::from_utf8_lossy(held).into_owned();
+    *held = rest;
+    writeln!(w, "{}", json!({"stream": c.stream.as_str(), "data": text}))?;
+    w.flush()
+}
+
+fn flush_carry(w: &mut dyn Write, carry: &mut Carry) -> std::io::Result<()> {
+    for (stream, held) in [
+        (Stream::Stdout, &mut carry.stdout),
+        (Stream::Stderr, &mut carry.stderr),
+    ] {
+        if !held.is_empty() {
+            let text = String::from_utf8_lossy(held).into_owned();
+            held.clear();
+            writeln!(w, "{}", json!({"stream": stream.as_str(), "data": text}))?;
+        }
+    }
+    Ok(())
+}
+
+/// Length of the longest prefix that does not end inside a UTF-8
+/// character (invalid bytes count as complete; they become U+FFFD).
+fn complete_prefix(b: &[u8]) -> usize {
+    let n = b.len();
+    // A character is at most 4 bytes: look at the last 3 for a lead byte.
+    for back in 1..=3.min(n) {
+        let byte = b[n - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // continuation byte
+        }
+        let need = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if need > back { n - back } else { n };
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_back_a_cut_character() {
+        let euro = "€".as_bytes(); // 3 bytes
+        assert_eq!(complete_prefix(b"abc"), 3);
+        assert_eq!(complete_prefix(&[b'a', euro[0]]), 1);
+        assert_eq!(complete_prefix(&[b'a', euro[0], euro[1]]), 1);
+        assert_eq!(complete_prefix(&[b'a', euro[0], euro[1], euro[2]]), 4);
+        let mut out = Vec::new();
+        let mut carry = Carry::default();
+        write_chunk(
+            &mut out,
+            &mut carry,
+            Chunk {
+                stream: Stream::Stdout,
+                data: vec![b'x', euro[0]],
+            },
+        )
+        .unwrap();
+        write_chunk(
+            &mut out,
+            &mut carry,
+            Chunk {
+                stream: Stream::Stdout,
+                data: vec![euro[1], euro[2], b'y'],
+            },
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"data\":\"x\",\"stream\":\"stdout\"}\n{\"data\":\"€y\",\"stream\":\"stdout\"}\n"
+        );
+    }
+}
