@@ -81,7 +81,7 @@ Agent:
   agent stop              stop the running agent
   agent status            is the agent running, and how is it
   agent config            print the default config, or check one
-  agent connect URL       point the agent at a coordination server
+  agent connect URL       register with a server and save its URL
   agent install USER@HOST install the agent on another machine
 
 Client of the local API:
@@ -104,7 +104,7 @@ Usage: vendetta agent <start|stop|status|config|connect|install> [options]
   status [--json]         summary of the running agent; exit 3 if not running
   config                  print the commented default config
   config --check FILE     validate FILE; exit 2 if it is invalid
-  connect URL [--token T] set coordination_url in the config (not available yet)
+  connect URL [--token T] register with a server, then set coordination_url
   install USER@HOST       copy and install over ssh (not available yet)
 
 Options:
@@ -156,6 +156,23 @@ Options:
   -h, --help          this help
 
 Exit: 0 running, 3 not running.
+";
+
+const CONNECT_HELP: &str = "\
+Usage: vendetta agent connect URL [--token TOKEN] [--config FILE]
+
+Registers this node with the coordination server at URL (a real round
+trip), then writes coordination_url (and auth_token) into the config file:
+atomically, mode 0600, every other line and comment kept. Without a config
+file, /etc/vendetta/agent.yaml is created. Restart the agent afterwards.
+
+Options:
+  -c, --config FILE   config file to update
+      --token TOKEN   bearer token for the server (written as auth_token)
+  -h, --help          this help
+
+Exit: 0 connected, 1 the server refused or could not be reached (the file
+is left unchanged), 2 the resulting config would be invalid.
 ";
 
 const CONFIG_HELP: &str = "\
@@ -297,7 +314,8 @@ fn agent(mut args: Arguments, help: bool, tail: Vec<String>) -> Result<i32, CliE
         Some("stop") if help => usage_help(STOP_HELP),
         Some("status") if help => usage_help(STATUS_HELP),
         Some("config") if help => usage_help(CONFIG_HELP),
-        Some("connect" | "install") if help => usage_help(AGENT_HELP),
+        Some("connect") if help => usage_help(CONNECT_HELP),
+        Some("install") if help => usage_help(AGENT_HELP),
         Some("start") => {
             let path = config_flag(&mut args)?;
             finish(args)?;
@@ -336,11 +354,47 @@ fn agent(mut args: Arguments, help: bool, tail: Vec<String>) -> Result<i32, CliE
                 }
             }
         }
-        Some(v @ ("connect" | "install")) => Err(CliError::Usage(format!(
-            "`vendetta agent {v}` is not available yet in this version; set coordination_url in the config file instead"
-        ))),
+        Some("connect") => {
+            let path = config_flag(&mut args)?;
+            let token: Option<String> = args.opt_value_from_str("--token")?;
+            let url = need_free(&mut args, "server URL")?;
+            finish(args)?;
+            no_tail(&tail)?;
+            connect(path, &url, token.as_deref())
+        }
+        Some("install") => Err(CliError::Usage(
+            "`vendetta agent install` is not available yet in this version; copy the static binary with scp and install packaging/vendetta.service".into(),
+        )),
         Some(other) => Err(CliError::Usage(format!("unknown agent command {other:?}; see `vendetta agent --help`"))),
     }
+}
+
+fn connect(path: Option<PathBuf>, url: &str, token: Option<&str>) -> Result<i32, CliError> {
+    use crate::coord::connect::{connect as run_connect, ConnectError};
+    let done = run_connect(path.as_deref(), url, token).map_err(|e| match e {
+        ConnectError::Config(c) => CliError::Config(c),
+        other => CliError::Failed(other.to_string()),
+    })?;
+    println!(
+        "registered node {} with {url} (HTTP {})",
+        done.node_id, done.status
+    );
+    let what = if done.wrote_token {
+        "coordination_url and auth_token"
+    } else {
+        "coordination_url"
+    };
+    let verb = if done.created_file {
+        "created"
+    } else {
+        "updated"
+    };
+    println!("{verb} {} (mode 0600): set {what}", done.path.display());
+    if done.offline_mode {
+        println!("note: offline_mode is true in that file; set it to false or the agent will not dial the server");
+    }
+    println!("restart the agent to use it: systemctl restart vendetta (or vendetta agent stop, then start)");
+    Ok(EXIT_OK)
 }
 
 fn no_tail(tail: &[String]) -> Result<(), CliError> {

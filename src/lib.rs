@@ -15,6 +15,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod coord;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

@@ -204,8 +204,13 @@ impl Shared {
     /// Spools a result for the reporter. A spool failure is logged; the
     /// ledger still has the result and a re-sent command gets it again.
     pub fn deliver_to_server(&self, result: &CommandResult) {
-        if let Err(e) = self.spool.put(result) {
-            log::error!(command_id = result.id.as_str(); "cannot spool result for the server: {e}");
+        match self.spool.put(result) {
+            Ok(()) => {
+                let _ = self.report_wake.0.try_send(());
+            }
+            Err(e) => {
+                log::error!(command_id = result.id.as_str(); "cannot spool result for the server: {e}")
+            }
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Shared {
     pub sessions: sessions::SessionTable,
     pub link: Mutex<LinkState>,
     queue: Sender<Job>,
+    /// Wakes the coordination reporter when a result is spooled.
+    pub report_wake: (Sender<()>, Receiver<()>),
     accepting: AtomicBool,
     busy: AtomicUsize,
 }
@@ -217,6 +219,7 @@ pub fn build(loaded: &config::Loaded) -> Result<Built, AgentError> {
         sessions: sessions::SessionTable::default(),
         link: Mutex::new(link),
         queue: queue_tx,
+        report_wake: bounded(1),
         accepting: AtomicBool::new(true),
         busy: AtomicUsize::new(0),
         config,
@@ -260,7 +263,7 @@ pub fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     threads.push(monitor::spawn(&shared, &shutdown_rx, &control_tx).map_err(spawn_err("monitor"))?);
     let mut api_threads = crate::api::spawn(&shared, server.clone(), &shutdown_rx, &control_tx)
         .map_err(spawn_err("api"))?;
-    // Seam: the coordination link (poller, heartbeat, reporter) starts here.
+    let link = crate::coord::spawn(&shared, &shutdown_rx, &control_tx);
 
     log::info!(
         listen = cfg.listen.as_str(), workers = cfg.workers, link = shared.link().state.as_str();
@@ -292,6 +295,13 @@ pub fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     let deadline = Instant::now() + cfg.shutdown_timeout;
     threads.append(&mut api_threads);
     let stuck = threads::join_all(&mut threads, deadline, &control_rx);
+    // 3. Deliver what the workers finished and say goodbye to the server.
+    if let Some(link) = link {
+        link.finish(
+            deadline.max(Instant::now() + std::time::Duration::from_secs(2)),
+            &control_rx,
+        );
+    }
     if !stuck.is_empty() {
         log::warn!(
             "shutdown_timeout ({}) passed with threads still busy: {}; exiting anyway, interrupted commands are reported after restart",

@@ -7,8 +7,9 @@
 //! short-lived thread so that `/health` stays quick while execs run. Each
 //! event-stream client gets its own thread, bounded in number.
 //!
-//! Accepted sockets inherit read and write timeouts set on the listener, so
-//! a client that stalls mid-request or stops reading cannot hold a thread.
+//! Accepted sockets get 120 s read and write timeouts (in our tiny_http
+//! patch, see vendor/README.md), so a client that stalls mid-request or
+//! stops reading cannot hold a thread.
 
 pub mod auth;
 pub mod jwt;
@@ -20,13 +21,10 @@ use crate::agent::threads::{self, Control, Thread};
 use crate::agent::{AgentError, Shared};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 const API_THREADS: usize = 4;
-/// Socket read/write timeout for API clients.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds the listen address. Done before any thread starts so that a busy
 /// port fails the start with a clear message.
@@ -42,41 +40,12 @@ pub fn bind(shared: &Shared) -> Result<Arc<tiny_http::Server>, AgentError> {
         addr: shared.config.listen.clone(),
         source: e.to_string(),
     })?;
-    set_timeouts(&listener, IO_TIMEOUT);
     let server =
         tiny_http::Server::from_listener(listener, None).map_err(|e| AgentError::Listen {
             addr: shared.config.listen.clone(),
             source: e.to_string(),
         })?;
     Ok(Arc::new(server))
-}
-
-/// Sets SO_RCVTIMEO/SO_SNDTIMEO on the listener; Linux copies them to every
-/// accepted socket.
-fn set_timeouts(listener: &TcpListener, d: Duration) {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: the fd is a valid socket for the listener's lifetime and
-        // tv is a properly sized timeval.
-        let rc = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            log::warn!(
-                "cannot set a socket timeout on the API listener: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
 }
 
 pub fn spawn(

@@ -29,6 +29,11 @@ use tiny_http::{Header, Method, Request, Response};
 /// Extra time a sync request waits beyond the command's own timeout before
 /// it answers 202 and leaves the client to poll.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
+/// The longest a sync request is held, whatever the command's timeout:
+/// below the 120 s socket timeout of our tiny_http patch, which would
+/// otherwise end the keep-alive connection under a long answer. Longer
+/// commands answer 202 and the client polls (the CLI does).
+const MAX_SYNC_WAIT: Duration = Duration::from_secs(90);
 /// Requests waiting for results at once; more get 503.
 const MAX_WAITERS: usize = 1024;
 static WAITERS: AtomicUsize = AtomicUsize::new(0);
@@ -423,7 +428,7 @@ fn wait_then_send(
         return send(&shared, request, route, accepted(&id, State::Queued));
     }
     let waiter = move || {
-        let reply = match rx.recv_timeout(timeout + WAIT_SLACK) {
+        let reply = match rx.recv_timeout((timeout + WAIT_SLACK).min(MAX_SYNC_WAIT)) {
             Ok(result) => reply_for(&result),
             Err(RecvTimeoutError::Timeout) => accepted(&id, State::Running),
             Err(RecvTimeoutError::Disconnected) => match shared.ledger.lookup(&id) {

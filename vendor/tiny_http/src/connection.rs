@@ -78,6 +78,23 @@ impl std::io::Write for Connection {
     }
 }
 impl Connection {
+    /// vendetta patch: read and write timeouts on an accepted connection, so
+    /// that a client that stalls mid-request, or stops reading, cannot hold
+    /// a thread forever.
+    pub(crate) fn set_timeouts(&self, d: std::time::Duration) {
+        match self {
+            Self::Tcp(s) => {
+                let _ = s.set_read_timeout(Some(d));
+                let _ = s.set_write_timeout(Some(d));
+            }
+            #[cfg(unix)]
+            Self::Unix(s) => {
+                let _ = s.set_read_timeout(Some(d));
+                let _ = s.set_write_timeout(Some(d));
+            }
+        }
+    }
+
     /// Gets the peer's address. Some for TCP, None for Unix sockets.
     pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
         match self {

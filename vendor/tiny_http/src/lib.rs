@@ -294,6 +294,7 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        sock.set_timeouts(std::time::Duration::from_secs(120));
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -338,10 +339,14 @@ impl Server {
                         }));
                     }
 
+                    // vendetta patch: upstream ended the accept thread on any
+                    // error, so one EMFILE (too many open files) or aborted
+                    // handshake left the server deaf for good. Those pass;
+                    // pause a little so that fd exhaustion does not spin.
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        log::warn!("Error accepting new client: {}", e);
+                        thread::sleep(std::time::Duration::from_millis(50));
+                        continue;
                     }
                 }
             }

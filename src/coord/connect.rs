@@ -1,0 +1,211 @@
+//! `vendetta agent connect URL [--token T]`: proves the server answers
+//! with a real registration, then writes `coordination_url` (and
+//! `auth_token`) into the config file: atomically, mode 0600, every other
+//! line (and comment) of a YAML file kept as it was.
+
+use super::client::{CoordClient, CoordError};
+use super::node;
+use crate::config::{self, Config, ConfigError, Secret};
+use crate::store::StoreError;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug)]
+pub enum ConnectError {
+    Config(ConfigError),
+    Store(StoreError),
+    Server(CoordError),
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Config(e) => write!(f, "{e}"),
+            ConnectError::Store(e) => write!(f, "{e}"),
+            ConnectError::Server(e) if e.refused() => {
+                write!(
+                    f,
+                    "the server refused the registration: {e}; pass the right token with --token"
+                )
+            }
+            ConnectError::Server(e) => {
+                write!(f, "registration failed, the config was not changed: {e}")
+            }
+            ConnectError::Write { path, source } => {
+                write!(f, "cannot write config file {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// What `connect` did, for the CLI to print.
+pub struct Connected {
+    pub path: PathBuf,
+    pub node_id: String,
+    pub status: u16,
+    pub created_file: bool,
+    pub wrote_token: bool,
+    pub offline_mode: bool,
+}
+
+pub fn connect(
+    flag: Option<&Path>,
+    url: &str,
+    token: Option<&str>,
+) -> Result<Connected, ConnectError> {
+    let path = config::locate(flag).unwrap_or_else(|| PathBuf::from(config::SYSTEM_CONFIG));
+    let (old, created_file) = match std::fs::read_to_string(&path) {
+        Ok(t) => (t, false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), true),
+        Err(source) => return Err(ConnectError::Config(ConfigError::Read { path, source })),
+    };
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let mut text = set_key(&old, "coordination_url", url, is_json);
+    if let Some(t) = token {
+        text = set_key(&text, "auth_token", t, is_json);
+    }
+    // The edited file must load like any other before it is written.
+    let mut cfg: Config = config::parse_text(&path, &text).map_err(ConnectError::Config)?;
+    cfg.validate(&path).map_err(ConnectError::Config)?;
+    config::apply_env(&mut cfg, |k| {
+        (k != "VENDETTA_COORD_URL" && k != "VENDETTA_AUTH_TOKEN")
+            .then(|| std::env::var(k).ok())
+            .flatten()
+    })
+    .map_err(ConnectError::Config)?;
+    if let Some(t) = token {
+        cfg.auth_token = Secret(t.to_string());
+    }
+
+    let cache_dir = cfg.cache_dir();
+    crate::store::fsutil::ensure_dir(&cache_dir).map_err(|e| {
+        ConnectError::Store(StoreError::io("create the cache directory", &cache_dir, e))
+    })?;
+    let node_id = crate::store::node::load_or_create_id(&cache_dir, &cfg.node_id)
+        .map_err(ConnectError::Store)?;
+    let name = if cfg.node_name.is_empty() {
+        crate::sys::hostname()
+    } else {
+        cfg.node_name.clone()
+    };
+    let address = node::local_address(url);
+    let registry = crate::providers::Registry::from_config(&cfg, &node_id);
+    let facts = node::NodeFacts {
+        id: &node_id,
+        name: &name,
+        address: &address,
+        port: cfg.listen_addr().map(|a| a.port()).unwrap_or(0),
+        provider: cfg.provider,
+        capabilities: registry.usable(),
+        labels: &cfg.labels,
+        created: node::node_id_created(&cache_dir).unwrap_or_else(std::time::SystemTime::now),
+    };
+    let client = CoordClient::new(&cfg).map_err(ConnectError::Server)?;
+    let reply = client
+        .call(
+            "POST",
+            "/api/v1/nodes",
+            Some(&node::document(&facts)),
+            Duration::from_secs(15),
+        )
+        .map_err(ConnectError::Server)?;
+
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ConnectError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    crate::store::fsutil::write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| {
+        ConnectError::Write {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    Ok(Connected {
+        path,
+        node_id,
+        status: reply.status,
+        created_file,
+        wrote_token: token.is_some(),
+        offline_mode: cfg.offline_mode,
+    })
+}
+
+/// Sets a top-level key. YAML: replaces the key's line (or appends one),
+/// leaving every other line alone. JSON: rewrites the document.
+pub fn set_key(text: &str, key: &str, value: &str, is_json: bool) -> String {
+    let quoted = serde_json::Value::from(value).to_string();
+    if is_json {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({}));
+        if !doc.is_object() {
+            doc = serde_json::json!({});
+        }
+        doc[key] = serde_json::Value::from(value);
+        return serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
+    }
+    let line = format!("{key}: {quoted}");
+    let mut found = false;
+    let mut out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let is_key = l
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'));
+            if is_key && !found {
+                found = true;
+                line.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        out.push(line);
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_edit_keeps_other_lines_and_comments() {
+        let old = "# my agent\ncoordination_url: \"\"  # set by connect\nlisten: 127.0.0.1:9000 # api\nlabels:\n  coordination_url_note: x\n";
+        let new = set_key(old, "coordination_url", "https://c:3001", false);
+        assert_eq!(
+            new,
+            "# my agent\ncoordination_url: \"https://c:3001\"\nlisten: 127.0.0.1:9000 # api\nlabels:\n  coordination_url_note: x\n"
+        );
+        let new = set_key(&new, "auth_token", "t\"ok", false);
+        assert!(new.ends_with("auth_token: \"t\\\"ok\"\n"), "{new}");
+        let parsed = config::parse_text(Path::new("a.yaml"), &new).unwrap();
+        assert_eq!(parsed.auth_token.expose(), "t\"ok");
+    }
+
+    #[test]
+    fn json_edit() {
+        let new = set_key(
+            "{\"listen\": \"127.0.0.1:1\"}",
+            "coordination_url",
+            "http://c",
+            true,
+        );
+        let v: serde_json::Value = serde_json::from_str(&new).unwrap();
+        assert_eq!(v["coordination_url"], "http://c");
+        assert_eq!(v["listen"], "127.0.0.1:1");
+    }
+}

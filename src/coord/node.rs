@@ -1,0 +1,132 @@
+//! The node document sent at registration and the heartbeat body.
+//!
+//! The node document carries both our fields and the original vendetta
+//! server's (`capabilities` as a list, `address` beside `host`), so either
+//! server decodes it. The heartbeat is kept small: it goes out every
+//! interval from every node of a fleet.
+
+use crate::agent::{Shared, VERSION};
+use crate::protocol::ProviderKind;
+use serde_json::{json, Value};
+use std::net::{ToSocketAddrs, UdpSocket};
+use std::time::SystemTime;
+
+/// The address this node uses to reach the server: the local end of a
+/// (never sent) UDP "connection" to it. Falls back to the host name.
+pub fn local_address(coordination_url: &str) -> String {
+    let hostport = coordination_url
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let default_port = if coordination_url.starts_with("https") {
+        443
+    } else {
+        80
+    };
+    let target = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{default_port}")
+    };
+    let found = target
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .and_then(|server| {
+            let bind = if server.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let sock = UdpSocket::bind(bind).ok()?;
+            sock.connect(server).ok()?;
+            sock.local_addr().ok().map(|a| a.ip().to_string())
+        });
+    found.unwrap_or_else(crate::sys::hostname)
+}
+
+/// What the node document says about this node.
+pub struct NodeFacts<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub address: &'a str,
+    pub port: u16,
+    pub provider: ProviderKind,
+    pub capabilities: Vec<ProviderKind>,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    /// When the node id was made (stable across restarts).
+    pub created: SystemTime,
+}
+
+impl<'a> NodeFacts<'a> {
+    pub fn of(shared: &'a Shared, address: &'a str) -> NodeFacts<'a> {
+        NodeFacts {
+            id: &shared.node_id,
+            name: &shared.node_name,
+            address,
+            port: shared.config.listen_addr().map(|a| a.port()).unwrap_or(0),
+            provider: shared.config.provider,
+            capabilities: shared.registry.usable(),
+            labels: &shared.config.labels,
+            created: node_id_created(&shared.config.cache_dir()).unwrap_or(shared.started_at),
+        }
+    }
+}
+
+pub fn node_id_created(cache_dir: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(cache_dir.join("node_id"))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+pub fn document(f: &NodeFacts) -> Value {
+    let host = crate::sys::host_info();
+    json!({
+        "id": f.id,
+        "name": f.name,
+        "host": f.address,
+        "address": f.address,
+        "port": f.port,
+        "provider": f.provider,
+        "capabilities": f.capabilities,
+        "status": "active",
+        "version": VERSION,
+        "labels": f.labels,
+        "metadata": {
+            "os": host.os,
+            "arch": host.arch,
+            "kernel": host.kernel,
+            "cpus": host.cpus,
+            "memory_bytes": host.memory_total_bytes,
+            "hostname": host.hostname,
+            "agent": format!("vendetta-agent/{VERSION}"),
+        },
+        "created_at": crate::util::rfc3339(f.created),
+        "last_seen": crate::util::now_rfc3339(),
+    })
+}
+
+pub fn heartbeat(shared: &Shared, seq: u64, offline_since: Option<&str>) -> Value {
+    let (total, running) = shared.sessions.counts();
+    let mut body = json!({
+        "node_id": shared.node_id,
+        "status": "active",
+        "seq": seq,
+        "timestamp": crate::util::now_rfc3339(),
+        "uptime_s": shared.uptime().as_secs(),
+        "sessions": {"total": total, "running": running},
+        "load": crate::sys::load1().map(|l| (l * 100.0).round() / 100.0),
+        "memory_available_bytes": crate::sys::meminfo().map(|m| m.1),
+        "pending_results": shared.spool.pending(),
+    });
+    if let Some(since) = offline_since {
+        body["offline_since"] = Value::from(since);
+    }
+    body
+}

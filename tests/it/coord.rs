@@ -1,0 +1,514 @@
+//! The coordination link against the recording test server
+//! (util::coord), with faults injected.
+
+use crate::util::coord::{CoordServer, Fault};
+use crate::util::{next_id, wait_until, Agent};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const SERVER_TOKEN: &str = "server-token-123456";
+
+/// Fast timings so that tests take seconds, not minutes.
+fn link_yaml(server: &CoordServer, extra: &str) -> String {
+    format!(
+        "coordination_url: {}\nauth_token: {SERVER_TOKEN}\nheartbeat:\n  interval: 500ms\n  timeout: 2s\n  retries: 1\nretry_policy:\n  max_retries: 2\n  backoff: 100ms\n  max_backoff: 1s\ncoordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n  min_heartbeat_interval: 100ms\n  max_heartbeat_interval: 10m\n{extra}",
+        server.url
+    )
+}
+
+fn registered(server: &CoordServer) -> String {
+    assert!(
+        wait_until(Duration::from_secs(15), || server.node_id().is_some()),
+        "the agent never registered"
+    );
+    server.node_id().unwrap()
+}
+
+fn destroy_cmd(id: &str) -> Value {
+    json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "never-there"}})
+}
+
+#[test]
+fn registers_heartbeats_and_delivers_results() {
+    let server = CoordServer::start();
+    let a = Agent::start(&link_yaml(
+        &server,
+        "node_name: edge-1\nlabels:\n  rack: r7\n",
+    ));
+    let node = registered(&server);
+    let doc = server.lock().nodes[&node].clone();
+    // Our shape and the original server's (capabilities list, address).
+    assert_eq!(doc["name"], "edge-1");
+    assert_eq!(doc["labels"]["rack"], "r7");
+    assert!(doc["capabilities"].is_array(), "{doc}");
+    assert_eq!(doc["address"], doc["host"]);
+    assert_eq!(doc["port"], a.port);
+    assert_eq!(doc["status"], "active");
+    assert!(
+        doc["metadata"]["cpus"].as_u64().unwrap() >= 1
+            && doc["metadata"]["memory_bytes"].as_u64().unwrap() > 0
+    );
+    let reg = &server.requests("register")[0];
+    assert_eq!(
+        reg.auth.as_deref(),
+        Some(format!("Bearer {SERVER_TOKEN}").as_str())
+    );
+    assert_eq!(
+        reg.user_agent.as_deref(),
+        Some(format!("vendetta-agent/{}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+
+    assert!(wait_until(Duration::from_secs(5), || server
+        .lock()
+        .heartbeats
+        .len()
+        >= 2));
+    let hb = server.lock().heartbeats[1].clone();
+    assert_eq!(hb["node_id"], node.as_str());
+    assert!(hb["seq"].as_u64().unwrap() >= 2);
+    for k in [
+        "timestamp",
+        "uptime_s",
+        "sessions",
+        "memory_available_bytes",
+        "pending_results",
+    ] {
+        assert!(!hb[k].is_null(), "heartbeat lacks {k}: {hb}");
+    }
+    assert!(
+        hb.to_string().len() <= 300,
+        "heartbeat is {} bytes",
+        hb.to_string().len()
+    );
+
+    let id = format!("c-{}", next_id());
+    server.queue(&node, json!({"id": id, "type": "system", "action": "info"}));
+    assert!(wait_until(Duration::from_secs(10), || !server
+        .results_for(&id)
+        .is_empty()));
+    let r = server.results_for(&id)[0].clone();
+    assert_eq!(r["status"], "success");
+    assert_eq!(r["node_id"], node.as_str());
+    assert!(r["data"]["cpus"].as_u64().is_some());
+    let (_, health) = a.get_as("/health", None);
+    assert_eq!(health["link"]["state"], "connected", "{health}");
+    assert!(wait_until(Duration::from_secs(5), || a
+        .get_as("/health", None)
+        .1["pending_results"]
+        == 0));
+    assert!(
+        server.connections() < server.lock().requests.len(),
+        "connections are reused"
+    );
+}
+
+#[test]
+fn server_down_at_start_then_up() {
+    let mut server = CoordServer::reserved();
+    let a = Agent::start(&link_yaml(&server, ""));
+    // The local API works without the server.
+    assert_eq!(a.cmd("system", "status", json!({}))["status"], "success");
+    assert!(wait_until(Duration::from_secs(5), || a
+        .get_as("/health", None)
+        .1["link"]["state"]
+        == "disconnected"));
+    let (_, h) = a.get_as("/health", None);
+    assert!(h["link"]["offline_since"].is_string(), "{h}");
+    assert!(
+        h["link"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{h}"
+    );
+    server.listen();
+    let node = registered(&server);
+    assert!(node.starts_with("node-"));
+    assert!(wait_until(Duration::from_secs(5), || a
+        .get_as("/health", None)
+        .1["link"]["state"]
+        == "connected"));
+}
+
+#[test]
+fn faults_500_timeouts_and_resets_are_survived() {
+    let server = CoordServer::start();
+    server.fault("register", Fault::Status(500), 2);
+    server.fault("register", Fault::Reset, 1);
+    server.fault("fetch", Fault::Status(503), 2);
+    server.fault("fetch", Fault::Reset, 2);
+    server.fault("result", Fault::Status(500), 2);
+    server.fault("result", Fault::Reset, 1);
+    server.fault("result", Fault::Delay(Duration::from_secs(40)), 1);
+    let a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    assert!(
+        server.count("register") >= 4,
+        "{}",
+        server.count("register")
+    );
+    let id = format!("f-{}", next_id());
+    server.queue(&node, destroy_cmd(&id));
+    // The delayed delivery times out (30s cap per request); the result stays spooled and arrives.
+    assert!(
+        wait_until(Duration::from_secs(60), || !server
+            .results_for(&id)
+            .is_empty()),
+        "{}",
+        a.log()
+    );
+    assert_eq!(server.results_for(&id).last().unwrap()["status"], "success");
+    assert!(a.is_alive());
+}
+
+#[test]
+fn a_long_poll_held_30s_does_not_stop_heartbeats() {
+    let server = CoordServer::start();
+    let a = Agent::start(&link_yaml(&server, "coordination:\n  poll_wait: 30s\n").replace("coordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n  min_heartbeat_interval: 100ms\n  max_heartbeat_interval: 10m\n", ""));
+    registered(&server);
+    assert!(wait_until(Duration::from_secs(5), || server.count("fetch") >= 1));
+    let fetch = server.requests("fetch")[0].clone();
+    assert!(fetch.path.contains("/commands"));
+    let before = server.lock().heartbeats.len();
+    let t = Instant::now();
+    // The server holds the first fetch for its whole wait (30 s).
+    while t.elapsed() < Duration::from_secs(31) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let during = server.lock().heartbeats.len() - before;
+    assert!(
+        during >= 30,
+        "only {during} heartbeats during a 30 s long poll"
+    );
+    assert_eq!(
+        server.count("fetch"),
+        2,
+        "the held fetch ended after its wait and one more started"
+    );
+    assert!(a.is_alive());
+}
+
+#[test]
+fn heartbeat_404_reregisters_with_the_same_id_and_405_falls_back_to_put() {
+    let mut server = CoordServer::start();
+    let a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    server.restart_forgetting();
+    assert!(
+        wait_until(Duration::from_secs(10), || server.node_id().is_some()),
+        "{}",
+        a.log()
+    );
+    assert_eq!(
+        server.node_id().unwrap(),
+        node,
+        "same id after re-registration"
+    );
+    assert!(server.count("register") >= 2);
+
+    server.fault("heartbeat", Fault::Status(405), u32::MAX);
+    let puts = server.count("put");
+    assert!(
+        wait_until(Duration::from_secs(5), || server.count("put") >= puts + 2),
+        "{}",
+        a.log()
+    );
+    let put = server.requests("put").last().unwrap().clone();
+    assert_eq!(put.path, format!("/api/v1/nodes/{node}"));
+    assert_eq!(put.body["node_id"], node.as_str());
+    let posts = server.count("heartbeat");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        server.count("heartbeat"),
+        posts,
+        "after a 405 the agent keeps to PUT"
+    );
+}
+
+#[test]
+fn the_same_command_twice_and_after_a_restart_runs_once() {
+    let server = CoordServer::start();
+    let mut a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    let id = format!("dup-{}", next_id());
+    // Twice in one batch: the second finds the first in progress.
+    server.queue(&node, destroy_cmd(&id));
+    server.queue(&node, destroy_cmd(&id));
+    assert!(
+        wait_until(Duration::from_secs(10), || !server
+            .results_for(&id)
+            .is_empty()),
+        "{}",
+        a.log()
+    );
+    // Again once it is done: the stored result is sent again.
+    server.queue(&node, destroy_cmd(&id));
+    assert!(
+        wait_until(Duration::from_secs(10), || server.results_for(&id).len()
+            >= 2),
+        "{}",
+        a.log()
+    );
+    let (_, m) = a.get_as("/metrics", None);
+    assert!(m.as_str().unwrap().contains("vendetta_commands_executed_total{type=\"session\",action=\"destroy\",status=\"success\"} 1\n"));
+    a.stop();
+    a.restart();
+    server.queue(&node, destroy_cmd(&id));
+    assert!(
+        wait_until(Duration::from_secs(10), || server.results_for(&id).len()
+            >= 3),
+        "{}",
+        a.log()
+    );
+    let results = server.results_for(&id);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["started"] == results[0]["started"]),
+        "every delivery is the one stored result"
+    );
+    let (_, m) = a.get_as("/metrics", None);
+    assert!(
+        !m.as_str()
+            .unwrap()
+            .contains("action=\"destroy\",status=\"success\"} 1"),
+        "not executed again after the restart"
+    );
+    assert!(a.log().contains("re-sent a finished command"));
+}
+
+#[test]
+fn spooled_results_survive_a_kill_and_arrive_once_the_server_accepts() {
+    let server = CoordServer::start();
+    server.fault("result", Fault::Status(503), u32::MAX);
+    let mut a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    let ids: Vec<String> = (0..3).map(|i| format!("sp{i}-{}", next_id())).collect();
+    for id in &ids {
+        server.queue(&node, destroy_cmd(id));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || a.get_as("/health", None).1
+            ["pending_results"]
+            == 3),
+        "{}",
+        a.log()
+    );
+    a.kill9();
+    server.clear_faults();
+    a.restart();
+    for id in &ids {
+        assert!(
+            wait_until(Duration::from_secs(15), || !server
+                .results_for(id)
+                .is_empty()),
+            "{id} never arrived\n{}",
+            a.log()
+        );
+    }
+    assert!(wait_until(Duration::from_secs(5), || a
+        .get_as("/health", None)
+        .1["pending_results"]
+        == 0));
+    let (_, m) = a.get_as("/metrics", None);
+    assert!(
+        !m.as_str()
+            .unwrap()
+            .contains("action=\"destroy\",status=\"success\"}"),
+        "nothing ran again after the restart"
+    );
+}
+
+#[test]
+fn bad_batches_are_skipped_and_bad_commands_fail() {
+    let server = CoordServer::start();
+    let a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    server.fault("fetch", Fault::Body(b"{this is not json".to_vec()), 1);
+    server.fault("fetch", Fault::Body(b"{\"commands\": 7}".to_vec()), 1);
+    server.fault("fetch", Fault::Body(vec![b' '; 10 << 20]), 1);
+    let wrong = format!("wrong-{}", next_id());
+    server.queue(
+        &node,
+        json!({"id": "../../etc", "type": "system", "action": "status"}),
+    );
+    server.queue(&node, json!({"id": wrong, "type": "session", "action": "exec", "params": {"session_id": 5, "command": "ls"}}));
+    let good = format!("good-{}", next_id());
+    server.queue(
+        &node,
+        json!({"id": good, "type": "system", "action": "status"}),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || !server
+            .results_for(&good)
+            .is_empty()),
+        "{}",
+        a.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || !server
+        .results_for(&wrong)
+        .is_empty()));
+    let r = server.results_for(&wrong)[0].clone();
+    assert_eq!(r["status"], "failed");
+    assert!(
+        r["error"].as_str().unwrap().contains("params.session_id"),
+        "{r}"
+    );
+    let log = a.log();
+    assert!(
+        log.contains("not JSON") || log.contains("skipping"),
+        "{log}"
+    );
+    assert!(
+        log.contains("larger than"),
+        "the 10 MB body was refused: {log}"
+    );
+    assert!(
+        log.contains("cannot be answered"),
+        "the hostile id was skipped: {log}"
+    );
+    assert!(a.is_alive());
+}
+
+#[test]
+fn no_request_storm_while_the_server_fails() {
+    let server = CoordServer::start();
+    let a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    for i in 0..3 {
+        server.queue(&node, destroy_cmd(&format!("st{i}-{}", next_id())));
+    }
+    assert!(wait_until(Duration::from_secs(10), || server
+        .lock()
+        .results
+        .len()
+        >= 3));
+    for route in ["fetch", "heartbeat", "result", "register", "put"] {
+        server.fault(route, Fault::Status(503), u32::MAX);
+    }
+    for i in 0..3 {
+        server.queue(&node, destroy_cmd(&format!("st-late{i}-{}", next_id())));
+    }
+    let start = server.lock().requests.len();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let reqs: Vec<_> = server.lock().requests[start..].to_vec();
+    // With backoff >= 100 ms, a 500 ms heartbeat and one retry, the poller
+    // and the reporter send at most 10/s each and the heartbeat 4/s: 24/s.
+    // A spinning client would send thousands.
+    let mut per_second = [0usize; 11];
+    for r in &reqs {
+        per_second[(r.at.saturating_duration_since(t0).as_secs() as usize).min(10)] += 1;
+    }
+    assert!(
+        reqs.len() <= 150,
+        "{} requests in 10 s during the outage: {per_second:?}",
+        reqs.len()
+    );
+    assert!(
+        per_second.iter().all(|n| *n <= 24),
+        "a second with more than 24 requests: {per_second:?}"
+    );
+    assert!(a.is_alive());
+    let (_, h) = a.get_as("/health", None);
+    assert_eq!(h["link"]["state"], "disconnected", "{h}");
+}
+
+#[test]
+fn refused_registration_stops_dialing_and_stays_up() {
+    let server = CoordServer::start();
+    server.fault("register", Fault::Status(401), u32::MAX);
+    let a = Agent::start(&link_yaml(&server, ""));
+    assert!(wait_until(Duration::from_secs(5), || server
+        .count("register")
+        >= 1));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.count("register"), 1, "no retry after 401");
+    let (_, h) = a.get_as("/health", None);
+    assert_eq!(h["link"]["state"], "refused", "{h}");
+    assert!(h["link"]["last_error"].as_str().unwrap().contains("401"));
+    assert_eq!(a.cmd("system", "status", json!({}))["status"], "success");
+    assert!(!a.log().contains(SERVER_TOKEN), "the token is never logged");
+}
+
+#[test]
+fn sigterm_during_a_long_poll_exits_in_time_and_unregisters() {
+    let server = CoordServer::start();
+    let mut a = Agent::start(
+        &link_yaml(&server, "shutdown_timeout: 5s\n").replace("poll_wait: 2s", "poll_wait: 60s"),
+    );
+    let node = registered(&server);
+    assert!(wait_until(Duration::from_secs(5), || server.count("fetch") >= 1));
+    let t = Instant::now();
+    let st = a.stop();
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let un = server.requests("unregister");
+    assert_eq!(un.len(), 1);
+    assert_eq!(un[0].path, format!("/api/v1/nodes/{node}"));
+}
+
+#[test]
+fn offline_mode_never_dials() {
+    let server = CoordServer::start();
+    let a = Agent::start(&link_yaml(&server, "offline_mode: true\n"));
+    a.cmd("system", "status", json!({}));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.lock().requests.len(), 0);
+    assert_eq!(a.get_as("/health", None).1["link"]["state"], "offline");
+}
+
+#[test]
+fn the_server_can_steer_the_heartbeat_within_bounds() {
+    let server = CoordServer::start();
+    server.lock().answer_extra = json!({"heartbeat_interval": "100ms"});
+    let a = Agent::start(&link_yaml(&server, "").replace(
+        "min_heartbeat_interval: 100ms",
+        "min_heartbeat_interval: 250ms",
+    ));
+    registered(&server);
+    assert!(
+        wait_until(Duration::from_secs(5), || a
+            .log()
+            .contains("heartbeat interval to 250ms")),
+        "{}",
+        a.log()
+    );
+    let n = server.lock().heartbeats.len();
+    std::thread::sleep(Duration::from_secs(2));
+    let rate = server.lock().heartbeats.len() - n;
+    assert!(
+        (5..=12).contains(&rate),
+        "{rate} heartbeats in 2 s at a 250ms interval"
+    );
+}
+
+#[test]
+fn link_metrics_are_exported() {
+    let server = CoordServer::start();
+    server.fault("heartbeat", Fault::Status(500), 1);
+    let a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    let id = format!("m-{}", next_id());
+    server.queue(
+        &node,
+        json!({"id": id, "type": "system", "action": "status"}),
+    );
+    assert!(wait_until(Duration::from_secs(10), || !server
+        .results_for(&id)
+        .is_empty()));
+    assert!(wait_until(Duration::from_secs(5), || {
+        let (_, m) = a.get_as("/metrics", None);
+        let m = m.as_str().unwrap_or("").to_string();
+        m.contains("vendetta_heartbeat_failures_total 1")
+            && m.contains("vendetta_poll_duration_seconds_bucket{result=")
+            && m.contains("vendetta_results_reported_total{outcome=\"acked\"} 1")
+            && m.contains("vendetta_commands_received_total{type=\"system\",action=\"status\",source=\"coordination\"} 1")
+            && m.contains("vendetta_results_pending 0")
+            && m.contains("vendetta_link_connected 1")
+    }));
+}
