@@ -149,7 +149,7 @@ Usage: vendetta agent status [--config FILE] [--agent URL] [--token T] [--json]
 Asks the running agent over its local API and prints a short summary.
 
 Options:
-  -c, --config FILE   config file (for listen, token, pid_file)
+  -c, --config FILE   config file (for listen and the API token)
       --agent URL     the agent's API (default http://<listen>)
       --token TOKEN   API token
       --json          print the status document
@@ -266,8 +266,14 @@ fn run(head: Vec<OsString>, tail: Vec<String>) -> Result<i32, CliError> {
         }
         Some("agent") => agent(args, help, tail),
         Some("session") => session(args, help, tail),
-        Some("service") => service(args, help),
-        Some("system") => system(args, help),
+        Some("service") => {
+            no_tail(&tail)?;
+            service(args, help)
+        }
+        Some("system") => {
+            no_tail(&tail)?;
+            system(args, help)
+        }
         Some(other) => Err(CliError::Usage(format!(
             "unknown command {other:?}; run `vendetta --help` for the list"
         ))),
@@ -326,6 +332,7 @@ fn agent(mut args: Arguments, help: bool, tail: Vec<String>) -> Result<i32, CliE
             let path = config_flag(&mut args)?;
             let timeout = opt_duration(&mut args, ["-t", "--timeout"])?.unwrap_or(Duration::from_secs(60));
             finish(args)?;
+            no_tail(&tail)?;
             stop(path, timeout)
         }
         Some("status") => {
@@ -334,11 +341,13 @@ fn agent(mut args: Arguments, help: bool, tail: Vec<String>) -> Result<i32, CliE
             let token: Option<String> = args.opt_value_from_str("--token")?;
             let json_out = args.contains("--json");
             finish(args)?;
+            no_tail(&tail)?;
             status(path, agent_url, token, json_out)
         }
         Some("config") => {
             let check: Option<PathBuf> = args.opt_value_from_str("--check")?;
             finish(args)?;
+            no_tail(&tail)?;
             match check {
                 None => {
                     print!("{}", config::DEFAULT_YAML);
@@ -482,10 +491,17 @@ fn status(
         }
         Err(e) => return Err(e.into()),
     };
-    let status = client
-        .command("system", "status", json!({}), None)
-        .ok()
-        .map(|r| r["data"].clone());
+    if health.status == 403 {
+        println!(
+            "vendetta agent is running at {}, but this address is not in its allowed_ips",
+            client.base()
+        );
+        return Ok(EXIT_OK);
+    }
+    let (status, status_error) = match client.command("system", "status", json!({}), None) {
+        Ok(r) => (Some(r["data"].clone()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     if json_out {
         println!(
             "{}",
@@ -552,7 +568,10 @@ fn status(
                 s["pid"].as_u64().unwrap_or(0)
             );
         }
-        None => println!("  (no API token available: pass --token for sessions and queue)"),
+        None => println!(
+            "  (no status: {}; sessions and queue need the API token, see --token)",
+            status_error.unwrap_or_default()
+        ),
     }
     if let Some(problems) = h["problems"].as_array() {
         for p in problems {

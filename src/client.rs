@@ -79,8 +79,9 @@ impl Client {
         token: Option<String>,
         config_path: Option<&Path>,
     ) -> Result<Client, ClientError> {
-        let needs_config = agent.is_none() && std::env::var("VENDETTA_AGENT_URL").is_err()
-            || token.is_none() && std::env::var("VENDETTA_API_TOKEN").is_err();
+        let unset = |k: &str| std::env::var(k).map(|v| v.is_empty()).unwrap_or(true);
+        let needs_config = agent.is_none() && unset("VENDETTA_AGENT_URL")
+            || token.is_none() && unset("VENDETTA_API_TOKEN");
         let cfg: Config = if needs_config {
             config::load(config_path)
                 .map_err(ClientError::Config)?

@@ -55,6 +55,7 @@ pub enum LogFormat {
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
+    #[serde(alias = "warning")]
     Warn,
     Info,
     Debug,
@@ -688,7 +689,8 @@ fn strip_position(message: &str) -> String {
         None => message,
     };
     let m = match m.find(": ") {
-        Some(i) if !m[..i].contains(' ') && m[..i].contains('.') => &m[i + 2..],
+        // serde_yaml repeats the key path first ("heartbeat: unknown field").
+        Some(i) if i > 0 && !m[..i].contains(' ') => &m[i + 2..],
         _ => m,
     };
     m.to_string()
@@ -843,6 +845,23 @@ impl Config {
                     format!("{} is not an absolute path", d.display()),
                 ));
             }
+        }
+        if let Some(p) = &self.pid_file {
+            if !p.is_absolute() {
+                return Err(bad(
+                    "pid_file",
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
+        if !self.node_id.is_empty() && !crate::store::node::valid_node_id(&self.node_id) {
+            return Err(bad(
+                "node_id",
+                format!(
+                    "{:?} is not a node id; use 1-64 characters of [A-Za-z0-9._-]",
+                    self.node_id
+                ),
+            ));
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(bad(
@@ -1007,6 +1026,15 @@ log_level: "info"
         assert!(s.contains("heartbeat.intervl"), "{s}");
         let e = parse("agent.yaml", "bogus: 1\n").unwrap_err().to_string();
         assert!(e.contains("key bogus") && e.contains("line 1"), "{e}");
+        assert_eq!(
+            e.matches("bogus").count(),
+            2,
+            "the key once, and once in serde's quote: {e}"
+        );
+        let e = parse("agent.yaml", "command_timeout: 5x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("command_timeout: command_timeout"), "{e}");
     }
 
     #[test]
@@ -1066,6 +1094,18 @@ log_level: "info"
         assert!(parse("a.yaml", "allowed_commands: [\"session.nuke\"]\n").is_err());
         assert!(parse("a.yaml", "allowed_ips: [\"10.0.0.0/33\"]\n").is_err());
         assert!(parse("a.yaml", "coordination_url: ftp://x\n").is_err());
+        assert!(parse("a.yaml", "node_id: ../bad\n")
+            .unwrap_err()
+            .to_string()
+            .contains("key node_id"));
+        assert!(parse("a.yaml", "pid_file: run/v.pid\n")
+            .unwrap_err()
+            .to_string()
+            .contains("key pid_file"));
+        assert_eq!(
+            parse("a.yaml", "log_level: warning\n").unwrap().log_level,
+            LogLevel::Warn
+        );
         assert!(parse("a.yaml", "jwt:\n  algorithm: HS256\n  secret: short\n").is_err());
         assert!(parse(
             "a.yaml",

@@ -29,9 +29,26 @@ struct Inner {
     backlog: VecDeque<Arc<Event>>,
 }
 
-#[derive(Default)]
 pub struct Events {
     inner: Mutex<Inner>,
+}
+
+impl Default for Events {
+    /// Event ids start from the start time in microseconds, so they keep
+    /// growing across restarts and a client's `Last-Event-ID` from before
+    /// a restart still selects everything after it.
+    fn default() -> Self {
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Events {
+            inner: Mutex::new(Inner {
+                seq: base,
+                ..Default::default()
+            }),
+        }
+    }
 }
 
 impl Events {
@@ -100,8 +117,9 @@ mod tests {
         let (_, rx) = ev.subscribe(None);
         ev.publish("command", json!({"id": "a"}));
         ev.publish("command", json!({"id": "b"}));
-        assert_eq!(rx.try_recv().unwrap().seq, 1);
-        let (backlog, _) = ev.subscribe(Some(1));
+        let first = rx.try_recv().unwrap().seq;
+        assert!(first > 1_700_000_000_000_000, "ids start at the start time");
+        let (backlog, _) = ev.subscribe(Some(first));
         assert_eq!(backlog.len(), 1);
         assert!(backlog[0].data.contains("\"b\""));
     }

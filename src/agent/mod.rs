@@ -295,6 +295,10 @@ pub fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     let deadline = Instant::now() + cfg.shutdown_timeout;
     threads.append(&mut api_threads);
     let stuck = threads::join_all(&mut threads, deadline, &control_rx);
+    // Jobs still queued stay journaled for the next start; dropping them
+    // here lets the requests waiting on them answer 503 before we exit.
+    while queue_rx.try_recv().is_ok() {}
+    crate::api::routes::wait_for_waiters(std::time::Duration::from_secs(2));
     // 3. Deliver what the workers finished and say goodbye to the server.
     if let Some(link) = link {
         link.finish(
@@ -313,15 +317,20 @@ pub fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     outcome
 }
 
+/// SIGHUP: reads the log level again from where the config came from (the
+/// same file; for built-in defaults, only VENDETTA_LOG_LEVEL).
 fn reload_log_level(loaded: &config::Loaded) {
-    let path = match &loaded.source {
-        config::Source::File(p) => Some(p.as_path()),
-        config::Source::Defaults => None,
+    let fresh = match &loaded.source {
+        config::Source::File(p) => config::load(Some(p.as_path())).map(|l| l.config),
+        config::Source::Defaults => {
+            let mut c = config::Config::default();
+            config::apply_env(&mut c, |k| std::env::var(k).ok()).map(|()| c)
+        }
     };
-    match config::load(path) {
-        Ok(fresh) => {
-            crate::logging::set_level(fresh.config.log_level);
-            log::info!("SIGHUP: log level is now {:?}", fresh.config.log_level);
+    match fresh {
+        Ok(c) => {
+            crate::logging::set_level(c.log_level);
+            log::info!("SIGHUP: log level is now {:?}", c.log_level);
         }
         Err(e) => log::warn!("SIGHUP: config not reloaded, keeping the current log level: {e}"),
     }

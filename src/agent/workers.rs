@@ -10,7 +10,7 @@ use super::threads::{self, Control, Thread};
 use super::{dispatch, Shared};
 use crate::protocol::{codes, CommandResult, Status};
 use crate::providers::output::{Chunk, Discard, OutputSink, Stream};
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select_biased, Receiver, Sender};
 use serde_json::json;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -35,7 +35,9 @@ pub fn spawn(
 
 fn worker_loop(shared: &Shared, queue: &Receiver<Job>, shutdown: &Receiver<()>) {
     loop {
-        select! {
+        // Biased: once shutdown is signalled no new job is taken, even if
+        // the queue is ready too.
+        select_biased! {
             recv(shutdown) -> _ => return,
             recv(queue) -> job => match job {
                 Ok(job) => run_job(shared, job),

@@ -60,13 +60,12 @@ impl Cidr {
     }
 }
 
-/// The outcome of an auth check, mapped to 401/403 by the router.
+/// Why an auth check failed (mapped to 401 by the router; the reason is
+/// logged, never sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
-    /// No credentials, or wrong ones: 401.
+    /// No credentials, or wrong ones.
     Unauthenticated(&'static str),
-    /// The client address is not allowed: 403.
-    Forbidden,
 }
 
 pub fn ip_allowed(shared: &Shared, ip: Option<IpAddr>) -> bool {

@@ -167,7 +167,6 @@ pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()
                     )
                     .header("WWW-Authenticate", "Bearer")
                 }
-                Denied::Forbidden => Reply::error(403, "forbidden", "not allowed"),
             };
             return send(shared, request, route, reply);
         }
@@ -412,6 +411,14 @@ pub(super) fn leave_waiter() {
     WAITERS.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// At shutdown: gives requests waiting on results up to `limit` to answer.
+pub fn wait_for_waiters(limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while WAITERS.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits for a queued command's result on its own thread, then answers
 /// with `reply_for(result)`; if the wait outlasts the command's timeout, 202.
 fn wait_then_send(
@@ -514,11 +521,8 @@ fn sessions(shared: &Arc<Shared>, query: &str, request: Request) {
         (crate::protocol::Status::Success, _) => Reply::json(200, &json!({"sessions": r.data})),
         (_, Some(codes::UNAVAILABLE)) => Reply::error(503, codes::UNAVAILABLE, r.error.clone()),
         (_, Some(codes::INVALID)) => Reply::error(400, codes::INVALID, r.error.clone()),
-        _ => Reply::error(
-            500,
-            r.code.as_deref().unwrap_or(codes::FAILED),
-            r.error.clone(),
-        ),
+        // Any other failure to list is a provider that cannot answer.
+        _ => Reply::error(503, codes::UNAVAILABLE, r.error.clone()),
     };
     match shared.submit(cmd, Origin::Api, true) {
         Submitted::Queued(Some(rx)) => {
