@@ -5,4 +5,5 @@ mod cli;
 mod coord;
 mod docs;
 mod runtime;
+mod tls;
 mod util;
