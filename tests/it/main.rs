@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod connect;
 mod coord;
 mod docs;
 mod runtime;
