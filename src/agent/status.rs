@@ -80,7 +80,13 @@ pub fn health(shared: &Shared) -> (bool, Value) {
     let mem = crate::sys::meminfo();
     let mem_ok = mem.is_none_or(|m| m.1 >= MIN_MEM_AVAILABLE);
     let link = shared.link();
-    let link_ok = matches!(link.state.as_str(), "offline" | "connected");
+    // Offline is healthy when meant (offline_mode, no URL), not when the
+    // link could not be set up (TLS files): that leaves an error.
+    let link_ok = match link.state.as_str() {
+        "connected" => true,
+        "offline" => link.last_error.is_empty(),
+        _ => false,
+    };
     let status = if !default_ok {
         "down"
     } else if disk_ok && mem_ok && link_ok {

@@ -86,6 +86,8 @@ impl CoordError {
 pub struct CoordClient {
     base: String,
     host: String,
+    /// tls.cert_file is set (it changes what a TLS alert means).
+    client_cert: bool,
     token: Option<String>,
     http: ureq::Agent,
 }
@@ -132,6 +134,7 @@ impl CoordClient {
         Ok(CoordClient {
             base,
             host,
+            client_cert: config.tls.cert_file.is_some(),
             token,
             http: builder.build().into(),
         })
@@ -206,13 +209,22 @@ impl CoordClient {
 
     fn classify(&self, url: &str, e: ureq::Error) -> CoordError {
         let url = url.to_string();
+        // rustls reports a failed handshake (and an alert read later) as an
+        // io::Error wrapping its own error.
+        let rustls_error = match &e {
+            ureq::Error::Rustls(inner) => Some(inner),
+            ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+            _ => None,
+        };
+        if let Some(inner) = rustls_error {
+            return CoordError::Tls {
+                detail: super::tls::explain(&self.host, inner, self.client_cert),
+            };
+        }
         match e {
             ureq::Error::Timeout(_) => CoordError::Timeout { url },
-            ureq::Error::Rustls(inner) => CoordError::Tls {
-                detail: super::tls::explain(&self.host, &inner.to_string()),
-            },
             ureq::Error::Tls(m) => CoordError::Tls {
-                detail: super::tls::explain(&self.host, m),
+                detail: format!("TLS with {} failed: {m}", self.host),
             },
             ureq::Error::Io(io)
                 if io.kind() == std::io::ErrorKind::TimedOut

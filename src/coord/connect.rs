@@ -33,6 +33,12 @@ impl fmt::Display for ConnectError {
                     "the server refused the registration: {e}; pass the right token with --token"
                 )
             }
+            ConnectError::Server(e @ CoordError::Setup(_)) => {
+                write!(
+                    f,
+                    "cannot set up the connection, the config was not changed: {e}"
+                )
+            }
             ConnectError::Server(e) => {
                 write!(f, "registration failed, the config was not changed: {e}")
             }
@@ -66,6 +72,11 @@ pub fn connect(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), true),
         Err(source) => return Err(ConnectError::Config(ConfigError::Read { path, source })),
     };
+    // A file that does not load is never edited: a JSON edit starts from
+    // the parsed document, and would otherwise start from nothing.
+    if !old.trim().is_empty() {
+        config::parse_text(&path, &old).map_err(ConnectError::Config)?;
+    }
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -142,7 +153,8 @@ pub fn connect(
 }
 
 /// Sets a top-level key. YAML: replaces the key's line (or appends one),
-/// leaving every other line alone. JSON: rewrites the document.
+/// leaving every other line alone. JSON: rewrites the document; text that
+/// is not a JSON object is replaced, so callers check it parses first.
 pub fn set_key(text: &str, key: &str, value: &str, is_json: bool) -> String {
     let quoted = serde_json::Value::from(value).to_string();
     if is_json {
@@ -173,8 +185,10 @@ pub fn set_key(text: &str, key: &str, value: &str, is_json: bool) -> String {
     if !found {
         out.push(line);
     }
-    let mut s = out.join("\n");
-    s.push('\n');
+    // Keep the file's line ends (lines() strips a CR too).
+    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut s = out.join(eol);
+    s.push_str(eol);
     s
 }
 
@@ -194,6 +208,16 @@ mod tests {
         assert!(new.ends_with("auth_token: \"t\\\"ok\"\n"), "{new}");
         let parsed = config::parse_text(Path::new("a.yaml"), &new).unwrap();
         assert_eq!(parsed.auth_token.expose(), "t\"ok");
+    }
+
+    #[test]
+    fn yaml_edit_keeps_crlf_line_ends_and_lookalike_keys() {
+        let old = "# hi\r\ncoordination_url_old: x\r\ncoordination_url : \"\"\r\nworkers: 2";
+        let new = set_key(old, "coordination_url", "http://c", false);
+        assert_eq!(
+            new,
+            "# hi\r\ncoordination_url_old: x\r\ncoordination_url: \"http://c\"\r\nworkers: 2\r\n"
+        );
     }
 
     #[test]

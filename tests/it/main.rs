@@ -2,7 +2,9 @@
 
 mod api;
 mod cli;
+mod connect;
 mod coord;
 mod docs;
 mod runtime;
+mod tls;
 mod util;
