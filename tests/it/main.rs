@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod docker;
 mod docs;
 mod runtime;
 mod util;
