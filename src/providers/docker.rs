@@ -611,15 +611,19 @@ fn split_reference(image: &str) -> (&str, Option<&str>) {
 /// `docker.socket`, else `DOCKER_HOST` when it is `unix://…`, else the
 /// standard path.
 pub fn socket_path(configured: Option<&Path>) -> PathBuf {
+    socket_path_with(configured, std::env::var("DOCKER_HOST").ok().as_deref())
+}
+
+fn socket_path_with(configured: Option<&Path>, docker_host: Option<&str>) -> PathBuf {
     if let Some(p) = configured {
         return p.to_path_buf();
     }
-    if let Ok(host) = std::env::var("DOCKER_HOST") {
-        if let Some(p) = host.strip_prefix("unix://") {
-            return PathBuf::from(p);
-        }
+    match docker_host.and_then(|h| h.strip_prefix("unix://")) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        // tcp:// and ssh:// hosts are not for us: the agent talks to the
+        // local engine only.
+        _ => PathBuf::from("/var/run/docker.sock"),
     }
-    PathBuf::from("/var/run/docker.sock")
 }
 
 impl Provider for DockerProvider {
@@ -821,9 +825,122 @@ mod tests {
 
     #[test]
     fn socket_path_order() {
+        let host = Some("unix:///run/user/1/docker.sock");
         assert_eq!(
-            socket_path(Some(Path::new("/a.sock"))),
+            socket_path_with(Some(Path::new("/a.sock")), host),
             PathBuf::from("/a.sock")
         );
+        assert_eq!(
+            socket_path_with(None, host),
+            PathBuf::from("/run/user/1/docker.sock")
+        );
+        for other in [None, Some("tcp://10.0.0.1:2375"), Some("unix://")] {
+            assert_eq!(
+                socket_path_with(None, other),
+                PathBuf::from("/var/run/docker.sock")
+            );
+        }
+    }
+
+    /// Test double of an engine on a host whose kernel drops limits (this
+    /// machine's engine enforces them all, so it never warns): answers
+    /// /_ping, the create with a Warnings list, and the inspect.
+    #[test]
+    fn create_warnings_reach_the_session_record() {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("vt-dwarn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("engine.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let answer = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let warning = "Your kernel does not support swap limit capabilities or the cgroup is not mounted. Memory limited without swap.";
+        let answers = [
+            "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK".to_string(),
+            answer(&json!({"Id": "ab12", "Warnings": [warning]}).to_string()).replacen(
+                "200 OK",
+                "201 Created",
+                1,
+            ),
+            answer(
+                &json!({"Id": "ab12", "Created": "2026-01-01T00:00:00.5Z",
+                    "State": {"Status": "created"},
+                    "Config": {"Image": "img", "Labels": {"vendetta.session": "s1"}}})
+                .to_string(),
+            ),
+        ];
+        let server = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for a in answers {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                // Head, then the body its Content-Length announces.
+                loop {
+                    let n = s.read(&mut buf).unwrap();
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len || n == 0 {
+                            break;
+                        }
+                    }
+                }
+                requests.push(String::from_utf8_lossy(&got).into_owned());
+                s.write_all(a.as_bytes()).unwrap();
+            }
+            requests
+        });
+        let mut config = Config {
+            cache_dir: Some(dir.join("cache")),
+            ..Config::default()
+        };
+        config.docker.socket = Some(sock);
+        let p = DockerProvider::new(&config, "node-1");
+        let spec = SessionSpec {
+            id: SessionId::parse("s1").unwrap(),
+            node_id: "node-1".into(),
+            image: Some("img".into()),
+            workspace: None,
+            env: Default::default(),
+            ports: vec![],
+            resources: crate::protocol::command::Resources {
+                memory: Some(64 << 20),
+                ..Default::default()
+            },
+            labels: Default::default(),
+            command: None,
+            timeout: Duration::from_secs(10),
+        };
+        let s = p.create(&spec).unwrap();
+        assert_eq!(s.warnings, [warning]);
+        assert_eq!(s.status, SessionStatus::Created);
+        let requests = server.join().unwrap();
+        assert!(requests[0].starts_with("GET /_ping "), "{}", requests[0]);
+        assert!(
+            requests[1].starts_with("POST /v1.41/containers/create?name=vendetta-s1 "),
+            "{}",
+            requests[1]
+        );
+        assert!(
+            requests[1].contains("\"Memory\":67108864"),
+            "{}",
+            requests[1]
+        );
+        // Kept in cache_dir: a restarted agent still reports them.
+        let again = state::LocalState::load(dir.join("cache").join("docker"));
+        assert_eq!(again.get("s1").warnings, [warning]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1008,3 +1008,78 @@ fn service_health_from_the_healthcheck_else_a_tcp_probe() {
         .unwrap();
     assert!(web_doc["ports"]["8080/tcp"].as_u64().unwrap() > 0);
 }
+
+/// Records when each chunk came.
+struct Timed(Vec<(Instant, vendetta::providers::Stream, Vec<u8>)>);
+
+impl vendetta::providers::OutputSink for Timed {
+    fn chunk(&mut self, stream: vendetta::providers::Stream, data: &[u8]) {
+        self.0.push((Instant::now(), stream, data.to_vec()));
+    }
+}
+
+#[test]
+fn exec_output_reaches_the_sink_as_it_arrives() {
+    use vendetta::protocol::SessionId;
+    use vendetta::providers::docker::DockerProvider;
+    use vendetta::providers::{ExecSpec, Provider, SessionSpec, Stream};
+    let g = Sessions::new("sink");
+    let dir = TempDir::new("dsink");
+    let mut config = vendetta::config::Config {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    config.docker.image = IMAGE.into();
+    let node = format!("node-vt{}sink", std::process::id());
+    let p = DockerProvider::new(&config, &node);
+    let id = SessionId::parse(&g.id("a")).unwrap();
+    p.create(&SessionSpec {
+        id: id.clone(),
+        node_id: node.clone(),
+        image: None,
+        workspace: None,
+        env: Default::default(),
+        ports: vec![],
+        resources: Default::default(),
+        labels: Default::default(),
+        command: None,
+        timeout: Duration::from_secs(30),
+    })
+    .unwrap();
+    p.start(&id).unwrap();
+    let spec = ExecSpec {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo first; echo oops >&2; sleep 2; echo second".into(),
+        ],
+        env: Default::default(),
+        workdir: None,
+        user: None,
+        stdin: None,
+        timeout: Duration::from_secs(20),
+        max_output: 1 << 20,
+    };
+    let mut sink = Timed(Vec::new());
+    let t0 = Instant::now();
+    let out = p.exec(&id, &spec, &mut sink).unwrap();
+    let done = t0.elapsed();
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(out.stdout, b"first\nsecond\n");
+    let first = sink
+        .0
+        .iter()
+        .find(|(_, s, d)| *s == Stream::Stdout && d.starts_with(b"first"))
+        .expect("a chunk with the first line");
+    assert!(
+        first.0 - t0 < Duration::from_millis(1500) && done >= Duration::from_secs(2),
+        "the first line came {:?} in, the exec took {done:?}: output was held back",
+        first.0 - t0
+    );
+    assert!(sink
+        .0
+        .iter()
+        .any(|(_, s, d)| *s == Stream::Stderr && d == b"oops\n"));
+    assert!(p.destroy(&id).unwrap());
+    assert!(!p.destroy(&id).unwrap());
+}
