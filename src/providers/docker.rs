@@ -27,9 +27,9 @@ use super::{
 use crate::config::Config;
 use crate::protocol::{ProviderKind, SessionId};
 use crate::providers::unix_http::{self, encode, HttpError, Request};
-use engine::{api_error, call_name, message_of, parse_json, ApiVersion, Engine, MAX_API, MIN_API};
+use engine::{api_error, call_name, message_of, parse_json, Engine, MAX_API, MIN_API};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -214,6 +214,8 @@ pub struct DockerProvider {
     state: state::LocalState,
     /// Session id -> container id, for containers whose labels we checked.
     known: Mutex<HashMap<String, String>>,
+    /// Sessions with a stop in flight: still running, already marked.
+    stops: Mutex<HashSet<String>>,
 }
 
 impl DockerProvider {
@@ -228,7 +230,15 @@ impl DockerProvider {
             pull: config.docker.pull,
             state: state::LocalState::load(config.cache_dir().join("docker")),
             known: Mutex::new(HashMap::new()),
+            stops: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn stopping(&self, id: &str) -> bool {
+        self.stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -495,6 +505,10 @@ impl DockerProvider {
             };
             let rec = self.state.get(&s.id);
             s.warnings = rec.warnings;
+            if rec.stopped && s.status == SessionStatus::Running && !self.stopping(&s.id) {
+                // Started again behind our back: its next exit is its own.
+                self.state.update(&id, |r| r.stopped = false);
+            }
             if matches!(s.status, SessionStatus::Exited | SessionStatus::Lost) {
                 // A listing has no exit code: read it (and the state) once.
                 match self.inspect(&id, &cid) {
@@ -671,8 +685,12 @@ impl Provider for DockerProvider {
         // Marked before the call: the container may exit (and the monitor
         // look) before the engine answers.
         let was = self.state.get(id.as_str()).stopped;
+        let stops = || self.stops.lock().unwrap_or_else(|p| p.into_inner());
+        stops().insert(id.to_string());
         self.state.update(id, |r| r.stopped = true);
-        if let Err(e) = self.lifecycle(id, &cid, "stop", &format!("?t={secs}"), timeout) {
+        let stopped = self.lifecycle(id, &cid, "stop", &format!("?t={secs}"), timeout);
+        stops().remove(id.as_str());
+        if let Err(e) = stopped {
             self.state.update(id, |r| r.stopped = was);
             return Err(e.into());
         }
@@ -738,13 +756,6 @@ impl Provider for DockerProvider {
                 source: "healthcheck".into(),
                 detail: e.to_string(),
             })
-    }
-}
-
-/// The version a provider speaks right now, for tests and diagnostics.
-impl DockerProvider {
-    pub fn api_version(&self) -> Result<ApiVersion, ProviderError> {
-        Ok(self.engine.api()?)
     }
 }
 

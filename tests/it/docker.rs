@@ -490,6 +490,31 @@ fn lifecycle_is_idempotent() {
         listed.iter().find(|s| s["id"] == id.as_str()).unwrap()["status"],
         "stopped"
     );
+    // Started and killed behind the agent's back: that exit is not ours.
+    assert_eq!(
+        engine("POST", &format!("/containers/{name}/start"), None).0,
+        204
+    );
+    let status_of = |a: &Agent| {
+        session_list(a)
+            .into_iter()
+            .find(|s| s["id"] == id.as_str())
+            .unwrap()
+    };
+    assert_eq!(status_of(&a)["status"], "running");
+    assert_eq!(
+        engine("POST", &format!("/containers/{name}/kill"), None).0,
+        204
+    );
+    let mut s = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            s = status_of(&a);
+            s["status"] == "exited"
+        }),
+        "{s}"
+    );
+    assert_eq!(s["exit_code"], 137, "{s}");
     assert_eq!(
         ok(&a.cmd("session", "start", json!({"session_id": id})))["status"],
         "running"
@@ -820,7 +845,42 @@ fn engine_outage_turns_health_red_fails_clearly_and_recovers() {
     let docker_ok = |a: &Agent| a.get_as("/health", None).1["providers"]["docker"]["ok"] == true;
     assert!(docker_ok(&a));
 
+    // An exec in flight when the engine goes fails at once, clearly.
+    let marker = (400_000 + std::process::id() % 100_000).to_string();
+    let cmd_id = format!("out-{}", next_id());
+    let (s, _) = a.post_path(
+        "/api/v1/commands?async=true",
+        &json!({"id": cmd_id, "type": "session", "action": "exec",
+                "params": {"session_id": id, "command": ["sleep", marker], "timeout": "60s"}})
+        .to_string(),
+        Some(TOKEN),
+    );
+    assert_eq!(s, 202);
+    assert!(wait_until(Duration::from_secs(5), || !host_pids(&[
+        "sleep", &marker
+    ])
+    .is_empty()));
+    let cut = Instant::now();
     proxy.down();
+    let mut r = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        let (s, b) = a.get(&format!("/api/v1/commands/{cmd_id}"));
+        r = b;
+        s == 200
+    }));
+    assert!(
+        cut.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        cut.elapsed()
+    );
+    assert_eq!(r["code"], "provider_unavailable", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains(sock.to_str().unwrap()),
+        "{r}"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || !docker_ok(&a)),
         "health stayed green with the engine gone"
