@@ -69,12 +69,18 @@ class Api:
         return data
 
 def timed(fn, n):
-    out = []
+    return interleaved([fn], n)[0]
+
+def interleaved(fns, n):
+    """Medians of n runs of each, taken in turn so that load from anything
+    else on the machine falls on all of them alike."""
+    out = [[] for _ in fns]
     for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+        for k, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            out[k].append(time.perf_counter() - t)
+    return [statistics.median(o) for o in out]
 
 def run(*argv):
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,10 +120,12 @@ def floor():
     engine("GET", "/exec/%s/json" % eid)
 
 n = 50
-docker_exec = timed(lambda: run("docker", "exec", container, "true"), n)
-cli_exec = timed(lambda: run(binary, "session", "exec", s1, "--", "true"), n)
-raw_exec = timed(lambda: api.cmd("session", "exec", {"session_id": s1, "command": ["true"]}), n)
-floor_exec = timed(floor, n)
+docker_exec, cli_exec, raw_exec, floor_exec = interleaved([
+    lambda: run("docker", "exec", container, "true"),
+    lambda: run(binary, "session", "exec", s1, "--", "true"),
+    lambda: api.cmd("session", "exec", {"session_id": s1, "command": ["true"]}),
+    floor,
+], n)
 row("docker exec s1 true (docker CLI), median of 50", ms(docker_exec))
 row("session exec s1 -- true (vendetta CLI), median of 50", ms(cli_exec), "<= 0.5x docker CLI",
     "ratio %.2f" % (cli_exec / docker_exec))
@@ -145,9 +153,7 @@ def engine_create():
                {"Image": image, "Cmd": ["sleep", "infinity"], "HostConfig": {"Init": True}})
     cid = json.loads(r.split(b"\r\n\r\n", 1)[1])["Id"]
     engine("POST", "/containers/%s/start" % cid)
-docker_create = timed(docker_run, m)
-agent_cs = timed(agent_create, m)
-floor_cs = timed(engine_create, m)
+docker_create, agent_cs, floor_cs = interleaved([docker_run, agent_create, engine_create], m)
 row("create+start a session (API), median of 10", ms(agent_cs), "", "docker run -d: %s, ratio %.2f" % (ms(docker_create), agent_cs / docker_create))
 row("engine floor: create+start on the socket, median of 10", ms(floor_cs), "", "agent overhead %.1f ms" % ((agent_cs - floor_cs) * 1000))
 for k in range(1, j[0] + 1):
@@ -172,15 +178,20 @@ running = sum(1 for s in listed if s["status"] == "running")
 assert running >= 100, running
 rss = int([l for l in open("/proc/%s/status" % agent_pid) if l.startswith("VmRSS")][0].split()[1])
 row("agent RSS with %d running sessions" % running, "%.1f MiB" % (rss / 1024))
-list_api = timed(lambda: api.cmd("session", "list", {"provider": "docker"}), n)
 kept = Api(keep_alive=True)
-list_kept = timed(lambda: kept.cmd("session", "list", {"provider": "docker"}), n)
-list_cli = timed(lambda: run(binary, "session", "list"), n)
-docker_ps = timed(lambda: run("docker", "ps", "-a", "--filter", "label=vendetta.managed=true"), n)
-row("session list, 100 sessions, raw HTTP POST, median of 50", ms(list_api), "< 20 ms", "docker ps -a --filter: %s" % ms(docker_ps))
+filters = urllib.parse.quote(json.dumps({"label": ["vendetta.managed=true"]}))
+list_api, list_kept, list_cli, docker_ps, list_floor = interleaved([
+    lambda: api.cmd("session", "list", {"provider": "docker"}),
+    lambda: kept.cmd("session", "list", {"provider": "docker"}),
+    lambda: run(binary, "session", "list"),
+    lambda: run("docker", "ps", "-a", "--filter", "label=vendetta.managed=true"),
+    lambda: engine("GET", "/containers/json?all=1&filters=" + filters),
+], n)
+row("session list, 100 sessions, raw HTTP POST, median of 50", ms(list_api), "< 20 ms",
+    "docker ps -a --filter: %s; engine floor (label-filtered list on the socket): %s" % (ms(docker_ps), ms(list_floor)))
 row("session list, 100 sessions, vendetta CLI, median of 50", ms(list_cli), "< 20 ms", "")
 row("session list, 100 sessions, kept-alive HTTP connection, median of 50", ms(list_kept), "< 20 ms",
-    "delayed ACK: the API server lacks TCP_NODELAY")
+    "fresh connection: %s (a gap of ~40 ms is a delayed ACK: the API server sets no TCP_NODELAY)" % ms(list_api))
 with ThreadPoolExecutor(4) as ex:
     list(ex.map(lambda k: Api().cmd("session", "destroy", {"session_id": "%s-m%d" % (prefix, k)}), range(99)))
 api.cmd("session", "destroy", {"session_id": s1})
