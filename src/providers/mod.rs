@@ -13,6 +13,7 @@ pub mod output;
 pub mod probe;
 pub mod qemu;
 pub mod registry;
+pub mod unix_http;
 
 use crate::protocol::command::{PortSpec, Resources};
 use crate::protocol::{ProviderKind, SessionId};

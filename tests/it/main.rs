@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod connect;
 mod coord;
+mod docker;
 mod docs;
 mod runtime;
 mod tls;
