@@ -472,6 +472,10 @@ impl CgroupHost {
             };
         }
         let v2_beside = statfs_type(&root.join("unified")) == Some(CGROUP2_SUPER_MAGIC);
+        // A controller works in v1 when it is enabled and attached to a
+        // v1 hierarchy (a non-zero hierarchy id in /proc/cgroups). The
+        // root cgroup has no pids.max, so files there prove little.
+        let v1 = v1_controllers(&std::fs::read_to_string("/proc/cgroups").unwrap_or_default());
         let exists = |p: &str| root.join(p).exists();
         CgroupHost {
             mode: if v2_beside {
@@ -479,11 +483,29 @@ impl CgroupHost {
             } else {
                 CgroupMode::Legacy
             },
-            memory: exists("memory/memory.limit_in_bytes"),
-            cpu: exists("cpu/cpu.cfs_quota_us") || exists("cpu,cpuacct/cpu.cfs_quota_us"),
-            pids: exists("pids/pids.max"),
+            memory: v1.contains(&"memory".to_string()),
+            // CFS bandwidth control (the quota file) is a kernel option.
+            cpu: v1.contains(&"cpu".to_string())
+                && (exists("cpu/cpu.cfs_quota_us") || exists("cpu,cpuacct/cpu.cfs_quota_us")),
+            pids: v1.contains(&"pids".to_string()),
         }
     }
+}
+
+/// Controllers enabled and attached to a v1 hierarchy, from /proc/cgroups
+/// (`subsys_name hierarchy num_cgroups enabled`).
+pub fn v1_controllers(proc_cgroups: &str) -> Vec<String> {
+    proc_cgroups
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [name, hier, _, "1"] if *hier != "0" => Some(name.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 fn statfs_type(path: &Path) -> Option<i64> {
@@ -1719,6 +1741,13 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    #[test]
+    fn reads_proc_cgroups() {
+        let text = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t6\t1\nmemory\t4\t51\t1\nnet_cls\t0\t6\t1\npids\t8\t6\t0\n";
+        assert_eq!(v1_controllers(text), ["cpu", "memory"]);
+        assert!(v1_controllers("").is_empty());
     }
 
     #[test]

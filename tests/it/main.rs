@@ -3,5 +3,6 @@
 mod api;
 mod cli;
 mod docs;
+mod lxc;
 mod runtime;
 mod util;
