@@ -1332,7 +1332,8 @@ impl LxcProvider {
                 reason: "must be a non-empty argv array".into(),
             });
         }
-        check_env("env", &spec.env)?;
+        // Exec env goes as `-v K=V` arguments, which carry any byte but NUL
+        // (the protocol refuses NUL), so it needs none of check_env's rules.
         let user = spec.user.as_deref().map(parse_user).transpose()?;
         let mut env = o.meta.env.clone();
         env.extend(spec.env.clone());

@@ -282,6 +282,15 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
         json!({"command": ["/bin/sh", "-c", "tr '\\0' '\\n' </proc/1/environ | grep GREETING"]}),
     );
     assert_eq!(ok(&r)["stdout"], "GREETING=hello world\n", "{r}");
+    let r = lab.exec(
+        &id,
+        json!({"command": ["/bin/sh", "-c", "echo $GREETING"], "env": {"GREETING": "override"}}),
+    );
+    assert_eq!(
+        ok(&r)["stdout"],
+        "override\n",
+        "exec env overrides the session's"
+    );
     let r = lab.exec(&id, json!({"command": ["touch", "/workspace/made-inside"]}));
     assert_eq!(ok(&r)["exit_code"], 0);
     assert!(ws.path().join("made-inside").exists());
@@ -330,6 +339,12 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
     let r = lab.cmd("destroy", json!({"session_id": id}));
     assert_eq!(ok(&r)["destroyed"], true, "{r}");
     assert!(!lab.lxcpath().join(&name).exists());
+    // The workspace is the user's: destroying the session leaves it whole.
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("hello.txt")).unwrap(),
+        "from the host\n"
+    );
+    assert!(ws.path().join("made-inside").exists());
     let r = lab.cmd("destroy", json!({"session_id": id}));
     assert_eq!(ok(&r)["existed"], false, "{r}");
     let list = lab.cmd("list", json!({"provider": "lxc"}));
@@ -397,13 +412,16 @@ fn exec_codes_streams_stdin_cap_and_timeout() {
     let r = lab.exec(&id, json!({"command": ["echo", "small"]}));
     assert_eq!(ok(&r)["stdout_truncated"], false);
 
-    // Env: only what we pass (no host environment), exec env overrides.
+    // Env: only what we pass (no host environment), values verbatim.
     let r = lab.exec(
         &id,
-        json!({"command": ["env"], "env": {"ONLY": "this one"}}),
+        json!({"command": ["env"], "env": {"ONLY": "this one", "MULTI": "a\nb"}}),
     );
     let env = ok(&r)["stdout"].as_str().unwrap().to_string();
-    assert!(env.contains("ONLY=this one\n"), "{env}");
+    assert!(
+        env.contains("ONLY=this one\n") && env.contains("MULTI=a\nb\n"),
+        "{env}"
+    );
     assert!(
         !env.contains("VENDETTA") && !env.contains("CARGO") && !env.contains("HOME=/root"),
         "host env leaked: {env}"
@@ -604,8 +622,9 @@ fn hostile_session_ids_are_refused() {
     }
     // Valid for the protocol but too long for an LXC hostname: refused by
     // the provider with the limit, and nothing is left behind.
-    let long = format!("{}-{}", "l".repeat(50), std::process::id());
-    let long = &long[..long.len().min(63)];
+    // 56 characters: one more than "vendetta-" leaves of a 64-byte hostname.
+    let long = format!("l{}-{}", std::process::id(), "x".repeat(60))[..56].to_string();
+    let long = &lab.containers.session(&long);
     let r = lab.cmd("create", json!({"session_id": long, "image": "busybox"}));
     let msg = failed(&r, "invalid_command");
     assert!(msg.contains("at most 55 characters"), "{msg}");
@@ -773,7 +792,9 @@ fn veth_networking_on_a_bridge() {
         .args(["link", "set", &name, "up"])
         .output();
     let mut lab = Lab::new(&format!("  network: veth\n  bridge: {name}\n"));
-    let id = lab.create_started("veth", json!({}));
+    let ws = TempDir::new("lxcws");
+    std::fs::write(ws.path().join("keep"), "x").unwrap();
+    let id = lab.create_started("veth", json!({"workspace_path": ws.path()}));
     let r = lab.exec(
         &id,
         json!({"command": ["cat", "/sys/class/net/eth0/operstate"]}),
@@ -787,4 +808,6 @@ fn veth_networking_on_a_bridge() {
         ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
         true
     );
+    // Destroyed while running, with the workspace mounted: the workspace stays.
+    assert!(ws.path().join("keep").exists());
 }
