@@ -1363,6 +1363,7 @@ impl LxcProvider {
             step: step.clone(),
             source,
         })?;
+        log::debug!("{step} exited {:?} in {:?}", out.code(), out.elapsed);
         if out.timed_out {
             log::info!(session_id = id; "exec timed out after {:?}; its process group was killed", spec.timeout);
             return Ok(exec_output(out, None));
