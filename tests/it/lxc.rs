@@ -753,7 +753,7 @@ fn health_reports_lxc_and_a_missing_bridge() {
     assert_eq!(lxc["detail"]["network"], "empty");
 
     let bridge = format!("vtnb{}", std::process::id() % 100_000);
-    let veth = Lab::new(&format!("  network: veth\n  bridge: {bridge}\n"));
+    let mut veth = Lab::new(&format!("  network: veth\n  bridge: {bridge}\n"));
     let (status, h) = veth.agent.get_as("/health", None);
     assert_eq!(status, 503, "{h}");
     let msg = h["providers"]["lxc"]["message"].as_str().unwrap();
@@ -761,6 +761,29 @@ fn health_reports_lxc_and_a_missing_bridge() {
         msg.contains(&bridge) && msg.contains("lxc.network: empty"),
         "{msg}"
     );
+    // Starting anyway fails with the cause from lxc-start's log, not just
+    // "the container failed to start"; the agent stays up.
+    let id = veth.sid("nobridge");
+    ok(&veth.cmd("create", json!({"session_id": id})));
+    let r = veth.cmd("start", json!({"session_id": id}));
+    let msg = failed(&r, "failed");
+    assert!(
+        msg.contains(&format!("bridge \"{bridge}\"")) && msg.contains("vendetta-start.log"),
+        "{msg}"
+    );
+    let list = veth.cmd("list", json!({}));
+    let s = ok(&list)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .cloned();
+    assert_eq!(s.unwrap()["status"], "stopped", "{list}");
+    assert_eq!(
+        ok(&veth.cmd("destroy", json!({"session_id": id})))["destroyed"],
+        true
+    );
+    assert!(veth.agent.is_alive());
 }
 
 /// A Linux bridge for the veth test, deleted on drop.
