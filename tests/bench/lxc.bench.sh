@@ -116,4 +116,7 @@ PY
 ms() { python3 -c "print(f'{$1/1000:.1f} ms')"; }
 row lxc "create+start through the agent (median of $N)" "$(ms "$a_start")" "ratio <= 1.25" "direct lxc-create+lxc-start+lxc-wait $(ms "$d_start"): ratio $(ratio "$a_start" "$d_start")"
 row lxc "exec round trip, true (median of $EXECS)" "$(ms "$a_exec")" "ratio <= 1.25" "direct lxc-attach $(ms "$d_exec"): ratio $(ratio "$a_exec" "$d_exec")"
+# What the agent adds per exec: HTTP, the durable ledger (three fsynced
+# writes per session command), the ownership check, result and events.
+row lxc "agent overhead per exec (agent - direct)" "$(python3 -c "print(f'{($a_exec-$d_exec)/1000:.1f} ms')")" "" ""
 row lxc "stop -k / destroy through the agent (median)" "$(ms "$a_stop") / $(ms "$a_destroy")" "" ""
