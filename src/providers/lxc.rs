@@ -1070,7 +1070,11 @@ impl LxcProvider {
         Ok(guard)
     }
 
-    /// After a failed create: removes what lxc-create left, if it is ours.
+    /// After a failed create: removes what lxc-create left. Only called
+    /// when the directory did not exist before this create began, so a
+    /// directory there now is this create's: with our marker it goes
+    /// through lxc-destroy; without a config yet (killed mid-template) it
+    /// is removed directly; a config without our marker is left alone.
     fn cleanup_failed_create(&self, id: &str, name: &str) -> String {
         let dir = self.dir(name);
         if !dir.exists() {
@@ -1084,6 +1088,13 @@ impl LxcProvider {
                     _ => format!("; the partial container {} could not be removed: run lxc-destroy -P {} -n {name} -f", dir.display(), self.cfg.lxcpath.display()),
                 }
             }
+            Err(LxcError::Missing { .. }) => match std::fs::remove_dir_all(&dir) {
+                Ok(()) => String::new(),
+                Err(e) => format!(
+                    "; the partial directory {} could not be removed ({e}); remove it by hand",
+                    dir.display()
+                ),
+            },
             Err(_) => format!(
                 "; a partial directory {} without our marker was left; remove it by hand",
                 dir.display()

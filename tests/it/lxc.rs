@@ -181,10 +181,17 @@ impl Lab {
 /// Runs a session command and returns its result, whichever HTTP status
 /// carried it (invalid commands answer 400 with the result as body).
 fn call(agent: &Agent, action: &str, params: Value) -> Value {
+    call_within(agent, action, params, None)
+}
+
+/// `call` with the command's own `timeout`.
+fn call_within(agent: &Agent, action: &str, params: Value, timeout: Option<&str>) -> Value {
     let id = format!("t-lxc-{action}-{}", next_id());
-    let (status, body) = agent.post(
-        &json!({"id": id, "type": "session", "action": action, "params": params}).to_string(),
-    );
+    let mut cmd = json!({"id": id, "type": "session", "action": action, "params": params});
+    if let Some(t) = timeout {
+        cmd["timeout"] = json!(t);
+    }
+    let (status, body) = agent.post(&cmd.to_string());
     let expected = match body["code"].as_str() {
         Some("invalid_command") => 400,
         Some("rejected") => 403,
@@ -670,6 +677,41 @@ fn hostile_session_ids_are_refused() {
     assert!(failed(&r, "invalid_command").contains("line break"), "{r}");
     assert!(!lab.lxcpath().join(format!("vendetta-{id}")).exists());
     assert!(lab.agent.is_alive());
+}
+
+#[test]
+fn a_create_that_times_out_is_reported_and_leaves_nothing() {
+    if !lxc_ready("a_create_that_times_out_is_reported_and_leaves_nothing") {
+        return;
+    }
+    let mut lab = Lab::new("");
+    let id = lab.sid("slow");
+    // The busybox template takes a few hundred ms; 50 ms cuts it short.
+    let r = call_within(
+        &lab.agent,
+        "create",
+        json!({"session_id": id}),
+        Some("50ms"),
+    );
+    assert_eq!(r["status"], "timeout", "{r}");
+    assert_eq!(r["code"], "timeout");
+    let msg = r["error"].as_str().unwrap();
+    assert!(
+        msg.contains("lxc-create -n vendetta-") && msg.contains("was killed"),
+        "{msg}"
+    );
+    assert!(
+        !lab.lxcpath().join(format!("vendetta-{id}")).exists(),
+        "the killed create left its directory behind"
+    );
+    assert!(lab.agent.is_alive());
+    // Nothing stale blocks the same id afterwards.
+    let r = lab.cmd("create", json!({"session_id": id}));
+    assert_eq!(ok(&r)["status"], "created", "{r}");
+    assert_eq!(
+        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
+        true
+    );
 }
 
 #[test]
