@@ -898,6 +898,7 @@ impl Config {
             }
             _ => {}
         }
+        validate_lxc(&self.lxc).map_err(|(key, m)| bad(key, m))?;
         if self.docker.image.is_empty() {
             return Err(bad("docker.image", "must name an image".into()));
         }
@@ -974,6 +975,55 @@ fn valid_command_pattern(p: &str) -> bool {
         return false;
     };
     action == "*" || actions.contains(&action)
+}
+
+/// The lxc section: paths, names and timeouts the provider puts in argv.
+fn validate_lxc(lxc: &Lxc) -> Result<(), (&'static str, String)> {
+    if !lxc.lxcpath.is_absolute() {
+        return Err((
+            "lxc.lxcpath",
+            format!("{} is not an absolute path", lxc.lxcpath.display()),
+        ));
+    }
+    let name_ok = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    };
+    if !name_ok(&lxc.template) {
+        return Err((
+            "lxc.template",
+            format!(
+                "{:?} is not a template name such as busybox or download",
+                lxc.template
+            ),
+        ));
+    }
+    // Linux interface names: 1-15 bytes, no '/', ':' or whitespace.
+    let b = &lxc.bridge;
+    if b.is_empty() || b.len() > 15 || b.contains(['/', ':']) || b.chars().any(char::is_whitespace)
+    {
+        return Err((
+            "lxc.bridge",
+            format!(
+                "{b:?} is not a network interface name (1-15 characters, no '/', ':' or spaces)"
+            ),
+        ));
+    }
+    for a in &lxc.template_args {
+        if !a.starts_with('-') || a.contains('=') || a.chars().any(char::is_whitespace) {
+            return Err((
+                "lxc.template_args",
+                format!("{a:?} is not an option name such as --dist"),
+            ));
+        }
+    }
+    if lxc.tool_timeout < Duration::from_secs(1) {
+        return Err(("lxc.tool_timeout", "must be at least 1s".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1155,5 +1205,28 @@ log_level: "info"
         assert!(c.command_allowed("system.info"));
         assert!(c.command_allowed("session.list"));
         assert!(!c.command_allowed("session.exec"));
+    }
+
+    #[test]
+    fn lxc_section_is_checked() {
+        for (yaml, key) in [
+            ("lxc:\n  lxcpath: relative/dir\n", "lxc.lxcpath"),
+            ("lxc:\n  template: ../x\n", "lxc.template"),
+            ("lxc:\n  bridge: a-very-long-bridge-name\n", "lxc.bridge"),
+            ("lxc:\n  bridge: \"\"\n", "lxc.bridge"),
+            ("lxc:\n  template_args: [dist]\n", "lxc.template_args"),
+            ("lxc:\n  tool_timeout: 10ms\n", "lxc.tool_timeout"),
+        ] {
+            match parse("agent.yaml", yaml) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{yaml}"),
+                other => panic!("{yaml}: {other:?}"),
+            }
+        }
+        let c = parse(
+            "agent.yaml",
+            "lxc:\n  network: veth\n  bridge: br0\n  template_args: [--dist, --release]\n",
+        )
+        .unwrap();
+        assert_eq!(c.lxc.network, LxcNetwork::Veth);
     }
 }

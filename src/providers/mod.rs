@@ -11,6 +11,7 @@ pub mod docker;
 pub mod lxc;
 pub mod output;
 pub mod probe;
+pub mod process;
 pub mod qemu;
 pub mod registry;
 pub mod unix_http;

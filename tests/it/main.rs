@@ -6,6 +6,7 @@ mod connect;
 mod coord;
 mod docker;
 mod docs;
+mod lxc;
 mod runtime;
 mod tls;
 mod util;

@@ -1,0 +1,580 @@
+//! Running host programs for providers: an argv (never a shell string),
+//! a deadline, stdin fed from memory, stdout and stderr captured up to a
+//! cap and passed on as they arrive, and on timeout the whole process group
+//! killed and reaped.
+//!
+//! Each run is one thread: the child's pipes (and a pidfd for its exit,
+//! when the kernel has `pidfd_open`) are multiplexed with `poll(2)`, so a
+//! run never leaves reader threads behind, even when a grandchild keeps a
+//! pipe open after the child has exited. The child leads a new process
+//! group; a timeout sends SIGKILL to that group and then waits until no
+//! live member is left, so nothing the command started in that group
+//! outlives the deadline. Processes that leave the group on purpose
+//! (`setsid`, daemons) are out of reach, as they are for `timeout(1)`.
+
+use super::output::{Capture, OutputSink, Stream};
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a killed process group may take to disappear.
+const REAP_LIMIT: Duration = Duration::from_secs(5);
+/// How long output left in the pipes is read after the child exited.
+const DRAIN_LIMIT: Duration = Duration::from_millis(200);
+/// Poll tick when no pidfd is available to signal the child's exit.
+const TICK: Duration = Duration::from_millis(10);
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// None when the run was killed for its timeout.
+    pub status: Option<ExitStatus>,
+    pub stdout: Capture,
+    pub stderr: Capture,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// The exit code as a shell reports it: the code, or 128+signal when a
+    /// signal ended the process. None when killed for the timeout.
+    pub fn code(&self) -> Option<i32> {
+        let st = self.status?;
+        st.code().or_else(|| st.signal().map(|s| 128 + s))
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Captured stderr as text, trimmed.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.data)
+            .trim()
+            .to_string()
+    }
+
+    /// Captured stdout as text.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.data).into_owned()
+    }
+}
+
+/// Why a run could not be carried out (a non-zero exit is not an error
+/// here; the caller decides what it means).
+#[derive(Debug)]
+pub enum ProcessError {
+    /// The program could not be started.
+    Spawn { program: String, source: io::Error },
+    /// Talking to the running child failed.
+    Io {
+        program: String,
+        step: &'static str,
+        source: io::Error,
+    },
+}
+
+impl ProcessError {
+    /// True when the program does not exist (not installed, not on PATH).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ProcessError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
+    /// True when the argument list was too long for the kernel (E2BIG).
+    pub fn is_too_long(&self) -> bool {
+        matches!(self, ProcessError::Spawn { source, .. } if source.raw_os_error() == Some(libc::E2BIG))
+    }
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcessError::Spawn { program, source } if source.kind() == io::ErrorKind::NotFound => {
+                write!(
+                    f,
+                    "cannot run {program}: not found on PATH; is it installed?"
+                )
+            }
+            ProcessError::Spawn { program, source } => write!(f, "cannot run {program}: {source}"),
+            ProcessError::Io {
+                program,
+                step,
+                source,
+            } => write!(f, "{step} of {program} failed: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ProcessError {}
+
+/// Runs `cmd` to completion or until `timeout`, feeding it `stdin` (or
+/// /dev/null) and capturing each output stream up to `max_output` bytes.
+/// Chunks go to `sink` as they arrive. Stdin, stdout, stderr and the
+/// process group of `cmd` are set here; everything else (args, env, cwd)
+/// is the caller's.
+pub fn run(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    max_output: usize,
+    sink: &mut dyn OutputSink,
+) -> Result<Outcome, ProcessError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let started = Instant::now();
+    let deadline = started + timeout;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // A group of its own, so a timeout can kill everything it started.
+    .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let io_err = |step: &'static str, source: io::Error| ProcessError::Io {
+        program: program.clone(),
+        step,
+        source,
+    };
+    let mut run = Running {
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+        stdin: child.stdin.take().map(OwnedFd::from),
+        input: stdin.unwrap_or_default(),
+        written: 0,
+        out: Capture::new(max_output),
+        err: Capture::new(max_output),
+    };
+    for fd in [&run.stdout, &run.stderr, &run.stdin].into_iter().flatten() {
+        set_nonblocking(fd.as_raw_fd()).map_err(|e| io_err("setting up the pipes", e))?;
+    }
+    if run.input.is_empty() {
+        run.stdin = None; // closing it is the EOF the child reads
+    }
+    let pidfd = pidfd_open(child.id());
+    let status = match run.pump(&mut child, pidfd.as_ref(), deadline, sink) {
+        Ok(status) => status,
+        Err(e) => {
+            kill_group(&mut child);
+            return Err(io_err("reading the output", e));
+        }
+    };
+    let timed_out = status.is_none();
+    if timed_out {
+        kill_group(&mut child);
+    }
+    Ok(Outcome {
+        status,
+        stdout: run.out,
+        stderr: run.err,
+        timed_out,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The parent's ends of a running child's pipes and what came out of them.
+struct Running<'a> {
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    input: &'a [u8],
+    written: usize,
+    out: Capture,
+    err: Capture,
+}
+
+impl Running<'_> {
+    /// Moves bytes until the child has exited (Some(status)) or the
+    /// deadline passed (None).
+    fn pump(
+        &mut self,
+        child: &mut Child,
+        pidfd: Option<&OwnedFd>,
+        deadline: Instant,
+        sink: &mut dyn OutputSink,
+    ) -> io::Result<Option<ExitStatus>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(st) = child.try_wait()? {
+                // The child is gone; what it wrote is in the pipes. Take
+                // that and stop: a grandchild may hold the pipes open.
+                self.drain(&mut buf, sink)?;
+                return Ok(Some(st));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let mut wait = deadline - now;
+            if pidfd.is_none() || (self.stdout.is_none() && self.stderr.is_none()) {
+                wait = wait.min(TICK);
+            }
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+            let mut push = |fd: RawFd, events: libc::c_short| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                })
+            };
+            push(raw(&self.stdout), libc::POLLIN);
+            push(raw(&self.stderr), libc::POLLIN);
+            push(raw(&self.stdin), libc::POLLOUT);
+            push(pidfd.map_or(-1, |p| p.as_raw_fd()), libc::POLLIN);
+            let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: fds is a valid array of pollfd; negative fds are ignored.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let ready = |i: usize| fds[i].revents != 0;
+            if ready(0) {
+                self.read_some(Stream::Stdout, &mut buf, sink)?;
+            }
+            if ready(1) {
+                self.read_some(Stream::Stderr, &mut buf, sink)?;
+            }
+            if ready(2) {
+                self.write_some();
+            }
+        }
+    }
+
+    /// One read from a ready stream; EOF closes our end.
+    fn read_some(
+        &mut self,
+        stream: Stream,
+        buf: &mut [u8],
+        sink: &mut dyn OutputSink,
+    ) -> io::Result<bool> {
+        let (slot, cap) = match stream {
+            Stream::Stdout => (&mut self.stdout, &mut self.out),
+            Stream::Stderr => (&mut self.stderr, &mut self.err),
+        };
+        let Some(fd) = slot.as_ref() else {
+            return Ok(false);
+        };
+        match read_fd(fd, buf) {
+            Ok(0) => {
+                *slot = None;
+                Ok(false)
+            }
+            Ok(n) => {
+                cap.push(&buf[..n]);
+                sink.chunk(stream, &buf[..n]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads what is buffered in both pipes without waiting for more (and
+    /// for at most DRAIN_LIMIT, should a grandchild keep writing).
+    fn drain(&mut self, buf: &mut [u8], sink: &mut dyn OutputSink) -> io::Result<()> {
+        let until = Instant::now() + DRAIN_LIMIT;
+        while Instant::now() < until && self.read_some(Stream::Stdout, buf, sink)? {}
+        while Instant::now() < until && self.read_some(Stream::Stderr, buf, sink)? {}
+        self.stdout = None;
+        self.stderr = None;
+        Ok(())
+    }
+
+    /// Writes what the pipe takes; closes stdin when all is written or the
+    /// child stopped reading (EPIPE: its choice, not our error).
+    fn write_some(&mut self) {
+        let Some(fd) = self.stdin.as_ref() else {
+            return;
+        };
+        match write_fd(fd, &self.input[self.written..]) {
+            Ok(n) => {
+                self.written += n;
+                if self.written >= self.input.len() {
+                    self.stdin = None;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => self.stdin = None,
+        }
+    }
+}
+
+fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reading into a buffer we own from a descriptor we own.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn write_fd(fd: &OwnedFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: writing from a buffer we own to a descriptor we own.
+    let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn raw(fd: &Option<OwnedFd>) -> RawFd {
+    fd.as_ref().map_or(-1, |f| f.as_raw_fd())
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pidfd that becomes readable when `pid` exits; None on kernels
+/// without `pidfd_open` (then the loop ticks).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just gave us this descriptor; we own it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// SIGKILLs the child's process group, reaps the child and waits (bounded)
+/// until no live process is left in the group.
+fn kill_group(child: &mut Child) {
+    let pgid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on the group we created for this child.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let deadline = Instant::now() + REAP_LIMIT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) | Err(_) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    while Instant::now() < deadline {
+        let live = group_members(pgid);
+        if live.is_empty() {
+            return;
+        }
+        // Members forked after the first signal get one too.
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    log::warn!(
+        "process group {pgid} still has live members {:?} {} after SIGKILL",
+        group_members(pgid),
+        crate::protocol::duration::format(REAP_LIMIT)
+    );
+}
+
+/// Live (not zombie) processes whose process group is `pgid`, from /proc.
+pub fn group_members(pgid: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| parse_stat(&s))
+                .is_some_and(|(state, pgrp)| pgrp == pgid && state != 'Z' && state != 'X')
+        })
+        .collect()
+}
+
+/// (state, pgrp) from a /proc/PID/stat line; the command name may hold
+/// spaces and parentheses, so fields are counted after the last ')'.
+fn parse_stat(line: &str) -> Option<(char, libc::pid_t)> {
+    let rest = &line[line.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let _ppid = f.next()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// Turns a program and its arguments into a `Command` (argv, no shell).
+pub fn command<I, S>(program: &str, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut c = Command::new(program);
+    c.args(args.into_iter().map(Into::into));
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::output::Discard;
+
+    fn sh(script: &str) -> Command {
+        command("/bin/sh", ["-c", script])
+    }
+
+    struct Collect(Vec<(Stream, Vec<u8>)>);
+    impl OutputSink for Collect {
+        fn chunk(&mut self, s: Stream, d: &[u8]) {
+            self.0.push((s, d.to_vec()));
+        }
+    }
+
+    #[test]
+    fn captures_both_streams_and_the_exit_code() {
+        let mut sink = Collect(Vec::new());
+        let o = run(
+            &mut sh("echo out; echo err >&2; exit 7"),
+            None,
+            Duration::from_secs(10),
+            1024,
+            &mut sink,
+        )
+        .unwrap();
+        assert_eq!(o.code(), Some(7));
+        assert_eq!(o.stdout.data, b"out\n");
+        assert_eq!(o.stderr.data, b"err\n");
+        assert!(!o.timed_out && !o.stdout.truncated());
+        assert!(sink.0.contains(&(Stream::Stdout, b"out\n".to_vec())));
+        assert!(sink.0.contains(&(Stream::Stderr, b"err\n".to_vec())));
+    }
+
+    #[test]
+    fn signals_become_128_plus() {
+        let o = run(
+            &mut sh("kill -9 $$"),
+            None,
+            Duration::from_secs(10),
+            64,
+            &mut Discard,
+        )
+        .unwrap();
+        assert_eq!(o.code(), Some(137));
+    }
+
+    #[test]
+    fn feeds_large_stdin_while_reading_large_output() {
+        // Both directions exceed a pipe buffer (64 KiB): a runner that wrote
+        // all stdin before reading would deadlock here.
+        let input = vec![b'x'; 1 << 20];
+        let o = run(
+            &mut command("cat", Vec::<String>::new()),
+            Some(&input),
+            Duration::from_secs(20),
+            2 << 20,
+            &mut Discard,
+        )
+        .unwrap();
+        assert_eq!(o.code(), Some(0));
+        assert_eq!(o.stdout.data.len(), 1 << 20);
+    }
+
+    #[test]
+    fn caps_output_but_counts_it() {
+        let o = run(
+            &mut sh("head -c 100000 /dev/zero"),
+            None,
+            Duration::from_secs(10),
+            1000,
+            &mut Discard,
+        )
+        .unwrap();
+        assert_eq!(o.stdout.data.len(), 1000);
+        assert_eq!(o.stdout.total, 100_000);
+        assert!(o.stdout.truncated());
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let t = Instant::now();
+        let mut cmd = sh("sleep 1013 & sleep 1017 & echo started; wait");
+        let o = run(
+            &mut cmd,
+            None,
+            Duration::from_millis(300),
+            1024,
+            &mut Discard,
+        )
+        .unwrap();
+        assert!(o.timed_out);
+        assert_eq!(o.code(), None);
+        assert_eq!(o.stdout.data, b"started\n");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // No sleep of ours survives: look for them by their unusual argument.
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c == "sleep 1013 " || c == "sleep 1017 ")
+            .collect();
+        assert!(left.is_empty(), "survivors: {left:?}");
+    }
+
+    #[test]
+    fn returns_when_the_child_exits_even_if_a_grandchild_holds_the_pipe() {
+        let t = Instant::now();
+        let o = run(
+            &mut sh("sleep 3 & echo done"),
+            None,
+            Duration::from_secs(20),
+            1024,
+            &mut Discard,
+        )
+        .unwrap();
+        assert_eq!(o.code(), Some(0));
+        assert_eq!(o.stdout.data, b"done\n");
+        // The background sleep (gone by itself in 3 s) did not hold us up.
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn missing_program_is_a_clear_error() {
+        let e = run(
+            &mut command("definitely-not-a-tool-xyz", ["a"]),
+            None,
+            Duration::from_secs(1),
+            10,
+            &mut Discard,
+        )
+        .unwrap_err();
+        assert!(e.is_not_found());
+        assert_eq!(
+            e.to_string(),
+            "cannot run definitely-not-a-tool-xyz: not found on PATH; is it installed?"
+        );
+    }
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        assert_eq!(
+            parse_stat("123 (a) b (c)) S 1 456 456 0 -1"),
+            Some(('S', 456))
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}

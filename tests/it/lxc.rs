@@ -1,0 +1,878 @@
+//! The LXC provider with real containers (the busybox template, offline),
+//! driven through the agent's API.
+//!
+//! Every test first runs tests/setup/lxc-probe.sh (once per test binary):
+//! when this host cannot run containers, each test prints a line starting
+//! with `SKIPPED lxc::` and the probe's reason (past the output capture, so
+//! it shows in a passing run) and returns; with
+//! `VENDETTA_REQUIRE_LXC=1` a failed probe fails the tests instead.
+//!
+//! Each test gets its own lxcpath under /tmp and session ids holding the
+//! test process id, and a `Containers` guard destroys every container it
+//! registered when the test ends, also when it fails.
+
+use crate::util::{next_id, wait_until, Agent, TempDir, TOKEN};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/setup/lxc-probe.sh");
+
+/// The probe's verdict: Ok(its line) or Err(the reason).
+fn probe() -> &'static Result<String, String> {
+    static VERDICT: OnceLock<Result<String, String>> = OnceLock::new();
+    VERDICT.get_or_init(|| {
+        let out = match Command::new("bash").arg(PROBE).output() {
+            Ok(o) => o,
+            Err(e) => return Err(format!("cannot run {PROBE}: {e}")),
+        };
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() {
+            loud(&line);
+            Ok(line)
+        } else {
+            Err(format!(
+                "{line}{}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    })
+}
+
+/// Writes a line straight to stderr: the test harness captures eprintln!,
+/// and a skip must show in the output of a passing run.
+fn loud(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// True when containers can run here; otherwise says so loudly.
+fn lxc_ready(test: &str) -> bool {
+    match probe() {
+        Ok(_) => true,
+        Err(reason) => {
+            if std::env::var("VENDETTA_REQUIRE_LXC").as_deref() == Ok("1") {
+                panic!("lxc::{test}: VENDETTA_REQUIRE_LXC=1 but {reason}");
+            }
+            loud(&format!(
+                "SKIPPED lxc::{test}: this host cannot run LXC containers: {reason}"
+            ));
+            false
+        }
+    }
+}
+
+/// Destroys the containers it was told about, whatever happened.
+struct Containers {
+    lxcpath: PathBuf,
+    names: Vec<String>,
+}
+
+impl Containers {
+    fn new(lxcpath: &Path) -> Containers {
+        Containers {
+            lxcpath: lxcpath.to_path_buf(),
+            names: Vec::new(),
+        }
+    }
+    /// Registers a session id (its container is `vendetta-<id>`).
+    fn session(&mut self, id: &str) -> String {
+        self.names.push(format!("vendetta-{id}"));
+        id.to_string()
+    }
+    fn raw(&mut self, name: &str) {
+        self.names.push(name.to_string());
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("lxc-destroy")
+                .arg("-P")
+                .arg(&self.lxcpath)
+                .args(["-n", name, "-f"])
+                .output();
+        }
+    }
+}
+
+/// An agent with only the lxc provider, a private lxcpath, and `extra`
+/// config. Dropped in reverse order: containers, agent, directory.
+struct Lab {
+    containers: Containers,
+    agent: Agent,
+    dir: TempDir,
+}
+
+impl Lab {
+    fn new(extra: &str) -> Lab {
+        let dir = TempDir::new("lxc");
+        let lxcpath = dir.path().join("c");
+        Lab::with_lxcpath(dir, &lxcpath, extra)
+    }
+
+    fn with_lxcpath(dir: TempDir, lxcpath: &Path, extra: &str) -> Lab {
+        let agent = Agent::start(&format!(
+            "providers: [lxc]\nprovider: lxc\nlxc:\n  lxcpath: {}\n  tool_timeout: 30s\n{extra}",
+            lxcpath.display()
+        ));
+        Lab {
+            containers: Containers::new(lxcpath),
+            agent,
+            dir,
+        }
+    }
+
+    fn lxcpath(&self) -> PathBuf {
+        self.containers.lxcpath.clone()
+    }
+
+    /// A fresh session id for this run, registered for cleanup.
+    fn sid(&mut self, tag: &str) -> String {
+        let id = format!("{tag}-{}", next_id());
+        self.containers.session(&id)
+    }
+
+    fn cmd(&self, action: &str, params: Value) -> Value {
+        call(&self.agent, action, params)
+    }
+
+    fn exec(&self, id: &str, params: Value) -> Value {
+        let mut p = params;
+        p["session_id"] = json!(id);
+        call(&self.agent, "exec", p)
+    }
+
+    fn create_started(&mut self, tag: &str, extra: Value) -> String {
+        let id = self.sid(tag);
+        let mut p = json!({"session_id": id, "image": "busybox"});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                p[k] = v;
+            }
+        }
+        let r = self.cmd("create", p);
+        assert_eq!(r["status"], "success", "{r}");
+        let r = self.cmd("start", json!({"session_id": id}));
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["data"]["status"], "running", "{r}");
+        id
+    }
+
+    fn lxc(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        Command::new(tool)
+            .arg("-P")
+            .arg(self.lxcpath())
+            .args(args)
+            .output()
+            .expect("run an lxc tool")
+    }
+
+    fn state(&self, name: &str) -> String {
+        let o = self.lxc("lxc-info", &["-n", name, "-s", "-H"]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+}
+
+/// Runs a session command and returns its result, whichever HTTP status
+/// carried it (invalid commands answer 400 with the result as body).
+fn call(agent: &Agent, action: &str, params: Value) -> Value {
+    call_within(agent, action, params, None)
+}
+
+/// `call` with the command's own `timeout`.
+fn call_within(agent: &Agent, action: &str, params: Value, timeout: Option<&str>) -> Value {
+    let id = format!("t-lxc-{action}-{}", next_id());
+    let mut cmd = json!({"id": id, "type": "session", "action": action, "params": params});
+    if let Some(t) = timeout {
+        cmd["timeout"] = json!(t);
+    }
+    let (status, body) = agent.post(&cmd.to_string());
+    let expected = match body["code"].as_str() {
+        Some("invalid_command") => 400,
+        Some("rejected") => 403,
+        _ => 200,
+    };
+    assert_eq!(
+        status, expected,
+        "session.{action} answered {status}: {body}"
+    );
+    body
+}
+
+fn ok(r: &Value) -> &Value {
+    assert_eq!(r["status"], "success", "{r}");
+    &r["data"]
+}
+
+fn failed<'a>(r: &'a Value, code: &str) -> &'a str {
+    assert!(r["error"].is_string(), "{r}");
+    assert_ne!(r["status"], "success", "{r}");
+    assert_eq!(r["code"], code, "{r}");
+    r["error"].as_str().unwrap_or_default()
+}
+
+/// Host processes whose command line is exactly `argv`.
+fn host_processes(argv: &[&str]) -> Vec<String> {
+    let want = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).into_owned())
+                .filter(|c| *c == want)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn lifecycle_create_start_stop_destroy_each_twice() {
+    if !lxc_ready("lifecycle_create_start_stop_destroy_each_twice") {
+        return;
+    }
+    let mut lab = Lab::new("");
+    let ws = TempDir::new("lxcws");
+    std::fs::write(ws.path().join("hello.txt"), "from the host\n").unwrap();
+    let id = lab.sid("life");
+    let name = format!("vendetta-{id}");
+    let params = json!({
+        "session_id": id, "image": "busybox", "workspace_path": ws.path(),
+        "env": {"GREETING": "hello world", "EMPTY": ""},
+        "labels": {"team": "core"},
+        "resources": {"memory": "64m", "cpus": 0.5, "pids": 64},
+    });
+    let r = lab.cmd("create", params.clone());
+    let s = ok(&r);
+    assert_eq!(s["id"], id.as_str());
+    assert_eq!(s["provider"], "lxc");
+    assert_eq!(s["status"], "created");
+    assert_eq!(s["image"], "busybox");
+    assert_eq!(s["labels"]["team"], "core");
+    assert!(s["created"].as_str().unwrap().ends_with('Z'), "{s}");
+    let warnings: Vec<String> = s["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    for w in &warnings {
+        assert!(w.starts_with("not enforced: resources."), "{w}");
+    }
+    let config = std::fs::read_to_string(lab.lxcpath().join(&name).join("config")).unwrap();
+    assert!(config.contains("# vendetta.managed = true"), "{config}");
+    assert!(config.contains("lxc.net.0.type = empty"), "{config}");
+
+    // Create twice: the second is refused and the first is untouched.
+    let again = lab.cmd("create", params);
+    assert!(failed(&again, "conflict").contains(&id), "{again}");
+    assert_eq!(lab.state(&name), "STOPPED");
+
+    for round in 0..2 {
+        let r = lab.cmd("start", json!({"session_id": id}));
+        assert_eq!(ok(&r)["status"], "running", "round {round}: {r}");
+        assert_eq!(lab.state(&name), "RUNNING");
+    }
+
+    // The workspace, the env (for exec and for the init), the default workdir.
+    let r = lab.exec(&id, json!({"command": ["cat", "/workspace/hello.txt"]}));
+    assert_eq!(ok(&r)["stdout"], "from the host\n", "{r}");
+    let r = lab.exec(
+        &id,
+        json!({"command": ["/bin/sh", "-c", "echo \"$GREETING|${EMPTY-unset}|$container\"; pwd"]}),
+    );
+    assert_eq!(ok(&r)["stdout"], "hello world||lxc\n/workspace\n", "{r}");
+    let r = lab.exec(
+        &id,
+        json!({"command": ["/bin/sh", "-c", "tr '\\0' '\\n' </proc/1/environ | grep GREETING"]}),
+    );
+    assert_eq!(ok(&r)["stdout"], "GREETING=hello world\n", "{r}");
+    let r = lab.exec(
+        &id,
+        json!({"command": ["/bin/sh", "-c", "echo $GREETING"], "env": {"GREETING": "override"}}),
+    );
+    assert_eq!(
+        ok(&r)["stdout"],
+        "override\n",
+        "exec env overrides the session's"
+    );
+    let r = lab.exec(&id, json!({"command": ["touch", "/workspace/made-inside"]}));
+    assert_eq!(ok(&r)["exit_code"], 0);
+    assert!(ws.path().join("made-inside").exists());
+
+    // Limits: applied in the cgroup unless the session said they are not.
+    for (limit, v1_key, v2_key, want) in [
+        ("memory", "memory.limit_in_bytes", "memory.max", "67108864"),
+        ("cpus", "cpu.cfs_quota_us", "cpu.max", "50000"),
+        ("pids", "pids.max", "pids.max", "64"),
+    ] {
+        if warnings
+            .iter()
+            .any(|w| w.contains(&format!("resources.{limit}")))
+        {
+            loud(&format!(
+                "lxc::lifecycle: {limit} is not enforced on this host, as the session says"
+            ));
+            continue;
+        }
+        let v2 = Command::new("stat")
+            .args(["-fc", "%T", "/sys/fs/cgroup"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "cgroup2fs")
+            .unwrap_or(false);
+        let key = if v2 { v2_key } else { v1_key };
+        let o = lab.lxc("lxc-cgroup", &["-n", &name, key]);
+        let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        assert!(
+            got.starts_with(want),
+            "{limit}: {key} = {got:?}, want {want}"
+        );
+    }
+
+    for round in 0..2 {
+        let r = lab.cmd("stop", json!({"session_id": id, "timeout": "5s"}));
+        assert_eq!(ok(&r)["status"], "stopped", "round {round}: {r}");
+        assert_eq!(lab.state(&name), "STOPPED");
+    }
+    let r = lab.exec(&id, json!({"command": ["true"]}));
+    let msg = failed(&r, "conflict");
+    assert!(
+        msg.contains("is not running") && msg.contains("start it first"),
+        "{msg}"
+    );
+
+    let r = lab.cmd("destroy", json!({"session_id": id}));
+    assert_eq!(ok(&r)["destroyed"], true, "{r}");
+    assert!(!lab.lxcpath().join(&name).exists());
+    // The workspace is the user's: destroying the session leaves it whole.
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("hello.txt")).unwrap(),
+        "from the host\n"
+    );
+    assert!(ws.path().join("made-inside").exists());
+    let r = lab.cmd("destroy", json!({"session_id": id}));
+    assert_eq!(ok(&r)["existed"], false, "{r}");
+    let list = lab.cmd("list", json!({"provider": "lxc"}));
+    assert!(!list["data"].to_string().contains(&id), "{list}");
+}
+
+#[test]
+fn exec_codes_streams_stdin_cap_and_timeout() {
+    if !lxc_ready("exec_codes_streams_stdin_cap_and_timeout") {
+        return;
+    }
+    let mut lab = Lab::new("limits:\n  max_output: 1k\n");
+    let id = lab.create_started("exec", json!({}));
+
+    let r = lab.exec(&id, json!({"command": ["echo", "hi"]}));
+    let d = ok(&r);
+    assert_eq!(
+        (d["exit_code"].as_i64(), d["stdout"].as_str()),
+        (Some(0), Some("hi\n"))
+    );
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["output"], "hi\n");
+
+    let r = lab.exec(
+        &id,
+        json!({"command": ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"]}),
+    );
+    let d = ok(&r);
+    assert_eq!(d["exit_code"], 7, "{r}");
+    assert_eq!(r["exit_code"], 7);
+    assert_eq!(d["stdout"], "out\n");
+    assert_eq!(d["stderr"], "err\n");
+
+    // A command that exits 1 on its own is not mistaken for LXC failing.
+    let r = lab.exec(
+        &id,
+        json!({"command": ["/bin/sh", "-c", "echo nope >&2; exit 1"]}),
+    );
+    assert_eq!(ok(&r)["exit_code"], 1, "{r}");
+
+    let r = lab.exec(&id, json!({"command": ["/no/such/binary"]}));
+    assert_eq!(ok(&r)["exit_code"], 127, "{r}");
+    let r = lab.exec(&id, json!({"command": ["/bin/sh", "-c", "kill -9 $$"]}));
+    assert_eq!(ok(&r)["exit_code"], 137, "{r}");
+
+    let r = lab.exec(
+        &id,
+        json!({"command": ["cat"], "stdin": "line one\nline two\n"}),
+    );
+    assert_eq!(ok(&r)["stdout"], "line one\nline two\n", "{r}");
+    let big = "z".repeat(300_000);
+    let r = lab.exec(&id, json!({"command": ["wc", "-c"], "stdin": big}));
+    assert_eq!(ok(&r)["stdout"].as_str().unwrap().trim(), "300000", "{r}");
+
+    // The cap (1k per stream), flagged.
+    let r = lab.exec(
+        &id,
+        json!({"command": ["/bin/sh", "-c", "yes | head -c 5000; yes e | head -c 3000 >&2"]}),
+    );
+    let d = ok(&r);
+    assert_eq!(d["stdout"].as_str().unwrap().len(), 1024, "{r}");
+    assert_eq!(d["stdout_truncated"], true);
+    assert_eq!(d["stderr"].as_str().unwrap().len(), 1024);
+    assert_eq!(d["stderr_truncated"], true);
+    let r = lab.exec(&id, json!({"command": ["echo", "small"]}));
+    assert_eq!(ok(&r)["stdout_truncated"], false);
+
+    // Env: only what we pass (no host environment), values verbatim.
+    let r = lab.exec(
+        &id,
+        json!({"command": ["env"], "env": {"ONLY": "this one", "MULTI": "a\nb"}}),
+    );
+    let env = ok(&r)["stdout"].as_str().unwrap().to_string();
+    assert!(
+        env.contains("ONLY=this one\n") && env.contains("MULTI=a\nb\n"),
+        "{env}"
+    );
+    assert!(
+        !env.contains("VENDETTA") && !env.contains("CARGO") && !env.contains("HOME=/root"),
+        "host env leaked: {env}"
+    );
+
+    // Workdir, user, and a workdir that is not there.
+    let r = lab.exec(&id, json!({"command": ["pwd"], "workdir": "/tmp"}));
+    assert_eq!(ok(&r)["stdout"], "/tmp\n");
+    let r = lab.exec(&id, json!({"command": ["pwd"]}));
+    assert_eq!(
+        ok(&r)["stdout"],
+        "/\n",
+        "no workspace: the default workdir is /"
+    );
+    let r = lab.exec(&id, json!({"command": ["pwd"], "workdir": "/no such dir"}));
+    let d = ok(&r);
+    assert_eq!(d["exit_code"], 126, "{r}");
+    assert!(
+        d["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("workdir /no such dir does not exist"),
+        "{r}"
+    );
+    let r = lab.exec(&id, json!({"command": ["id", "-u"], "user": "65534"}));
+    assert_eq!(ok(&r)["stdout"], "65534\n", "{r}");
+    let r = lab.exec(&id, json!({"command": ["id"], "user": "nobody"}));
+    assert!(failed(&r, "invalid_command").contains("numeric uid"), "{r}");
+
+    // Arguments are arguments: nothing is interpreted by a shell of ours.
+    let r = lab.exec(
+        &id,
+        json!({"command": ["echo", "$(id)", "`id`", ";", "*"], "workdir": "/tmp"}),
+    );
+    assert_eq!(ok(&r)["stdout"], "$(id) `id` ; *\n", "{r}");
+
+    // A timeout kills the command and whatever it started, in the container
+    // and on the host.
+    let t = Instant::now();
+    let r = lab.exec(
+        &id,
+        json!({"command": ["/bin/sh", "-c", "sleep 4321 & sleep 4322"], "timeout": "1s"}),
+    );
+    assert_eq!(r["status"], "timeout", "{r}");
+    assert_eq!(r["code"], "timeout");
+    assert_eq!(r["data"]["timed_out"], true);
+    assert!(r["data"]["exit_code"].is_null(), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let gone = wait_until(Duration::from_secs(5), || {
+        let r = lab.exec(&id, json!({"command": ["ps", "-o", "args"]}));
+        let ps = ok(&r)["stdout"].as_str().unwrap().to_string();
+        !ps.contains("sleep 4321") && !ps.contains("sleep 4322")
+    });
+    assert!(
+        gone,
+        "the timed-out command is still running in the container"
+    );
+    assert!(host_processes(&["sleep", "4321"]).is_empty());
+    assert!(host_processes(&["sleep", "4322"]).is_empty());
+    // And the session is still usable.
+    let r = lab.exec(&id, json!({"command": ["true"]}));
+    assert_eq!(ok(&r)["exit_code"], 0);
+
+    let r = lab.cmd("destroy", json!({"session_id": id}));
+    assert_eq!(ok(&r)["destroyed"], true, "{r}");
+}
+
+#[test]
+fn sessions_are_readopted_after_kill_9() {
+    if !lxc_ready("sessions_are_readopted_after_kill_9") {
+        return;
+    }
+    let mut lab = Lab::new("");
+    let id = lab.create_started("adopt", json!({"labels": {"keep": "me"}}));
+    let created = lab.sid("adopt-idle");
+    ok(&lab.cmd("create", json!({"session_id": created})));
+    lab.agent.kill9();
+    lab.agent.restart();
+
+    let list = lab.cmd("list", json!({}));
+    let sessions = ok(&list).as_array().unwrap().clone();
+    let find = |sid: &str| sessions.iter().find(|s| s["id"] == sid).cloned();
+    let s = find(&id).unwrap_or_else(|| panic!("{id} not re-adopted: {list}"));
+    assert_eq!(s["status"], "running");
+    assert_eq!(s["provider"], "lxc");
+    assert_eq!(s["labels"]["keep"], "me");
+    assert_eq!(find(&created).unwrap()["status"], "created", "{list}");
+    // The restarted agent can use it: exec, stop, destroy.
+    let r = lab.exec(&id, json!({"command": ["echo", "still here"]}));
+    assert_eq!(ok(&r)["stdout"], "still here\n");
+    assert_eq!(
+        ok(&lab.cmd("stop", json!({"session_id": id, "timeout": "0s"})))["status"],
+        "stopped"
+    );
+    assert_eq!(
+        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
+        true
+    );
+    assert_eq!(
+        ok(&lab.cmd("destroy", json!({"session_id": created})))["destroyed"],
+        true
+    );
+}
+
+/// Reads SSE `data:` lines until `pred` matches one or `timeout` passes.
+fn wait_event(
+    stream: &mut BufReader<TcpStream>,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        match stream.read_line(&mut line) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(_) => continue, // read timeout: look at the clock again
+        }
+        if let Some(data) = line.strip_prefix("data: ") {
+            if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_container_that_stops_by_itself_is_reported_with_an_event() {
+    if !lxc_ready("a_container_that_stops_by_itself_is_reported_with_an_event") {
+        return;
+    }
+    let mut lab = Lab::new("");
+    let s = TcpStream::connect(("127.0.0.1", lab.agent.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    write!(
+        w,
+        "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut events = BufReader::new(s);
+    // The session's main process ends after a few seconds, and with it the container.
+    let id = lab.create_started("selfstop", json!({"command": ["/bin/sh", "-c", "sleep 3"]}));
+    let ev = wait_event(&mut events, Duration::from_secs(30), |v| {
+        v["id"] == id.as_str() && v["status"] == "stopped"
+    });
+    let ev = ev.unwrap_or_else(|| panic!("no stopped event for {id}; log:\n{}", lab.agent.log()));
+    assert_eq!(ev["event"], "status", "{ev}");
+    assert_eq!(ev["provider"], "lxc");
+    let list = lab.cmd("list", json!({"provider": "lxc"}));
+    let s = ok(&list)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .cloned();
+    assert_eq!(s.unwrap()["status"], "stopped", "{list}");
+    // It starts again (the main command runs again).
+    let r = lab.cmd("start", json!({"session_id": id}));
+    assert_eq!(ok(&r)["status"], "running", "{r}");
+    assert_eq!(
+        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
+        true
+    );
+}
+
+#[test]
+fn hostile_session_ids_are_refused() {
+    if !lxc_ready("hostile_session_ids_are_refused") {
+        return;
+    }
+    let mut lab = Lab::new("");
+    for bad in [
+        "../../etc",
+        "a/b",
+        "$(reboot)",
+        "A",
+        "",
+        "-x",
+        "a b",
+        "a;b",
+        &"a".repeat(64),
+    ] {
+        for action in ["create", "start", "exec", "destroy"] {
+            let mut p = json!({"session_id": bad});
+            if action == "exec" {
+                p["command"] = json!(["true"]);
+            }
+            let r = lab.cmd(action, p);
+            let msg = failed(&r, "invalid_command");
+            assert!(msg.contains("params.session_id"), "{action} {bad:?}: {msg}");
+        }
+    }
+    // Valid for the protocol but too long for an LXC hostname: refused by
+    // the provider with the limit, and nothing is left behind.
+    // 56 characters: one more than "vendetta-" leaves of a 64-byte hostname.
+    let long = format!("l{}-{}", std::process::id(), "x".repeat(60))[..56].to_string();
+    let long = &lab.containers.session(&long);
+    let r = lab.cmd("create", json!({"session_id": long, "image": "busybox"}));
+    let msg = failed(&r, "invalid_command");
+    assert!(msg.contains("at most 55 characters"), "{msg}");
+    assert!(!lab.lxcpath().join(format!("vendetta-{long}")).exists());
+    // Odd but valid ids work end to end.
+    let odd = lab
+        .containers
+        .session(&format!("a..b_-.{}", std::process::id()));
+    ok(&lab.cmd("create", json!({"session_id": odd})));
+    ok(&lab.cmd("start", json!({"session_id": odd})));
+    let r = lab.exec(&odd, json!({"command": ["hostname"]}));
+    assert_eq!(
+        ok(&r)["stdout"].as_str().unwrap().trim(),
+        format!("vendetta-{odd}")
+    );
+    assert_eq!(
+        ok(&lab.cmd("destroy", json!({"session_id": odd})))["destroyed"],
+        true
+    );
+    // Hostile images and ports are refused before anything is made.
+    let id = lab.sid("img");
+    for (image, why) in [
+        ("../../../bin/sh", "not an lxc template name"),
+        (
+            "/usr/share/lxc/templates/lxc-busybox",
+            "not an lxc template name",
+        ),
+        ("nosuchtemplate", "there is no lxc template"),
+        ("download --dist debian", "lxc.template_args allows none"),
+    ] {
+        let r = lab.cmd("create", json!({"session_id": id, "image": image}));
+        assert!(failed(&r, "invalid_command").contains(why), "{image}: {r}");
+    }
+    let r = lab.cmd("create", json!({"session_id": id, "ports": ["8080"]}));
+    assert!(
+        failed(&r, "invalid_command").contains("does not publish ports"),
+        "{r}"
+    );
+    let r = lab.cmd(
+        "create",
+        json!({"session_id": id, "env": {"A": "two\nlines"}}),
+    );
+    assert!(failed(&r, "invalid_command").contains("line break"), "{r}");
+    assert!(!lab.lxcpath().join(format!("vendetta-{id}")).exists());
+    assert!(lab.agent.is_alive());
+}
+
+#[test]
+fn a_create_that_times_out_is_reported_and_leaves_nothing() {
+    if !lxc_ready("a_create_that_times_out_is_reported_and_leaves_nothing") {
+        return;
+    }
+    let mut lab = Lab::new("");
+    let id = lab.sid("slow");
+    // The busybox template takes a few hundred ms; 50 ms cuts it short.
+    let r = call_within(
+        &lab.agent,
+        "create",
+        json!({"session_id": id}),
+        Some("50ms"),
+    );
+    assert_eq!(r["status"], "timeout", "{r}");
+    assert_eq!(r["code"], "timeout");
+    let msg = r["error"].as_str().unwrap();
+    assert!(
+        msg.contains("lxc-create -n vendetta-") && msg.contains("was killed"),
+        "{msg}"
+    );
+    assert!(
+        !lab.lxcpath().join(format!("vendetta-{id}")).exists(),
+        "the killed create left its directory behind"
+    );
+    assert!(lab.agent.is_alive());
+    // Nothing stale blocks the same id afterwards.
+    let r = lab.cmd("create", json!({"session_id": id}));
+    assert_eq!(ok(&r)["status"], "created", "{r}");
+    assert_eq!(
+        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
+        true
+    );
+}
+
+#[test]
+fn foreign_containers_are_never_touched() {
+    if !lxc_ready("foreign_containers_are_never_touched") {
+        return;
+    }
+    let mut lab = Lab::new("");
+    let lxcpath = lab.lxcpath();
+    std::fs::create_dir_all(&lxcpath).unwrap();
+    // A container with our naming pattern made by hand: no marker.
+    let id = format!("foreign-{}", next_id());
+    let name = format!("vendetta-{id}");
+    lab.containers.raw(&name);
+    let conf = lab.dir.path().join("foreign.conf");
+    std::fs::write(&conf, "lxc.net.0.type = empty\n").unwrap();
+    let o = lab.lxc(
+        "lxc-create",
+        &["-n", &name, "-t", "busybox", "-f", conf.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = lab.lxc("lxc-start", &["-n", &name]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let list = lab.cmd("list", json!({}));
+    assert!(!ok(&list).to_string().contains(&id), "{list}");
+    let r = lab.cmd("create", json!({"session_id": id}));
+    assert!(failed(&r, "conflict").contains("no marker"), "{r}");
+    for action in ["start", "stop"] {
+        let r = lab.cmd(action, json!({"session_id": id}));
+        failed(&r, "not_found");
+    }
+    let r = lab.exec(&id, json!({"command": ["true"]}));
+    failed(&r, "not_found");
+    let r = lab.cmd("destroy", json!({"session_id": id}));
+    assert_eq!(ok(&r)["existed"], false, "{r}");
+    assert_eq!(
+        lab.state(&name),
+        "RUNNING",
+        "the foreign container was touched"
+    );
+
+    // Another node's session in the same lxcpath: invisible and untouchable.
+    let mine = lab.create_started("node-a", json!({}));
+    let other = Agent::start(&format!(
+        "providers: [lxc]\nprovider: lxc\nlxc:\n  lxcpath: {}\n",
+        lxcpath.display()
+    ));
+    let list = call(&other, "list", json!({}));
+    assert!(!ok(&list).to_string().contains(&mine), "{list}");
+    let r = call(&other, "create", json!({"session_id": mine}));
+    assert!(
+        failed(&r, "conflict").contains("belongs to vendetta node"),
+        "{r}"
+    );
+    let r = call(&other, "destroy", json!({"session_id": mine}));
+    assert_eq!(ok(&r)["existed"], false, "{r}");
+    assert_eq!(lab.state(&format!("vendetta-{mine}")), "RUNNING");
+    assert_eq!(
+        ok(&lab.cmd("destroy", json!({"session_id": mine})))["destroyed"],
+        true
+    );
+    assert_eq!(lab.state(&name), "RUNNING");
+}
+
+#[test]
+fn health_reports_lxc_and_a_missing_bridge() {
+    if !lxc_ready("health_reports_lxc_and_a_missing_bridge") {
+        return;
+    }
+    let lab = Lab::new("");
+    let (status, h) = lab.agent.get_as("/health", None);
+    assert_eq!(status, 200, "{h}");
+    let lxc = &h["providers"]["lxc"];
+    assert_eq!(lxc["ok"], true, "{h}");
+    assert!(
+        lxc["detail"]["version"].as_str().unwrap().starts_with('5'),
+        "{h}"
+    );
+    assert!(lxc["detail"]["cgroup"].is_string(), "{h}");
+    assert_eq!(lxc["detail"]["network"], "empty");
+
+    let bridge = format!("vtnb{}", std::process::id() % 100_000);
+    let mut veth = Lab::new(&format!("  network: veth\n  bridge: {bridge}\n"));
+    let (status, h) = veth.agent.get_as("/health", None);
+    assert_eq!(status, 503, "{h}");
+    let msg = h["providers"]["lxc"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&bridge) && msg.contains("lxc.network: empty"),
+        "{msg}"
+    );
+    // Starting anyway fails with the cause from lxc-start's log, not just
+    // "the container failed to start"; the agent stays up.
+    let id = veth.sid("nobridge");
+    ok(&veth.cmd("create", json!({"session_id": id})));
+    let r = veth.cmd("start", json!({"session_id": id}));
+    let msg = failed(&r, "failed");
+    assert!(
+        msg.contains(&format!("bridge \"{bridge}\"")) && msg.contains("vendetta-start.log"),
+        "{msg}"
+    );
+    let list = veth.cmd("list", json!({}));
+    let s = ok(&list)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .cloned();
+    assert_eq!(s.unwrap()["status"], "stopped", "{list}");
+    assert_eq!(
+        ok(&veth.cmd("destroy", json!({"session_id": id})))["destroyed"],
+        true
+    );
+    assert!(veth.agent.is_alive());
+}
+
+/// A Linux bridge for the veth test, deleted on drop.
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn veth_networking_on_a_bridge() {
+    if !lxc_ready("veth_networking_on_a_bridge") {
+        return;
+    }
+    let name = format!("vtbr{}", std::process::id() % 100_000);
+    let made = Command::new("ip")
+        .args(["link", "add", "name", &name, "type", "bridge"])
+        .output();
+    if !made.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "SKIPPED lxc::veth_networking_on_a_bridge: cannot create bridge {name}: {made:?}"
+        );
+        return;
+    }
+    let _bridge = Bridge(name.clone());
+    let _ = Command::new("ip")
+        .args(["link", "set", &name, "up"])
+        .output();
+    let mut lab = Lab::new(&format!("  network: veth\n  bridge: {name}\n"));
+    let ws = TempDir::new("lxcws");
+    std::fs::write(ws.path().join("keep"), "x").unwrap();
+    let id = lab.create_started("veth", json!({"workspace_path": ws.path()}));
+    let r = lab.exec(
+        &id,
+        json!({"command": ["cat", "/sys/class/net/eth0/operstate"]}),
+    );
+    assert_eq!(ok(&r)["exit_code"], 0, "{r}");
+    let brif = std::fs::read_dir(format!("/sys/class/net/{name}/brif"))
+        .unwrap()
+        .count();
+    assert_eq!(brif, 1, "the container's veth is on the bridge");
+    assert_eq!(
+        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
+        true
+    );
+    // Destroyed while running, with the workspace mounted: the workspace stays.
+    assert!(ws.path().join("keep").exists());
+}
