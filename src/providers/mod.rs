@@ -12,6 +12,8 @@ pub mod lxc;
 pub mod output;
 pub mod probe;
 pub mod qemu;
+pub mod qga;
+pub mod qmp;
 pub mod registry;
 
 use crate::protocol::command::{PortSpec, Resources};
