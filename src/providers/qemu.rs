@@ -27,7 +27,7 @@
 //! waiting for it.
 
 use super::qga::{ExecRequest, Qga, QgaError};
-use super::qmp::{Qmp, QmpError};
+use super::qmp::{ms, Qmp, QmpError};
 use super::{
     probe, ExecOutput, ExecSpec, Health, OutputSink, Provider, ProviderError, Session, SessionSpec,
     SessionStatus,
@@ -158,7 +158,7 @@ impl fmt::Display for QemuError {
             ),
             QemuError::ToolFailed { step, detail } => write!(f, "{step} failed: {detail}"),
             QemuError::ToolTimeout { step, after } => {
-                write!(f, "{step} did not finish within {after:?} and was killed")
+                write!(f, "{step} did not finish within {} and was killed", ms(*after))
             }
             QemuError::State { step, path, source } => {
                 write!(f, "cannot {step} {}: {source}", path.display())
@@ -171,7 +171,8 @@ impl fmt::Display for QemuError {
             ),
             QemuError::ExecBusy { id, after } => write!(
                 f,
-                "qemu session {id}: another exec held the guest agent for {after:?} (it serves one client at a time); retry later or with a longer timeout"
+                "qemu session {id}: another exec held the guest agent for {} (it serves one client at a time); retry later or with a longer timeout",
+                ms(*after)
             ),
         }
     }
@@ -1282,7 +1283,7 @@ impl Provider for QemuProvider {
         let lock = Self::lock_for(&self.locks, id);
         let _g = Self::guard(&lock);
         let (dir, rec) = self.find(id).ok_or(QemuError::NotFound { id: id.into() })?;
-        let mut rec = self.observe(&dir, rec, QMP_TIMEOUT);
+        let mut rec = self.observe(&dir, rec, LIST_QMP_TIMEOUT);
         let qmp_err = |source| QemuError::Qmp {
             id: id.to_string(),
             source,
@@ -1312,7 +1313,7 @@ impl Provider for QemuProvider {
         let lock = Self::lock_for(&self.locks, id);
         let _g = Self::guard(&lock);
         let (dir, rec) = self.find(id).ok_or(QemuError::NotFound { id: id.into() })?;
-        let mut rec = self.observe(&dir, rec, QMP_TIMEOUT);
+        let mut rec = self.observe(&dir, rec, LIST_QMP_TIMEOUT);
         if rec.process.is_some() {
             self.shut_down(&dir, &rec, grace)?;
             rec.process = None;
@@ -1330,7 +1331,7 @@ impl Provider for QemuProvider {
         let Some((dir, rec)) = self.find(id) else {
             return Ok(false);
         };
-        let rec = self.observe(&dir, rec, QMP_TIMEOUT);
+        let rec = self.observe(&dir, rec, LIST_QMP_TIMEOUT);
         self.shut_down(&dir, &rec, Duration::ZERO)?;
         std::fs::remove_dir_all(&dir).map_err(|source| QemuError::State {
             step: "remove the VM directory",

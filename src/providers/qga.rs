@@ -19,7 +19,7 @@
 //! memory, only the first `max_output` bytes of it do.
 
 use super::output::{Capture, OutputSink, Stream};
-use super::qmp::{clip, connect_unix, Wire, WireError};
+use super::qmp::{clip, connect_unix, ms, Wire, WireError};
 use super::ExecOutput;
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -98,12 +98,14 @@ impl fmt::Display for QgaError {
             ),
             QgaError::NotResponding { path, after } => write!(
                 f,
-                "guest agent not responding on {} within {after:?}: no qemu-ga runs in the guest or the guest has not booted yet; install and enable qemu-guest-agent in the image",
-                path.display()
+                "guest agent not responding on {} within {}: no qemu-ga runs in the guest or the guest has not booted yet; install and enable qemu-guest-agent in the image",
+                path.display(),
+                ms(*after)
             ),
             QgaError::Timeout { step, after } => write!(
                 f,
-                "the guest agent did not finish answering {step} within {after:?}"
+                "the guest agent did not finish answering {step} within {}",
+                ms(*after)
             ),
             QgaError::Closed { step } => write!(
                 f,

@@ -64,7 +64,8 @@ impl fmt::Display for QmpError {
             QmpError::Io { step, source } => write!(f, "QMP {step} failed: {source}"),
             QmpError::Timeout { step, after } => write!(
                 f,
-                "QMP {step} got no answer within {after:?}; QEMU is busy or another client holds its monitor (QMP serves one client at a time)"
+                "QMP {step} got no answer within {}; QEMU is busy or another client holds its monitor (QMP serves one client at a time)",
+                ms(*after)
             ),
             QmpError::Closed { step } => write!(
                 f,
@@ -551,6 +552,11 @@ fn parse_message(line: &[u8]) -> Result<Message, String> {
         "{} is neither a reply nor an event",
         clip(&String::from_utf8_lossy(line))
     ))
+}
+
+/// A duration for people, to the millisecond ("1500ms", "2s").
+pub(crate) fn ms(d: Duration) -> String {
+    crate::protocol::duration::format(Duration::from_millis(d.as_millis() as u64))
 }
 
 /// At most 200 characters of peer text, for error messages.

@@ -3,5 +3,6 @@
 mod api;
 mod cli;
 mod docs;
+mod qemu;
 mod runtime;
 mod util;
