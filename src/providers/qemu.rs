@@ -559,7 +559,38 @@ impl QemuProvider {
         }
     }
 
+    /// Replaces vm.json atomically (temp file, rename): a reader or an
+    /// agent killed midway sees the old record or the new one. Not synced
+    /// to disk: status and pid are re-derived after a power cut anyway (it
+    /// ends every VM); see [`Self::write_record_durable`].
     fn write_record(&self, dir: &Path, rec: &VmRecord) -> Result<(), QemuError> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp-{}", crate::util::random_hex(4)));
+        let bytes = serde_json::to_vec_pretty(rec).unwrap_or_default();
+        let result = (|| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?
+                .write_all(&bytes)?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(|source| QemuError::State {
+            step: "write the VM record",
+            path,
+            source,
+        })
+    }
+
+    /// Like [`Self::write_record`], and synced: for what must survive a
+    /// power cut (that the session exists, with its image and settings).
+    fn write_record_durable(&self, dir: &Path, rec: &VmRecord) -> Result<(), QemuError> {
         let path = dir.join(STATE_FILE);
         let bytes = serde_json::to_vec_pretty(rec).unwrap_or_default();
         fsutil::write_atomic(&path, &bytes, 0o600).map_err(|source| QemuError::State {
@@ -1141,7 +1172,7 @@ impl QemuProvider {
                 }
             }
         }
-        self.write_record(dir, rec)
+        self.write_record_durable(dir, rec)
     }
 
     // ---- health ----
@@ -1283,13 +1314,19 @@ impl Provider for QemuProvider {
         let lock = Self::lock_for(&self.locks, id);
         let _g = Self::guard(&lock);
         let (dir, rec) = self.find(id).ok_or(QemuError::NotFound { id: id.into() })?;
-        let mut rec = self.observe(&dir, rec, LIST_QMP_TIMEOUT);
         let qmp_err = |source| QemuError::Qmp {
             id: id.to_string(),
             source,
         };
-        let alive = rec.process.as_ref().map(identify) == Some(Identity::Ours);
-        if !alive {
+        let ours = |r: &VmRecord| r.process.as_ref().map(identify) == Some(Identity::Ours);
+        // A live VM needs no look beyond the one QMP connection below.
+        let mut rec = if ours(&rec) {
+            rec
+        } else {
+            self.observe(&dir, rec, LIST_QMP_TIMEOUT)
+        };
+        let before = rec.clone();
+        if !ours(&rec) {
             self.launch(&dir, &mut rec, START_TIMEOUT)?;
         }
         let mut q = Qmp::connect(&dir.join(QMP_SOCK), QMP_TIMEOUT).map_err(qmp_err)?;
@@ -1304,7 +1341,9 @@ impl Provider for QemuProvider {
         drop(q);
         rec.status = SessionStatus::Running;
         rec.exit_code = None;
-        self.write_record(&dir, &rec)?;
+        if rec != before {
+            self.write_record(&dir, &rec)?;
+        }
         Ok(rec.session())
     }
 
