@@ -59,6 +59,9 @@ const SOCKET_PATH_MAX: usize = 107;
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// QMP during `list()`: short, a slow monitor must not stall the listing.
 const LIST_QMP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `list()` (and exec's look) waits, in all, for sessions busy
+/// with another operation before reporting their recorded status.
+const LIST_LOCK_WAIT: Duration = Duration::from_secs(1);
 /// A (re)launch by `start`, which has no timeout of its own.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The second `system_powerdown` follows the first after this long (a
@@ -1206,6 +1209,20 @@ impl QemuProvider {
     }
 }
 
+/// The lock, if it can be had by `deadline` (polled: std has no timed lock).
+fn lock_within(lock: &Mutex<()>, deadline: Instant) -> Option<MutexGuard<'_, ()>> {
+    loop {
+        match lock.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
 /// Removes sockets and the pidfile a dead QEMU left behind.
 fn clean_stale(dir: &Path) {
     for f in [QMP_SOCK, QGA_SOCK, PID_FILE] {
@@ -1395,11 +1412,16 @@ impl Provider for QemuProvider {
         let (dir, rec) = self.find(id).ok_or(QemuError::NotFound { id: id.into() })?;
         let rec = {
             let lock = Self::lock_for(&self.locks, id);
-            let guard = lock.try_lock();
+            let wait = Instant::now() + LIST_LOCK_WAIT.min(spec.timeout);
+            let guard = lock_within(&lock, wait);
             match guard {
-                Ok(_g) => self.observe(&dir, rec, LIST_QMP_TIMEOUT),
-                // Another operation on the session: go by the record.
-                Err(_) => rec,
+                // Re-read: an operation may have changed it meanwhile.
+                Some(_) => match self.read_record(&dir) {
+                    Some(fresh) => self.observe(&dir, fresh, LIST_QMP_TIMEOUT),
+                    None => return Err(QemuError::NotFound { id: id.into() }.into()),
+                },
+                // A long operation (stop, start) is under way: go by the record.
+                None => rec,
             }
         };
         if rec.status != SessionStatus::Running {
@@ -1441,21 +1463,12 @@ impl Provider for QemuProvider {
         });
         let lock = Self::lock_for(&self.exec_locks, id);
         let waited = Instant::now();
-        let _g = loop {
-            match lock.try_lock() {
-                Ok(g) => break g,
-                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    return Err(QemuError::ExecBusy {
-                        id: id.into(),
-                        after: waited.elapsed(),
-                    }
-                    .into())
-                }
+        let Some(_g) = lock_within(&lock, deadline) else {
+            return Err(QemuError::ExecBusy {
+                id: id.into(),
+                after: waited.elapsed(),
             }
+            .into());
         };
         let qga_err = |source| QemuError::Qga {
             id: id.to_string(),
@@ -1475,16 +1488,18 @@ impl Provider for QemuProvider {
 
     fn list(&self) -> Result<Vec<Session>, ProviderError> {
         let mut out = Vec::new();
+        // One wait for busy sessions for the whole listing.
+        let wait = Instant::now() + LIST_LOCK_WAIT;
         for (dir, rec) in self.scan() {
             let lock = Self::lock_for(&self.locks, &rec.id);
-            let rec = match lock.try_lock() {
-                Ok(_g) => self.observe(&dir, rec, LIST_QMP_TIMEOUT),
-                Err(std::sync::TryLockError::Poisoned(p)) => {
-                    let _g = p.into_inner();
-                    self.observe(&dir, rec, LIST_QMP_TIMEOUT)
-                }
-                // An operation is under way: report what we last knew.
-                Err(std::sync::TryLockError::WouldBlock) => rec,
+            let rec = match lock_within(&lock, wait) {
+                // Re-read: an operation may have changed it meanwhile.
+                Some(_g) => match self.read_record(&dir) {
+                    Some(fresh) => self.observe(&dir, fresh, LIST_QMP_TIMEOUT),
+                    None => continue,
+                },
+                // A long operation is under way: report what we last knew.
+                None => rec,
             };
             out.push(rec.session());
         }

@@ -58,8 +58,13 @@ impl fmt::Display for QmpError {
         match self {
             QmpError::Connect { path, source } => write!(
                 f,
-                "cannot connect to the QMP socket {}: {source}; the VM is not running or its monitor is gone",
-                path.display()
+                "cannot connect to the QMP socket {}: {source}{}",
+                path.display(),
+                if self.is_gone() {
+                    "; the VM is not running"
+                } else {
+                    ""
+                }
             ),
             QmpError::Io { step, source } => write!(f, "QMP {step} failed: {source}"),
             QmpError::Timeout { step, after } => write!(
@@ -335,10 +340,21 @@ enum Message {
 impl Qmp<UnixStream> {
     /// Connects to the socket at `path` and negotiates, within `timeout`.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp<UnixStream>, QmpError> {
-        let deadline = Instant::now() + timeout;
-        let stream = connect_unix(path, deadline).map_err(|source| QmpError::Connect {
-            path: path.to_path_buf(),
-            source,
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let stream = connect_unix(path, deadline).map_err(|source| {
+            if source.kind() == io::ErrorKind::TimedOut {
+                // The listener is busy with another client.
+                QmpError::Timeout {
+                    step: "connect".into(),
+                    after: started.elapsed(),
+                }
+            } else {
+                QmpError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         Qmp::handshake(stream, deadline)
     }

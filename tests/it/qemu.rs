@@ -912,3 +912,147 @@ fn a_cache_dir_too_long_for_sockets_is_reported() {
     );
     let _ = std::fs::remove_dir_all(format!("/tmp/vt-long-{}", std::process::id()));
 }
+
+/// Where tests/setup/guest.sh puts the test guest.
+fn guest_dir() -> PathBuf {
+    std::env::var_os("VENDETTA_TEST_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/vendetta-test/guest"))
+}
+
+/// Execs `command` until the guest agent answers (the guest is booting),
+/// within `within`.
+fn exec_when_booted(h: &Host, id: &str, dir: &Path, command: Value, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = exec(h, id, json!({"command": command.clone(), "timeout": "2s"}));
+        if r["status"] == "success" {
+            return r;
+        }
+        // Not up yet, or too slow while it boots under TCG: try again.
+        assert!(
+            r["status"] == "timeout"
+                || r["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("guest agent not responding"),
+            "{r}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not answer within {within:?}; serial console:\n{}",
+            std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default()
+        );
+    }
+}
+
+/// Stretch: a real Linux guest (Debian's cloud kernel, an initramfs of
+/// busybox and qemu-ga built by tests/setup/guest.sh) boots under TCG, and
+/// exec, port forwarding, the graceful powerdown and a guest-initiated
+/// shutdown work against it.
+#[test]
+fn real_guest_boots_and_runs_exec() {
+    let g = guest_dir();
+    let (kernel, initrd) = (g.join("vmlinuz"), g.join("initrd.img"));
+    assert!(
+        kernel.exists() && initrd.exists(),
+        "no test guest in {}: build it with tests/setup/guest.sh (tests/setup/deps.sh runs it)",
+        g.display()
+    );
+    let release = std::fs::read_to_string(g.join("release")).unwrap();
+    let h = Host::start(&format!(
+        "provider: qemu\nproviders: [qemu]\nqemu:\n  memory: 256m\n  extra_args: [\"-accel\", \"tcg\", \"-kernel\", \"{}\", \"-initrd\", \"{}\", \"-append\", \"console=ttyS0 panic=-1\"]\n",
+        kernel.display(),
+        initrd.display()
+    ));
+    let id = sid("guest");
+    let r = h.cmd(
+        "session",
+        "create",
+        json!({"session_id": id, "ports": ["80"]}),
+    );
+    let port = assert_ok(&r)["ports"]["80/tcp"].as_u64().unwrap() as u16;
+    assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+    let dir = vm_dir(&h, &id).unwrap();
+    let booted = Instant::now();
+    let r = exec_when_booted(
+        &h,
+        &id,
+        &dir,
+        json!(["uname", "-r"]),
+        Duration::from_secs(60),
+    );
+    eprintln!("guest answered {:?} after start", booted.elapsed());
+    assert_eq!(r["data"]["stdout"], format!("{}\n", release.trim()), "{r}");
+
+    // Inside the guest: exit codes, stdin, stderr, the timeout's kill.
+    let r = exec(
+        &h,
+        &id,
+        json!({"command": "cat; echo e >&2; exit 7", "shell": true, "stdin": "in-guest"}),
+    );
+    assert_eq!(r["data"]["exit_code"], 7, "{r}");
+    assert_eq!(r["data"]["stdout"], "in-guest");
+    assert_eq!(r["data"]["stderr"], "e\n");
+    let r = exec(
+        &h,
+        &id,
+        json!({"command": "sleep 4242 & sleep 4242", "shell": true, "timeout": "1s"}),
+    );
+    assert_eq!(r["status"], "timeout", "{r}");
+    let r = exec(
+        &h,
+        &id,
+        json!({"command": "ps | grep -c '[s]leep 4242' || true", "shell": true}),
+    );
+    assert_eq!(
+        assert_ok(&r)["stdout"],
+        "0\n",
+        "sleeps survived the timeout in the guest"
+    );
+
+    // The forwarded port reaches the guest's httpd; service health agrees.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    let _ = s.read_to_string(&mut page);
+    assert!(
+        page.contains("hello from the vendetta test guest"),
+        "{page}"
+    );
+    let r = h.cmd("service", "status", json!({"session_id": id}));
+    assert_eq!(assert_ok(&r)["health"]["status"], "healthy", "{r}");
+
+    // The guest powers off on the ACPI button: stop is graceful.
+    let t = Instant::now();
+    let r = h.cmd(
+        "session",
+        "stop",
+        json!({"session_id": id, "timeout": "20s"}),
+    );
+    assert_eq!(assert_ok(&r)["status"], "stopped");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "powerdown ignored: {:?}",
+        t.elapsed()
+    );
+    assert!(!h.log().contains("ignored system_powerdown"), "{}", h.log());
+
+    // Boot again; a shutdown from inside the guest is `exited`.
+    assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+    exec_when_booted(&h, &id, &dir, json!(["true"]), Duration::from_secs(60));
+    let _ = exec(
+        &h,
+        &id,
+        json!({"command": ["poweroff", "-f"], "timeout": "5s"}),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || session_status(&h, &id)
+            .as_deref()
+            == Some("exited")),
+        "status {:?}",
+        session_status(&h, &id)
+    );
+    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+}

@@ -57,3 +57,7 @@ fi
 if have rustup && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
     rustup target add x86_64-unknown-linux-musl
 fi
+
+# The small Linux guest of the QEMU provider's boot test (a Debian cloud
+# kernel and a busybox + qemu-ga initramfs).
+"$(dirname "$0")/guest.sh"
