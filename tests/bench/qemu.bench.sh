@@ -152,3 +152,48 @@ row("QEMU RSS per VM (q35 -m 64 -S, TCG, running, no guest)", f"{statistics.medi
 lat = [timed(lambda i=i: cmd("destroy", session_id=i)) for i in ids]
 row("destroy of a running VM (median of 20)", f"{statistics.median(lat):.1f} ms", "", "quit over QMP")
 PY
+
+# With the test guest of tests/setup/guest.sh: boot to the first exec, and
+# exec inside a real TCG guest.
+guest=${VENDETTA_TEST_GUEST:-/var/cache/vendetta-test/guest}
+if [ ! -s "$guest/vmlinuz" ]; then
+    echo "qemu.bench.sh: no test guest in $guest (tests/setup/guest.sh builds it); real-guest rows skipped" >&2
+    exit 0
+fi
+stop_agent
+start_agent "$work/g" "provider: qemu
+providers: [qemu]
+qemu:
+  memory: 256m
+  extra_args: [-accel, tcg, -kernel, $guest/vmlinuz, -initrd, $guest/initrd.img, -append, console=ttyS0]"
+python3 - "$AGENT_URL" "$AGENT_TOKEN" <<'PY'
+import http.client, json, os, statistics, sys, time, urllib.parse
+url, token = sys.argv[1:3]
+u = urllib.parse.urlparse(url)
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+H = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+n = 0
+def cmd(action, **params):
+    global n
+    n += 1
+    conn.request("POST", "/api/v1/commands", json.dumps(
+        {"id": f"g-{os.getpid()}-{n}", "type": "session", "action": action, "params": params}), H)
+    return json.loads(conn.getresponse().read())
+def row(metric, value, goal="", comparison=""):
+    print(f"ROW\tqemu\t{metric}\t{value}\t{goal}\t{comparison}", flush=True)
+cmd("create", session_id="guest")
+t = time.perf_counter()
+cmd("start", session_id="guest")
+while cmd("exec", session_id="guest", command=["true"], timeout="2s")["status"] != "success":
+    if time.perf_counter() - t > 120: sys.exit("the test guest did not answer within 120 s")
+row("real guest: start to first exec (TCG, cloud kernel, initramfs)", f"{time.perf_counter() - t:.1f} s")
+lat = []
+for _ in range(20):
+    t = time.perf_counter(); r = cmd("exec", session_id="guest", command=["true"])
+    assert r["status"] == "success", r
+    lat.append((time.perf_counter() - t) * 1000)
+row("real guest: exec `true` round trip (median of 20)", f"{statistics.median(lat):.1f} ms", "", "TCG guest, virtio-serial")
+t = time.perf_counter(); cmd("stop", session_id="guest", timeout="20s")
+row("real guest: graceful stop (ACPI powerdown)", f"{(time.perf_counter() - t) * 1000:.0f} ms")
+cmd("destroy", session_id="guest")
+PY
