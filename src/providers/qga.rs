@@ -42,6 +42,10 @@ const REAP_WAIT: Duration = Duration::from_secs(3);
 /// truncated.
 const GUEST_MAX_OUTPUT: u64 = 16 << 20;
 
+/// The longest pause between two guest-exec-status polls (there is no
+/// completion event): bounds how late a finished command is noticed.
+const MAX_POLL: Duration = Duration::from_millis(50);
+
 /// The most non-output JSON we accept in one reply.
 const REPLY_BUDGET: usize = 1 << 20;
 
@@ -330,7 +334,7 @@ impl<S: Read + Write> Qga<S> {
                 break;
             }
             std::thread::sleep(delay.min(req.deadline - now));
-            delay = (delay * 2).min(Duration::from_millis(100));
+            delay = (delay * 2).min(MAX_POLL);
         }
         // Timed out: kill the process (and its children), then collect what
         // it wrote and reap it.
