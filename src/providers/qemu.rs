@@ -1431,6 +1431,12 @@ impl Provider for QemuProvider {
             }
             .into());
         }
+        if !Self::has_buses(&rec.launch) {
+            return Err(QemuError::Invalid(format!(
+                "qemu session {id} runs machine none, which has no guest agent port; exec needs a machine with PCI such as q35 (qemu.machine)"
+            ))
+            .into());
+        }
         if spec.user.is_some() {
             return Err(QemuError::Invalid(
                 "params.user is not supported by the qemu provider: the guest agent runs commands as its own user (root)".into(),

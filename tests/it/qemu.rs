@@ -358,7 +358,17 @@ fn machine_none_runs_without_devices_and_says_so() {
     assert_eq!(assert_ok(&r)["status"], "running");
     let dir = vm_dir(&h, &id).unwrap();
     assert_eq!(qmp_status(&dir), "running");
-    // The workspace share and KVM would need a bus / are not asked for.
+    // No virtio-serial, so no guest agent: said at once, not after a timeout.
+    let t0 = Instant::now();
+    let r = run(
+        &h,
+        "session",
+        "exec",
+        json!({"session_id": id, "command": ["true"], "timeout": "30s"}),
+    );
+    assert_eq!(r["code"], "invalid_command", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("machine none"), "{r}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
     let r = h.cmd(
         "session",
         "stop",
