@@ -1394,10 +1394,17 @@ impl Provider for QemuProvider {
             path: dir.clone(),
             source,
         })?;
-        self.exec_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        // Forget the id's locks unless someone waits on them (the map's
+        // handle, ours, and any other): the maps do not grow with churn.
+        for (map, ours) in [(&self.exec_locks, 0), (&self.locks, 1)] {
+            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+            if map
+                .get(id)
+                .is_some_and(|l| Arc::strong_count(l) <= 1 + ours)
+            {
+                map.remove(id);
+            }
+        }
         Ok(true)
     }
 
