@@ -13,6 +13,8 @@ pub mod output;
 pub mod probe;
 pub mod process;
 pub mod qemu;
+pub mod qga;
+pub mod qmp;
 pub mod registry;
 pub mod unix_http;
 

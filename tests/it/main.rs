@@ -7,6 +7,7 @@ mod coord;
 mod docker;
 mod docs;
 mod lxc;
+mod qemu;
 mod runtime;
 mod tls;
 mod util;

@@ -34,9 +34,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 # QEMU: the image ships qemu-utils from bookworm-backports, which conflicts
-# with bookworm's qemu-system 7.2, so qemu-system-x86 and the guest agent come
-# from the same backports suite (see ../shared/reference/machine-notes.md).
-if ! have qemu-system-x86_64 || ! { have qemu-ga || [ -x /usr/sbin/qemu-ga ]; }; then
+# with bookworm's qemu-system 7.2, so qemu-system-x86, qemu-utils (qemu-img,
+# only a Recommends of qemu-system-x86) and the guest agent come from the
+# same backports suite (see ../shared/reference/machine-notes.md).
+if ! have qemu-system-x86_64 || ! have qemu-img || ! { have qemu-ga || [ -x /usr/sbin/qemu-ga ]; }; then
     src=/etc/apt/sources.list.d/vendetta-backports.sources
     if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
         cat >"$src" <<'SRC'
@@ -50,10 +51,14 @@ SRC
     fi
     apt_update
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -t bookworm-backports qemu-system-x86 qemu-guest-agent
+        -t bookworm-backports qemu-system-x86 qemu-utils qemu-guest-agent
 fi
 
 # The static build target.
 if have rustup && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
     rustup target add x86_64-unknown-linux-musl
 fi
+
+# The small Linux guest of the QEMU provider's boot test (a Debian cloud
+# kernel and a busybox + qemu-ga initramfs).
+"$(dirname "$0")/guest.sh"

@@ -1,0 +1,784 @@
+//! A small QMP (QEMU Machine Protocol) client, and the deadline-bounded
+//! byte reader and Unix-socket connect it shares with the guest agent
+//! client ([`super::qga`]).
+//!
+//! The client is generic over `Read + Write` so unit tests feed it canned
+//! bytes; the provider uses a `UnixStream`. It reads the greeting, sends
+//! `qmp_capabilities`, tags every command with an id and matches the reply
+//! by it, and keeps the events that arrive while it waits (QEMU may send an
+//! event *before* the reply to the command that caused it). Every read is
+//! bounded by a deadline: a stream that reports `WouldBlock`/`TimedOut`
+//! (a socket with a short read timeout) is polled until the deadline, so a
+//! silent peer costs at most the deadline, never a hang.
+//!
+//! QMP serves one client at a time: the provider connects per operation
+//! and drops the connection when done.
+
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long one blocking socket read may sleep before the deadline is
+/// checked again.
+pub(crate) const READ_SLICE: Duration = Duration::from_millis(50);
+
+/// The longest QMP message we accept (query-qmp-schema is ~200 KiB).
+const MAX_LINE: usize = 8 << 20;
+
+/// Why a QMP exchange failed.
+#[derive(Debug)]
+pub enum QmpError {
+    /// The socket could not be reached.
+    Connect { path: PathBuf, source: io::Error },
+    /// Reading or writing failed.
+    Io { step: String, source: io::Error },
+    /// Nothing (or not enough) arrived before the deadline.
+    Timeout { step: String, after: Duration },
+    /// QEMU closed the connection.
+    Closed { step: String },
+    /// The first message was not a QMP greeting.
+    Greeting { got: String },
+    /// A message that is not a JSON object, or too long.
+    Garbage { step: String, detail: String },
+    /// QEMU answered the command with an error.
+    Command {
+        command: String,
+        class: String,
+        desc: String,
+    },
+}
+
+impl fmt::Display for QmpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QmpError::Connect { path, source } => write!(
+                f,
+                "cannot connect to the QMP socket {}: {source}{}",
+                path.display(),
+                if self.is_gone() {
+                    "; the VM is not running"
+                } else {
+                    ""
+                }
+            ),
+            QmpError::Io { step, source } => write!(f, "QMP {step} failed: {source}"),
+            QmpError::Timeout { step, after } => write!(
+                f,
+                "QMP {step} got no answer within {}; QEMU is busy or another client holds its monitor (QMP serves one client at a time)",
+                ms(*after)
+            ),
+            QmpError::Closed { step } => write!(
+                f,
+                "QEMU closed the QMP connection during {step}; the VM has probably exited"
+            ),
+            QmpError::Greeting { got } => write!(
+                f,
+                "expected a QMP greeting, got {}; is this a QMP socket?",
+                clip(got)
+            ),
+            QmpError::Garbage { step, detail } => {
+                write!(f, "QEMU sent something that is not QMP during {step}: {detail}")
+            }
+            QmpError::Command {
+                command,
+                class,
+                desc,
+            } => match class.as_str() {
+                "CommandNotFound" => write!(
+                    f,
+                    "QEMU does not know or allow the QMP command {command}: {desc} (CommandNotFound)"
+                ),
+                "DeviceNotFound" => {
+                    write!(f, "QMP {command}: no such device: {desc} (DeviceNotFound)")
+                }
+                "DeviceNotActive" => write!(
+                    f,
+                    "QMP {command}: the device is not active: {desc} (DeviceNotActive)"
+                ),
+                "KVMMissingCap" => write!(
+                    f,
+                    "QMP {command}: KVM lacks a needed capability: {desc} (KVMMissingCap)"
+                ),
+                _ => write!(f, "QEMU refused {command}: {desc} ({class})"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for QmpError {}
+
+impl QmpError {
+    /// Whether the error means QEMU went away (EOF, reset, refused).
+    pub fn is_gone(&self) -> bool {
+        match self {
+            QmpError::Closed { .. } => true,
+            QmpError::Connect { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// An asynchronous QMP event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: String,
+    pub data: Value,
+}
+
+/// What went wrong while reading, before the caller adds its step.
+#[derive(Debug)]
+pub(crate) enum WireError {
+    Timeout,
+    Closed,
+    TooLong,
+    Io(io::Error),
+}
+
+/// A buffered reader whose every read is bounded by a deadline.
+pub(crate) struct Wire<S> {
+    pub stream: S,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<S: Read + Write> Wire<S> {
+    pub fn new(stream: S) -> Wire<S> {
+        Wire {
+            stream,
+            buf: Vec::with_capacity(8192),
+            pos: 0,
+        }
+    }
+
+    /// Reads more bytes into the buffer, waiting until `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Result<(), WireError> {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(WireError::Closed),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(());
+                }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        if Instant::now() >= deadline {
+                            return Err(WireError::Timeout);
+                        }
+                    }
+                    io::ErrorKind::Interrupted => {}
+                    // QEMU may reset the connection right after `quit`.
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                        return Err(WireError::Closed)
+                    }
+                    _ => return Err(WireError::Io(e)),
+                },
+            }
+            if Instant::now() >= deadline {
+                return Err(WireError::Timeout);
+            }
+        }
+    }
+
+    /// The next byte.
+    pub fn byte(&mut self, deadline: Instant) -> Result<u8, WireError> {
+        if self.pos == self.buf.len() {
+            self.fill(deadline)?;
+        }
+        let b = self.buf[self.pos];
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// The next byte without consuming it.
+    pub fn peek(&mut self, deadline: Instant) -> Result<u8, WireError> {
+        if self.pos == self.buf.len() {
+            self.fill(deadline)?;
+        }
+        Ok(self.buf[self.pos])
+    }
+
+    /// The next line without its CR/LF, at most `max` bytes long.
+    pub fn line(&mut self, deadline: Instant, max: usize) -> Result<Vec<u8>, WireError> {
+        // Bytes after `pos` already searched: each is scanned once.
+        let mut searched = 0;
+        loop {
+            if let Some(i) = self.buf[self.pos + searched..]
+                .iter()
+                .position(|b| *b == b'\n')
+            {
+                let i = searched + i;
+                let mut line = self.buf[self.pos..self.pos + i].to_vec();
+                self.pos += i + 1;
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            searched = self.buf.len() - self.pos;
+            if searched > max {
+                return Err(WireError::TooLong);
+            }
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+}
+
+/// Connects to a Unix socket without ever blocking past `deadline`.
+///
+/// A plain `connect()` blocks when the listener's backlog is full, and
+/// QEMU listens with a backlog of one while it serves another client; so
+/// the socket is non-blocking during connect and retried until the
+/// deadline. The stream returned blocks, with `READ_SLICE` read timeouts.
+pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "socket path is {} bytes; Unix sockets allow at most {}",
+                bytes.len(),
+                addr.sun_path.len() - 1
+            ),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len()) as libc::socklen_t;
+    loop {
+        // SAFETY: addr is a valid sockaddr_un and len does not exceed it.
+        let rc = unsafe {
+            libc::connect(
+                fd,
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                len,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // Backlog full: the listener is busy with another client.
+            Some(libc::EAGAIN) | Some(libc::EINTR) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Some(libc::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the listener's backlog stayed full (another client is connected)",
+                ))
+            }
+            _ => return Err(e),
+        }
+    }
+    let stream = UnixStream::from(owned);
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(READ_SLICE))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(stream)
+}
+
+/// A QMP connection past capabilities negotiation.
+pub struct Qmp<S> {
+    wire: Wire<S>,
+    events: VecDeque<Event>,
+    next_id: u64,
+    /// QEMU's version from the greeting, e.g. "10.0.2".
+    pub version: String,
+}
+
+/// One message from QEMU.
+enum Message {
+    Greeting(Value),
+    Event(Event),
+    Reply {
+        id: Option<Value>,
+        result: Result<Value, (String, String)>,
+    },
+}
+
+impl Qmp<UnixStream> {
+    /// Connects to the socket at `path` and negotiates, within `timeout`.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp<UnixStream>, QmpError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let stream = connect_unix(path, deadline).map_err(|source| {
+            if source.kind() == io::ErrorKind::TimedOut {
+                // The listener is busy with another client.
+                QmpError::Timeout {
+                    step: "connect".into(),
+                    after: started.elapsed(),
+                }
+            } else {
+                QmpError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        Qmp::handshake(stream, deadline)
+    }
+}
+
+impl<S: Read + Write> Qmp<S> {
+    /// Reads the greeting and sends `qmp_capabilities`, by `deadline`.
+    pub fn handshake(stream: S, deadline: Instant) -> Result<Qmp<S>, QmpError> {
+        let mut q = Qmp {
+            wire: Wire::new(stream),
+            events: VecDeque::new(),
+            next_id: 1,
+            version: String::new(),
+        };
+        match q.read_message(deadline, "the greeting")? {
+            Message::Greeting(g) => {
+                let v = &g["version"]["qemu"];
+                q.version = format!("{}.{}.{}", v["major"], v["minor"], v["micro"]);
+            }
+            Message::Event(e) => {
+                return Err(QmpError::Greeting {
+                    got: format!("event {}", e.name),
+                })
+            }
+            Message::Reply { .. } => {
+                return Err(QmpError::Greeting {
+                    got: "a command reply".into(),
+                })
+            }
+        }
+        q.execute_by("qmp_capabilities", None, deadline)?;
+        Ok(q)
+    }
+
+    /// Runs `command` with `args` and returns its `return` value.
+    pub fn execute(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        self.execute_by(command, args, Instant::now() + timeout)
+    }
+
+    /// Like [`Qmp::execute`] with an absolute deadline.
+    pub fn execute_by(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+        deadline: Instant,
+    ) -> Result<Value, QmpError> {
+        let id = format!("vd-{}", self.next_id);
+        self.next_id += 1;
+        let mut msg = json!({"execute": command, "id": id});
+        if let Some(a) = args {
+            msg["arguments"] = a;
+        }
+        let mut bytes = msg.to_string().into_bytes();
+        bytes.push(b'\n');
+        let step = format!("command {command}");
+        self.wire.write_all(&bytes).map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                QmpError::Closed { step: step.clone() }
+            }
+            _ => QmpError::Io {
+                step: step.clone(),
+                source: e,
+            },
+        })?;
+        loop {
+            match self.read_message(deadline, &step)? {
+                Message::Event(e) => self.events.push_back(e),
+                Message::Reply { id: Some(got), .. } if got != Value::String(id.clone()) => {
+                    // A reply to a command of an earlier client or call: not ours.
+                    log::debug!("qmp: skipping a reply with id {got} while waiting for {id}");
+                }
+                // Without OOB, commands answer in order; a reply with no id
+                // is a parse error of our own request.
+                Message::Reply { result, .. } => {
+                    return result.map_err(|(class, desc)| QmpError::Command {
+                        command: command.to_string(),
+                        class,
+                        desc,
+                    })
+                }
+                Message::Greeting(_) => {
+                    return Err(QmpError::Garbage {
+                        step,
+                        detail: "a second greeting".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sends `quit`. Success whether QEMU replies or just closes the
+    /// connection (the reply "is not guaranteed").
+    pub fn quit(&mut self, timeout: Duration) -> Result<(), QmpError> {
+        match self.execute("quit", None, timeout) {
+            Ok(_) | Err(QmpError::Closed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until one of the events `names` arrives (queued ones first)
+    /// or `deadline` passes (`Ok(None)`). A closed connection is
+    /// `Err(Closed)`.
+    pub fn wait_event(
+        &mut self,
+        names: &[&str],
+        deadline: Instant,
+    ) -> Result<Option<Event>, QmpError> {
+        if let Some(i) = self
+            .events
+            .iter()
+            .position(|e| names.contains(&e.name.as_str()))
+        {
+            return Ok(self.events.remove(i));
+        }
+        let step = format!("waiting for {}", names.join("/"));
+        loop {
+            match self.read_message(deadline, &step) {
+                Ok(Message::Event(e)) if names.contains(&e.name.as_str()) => return Ok(Some(e)),
+                Ok(Message::Event(e)) => self.events.push_back(e),
+                Ok(_) => {}
+                Err(QmpError::Timeout { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The events received so far and not yet taken.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.drain(..).collect()
+    }
+
+    /// `query-status`: the run state, e.g. "prelaunch", "running".
+    pub fn status(&mut self, timeout: Duration) -> Result<String, QmpError> {
+        let v = self.execute("query-status", None, timeout)?;
+        v["status"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| QmpError::Garbage {
+                step: "query-status".into(),
+                detail: format!("no status in {}", clip(&v.to_string())),
+            })
+    }
+
+    fn read_message(&mut self, deadline: Instant, step: &str) -> Result<Message, QmpError> {
+        let started = Instant::now();
+        loop {
+            let line = self.wire.line(deadline, MAX_LINE).map_err(|e| match e {
+                WireError::Timeout => QmpError::Timeout {
+                    step: step.to_string(),
+                    after: started.elapsed(),
+                },
+                WireError::Closed => QmpError::Closed {
+                    step: step.to_string(),
+                },
+                WireError::TooLong => QmpError::Garbage {
+                    step: step.to_string(),
+                    detail: format!("a message longer than {MAX_LINE} bytes"),
+                },
+                WireError::Io(source) => QmpError::Io {
+                    step: step.to_string(),
+                    source,
+                },
+            })?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return parse_message(&line).map_err(|detail| QmpError::Garbage {
+                step: step.to_string(),
+                detail,
+            });
+        }
+    }
+}
+
+fn parse_message(line: &[u8]) -> Result<Message, String> {
+    let v: Value = serde_json::from_slice(line)
+        .map_err(|e| format!("{e} in {}", clip(&String::from_utf8_lossy(line))))?;
+    let Value::Object(mut m) = v else {
+        return Err(format!(
+            "{} is not a JSON object",
+            clip(&String::from_utf8_lossy(line))
+        ));
+    };
+    if let Some(g) = m.remove("QMP") {
+        return Ok(Message::Greeting(g));
+    }
+    if let Some(name) = m.get("event").and_then(Value::as_str) {
+        return Ok(Message::Event(Event {
+            name: name.to_string(),
+            data: m.remove("data").unwrap_or(Value::Null),
+        }));
+    }
+    let id = m.remove("id");
+    if let Some(r) = m.remove("return") {
+        return Ok(Message::Reply { id, result: Ok(r) });
+    }
+    if let Some(e) = m.remove("error") {
+        let class = e["class"].as_str().unwrap_or("GenericError").to_string();
+        let desc = e["desc"].as_str().unwrap_or("(no description)").to_string();
+        return Ok(Message::Reply {
+            id,
+            result: Err((class, desc)),
+        });
+    }
+    Err(format!(
+        "{} is neither a reply nor an event",
+        clip(&String::from_utf8_lossy(line))
+    ))
+}
+
+/// A duration for people, to the millisecond ("1500ms", "2s").
+pub(crate) fn ms(d: Duration) -> String {
+    crate::protocol::duration::format(Duration::from_millis(d.as_millis() as u64))
+}
+
+/// At most 200 characters of peer text, for error messages.
+pub(crate) fn clip(s: &str) -> String {
+    if s.chars().count() <= 200 {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(200).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// Canned server bytes; records what the client writes.
+    struct Canned {
+        input: Cursor<Vec<u8>>,
+        written: Vec<u8>,
+        /// After the input runs out: block (WouldBlock) instead of EOF.
+        hang: bool,
+    }
+
+    impl Canned {
+        fn new(input: &str) -> Canned {
+            Canned {
+                input: Cursor::new(input.as_bytes().to_vec()),
+                written: Vec::new(),
+                hang: false,
+            }
+        }
+    }
+
+    impl Read for Canned {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.input.read(buf)?;
+            if n == 0 && self.hang {
+                std::thread::sleep(Duration::from_millis(5));
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Canned {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const GREETING: &str = "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n";
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(2)
+    }
+
+    #[test]
+    fn negotiates_and_matches_replies_by_id_keeping_events() {
+        let server = format!(
+            "{GREETING}{{\"return\": {{}}, \"id\": \"vd-1\"}}\r\n\
+             {{\"timestamp\": {{\"seconds\": 1, \"microseconds\": 2}}, \"event\": \"STOP\"}}\r\n\
+             {{\"return\": {{}}, \"id\": \"stale-7\"}}\r\n\
+             {{\"return\": {{\"status\": \"paused\", \"running\": false}}, \"id\": \"vd-2\"}}\r\n"
+        );
+        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        assert_eq!(q.version, "10.0.2");
+        assert_eq!(q.status(Duration::from_secs(1)).unwrap(), "paused");
+        let written = String::from_utf8(q.wire.stream.written.clone()).unwrap();
+        let lines: Vec<Value> = written
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["execute"], "qmp_capabilities");
+        assert_eq!(lines[1], json!({"execute": "query-status", "id": "vd-2"}));
+        // The event that came before the reply is kept.
+        let events = q.take_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].name, "STOP");
+    }
+
+    #[test]
+    fn event_already_queued_satisfies_a_wait() {
+        let server = format!(
+            "{GREETING}{{\"return\": {{}}, \"id\": \"vd-1\"}}\r\n\
+             {{\"event\": \"SHUTDOWN\", \"data\": {{\"guest\": false, \"reason\": \"host-qmp-quit\"}}}}\r\n\
+             {{\"return\": {{}}, \"id\": \"vd-2\"}}\r\n"
+        );
+        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        q.execute("system_powerdown", None, Duration::from_secs(1))
+            .unwrap();
+        let e = q.wait_event(&["SHUTDOWN"], soon()).unwrap().unwrap();
+        assert_eq!(e.data["reason"], "host-qmp-quit");
+    }
+
+    #[test]
+    fn error_replies_carry_class_and_desc() {
+        let server = format!(
+            "{GREETING}{{\"return\": {{}}, \"id\": \"vd-1\"}}\r\n\
+             {{\"id\": \"vd-2\", \"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"The command nope has not been found\"}}}}\r\n\
+             {{\"id\": \"vd-3\", \"error\": {{\"class\": \"GenericError\", \"desc\": \"Parameter 'x' is unexpected\"}}}}\r\n\
+             {{\"error\": {{\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}}}\r\n"
+        );
+        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        let t = Duration::from_secs(1);
+        let e = q.execute("nope", None, t).unwrap_err();
+        assert!(
+            matches!(&e, QmpError::Command { class, .. } if class == "CommandNotFound"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "QEMU does not know or allow the QMP command nope: The command nope has not been found (CommandNotFound)"
+        );
+        let e = q.execute("cont", Some(json!({"x": 1})), t).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "QEMU refused cont: Parameter 'x' is unexpected (GenericError)"
+        );
+        // An error without id (a parse error) answers the pending command.
+        let e = q.execute("stop", None, t).unwrap_err();
+        assert!(e.to_string().contains("JSON parse error"), "{e}");
+    }
+
+    #[test]
+    fn eof_after_quit_is_the_end_not_an_error() {
+        let server = format!(
+            "{GREETING}{{\"return\": {{}}, \"id\": \"vd-1\"}}\r\n\
+             {{\"event\": \"SHUTDOWN\", \"data\": {{\"guest\": false, \"reason\": \"host-qmp-quit\"}}}}\r\n"
+        );
+        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        q.quit(Duration::from_secs(1)).unwrap();
+        assert_eq!(q.take_events()[0].name, "SHUTDOWN");
+        // A wait on a closed connection says closed.
+        let e = q.wait_event(&["RESUME"], soon()).unwrap_err();
+        assert!(e.is_gone(), "{e:?}");
+    }
+
+    #[test]
+    fn eof_mid_command_is_closed() {
+        let server = format!("{GREETING}{{\"return\": {{}}, \"id\": \"vd-1\"}}\r\n");
+        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        let e = q.execute("cont", None, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, QmpError::Closed { .. }), "{e:?}");
+        assert!(e.to_string().contains("during command cont"), "{e}");
+    }
+
+    #[test]
+    fn silence_times_out() {
+        let mut c = Canned::new("");
+        c.hang = true;
+        let started = Instant::now();
+        let e = Qmp::handshake(c, Instant::now() + Duration::from_millis(150))
+            .err()
+            .unwrap();
+        assert!(matches!(e, QmpError::Timeout { .. }), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(e.to_string().contains("one client at a time"), "{e}");
+    }
+
+    #[test]
+    fn garbage_is_named() {
+        let e = Qmp::handshake(Canned::new("hello there\r\n"), soon())
+            .err()
+            .unwrap();
+        assert!(matches!(e, QmpError::Garbage { .. }), "{e:?}");
+        let e = Qmp::handshake(Canned::new("[1,2]\n"), soon())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("not a JSON object"), "{e}");
+        let e = Qmp::handshake(Canned::new("{\"return\": {}}\r\n"), soon())
+            .err()
+            .unwrap();
+        assert!(matches!(e, QmpError::Greeting { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn overlong_line_is_refused_not_buffered() {
+        let mut c = Canned::new(&"x".repeat(MAX_LINE + 10_000));
+        c.hang = true;
+        let e = Qmp::handshake(c, soon()).err().unwrap();
+        assert!(e.to_string().contains("longer than"), "{e}");
+    }
+
+    #[test]
+    fn connect_to_a_missing_socket_names_it() {
+        let e = Qmp::connect(
+            Path::new("/nonexistent/vendetta/qmp.sock"),
+            Duration::from_millis(100),
+        )
+        .err()
+        .unwrap();
+        assert!(e.is_gone());
+        assert!(
+            e.to_string().contains("/nonexistent/vendetta/qmp.sock"),
+            "{e}"
+        );
+        let long = PathBuf::from(format!("/tmp/{}", "a".repeat(120)));
+        let e = Qmp::connect(&long, Duration::from_millis(100))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("at most 107"), "{e}");
+    }
+}
