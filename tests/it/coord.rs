@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 const SERVER_TOKEN: &str = "server-token-123456";
 
 /// Fast timings so that tests take seconds, not minutes.
-fn link_yaml(server: &CoordServer, extra: &str) -> String {
+pub(crate) fn link_yaml(server: &CoordServer, extra: &str) -> String {
     format!(
         "coordination_url: {}\nauth_token: {SERVER_TOKEN}\nheartbeat:\n  interval: 500ms\n  timeout: 2s\n  retries: 1\nretry_policy:\n  max_retries: 2\n  backoff: 100ms\n  max_backoff: 1s\ncoordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n  min_heartbeat_interval: 100ms\n  max_heartbeat_interval: 10m\n{extra}",
         server.url
     )
 }
 
-fn registered(server: &CoordServer) -> String {
+pub(crate) fn registered(server: &CoordServer) -> String {
     assert!(
         wait_until(Duration::from_secs(15), || server.node_id().is_some()),
         "the agent never registered"
@@ -322,11 +322,17 @@ fn spooled_results_survive_a_kill_and_arrive_once_the_server_accepts() {
 #[test]
 fn bad_batches_are_skipped_and_bad_commands_fail() {
     let server = CoordServer::start();
-    let a = Agent::start(&link_yaml(&server, ""));
-    let node = registered(&server);
+    // The first three fetches get garbage, whenever they come.
     server.fault("fetch", Fault::Body(b"{this is not json".to_vec()), 1);
     server.fault("fetch", Fault::Body(b"{\"commands\": 7}".to_vec()), 1);
     server.fault("fetch", Fault::Body(vec![b' '; 10 << 20]), 1);
+    let a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    assert!(
+        wait_until(Duration::from_secs(10), || server.count("fetch") >= 4),
+        "{}",
+        a.log()
+    );
     let wrong = format!("wrong-{}", next_id());
     server.queue(
         &node,

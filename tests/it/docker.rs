@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "vendetta-test/busybox:latest";
+pub(crate) const IMAGE: &str = "vendetta-test/busybox:latest";
 const HEALTH_IMAGE: &str = "vendetta-test/busybox-health:latest";
 const SOCK: &str = "/var/run/docker.sock";
 
@@ -78,12 +78,12 @@ static RUN: AtomicU32 = AtomicU32::new(0);
 
 /// Unique session ids for one test, and the guard that force-removes every
 /// container whose name carries them, also when the test fails.
-struct Sessions {
+pub(crate) struct Sessions {
     prefix: String,
 }
 
 impl Sessions {
-    fn new(tag: &str) -> Sessions {
+    pub(crate) fn new(tag: &str) -> Sessions {
         require_engine();
         let n = RUN.fetch_add(1, Ordering::SeqCst);
         Sessions {
@@ -91,7 +91,7 @@ impl Sessions {
         }
     }
 
-    fn id(&self, name: &str) -> String {
+    pub(crate) fn id(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }
 
@@ -128,7 +128,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-fn docker_agent(extra: &str) -> Agent {
+pub(crate) fn docker_agent(extra: &str) -> Agent {
     Agent::start(&format!("docker:\n  image: {IMAGE}\n{extra}"))
 }
 
@@ -137,7 +137,7 @@ fn ok(r: &Value) -> &Value {
     &r["data"]
 }
 
-fn create_started(a: &Agent, id: &str, params: Value) -> Value {
+pub(crate) fn create_started(a: &Agent, id: &str, params: Value) -> Value {
     let mut p = params;
     p["session_id"] = json!(id);
     ok(&a.cmd("session", "create", p));
