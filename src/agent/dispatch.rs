@@ -165,11 +165,8 @@ fn refresh_sessions(shared: &Shared, only: Option<ProviderKind>) -> (Vec<Session
         if only.is_some_and(|k| k != p.kind()) {
             continue;
         }
-        match p.list() {
-            Ok(list) => {
-                shared.sessions.replace(p.kind(), list.clone());
-                all.extend(list);
-            }
+        match super::monitor::sync(shared, p.as_ref()) {
+            Ok(list) => all.extend(list),
             Err(e) => errors.push(format!("{}: {e}", p.kind())),
         }
     }

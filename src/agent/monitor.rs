@@ -3,6 +3,7 @@
 //! container that exited on its own), and prunes old results hourly.
 
 use super::sessions::Change;
+use crate::providers::{Provider, ProviderError, Session};
 use super::threads::{self, Control, Thread};
 use super::Shared;
 use crossbeam_channel::{select, tick, Receiver, Sender};
@@ -49,15 +50,21 @@ pub fn refresh(shared: &Shared) {
         if !health.get(&p.kind()).is_some_and(|h| h.ok) {
             continue;
         }
-        match p.list() {
-            Ok(list) => {
-                for change in shared.sessions.replace(p.kind(), list) {
-                    publish(shared, change);
-                }
-            }
-            Err(e) => log::warn!(provider = p.kind().as_str(); "cannot list sessions: {e}"),
+        if let Err(e) = sync(shared, p.as_ref()) {
+            log::warn!(provider = p.kind().as_str(); "cannot list sessions: {e}");
         }
     }
+}
+
+/// Lists one provider's sessions, brings the table up to date and
+/// publishes what changed. Every listing goes through here, so a change is
+/// announced whoever noticed it first (the monitor or a `session list`).
+pub fn sync(shared: &Shared, p: &dyn Provider) -> Result<Vec<Session>, ProviderError> {
+    let list = p.list()?;
+    for change in shared.sessions.replace(p.kind(), list.clone()) {
+        publish(shared, change);
+    }
+    Ok(list)
 }
 
 fn publish(shared: &Shared, change: Change) {
