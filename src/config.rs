@@ -622,50 +622,50 @@ fn permission_warning(path: &Path) -> Option<String> {
     })
 }
 
-/// Parses YAML, or JSON when the file name ends in `.json`.
+/// Parses YAML. A `.json` file goes through the same parser, JSON being
+/// YAML's flow syntax: one deserializer (a smaller binary) and the same
+/// errors, which name the key path and the line for both formats.
 pub fn parse_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     if is_json {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = key_of(&e.path().to_string());
-            let inner = e.into_inner();
-            let line = (inner.line() > 0).then_some(inner.line());
-            let message = strip_position(&inner.to_string());
-            ConfigError::Parse {
+        // YAML forgives what JSON does not (trailing commas, comments): a
+        // .json file must be JSON first.
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+            return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
-                key: refine_key(&key, &message),
-                line,
-                message,
-            }
-        })
-    } else {
-        if text.trim().is_empty() {
-            return Ok(Config::default());
+                key: String::new(),
+                line: Some(e.line()),
+                message: format!("not valid JSON: {}", strip_position(&e.to_string())),
+            });
         }
-        let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = key_of(&e.path().to_string());
-            let inner = e.into_inner();
-            let line = inner.location().map(|l| l.line());
-            let message = strip_position(&inner.to_string());
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                key: refine_key(&key, &message),
-                line,
-                message,
-            }
-        })
     }
+    if text.trim().is_empty() {
+        return Ok(Config::default());
+    }
+    serde_yaml::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let full = e.to_string();
+        // serde_yaml writes "path.to.key: message at line N column M".
+        let (key, _) = split_path(&full);
+        let message = strip_position(&full);
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            key: refine_key(&key, &message),
+            line,
+            message,
+        }
+    })
 }
 
-fn key_of(path: &str) -> String {
-    if path == "." {
-        String::new()
-    } else {
-        path.to_string()
+/// The key path serde_yaml puts before a message, if any.
+fn split_path(message: &str) -> (String, &str) {
+    match message.find(": ") {
+        Some(i) if i > 0 && !message[..i].contains(' ') => {
+            (message[..i].to_string(), &message[i + 2..])
+        }
+        _ => (String::new(), message),
     }
 }
 
@@ -1128,6 +1128,20 @@ log_level: "info"
             .unwrap_err()
             .to_string();
         assert!(e.contains("key nope") && e.contains("line 2"), "{e}");
+        let e = parse("agent.json", "{\"workers\": 3,\n}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid JSON") && e.contains("line 2"), "{e}");
+        let c = parse(
+            "agent.json",
+            "{\n\t\"heartbeat\": {\"interval\": \"5s\"}\n}",
+        )
+        .unwrap();
+        assert_eq!(
+            c.heartbeat.interval,
+            Duration::from_secs(5),
+            "tab-indented JSON"
+        );
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! container that exited on its own), and prunes old results hourly.
 
 use super::sessions::Change;
-use crate::providers::{Provider, ProviderError, Session};
 use super::threads::{self, Control, Thread};
 use super::Shared;
+use crate::providers::{Provider, ProviderError, Session};
 use crossbeam_channel::{select, tick, Receiver, Sender};
 use serde_json::json;
 use std::sync::Arc;
