@@ -617,6 +617,11 @@ fn key_values(args: &mut Arguments, key: &'static str) -> Result<Map<String, Val
     Ok(out)
 }
 
+/// A map as a JSON value, or nothing when it is empty.
+fn non_empty(m: Map<String, Value>) -> Option<Value> {
+    (!m.is_empty()).then_some(Value::Object(m))
+}
+
 /// Prints a result: JSON, or `show` on success; a failure is an error.
 fn report(result: Value, json_out: bool, show: impl FnOnce(&Value)) -> Result<i32, CliError> {
     let ok = result["status"] == "success";
@@ -650,48 +655,58 @@ fn session(mut args: Arguments, help: bool, tail: Vec<String>) -> Result<i32, Cl
     let (client, json_out) = (&flags.client, flags.json);
     match verb.as_str() {
         "create" => {
-            let mut params = Map::new();
-            if let Some(p) = args.opt_value_from_str::<_, String>("--provider")? {
-                params.insert("provider".into(), Value::from(p));
-            }
-            if let Some(i) = args.opt_value_from_str::<_, String>("--image")? {
-                params.insert("image".into(), Value::from(i));
-            }
-            if let Some(w) = args.opt_value_from_str::<_, PathBuf>("--workspace")? {
-                let abs = std::path::absolute(&w).unwrap_or(w);
-                params.insert(
-                    "workspace_path".into(),
-                    Value::from(abs.to_string_lossy().into_owned()),
-                );
-            }
-            let env = key_values(&mut args, "--env")?;
-            if !env.is_empty() {
-                params.insert("env".into(), Value::Object(env));
-            }
-            let labels = key_values(&mut args, "--label")?;
-            if !labels.is_empty() {
-                params.insert("labels".into(), Value::Object(labels));
-            }
+            let workspace = args
+                .opt_value_from_str::<_, PathBuf>("--workspace")?
+                .map(|w| {
+                    std::path::absolute(&w)
+                        .unwrap_or(w)
+                        .to_string_lossy()
+                        .into_owned()
+                });
+            let resources = non_empty(Map::from_iter(
+                [
+                    (
+                        "memory",
+                        args.opt_value_from_str::<_, String>("--memory")?
+                            .map(Value::from),
+                    ),
+                    (
+                        "cpus",
+                        args.opt_value_from_str::<_, f64>("--cpus")?
+                            .map(Value::from),
+                    ),
+                    (
+                        "pids",
+                        args.opt_value_from_str::<_, i64>("--pids")?
+                            .map(Value::from),
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?))),
+            ));
             let ports: Vec<String> = args.values_from_str("--port")?;
-            if !ports.is_empty() {
-                params.insert("ports".into(), json!(ports));
-            }
-            let mut resources = Map::new();
-            if let Some(m) = args.opt_value_from_str::<_, String>("--memory")? {
-                resources.insert("memory".into(), Value::from(m));
-            }
-            if let Some(c) = args.opt_value_from_str::<_, f64>("--cpus")? {
-                resources.insert("cpus".into(), Value::from(c));
-            }
-            if let Some(p) = args.opt_value_from_str::<_, i64>("--pids")? {
-                resources.insert("pids".into(), Value::from(p));
-            }
-            if !resources.is_empty() {
-                params.insert("resources".into(), Value::Object(resources));
-            }
-            if !tail.is_empty() {
-                params.insert("command".into(), json!(tail));
-            }
+            let mut params = Map::from_iter(
+                [
+                    (
+                        "provider",
+                        args.opt_value_from_str::<_, String>("--provider")?
+                            .map(Value::from),
+                    ),
+                    (
+                        "image",
+                        args.opt_value_from_str::<_, String>("--image")?
+                            .map(Value::from),
+                    ),
+                    ("workspace_path", workspace.map(Value::from)),
+                    ("env", non_empty(key_values(&mut args, "--env")?)),
+                    ("labels", non_empty(key_values(&mut args, "--label")?)),
+                    ("ports", (!ports.is_empty()).then(|| json!(ports))),
+                    ("resources", resources),
+                    ("command", (!tail.is_empty()).then(|| json!(tail))),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?))),
+            );
             let id = need_free(&mut args, "session id")?;
             params.insert("session_id".into(), Value::from(id));
             finish(args)?;

@@ -147,13 +147,58 @@ impl Client {
         Ok(Answer { status, body })
     }
 
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
     pub fn get(&self, path: &str) -> Result<Answer, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.get(&url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
+        self.read(&url, self.authorized(self.http.get(&url)).call())
+    }
+
+    /// Posts a new command (with a fresh id) to `/api/v1/commands{query}`.
+    fn post_command(
+        &self,
+        query: &str,
+        kind: &str,
+        action: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> (
+        CommandId,
+        String,
+        Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) {
+        let id = CommandId::generate("cli");
+        let mut cmd = json!({"id": id, "type": kind, "action": action, "params": params});
+        if let Some(t) = timeout {
+            cmd["timeout"] = Value::from(crate::protocol::duration::format(t));
         }
-        self.read(&url, req.call())
+        let url = format!("{}/api/v1/commands{query}", self.base);
+        let req = self.authorized(
+            self.http
+                .post(&url)
+                .header("Content-Type", "application/json"),
+        );
+        let resp = req.send(cmd.to_string());
+        (id, url, resp)
+    }
+
+    /// The result document of a command answered with one JSON document:
+    /// after polling if it was 202, an error if it is not a result.
+    fn settle(&self, id: &CommandId, answer: Answer) -> Result<Value, ClientError> {
+        let answer = if answer.status == 202 {
+            self.poll(id)?
+        } else {
+            answer
+        };
+        match answer.status {
+            200 | 400 | 403 if answer.body.get("status").is_some() => Ok(answer.body),
+            _ => Err(api_error(answer)),
+        }
     }
 
     /// Runs a command synchronously and returns its result document.
@@ -165,29 +210,9 @@ impl Client {
         params: Value,
         timeout: Option<Duration>,
     ) -> Result<Value, ClientError> {
-        let id = CommandId::generate("cli");
-        let mut cmd = json!({"id": id, "type": kind, "action": action, "params": params});
-        if let Some(t) = timeout {
-            cmd["timeout"] = Value::from(crate::protocol::duration::format(t));
-        }
-        let url = format!("{}/api/v1/commands", self.base);
-        let mut req = self
-            .http
-            .post(&url)
-            .header("Content-Type", "application/json");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let answer = self.read(&url, req.send(cmd.to_string()))?;
-        let answer = if answer.status == 202 {
-            self.poll(&id)?
-        } else {
-            answer
-        };
-        match answer.status {
-            200 | 400 | 403 if answer.body.get("status").is_some() => Ok(answer.body),
-            _ => Err(api_error(answer)),
-        }
+        let (id, url, resp) = self.post_command("", kind, action, params, timeout);
+        let answer = self.read(&url, resp)?;
+        self.settle(&id, answer)
     }
 
     /// Runs a command with `?stream=true`: `on_output(stream, text)` gets
@@ -200,22 +225,11 @@ impl Client {
         mut on_output: impl FnMut(&str, &str),
     ) -> Result<Value, ClientError> {
         use std::io::BufRead;
-        let id = CommandId::generate("cli");
-        let cmd = json!({"id": id, "type": kind, "action": action, "params": params});
-        let url = format!("{}/api/v1/commands?stream=true", self.base);
-        let mut req = self
-            .http
-            .post(&url)
-            .header("Content-Type", "application/json");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let mut resp = req
-            .send(cmd.to_string())
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                source: e.to_string(),
-            })?;
+        let (id, url, resp) = self.post_command("?stream=true", kind, action, params, None);
+        let mut resp = resp.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            source: e.to_string(),
+        })?;
         let status = resp.status().as_u16();
         let ndjson = resp
             .headers()
@@ -225,15 +239,7 @@ impl Client {
         if !ndjson {
             // Answered at once (a stored or refused command): one JSON document.
             let answer = self.read(&url, Ok(resp))?;
-            let answer = if answer.status == 202 {
-                self.poll(&id)?
-            } else {
-                answer
-            };
-            return match answer.status {
-                200 | 400 | 403 if answer.body.get("status").is_some() => Ok(answer.body),
-                _ => Err(api_error(answer)),
-            };
+            return self.settle(&id, answer);
         }
         let bad = |m: String| ClientError::BadResponse {
             url: url.clone(),

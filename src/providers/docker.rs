@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -577,37 +577,7 @@ fn tcp_probe(session: &Session, ip: Option<IpAddr>) -> ServiceHealth {
         .keys()
         .filter_map(|k| k.strip_suffix("/tcp")?.parse().ok())
         .collect();
-    if ports.is_empty() {
-        return ServiceHealth {
-            status: "unknown".into(),
-            source: "tcp".into(),
-            detail: "no published TCP ports".into(),
-        };
-    }
-    let closed: Vec<String> = ports
-        .iter()
-        .filter(|p| {
-            TcpStream::connect_timeout(&SocketAddr::new(ip, **p), Duration::from_millis(500))
-                .is_err()
-        })
-        .map(|p| p.to_string())
-        .collect();
-    if closed.is_empty() {
-        ServiceHealth {
-            status: "healthy".into(),
-            source: "tcp".into(),
-            detail: String::new(),
-        }
-    } else {
-        ServiceHealth {
-            status: "unhealthy".into(),
-            source: "tcp".into(),
-            detail: format!(
-                "nothing answers on container port(s) {} at {ip}",
-                closed.join(", ")
-            ),
-        }
-    }
+    probe::tcp(ip, &ports, "container port(s)")
 }
 
 /// `repo[:tag]` or `repo@digest` into the pull's `fromImage` and `tag`.

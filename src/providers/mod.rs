@@ -7,6 +7,8 @@
 //! converts it into [`ProviderError`], whose kind the dispatcher maps to a
 //! result code.
 
+#[cfg(test)]
+pub mod canned;
 pub mod docker;
 pub mod lxc;
 pub mod output;

@@ -2,7 +2,7 @@
 //! port answer.
 
 use super::{ServiceHealth, Session};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,39 +28,41 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 /// Healthy when every published TCP port accepts a connection on loopback.
 pub fn tcp_ports(session: &Session) -> ServiceHealth {
-    let tcp: Vec<u16> = session
+    let host_ports: Vec<u16> = session
         .ports
         .iter()
         .filter(|(k, _)| k.ends_with("/tcp"))
         .map(|(_, host)| *host)
         .collect();
-    if tcp.is_empty() {
-        return ServiceHealth {
-            status: "unknown".into(),
-            source: "tcp".into(),
-            detail: "no published TCP ports".into(),
-        };
+    tcp(IpAddr::from([127, 0, 0, 1]), &host_ports, "host port(s)")
+}
+
+/// Healthy when every port in `ports` accepts a TCP connection at `ip`
+/// (within 500 ms each); `what` names the ports in the detail.
+pub fn tcp(ip: IpAddr, ports: &[u16], what: &str) -> ServiceHealth {
+    let health = |status: &str, detail: String| ServiceHealth {
+        status: status.into(),
+        source: "tcp".into(),
+        detail,
+    };
+    if ports.is_empty() {
+        return health("unknown", "no published TCP ports".into());
     }
-    let closed: Vec<String> = tcp
+    let closed: Vec<String> = ports
         .iter()
-        .filter(|port| {
-            let addr = SocketAddr::from(([127, 0, 0, 1], **port));
-            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+        .filter(|p| {
+            TcpStream::connect_timeout(&SocketAddr::new(ip, **p), Duration::from_millis(500))
+                .is_err()
         })
         .map(|p| p.to_string())
         .collect();
     if closed.is_empty() {
-        ServiceHealth {
-            status: "healthy".into(),
-            source: "tcp".into(),
-            detail: String::new(),
-        }
+        health("healthy", String::new())
     } else {
-        ServiceHealth {
-            status: "unhealthy".into(),
-            source: "tcp".into(),
-            detail: format!("no answer on host port(s) {}", closed.join(", ")),
-        }
+        health(
+            "unhealthy",
+            format!("nothing answers on {what} {} at {ip}", closed.join(", ")),
+        )
     }
 }
 

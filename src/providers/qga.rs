@@ -762,43 +762,11 @@ impl<S: Read + Write> Parser<'_, '_, '_, S> {
 mod tests {
     use super::*;
     use crate::providers::output::Discard;
-    use std::io::Cursor;
 
-    /// Canned agent bytes; records what the client writes.
-    struct Canned {
-        input: Cursor<Vec<u8>>,
-        written: Vec<u8>,
-    }
-
-    impl Read for Canned {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.input.read(buf)?;
-            if n == 0 {
-                std::thread::sleep(Duration::from_millis(5));
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        }
-    }
-
-    impl Write for Canned {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.written.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::providers::canned::Canned;
 
     fn qga(input: Vec<u8>) -> Qga<Canned> {
-        Qga::new(
-            Canned {
-                input: Cursor::new(input),
-                written: Vec::new(),
-            },
-            Path::new("/test/qga.sock"),
-        )
+        Qga::new(Canned::hanging(input), Path::new("/test/qga.sock"))
     }
 
     fn soon() -> Instant {

@@ -588,46 +588,8 @@ pub(crate) fn clip(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
 
-    /// Canned server bytes; records what the client writes.
-    struct Canned {
-        input: Cursor<Vec<u8>>,
-        written: Vec<u8>,
-        /// After the input runs out: block (WouldBlock) instead of EOF.
-        hang: bool,
-    }
-
-    impl Canned {
-        fn new(input: &str) -> Canned {
-            Canned {
-                input: Cursor::new(input.as_bytes().to_vec()),
-                written: Vec::new(),
-                hang: false,
-            }
-        }
-    }
-
-    impl Read for Canned {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.input.read(buf)?;
-            if n == 0 && self.hang {
-                std::thread::sleep(Duration::from_millis(5));
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        }
-    }
-
-    impl Write for Canned {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.written.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::providers::canned::Canned;
 
     const GREETING: &str = "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n";
 
@@ -643,7 +605,7 @@ mod tests {
              {{\"return\": {{}}, \"id\": \"stale-7\"}}\r\n\
              {{\"return\": {{\"status\": \"paused\", \"running\": false}}, \"id\": \"vd-2\"}}\r\n"
         );
-        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        let mut q = Qmp::handshake(Canned::new(server.clone()), soon()).unwrap();
         assert_eq!(q.version, "10.0.2");
         assert_eq!(q.status(Duration::from_secs(1)).unwrap(), "paused");
         let written = String::from_utf8(q.wire.stream.written.clone()).unwrap();
@@ -666,7 +628,7 @@ mod tests {
              {{\"event\": \"SHUTDOWN\", \"data\": {{\"guest\": false, \"reason\": \"host-qmp-quit\"}}}}\r\n\
              {{\"return\": {{}}, \"id\": \"vd-2\"}}\r\n"
         );
-        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        let mut q = Qmp::handshake(Canned::new(server.clone()), soon()).unwrap();
         q.execute("system_powerdown", None, Duration::from_secs(1))
             .unwrap();
         let e = q.wait_event(&["SHUTDOWN"], soon()).unwrap().unwrap();
@@ -681,7 +643,7 @@ mod tests {
              {{\"id\": \"vd-3\", \"error\": {{\"class\": \"GenericError\", \"desc\": \"Parameter 'x' is unexpected\"}}}}\r\n\
              {{\"error\": {{\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}}}\r\n"
         );
-        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        let mut q = Qmp::handshake(Canned::new(server.clone()), soon()).unwrap();
         let t = Duration::from_secs(1);
         let e = q.execute("nope", None, t).unwrap_err();
         assert!(
@@ -708,7 +670,7 @@ mod tests {
             "{GREETING}{{\"return\": {{}}, \"id\": \"vd-1\"}}\r\n\
              {{\"event\": \"SHUTDOWN\", \"data\": {{\"guest\": false, \"reason\": \"host-qmp-quit\"}}}}\r\n"
         );
-        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        let mut q = Qmp::handshake(Canned::new(server.clone()), soon()).unwrap();
         q.quit(Duration::from_secs(1)).unwrap();
         assert_eq!(q.take_events()[0].name, "SHUTDOWN");
         // A wait on a closed connection says closed.
@@ -719,7 +681,7 @@ mod tests {
     #[test]
     fn eof_mid_command_is_closed() {
         let server = format!("{GREETING}{{\"return\": {{}}, \"id\": \"vd-1\"}}\r\n");
-        let mut q = Qmp::handshake(Canned::new(&server), soon()).unwrap();
+        let mut q = Qmp::handshake(Canned::new(server.clone()), soon()).unwrap();
         let e = q.execute("cont", None, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, QmpError::Closed { .. }), "{e:?}");
         assert!(e.to_string().contains("during command cont"), "{e}");
@@ -756,7 +718,7 @@ mod tests {
 
     #[test]
     fn overlong_line_is_refused_not_buffered() {
-        let mut c = Canned::new(&"x".repeat(MAX_LINE + 10_000));
+        let mut c = Canned::new("x".repeat(MAX_LINE + 10_000));
         c.hang = true;
         let e = Qmp::handshake(c, soon()).err().unwrap();
         assert!(e.to_string().contains("longer than"), "{e}");

@@ -256,3 +256,82 @@ fn a_crash_mid_command_is_reported_once_to_the_server_and_nothing_runs_twice() {
         .to_string();
     assert_eq!(ran.matches('x').count(), 1, "the command ran once: {cat}");
 }
+
+#[test]
+fn cli_session_verbs_round_trip() {
+    let s = Sessions::new("cli");
+    let a = docker_agent("");
+    let sid = s.id("c");
+    let ws = crate::util::TempDir::new("clews");
+    let cli = |args: &[&str]| {
+        let o = a.cli(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let (code, out) = cli(&[
+        "session",
+        "create",
+        &sid,
+        "--image",
+        IMAGE,
+        "--workspace",
+        ws.path().to_str().unwrap(),
+        "--env",
+        "GREETING=hi",
+        "--port",
+        "8080",
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        "--pids",
+        "64",
+        "--label",
+        "team=core",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&sid) && out.contains("created"), "{out}");
+    let (code, out) = cli(&["session", "start", &sid]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("running") && out.contains("->8080/tcp"),
+        "{out}"
+    );
+    let (code, out) = cli(&[
+        "session",
+        "exec",
+        &sid,
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; ls -d /workspace",
+    ]);
+    assert_eq!((code, out.as_str()), (Some(0), "hi\n/workspace\n"));
+    let (code, out) = cli(&["session", "list", "--json"]);
+    assert_eq!(code, Some(0));
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let me = doc["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == sid.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(me["labels"]["team"], "core");
+    let (code, out) = cli(&["service", "list"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&sid), "{out}");
+    let (code, out) = cli(&["session", "stop", "--grace", "1s", &sid]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("stopped"), "{out}");
+    let (code, out) = cli(&["session", "destroy", &sid]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("destroyed"), "{out}");
+}

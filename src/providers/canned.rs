@@ -1,0 +1,51 @@
+//! A test double for the socket clients (QMP, QGA): the peer's bytes are
+//! canned, what the client writes is recorded. Unit tests only.
+
+use std::io::{self, Cursor, Read, Write};
+use std::time::Duration;
+
+pub struct Canned {
+    pub input: Cursor<Vec<u8>>,
+    pub written: Vec<u8>,
+    /// After the input runs out: block (WouldBlock) instead of EOF, like a
+    /// peer that says nothing more.
+    pub hang: bool,
+}
+
+impl Canned {
+    pub fn new(input: impl Into<Vec<u8>>) -> Canned {
+        Canned {
+            input: Cursor::new(input.into()),
+            written: Vec::new(),
+            hang: false,
+        }
+    }
+
+    pub fn hanging(input: impl Into<Vec<u8>>) -> Canned {
+        Canned {
+            hang: true,
+            ..Canned::new(input)
+        }
+    }
+}
+
+impl Read for Canned {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.input.read(buf)?;
+        if n == 0 && self.hang {
+            std::thread::sleep(Duration::from_millis(5));
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Canned {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
