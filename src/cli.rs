@@ -171,8 +171,12 @@ Options:
       --token TOKEN   bearer token for the server (written as auth_token)
   -h, --help          this help
 
+The server URL and token come from the command line only (VENDETTA_COORD_URL
+and VENDETTA_AUTH_TOKEN are not read); the TLS keys come from the file.
+
 Exit: 0 connected, 1 the server refused or could not be reached (the file
-is left unchanged), 2 the resulting config would be invalid.
+is left unchanged), 2 the existing file cannot be read or loaded, or the
+result would be invalid.
 ";
 
 const CONFIG_HELP: &str = "\

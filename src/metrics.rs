@@ -133,7 +133,7 @@ pub struct Metrics {
     pub commands_executed: CounterVec,
     /// type, action
     pub command_duration: HistogramVec,
-    /// reason (queue_full, shutting_down, duplicate, invalid, policy)
+    /// reason (queue_full, shutting_down, store_failed, duplicate, invalid, policy)
     pub commands_refused: CounterVec,
     /// route, code
     pub api_requests: CounterVec,
@@ -141,7 +141,7 @@ pub struct Metrics {
     pub heartbeats_sent: Counter,
     pub reconnects: Counter,
     pub registrations: Counter,
-    /// result (ok | error)
+    /// result (ok | empty | error)
     pub poll_duration: HistogramVec,
     /// outcome (acked | dropped | retry)
     pub results_reported: CounterVec,
@@ -306,7 +306,7 @@ impl Metrics {
         );
         e.counter_vec(
             "vendetta_commands_refused_total",
-            "Commands not executed, by reason (queue_full, shutting_down, duplicate, invalid, policy).",
+            "Commands not executed, by reason (queue_full, shutting_down, store_failed, duplicate, invalid, policy).",
             &["reason"],
             &self.commands_refused,
         );

@@ -294,19 +294,24 @@ pub fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     server.unblock();
     let deadline = Instant::now() + cfg.shutdown_timeout;
     threads.append(&mut api_threads);
-    let stuck = threads::join_all(&mut threads, deadline, &control_rx);
+    let joined = threads::join_all(&mut threads, deadline, &control_rx);
+    let stuck = joined.stuck;
     // Jobs still queued stay journaled for the next start; dropping them
     // here lets the requests waiting on them answer 503 before we exit.
     while queue_rx.try_recv().is_ok() {}
-    crate::api::routes::wait_for_waiters(std::time::Duration::from_secs(2));
-    // 3. Deliver what the workers finished and say goodbye to the server.
-    if let Some(link) = link {
-        link.finish(
-            deadline.max(Instant::now() + std::time::Duration::from_secs(2)),
-            &control_rx,
-        );
+    if joined.interrupted {
+        log::warn!("stopping now: no last delivery round, no unregister; spooled results go out after the restart");
+    } else {
+        crate::api::routes::wait_for_waiters(std::time::Duration::from_secs(2));
+        // 3. Deliver what the workers finished and say goodbye to the server.
+        if let Some(link) = link {
+            link.finish(
+                deadline.max(Instant::now() + std::time::Duration::from_secs(2)),
+                &control_rx,
+            );
+        }
     }
-    if !stuck.is_empty() {
+    if !stuck.is_empty() && !joined.interrupted {
         log::warn!(
             "shutdown_timeout ({}) passed with threads still busy: {}; exiting anyway, interrupted commands are reported after restart",
             crate::protocol::duration::format(cfg.shutdown_timeout),

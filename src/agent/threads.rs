@@ -84,18 +84,20 @@ impl Thread {
     }
 }
 
+/// What `join_all` saw.
+pub struct Joined {
+    /// Threads still running at the deadline.
+    pub stuck: Vec<String>,
+    /// A second shutdown request (a second Ctrl-C) cut the wait short.
+    pub interrupted: bool,
+}
+
 /// Joins `threads` until `deadline`. A second shutdown request on `control`
-/// (a second Ctrl-C) stops the wait at once. Returns the names of threads
-/// still running.
-pub fn join_all(
-    threads: &mut [Thread],
-    deadline: Instant,
-    control: &Receiver<Control>,
-) -> Vec<String> {
-    let mut stuck = Vec::new();
-    let mut forced = false;
+/// stops the wait at once.
+pub fn join_all(threads: &mut [Thread], deadline: Instant, control: &Receiver<Control>) -> Joined {
+    let mut interrupted = false;
     for t in threads.iter_mut() {
-        while !forced {
+        while !interrupted && Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
                 recv(t.done) -> _ => {
@@ -104,21 +106,18 @@ pub fn join_all(
                 }
                 recv(control) -> msg => {
                     if let Ok(Control::Shutdown(why)) = msg {
-                        log::warn!("second {why} during shutdown: exiting without waiting");
-                        forced = true;
+                        log::warn!("second {why} during shutdown: not waiting for running commands any more");
+                        interrupted = true;
                     }
                 }
-                default(left) => {
-                    forced = Instant::now() >= deadline;
-                    if forced {
-                        break;
-                    }
-                }
+                default(left) => {}
             }
         }
-        if t.handle.is_some() {
-            stuck.push(t.name.clone());
-        }
     }
-    stuck
+    let stuck = threads
+        .iter()
+        .filter(|t| t.handle.is_some())
+        .map(|t| t.name.clone())
+        .collect();
+    Joined { stuck, interrupted }
 }

@@ -123,14 +123,13 @@ pub fn run_job(shared: &Shared, job: Job) {
     shared.busy.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Passes exec output to a streaming client. A client that stops reading
-/// for `STREAM_STALL` is cut off; the output is still captured for the
-/// result.
+/// Passes exec output to a streaming client, blocking while the client
+/// reads slowly (as a terminal would). The API side stops taking chunks
+/// only once its client is gone, and then this sink stops sending; the
+/// output is still captured for the result either way.
 struct ChannelSink {
     tx: Option<Sender<Chunk>>,
 }
-
-const STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl OutputSink for ChannelSink {
     fn chunk(&mut self, stream: Stream, data: &[u8]) {
@@ -139,10 +138,8 @@ impl OutputSink for ChannelSink {
                 stream,
                 data: data.to_vec(),
             };
-            if tx.send_timeout(chunk, STREAM_STALL).is_err() {
-                log::debug!(
-                    "streaming client gone or stalled; output is still captured for the result"
-                );
+            if tx.send(chunk).is_err() {
+                log::debug!("streaming client gone; output is still captured for the result");
                 self.tx = None;
             }
         }

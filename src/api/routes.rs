@@ -440,13 +440,15 @@ fn wait_then_send(
             Err(RecvTimeoutError::Timeout) => accepted(&id, State::Running),
             Err(RecvTimeoutError::Disconnected) => match shared.ledger.lookup(&id) {
                 Some(Found::Done(result)) => reply_for(&result),
-                Some(Found::InProgress(state)) => Reply::error(
+                Some(Found::InProgress(_)) if shared.ledger.journaled(&id) => Reply::error(
                     503,
                     "shutting_down",
-                    format!(
-                        "the agent is shutting down; command {id} is {} and will run after restart",
-                        state.as_str()
-                    ),
+                    format!("the agent is shutting down; command {id} is queued and will run after restart"),
+                ),
+                Some(Found::InProgress(_)) => Reply::error(
+                    503,
+                    "shutting_down",
+                    format!("the agent is shutting down; command {id} did not run; send it again"),
                 ),
                 None => Reply::error(
                     503,

@@ -302,6 +302,15 @@ impl Ledger {
         }
     }
 
+    /// Whether an unfinished command is recorded on disk (so it survives a
+    /// restart); read-only commands are not.
+    pub fn journaled(&self, id: &CommandId) -> bool {
+        self.lock()
+            .inflight
+            .get(id.as_str())
+            .is_some_and(|(_, _, durable)| *durable)
+    }
+
     /// Number of commands queued or running.
     pub fn inflight(&self) -> usize {
         self.lock().inflight.len()
