@@ -6,8 +6,9 @@
 # restart), then the same arithmetic for 10,000 agents. Compared with the
 # seed's claims (~1 KB heartbeat, ~10 KB per command round trip).
 #
-# About 4-5 minutes: one idle minute for the CPU figure, one for the
-# fleet's idle load, up to a minute of re-registrations.
+# About 3-4 minutes: one idle minute for the CPU figure, one for the
+# fleet's idle load, about half a minute of re-registrations. Everything it
+# starts is stopped on exit, also on failure or a signal.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,7 +39,17 @@ fleet_stop() {
     wait "${FLEET_PIDS[@]}" 2>/dev/null || true
     FLEET_PIDS=()
 }
+SLEEP_PID=
+# pause S: a sleep that a signal interrupts (a foreground sleep would delay
+# the cleanup until it ends).
+pause() {
+    sleep "$1" &
+    SLEEP_PID=$!
+    wait "$SLEEP_PID"
+    SLEEP_PID=
+}
 cleanup() {
+    [ -n "$SLEEP_PID" ] && kill "$SLEEP_PID" 2>/dev/null
     stop_agent || true
     fleet_stop || true
     if [ -n "$SIM_PID" ]; then
@@ -48,6 +59,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 
 # free_ports N: N distinct free loopback ports (all held until all are picked).
 free_ports() {
@@ -136,7 +148,13 @@ echo "queue-full refusals in the agent log: $(grep -c 'queue full' "$work/tput/a
 row link "bytes per command round trip, 1 per fetch" "$rt1 B" "<= 2 KB" "seed ~10 KB: ratio $(ratio "$rt1" 10240)"
 row link "bytes per command round trip, 50 per fetch" "$rt50 B" "<= 2 KB" "seed ~10 KB: ratio $(ratio "$rt50" 10240)"
 echo "round trip, 1 per fetch: fetch request + response $fetch1 B, result request + response $result1 B, of which the result JSON is $body1 B (HTTP bytes; TCP/IP headers not counted)" >&2
-sim_get stats | json 'd["samples"]["result"]["request_head"] + d["samples"]["result"]["body"][:600] + "…"' >&2
+sim_get stats | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["samples"]["result"]
+print(s["request_head"] + s["body"][:600] + "…")
+r = json.loads(s["body"])
+size = lambda v: len(json.dumps(v, separators=(",", ":")))
+print("result JSON by field (bytes):", {k: size(v) for k, v in r.items()})' >&2
 stop_agent
 sim_post config '{"batch": 10}' >/dev/null
 
@@ -144,16 +162,22 @@ sim_post config '{"batch": 10}' >/dev/null
 sim_post reset >/dev/null
 start_agent "$work/idle" "$LINK_YAML"
 wait_nodes 1 10
-sleep 3 # let start-up work (first monitor pass, first poll) settle
+pause 3 # let start-up work (first monitor pass, first poll) settle
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"; }
 sched_ns() { cat /proc/"$AGENT_PID"/task/*/schedstat | awk '{s += $1} END {print s}'; }
+per_thread() { for t in /proc/"$AGENT_PID"/task/*; do echo "${t##*/} $(cat "$t/comm") $(awk '{print $1}' "$t/schedstat")"; done; }
 c0=$(cpu) n0=$(sched_ns) t0=$(date +%s.%N)
-sleep 60
+per_thread >"$work/threads0"
+pause 60
 c1=$(cpu) n1=$(sched_ns) t1=$(date +%s.%N)
-read -r idle_pct idle_sched_pct < <(python3 -c "
+per_thread >"$work/threads1"
+echo "idle CPU by thread over the minute (ms): $(awk 'NR == FNR {a[$1] = $3; next} {d = ($3 - a[$1]) / 1e6; if (d >= 0.05) printf "%s %.1f; ", $2, d}' "$work/threads0" "$work/threads1")" >&2
+# The link's own threads, apart from the API, monitor and workers.
+link_ns=$(awk 'NR == FNR {a[$1] = $3; next} $2 ~ /^(poller|heartbeat|reporter)$/ {s += $3 - a[$1]} END {print s + 0}' "$work/threads0" "$work/threads1")
+read -r idle_pct idle_sched_pct link_pct < <(python3 -c "
 w = $t1 - $t0
-print(f'{($c1 - $c0) / $tick / w * 100:.3f} {($n1 - $n0) / 1e9 / w * 100:.4f}')")
+print(f'{($c1 - $c0) / $tick / w * 100:.3f} {($n1 - $n0) / 1e9 / w * 100:.4f} {$link_ns / 1e9 / w * 100:.4f}')")
 sim_get stats >"$work/idle.json"
 python3 - "$work/idle.json" >&2 <<'PY'
 import json, sys
@@ -161,7 +185,7 @@ d = json.load(open(sys.argv[1]))
 print("requests while idle (whole run of the idle agent):",
       {k: v["requests"] for k, v in d["routes"].items()})
 PY
-row link "idle CPU, 60 s, 30 s heartbeat" "$idle_pct% of one core" "< 0.1%" "utime+stime $((c1 - c0)) ticks of 1/$tick s; all threads' schedstat: $idle_sched_pct%"
+row link "idle CPU, 60 s, 30 s heartbeat" "$idle_pct% of one core" "< 0.1%" "utime+stime $((c1 - c0)) ticks of 1/$tick s; all threads' schedstat: $idle_sched_pct%, of which poller + heartbeat + reporter $link_pct%"
 
 if ! python3 -c 'import json,sys; sys.exit("heartbeat" not in json.load(open(sys.argv[1]))["samples"])' "$work/idle.json"; then
     echo "no heartbeat arrived in the idle minute" >&2
@@ -198,9 +222,9 @@ for p in "${FLEET_PIDS[@]}"; do kill -0 "$p" 2>/dev/null || dead=$((dead + 1)); 
 ids=$(cat "$work"/fleet/*/cache/node_id | sort -u | wc -l)
 echo "all $FLEET registered, $ids distinct node ids" >&2
 
-sleep 5
+pause 5
 sim_get stats >"$work/idle0.json"
-sleep 60
+pause 60
 sim_get stats >"$work/idle1.json"
 rss=0 pss=0
 for p in "${FLEET_PIDS[@]}"; do
@@ -290,7 +314,7 @@ arithmetic for 10,000 agents (measured on {n:.0f}, scaled by {k:.0f}):
   after a restart that forgets the nodes: registrations spread over the heartbeat interval:
         10,000 / 30 s = {mean:.0f} registrations/s on average, the busiest second about {busiest:.0f}
         (uniform spread: mean + 2.5 sigma); here the busiest second had {peak:.0f} of {n:.0f} ({peak/n*100:.1f}%,
-        {peak*k:.0f}/s if scaled linearly, an overestimate from a small sample), all back {first:.0f}-{last:.0f} s after
+        {peak*k:.0f}/s if scaled linearly, an overestimate from a small sample), all back {first:.0f}-{last:.0f} s after the restart;
         but the reconnects come first: every agent's poll retries 1-2 s after the cut (backoff from 1 s),
         here {acc:.0f} new connections in one second, i.e. {acc*k:.0f} connections (TLS handshakes) in a second at 10,000
   memory: {rss/1024/n:.1f} MiB RSS per agent ({pss/1024/n:.1f} MiB PSS on one host; one agent per host is the real case)
