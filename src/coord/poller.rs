@@ -3,7 +3,10 @@
 //!
 //! The long poll's read timeout is the server's wait plus a margin, so a
 //! silent server cannot hold it forever. While the queue is full the poller
-//! does not fetch: commands stay with the server until there is room.
+//! does not fetch: commands stay with the server until there is room. A
+//! batch larger than the room left is queued as room frees up, not refused:
+//! a refused command would only come back after the server's redelivery
+//! delay.
 
 use super::client::CoordError;
 use super::{new_backoff, sleep, Link};
@@ -12,6 +15,9 @@ use crate::store::ledger::Origin;
 use crossbeam_channel::Receiver;
 use serde_json::Value;
 use std::time::{Duration, Instant};
+
+/// How often a poller holding fetched commands looks for room in the queue.
+const ROOM_POLL: Duration = Duration::from_millis(10);
 
 pub fn run(link: &Link, shutdown: &Receiver<()>) {
     let shared = &link.shared;
@@ -59,7 +65,11 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
                 shared.metrics.poll_duration.observe(&[result], took);
                 if reply.status != 204 {
                     match reply.json() {
-                        Some(batch) => handle_batch(link, batch),
+                        Some(batch) => {
+                            if !handle_batch(link, batch, shutdown) {
+                                return;
+                            }
+                        }
                         None => log::warn!(
                             "the server sent a command batch that is not JSON; skipping it"
                         ),
@@ -87,27 +97,39 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
 }
 
 /// Submits each command of `{"commands": [...]}` (a bare array is taken
-/// too). A command without a usable id cannot be answered and is skipped
-/// with a log line; one with wrong fields gets a failed result.
-fn handle_batch(link: &Link, batch: Value) {
+/// too), waiting for room in the queue before each one. A command without a
+/// usable id cannot be answered and is skipped with a log line; one with
+/// wrong fields gets a failed result. False if shutdown came while waiting
+/// (the server sends what was not queued again).
+fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> bool {
     let shared = &link.shared;
     let items = match batch {
-        Value::Null => return,
+        Value::Null => return true,
         Value::Array(items) => items,
         Value::Object(mut obj) => match obj.remove("commands") {
             Some(Value::Array(items)) => items,
-            Some(Value::Null) | None => return,
+            Some(Value::Null) | None => return true,
             Some(_) => {
                 log::warn!("the server's batch has a `commands` that is not a list; skipping it");
-                return;
+                return true;
             }
         },
         _ => {
             log::warn!("the server's batch is neither an object nor a list; skipping it");
-            return;
+            return true;
         }
     };
-    for item in items {
+    let total = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        while shared.queue_depth() >= shared.queue_capacity() {
+            if !sleep(shutdown, ROOM_POLL) {
+                log::info!(
+                    "stopping with {} fetched commands not queued; the server will send them again",
+                    total - i
+                );
+                return false;
+            }
+        }
         let command = match crate::protocol::command::from_value(item) {
             Ok(c) => c,
             Err(e) => {
@@ -135,4 +157,5 @@ fn handle_batch(link: &Link, batch: Value) {
             }
         }
     }
+    true
 }

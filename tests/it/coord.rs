@@ -278,6 +278,46 @@ fn the_same_command_twice_and_after_a_restart_runs_once() {
 }
 
 #[test]
+fn a_batch_larger_than_the_queue_waits_for_room_instead_of_refusing() {
+    let server = CoordServer::start();
+    {
+        let mut g = server.lock();
+        g.batch = 20;
+        // A command the agent refused would never come back.
+        g.redeliver_after = None;
+    }
+    let a = Agent::start(&link_yaml(&server, "workers: 1\nqueue_size: 1\n"));
+    let node = registered(&server);
+    let ids: Vec<String> = (0..20).map(|i| format!("room-{}-{i}", next_id())).collect();
+    // All but the last under one lock, so that one fetch takes them all.
+    server
+        .lock()
+        .queued
+        .entry(node.clone())
+        .or_default()
+        .extend(
+            ids[..19]
+                .iter()
+                .map(|id| json!({"id": id, "type": "system", "action": "status"})),
+        );
+    server.queue(
+        &node,
+        json!({"id": ids[19], "type": "system", "action": "status"}),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || ids
+            .iter()
+            .all(|id| !server.results_for(id).is_empty())),
+        "missing results: {:?}\n{}",
+        ids.iter()
+            .filter(|id| server.results_for(id).is_empty())
+            .collect::<Vec<_>>(),
+        a.log()
+    );
+    assert!(!a.log().contains("queue full"), "{}", a.log());
+}
+
+#[test]
 fn spooled_results_survive_a_kill_and_arrive_once_the_server_accepts() {
     let server = CoordServer::start();
     server.fault("result", Fault::Status(503), u32::MAX);
