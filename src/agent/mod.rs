@@ -291,7 +291,7 @@ pub fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     shared.accepting.store(false, Ordering::SeqCst);
     // 2. Tell every loop; workers finish the command in hand, queued ones stay journaled.
     drop(shutdown_tx);
-    server.unblock();
+    crate::api::unblock_all(&server);
     let deadline = Instant::now() + cfg.shutdown_timeout;
     threads.append(&mut api_threads);
     let joined = threads::join_all(&mut threads, deadline, &control_rx);

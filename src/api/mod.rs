@@ -22,7 +22,6 @@ use crate::agent::{AgentError, Shared};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 const API_THREADS: usize = 4;
 
@@ -64,13 +63,18 @@ pub fn spawn(
         .collect()
 }
 
+/// Wakes every API thread (each `unblock` releases one `recv`), so that
+/// they see the shutdown. They block without polling until then.
+pub fn unblock_all(server: &tiny_http::Server) {
+    for _ in 0..API_THREADS {
+        server.unblock();
+    }
+}
+
 fn serve(shared: &Arc<Shared>, server: &tiny_http::Server, shutdown: &Receiver<()>) {
     loop {
-        if let Err(TryRecvError::Disconnected) = shutdown.try_recv() {
-            return;
-        }
-        match server.recv_timeout(Duration::from_millis(250)) {
-            Ok(Some(request)) => {
+        match server.recv() {
+            Ok(request) => {
                 // A panic while answering one request must not take the
                 // thread down (tiny_http itself can panic when a client
                 // vanishes mid-response).
@@ -84,11 +88,9 @@ fn serve(shared: &Arc<Shared>, server: &tiny_http::Server, shutdown: &Receiver<(
                     log::error!("a request handler panicked; the request was dropped, the API keeps serving");
                 }
             }
-            Ok(None) => {}
-            Err(e) => {
-                log::warn!("API server error: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            // Unblocked: the only wake-up without a request is shutdown.
+            Err(_) if matches!(shutdown.try_recv(), Err(TryRecvError::Disconnected)) => return,
+            Err(e) => log::debug!("API server woke without a request: {e}"),
         }
     }
 }
