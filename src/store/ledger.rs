@@ -101,7 +101,9 @@ pub struct Unfinished {
 
 struct Inner {
     inflight: HashMap<String, (State, Origin, bool)>,
-    recent: VecDeque<(String, CommandResult)>,
+    /// Read-only results, kept as their JSON text: a parsed result is a
+    /// tree of small allocations several times larger.
+    recent: VecDeque<(String, Box<str>)>,
 }
 
 pub struct Ledger {
@@ -193,8 +195,8 @@ impl Ledger {
         if let Some((state, _, _)) = inner.inflight.get(id.as_str()) {
             return Ok(Begin::InProgress(*state));
         }
-        if let Some((_, r)) = inner.recent.iter().find(|(k, _)| k == id.as_str()) {
-            return Ok(Begin::Done(Box::new(r.clone())));
+        if let Some(r) = recent(&inner, id) {
+            return Ok(Begin::Done(Box::new(r)));
         }
         let path = self.path(id.as_str());
         if path.exists() {
@@ -264,7 +266,10 @@ impl Ledger {
             if inner.recent.len() >= RECENT_CAPACITY {
                 inner.recent.pop_front();
             }
-            inner.recent.push_back((result.id.clone(), result.clone()));
+            let text = serde_json::to_string(result).unwrap_or_default();
+            inner
+                .recent
+                .push_back((result.id.clone(), text.into_boxed_str()));
             Ok(())
         };
         inner.inflight.remove(&result.id);
@@ -287,8 +292,8 @@ impl Ledger {
         if let Some((state, _, _)) = inner.inflight.get(id.as_str()) {
             return Some(Found::InProgress(*state));
         }
-        if let Some((_, r)) = inner.recent.iter().find(|(k, _)| k == id.as_str()) {
-            return Some(Found::Done(Box::new(r.clone())));
+        if let Some(r) = recent(&inner, id) {
+            return Some(Found::Done(Box::new(r)));
         }
         drop(inner);
         match read_record(&self.path(id.as_str())) {
@@ -373,6 +378,11 @@ impl Ledger {
         fsutil::write_atomic(path, &bytes, 0o600)
             .map_err(|e| StoreError::io("write a result record", path, e))
     }
+}
+
+fn recent(inner: &Inner, id: &CommandId) -> Option<CommandResult> {
+    let (_, text) = inner.recent.iter().find(|(k, _)| k == id.as_str())?;
+    serde_json::from_str(text).ok()
 }
 
 fn id_of(path: &Path) -> Option<String> {
