@@ -379,3 +379,34 @@ fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn debug_routes_only_when_enabled() {
+    let a = Agent::start("");
+    let (s, b) = a.get("/debug/threads");
+    assert_eq!(s, 404, "{b}");
+    assert!(b["error"]
+        .as_str()
+        .unwrap()
+        .contains("VENDETTA_DEBUG_PPROF"));
+    let a = Agent::start("debug_pprof: true\n");
+    let (s, b) = a.get("/debug/threads");
+    assert_eq!(s, 200, "{b}");
+    let names: Vec<&str> = b["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for t in ["worker-0", "api-0", "monitor", "signals"] {
+        assert!(names.contains(&t), "{t} missing from {names:?}");
+    }
+    let (s, b) = a.get("/debug/memory");
+    assert_eq!(s, 200);
+    assert!(b["VmRSS"].as_str().unwrap().ends_with("kB"), "{b}");
+    assert_eq!(
+        a.get_as("/debug/threads", None).0,
+        401,
+        "debug routes need the token"
+    );
+}
