@@ -76,6 +76,9 @@ pub struct CoordServer {
     pub url: String,
     shared: Arc<Shared>,
     listening: Option<Arc<AtomicBool>>,
+    /// Holds the port while nothing listens, so that a "down" server's
+    /// port cannot be taken by another test meanwhile.
+    held: Option<crate::util::HeldPort>,
 }
 
 fn route_of(method: &str, path: &str) -> &'static str {
@@ -94,7 +97,8 @@ fn route_of(method: &str, path: &str) -> &'static str {
 impl CoordServer {
     /// A server that does not listen yet (the agent finds it down).
     pub fn reserved() -> CoordServer {
-        let port = crate::util::free_port();
+        let held = crate::util::HeldPort::new();
+        let port = held.port;
         let inner = Inner {
             batch: 10,
             answer_extra: json!({}),
@@ -112,6 +116,7 @@ impl CoordServer {
             url: format!("http://127.0.0.1:{port}"),
             shared,
             listening: None,
+            held: Some(held),
         }
     }
 
@@ -123,6 +128,7 @@ impl CoordServer {
 
     /// Starts listening (again) on the same port.
     pub fn listen(&mut self) {
+        self.held = None;
         let listener =
             TcpListener::bind(("127.0.0.1", self.port)).expect("bind coordination test server");
         listener.set_nonblocking(true).unwrap();

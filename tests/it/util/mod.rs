@@ -56,6 +56,60 @@ impl Drop for TempDir {
     }
 }
 
+/// A loopback port held bound but not listening: connections to it are
+/// refused, and no one else can take it until it is dropped.
+pub struct HeldPort {
+    fd: i32,
+    pub port: u16,
+}
+
+impl HeldPort {
+    pub fn new() -> HeldPort {
+        // SAFETY: plain socket calls on a fd this struct owns; the
+        // sockaddr_in is zeroed and filled before use.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket");
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len),
+                0,
+                "bind"
+            );
+            let mut got: libc::sockaddr_in = std::mem::zeroed();
+            let mut got_len = len;
+            assert_eq!(
+                libc::getsockname(
+                    fd,
+                    (&mut got as *mut libc::sockaddr_in).cast(),
+                    &mut got_len
+                ),
+                0
+            );
+            HeldPort {
+                fd,
+                port: u16::from_be(got.sin_port),
+            }
+        }
+    }
+}
+
+impl Default for HeldPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HeldPort {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd this struct owns.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
