@@ -71,23 +71,44 @@ pub fn unblock_all(server: &tiny_http::Server) {
     }
 }
 
+fn has_body(request: &tiny_http::Request) -> bool {
+    request.body_length().is_some_and(|n| n > 0)
+        || request
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Transfer-Encoding"))
+}
+
+/// Answers one request. A panic while answering must not take the thread
+/// down (tiny_http itself can panic when a client vanishes mid-response).
+fn answer(shared: &Arc<Shared>, request: tiny_http::Request, shutdown: &Receiver<()>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        routes::handle(shared, request, shutdown)
+    }))
+    .is_err()
+    {
+        log::error!("a request handler panicked; the request was dropped, the API keeps serving");
+    }
+}
+
 fn serve(shared: &Arc<Shared>, server: &tiny_http::Server, shutdown: &Receiver<()>) {
     loop {
         match server.recv() {
-            Ok(request) => {
-                // A panic while answering one request must not take the
-                // thread down (tiny_http itself can panic when a client
-                // vanishes mid-response).
-                let shared = shared.clone();
-                let shutdown = shutdown.clone();
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    routes::handle(&shared, request, &shutdown)
-                }))
-                .is_err()
-                {
-                    log::error!("a request handler panicked; the request was dropped, the API keeps serving");
+            // A request with a body is read (and, if refused, its unread
+            // rest drained) on a thread of its own, so that a client
+            // trickling a body holds up no one else. There are at most as
+            // many as open connections (tiny_http patch: 256).
+            Ok(request) if has_body(&request) => {
+                let (shared, shutdown) = (shared.clone(), shutdown.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("api-body".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || answer(&shared, request, &shutdown));
+                if let Err(e) = spawned {
+                    log::warn!("cannot start a thread for a request: {e}; it is dropped");
                 }
             }
+            Ok(request) => answer(shared, request, shutdown),
             // Unblocked: the only wake-up without a request is shutdown.
             Err(_) if matches!(shutdown.try_recv(), Err(TryRecvError::Disconnected)) => return,
             Err(e) => log::debug!("API server woke without a request: {e}"),

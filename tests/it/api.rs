@@ -4,7 +4,7 @@ use crate::util::{next_id, wait_until, Agent, TOKEN};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn health_is_public_and_describes_providers() {
@@ -409,4 +409,75 @@ fn debug_routes_only_when_enabled() {
         401,
         "debug routes need the token"
     );
+}
+
+/// Unauthenticated abuse of the socket: an endless header line, requests
+/// that declare bodies they never send, and a flood of idle connections.
+/// The agent stays up, bounded in memory, and answers again afterwards.
+#[test]
+fn socket_abuse_is_bounded() {
+    let a = Agent::start("");
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", a.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .parse::<u64>()
+            .unwrap()
+    };
+    // 1. A header line that never ends.
+    let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /health HTTP/1.1\r\nX-Long: ");
+    let chunk = vec![b'a'; 64 * 1024];
+    for _ in 0..(128 * 16) {
+        if s.write_all(&chunk).is_err() {
+            break; // the agent closed the connection
+        }
+    }
+    drop(s);
+    assert!(
+        rss() < 64 * 1024,
+        "RSS {} kB after a 128 MiB header line",
+        rss()
+    );
+    // 2. Bodies declared and never sent do not hold up other requests.
+    let holders: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    assert!(a.is_alive());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "/health took {:?} behind stalled bodies",
+        t.elapsed()
+    );
+    drop(holders);
+    // 3. A flood of idle connections: beyond the cap they are closed, and
+    //    once they go the API answers again.
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", a.port)).ok())
+        .collect();
+    drop(flood);
+    let answers = || -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", a.port)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut head = [0u8; 12];
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .is_ok()
+            && std::io::Read::read_exact(&mut s, &mut head).is_ok()
+            && head.starts_with(b"HTTP/1.1 ")
+    };
+    assert!(wait_until(Duration::from_secs(10), answers));
+    assert_eq!(a.cmd("system", "status", json!({}))["status"], "success");
 }

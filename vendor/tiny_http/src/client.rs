@@ -12,6 +12,10 @@ use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
+/// vendetta patch: limits on a request head (see read_next_line).
+const MAX_LINE: usize = 16 * 1024;
+const MAX_HEADERS: usize = 100;
+
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
 pub struct ClientConnection {
@@ -98,6 +102,11 @@ impl ClientConnection {
             prev_byte_was_cr = byte == b'\r';
 
             buf.push(byte);
+            // vendetta patch: a line longer than this ends the connection;
+            // upstream let one endless header line grow memory without bound.
+            if buf.len() > MAX_LINE {
+                return Err(IoError::new(ErrorKind::InvalidData, "header line too long"));
+            }
         }
     }
 
@@ -123,6 +132,10 @@ impl ClientConnection {
                     if line.is_empty() {
                         break;
                     };
+                    // vendetta patch: a bounded number of headers.
+                    if headers.len() >= MAX_HEADERS {
+                        return Err(ReadError::WrongHeader(version));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,

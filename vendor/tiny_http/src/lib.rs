@@ -288,15 +288,30 @@ impl Server {
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // vendetta patch: connections open at once, each holding a
+            // thread; beyond MAX_CONNECTIONS a new one is closed at once, so
+            // a client opening connections cannot exhaust threads or fds.
+            const MAX_CONNECTIONS: usize = 256;
+            let open_connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        if open_connections.load(Relaxed) >= MAX_CONNECTIONS {
+                            log::warn!("{} connections open; closing a new one", MAX_CONNECTIONS);
+                            continue;
+                        }
                         sock.set_timeouts(std::time::Duration::from_secs(120));
                         let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                            // vendetta patch: splitting the socket dups its
+                            // fd and upstream panics when that fails (EMFILE),
+                            // which killed this thread; drop the connection.
+                            None => match std::panic::catch_unwind(move || RefinedTcpStream::new(sock)) {
+                                Ok(pair) => pair,
+                                Err(_) => continue,
+                            },
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
@@ -321,7 +336,18 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
+                        // Counted until the task (and with it the guard) is
+                        // dropped, whether it ran or could not be started.
+                        struct Open(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+                        impl Drop for Open {
+                            fn drop(&mut self) {
+                                self.0.fetch_sub(1, Relaxed);
+                            }
+                        }
+                        open_connections.fetch_add(1, Relaxed);
+                        let open = Open(open_connections.clone());
                         tasks_pool.spawn(Box::new(move || {
+                            let _open = &open;
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {

@@ -68,8 +68,10 @@ where
         // unread body through a fixed buffer. Upstream allocated a buffer of
         // the declared Content-Length here, so one request declaring a huge
         // length made the server allocate (or abort on) that much memory
-        // before any handler could refuse it. Draining also stops after ten
-        // seconds, so a client trickling a body cannot hold the thread.
+        // before any handler could refuse it. Draining stops after ten
+        // seconds (checked between reads) or at EOF; the agent drops
+        // requests that carry a body on a thread of their own, so a slow
+        // drain never holds up the threads that serve other requests.
         let mut buf = [0u8; 8192];
         let started = std::time::Instant::now();
 

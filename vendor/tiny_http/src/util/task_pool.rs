@@ -80,7 +80,10 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // vendetta patch: a failed spawn (EAGAIN at the thread limit) drops
+        // the task, and so its connection, instead of panicking here while
+        // the caller holds the `todo` lock (which poisoned it for good).
+        let spawned = thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -124,6 +127,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a connection thread: {}", e);
+        }
     }
 }
 
