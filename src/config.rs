@@ -160,6 +160,17 @@ pub struct Coordination {
         serialize_with = "duration::serialize_config"
     )]
     pub max_heartbeat_interval: Duration,
+    /// Bounds for a poll wait the server asks for.
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub min_poll_wait: Duration,
+    #[serde(
+        deserialize_with = "duration::deserialize_config",
+        serialize_with = "duration::serialize_config"
+    )]
+    pub max_poll_wait: Duration,
 }
 
 impl Default for Coordination {
@@ -169,6 +180,8 @@ impl Default for Coordination {
             unregister_on_stop: true,
             min_heartbeat_interval: Duration::from_secs(5),
             max_heartbeat_interval: Duration::from_secs(600),
+            min_poll_wait: Duration::from_secs(1),
+            max_poll_wait: Duration::from_secs(300),
         }
     }
 }
@@ -748,6 +761,21 @@ impl Config {
                     format!("{u:?} is not an http:// or https:// URL"),
                 ));
             }
+            let authority = u
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if authority.contains('@') {
+                // It would show in /health and in logs; the token has its own key.
+                return Err(bad(
+                    "coordination_url",
+                    "must not carry credentials (user:password@); put the token in auth_token"
+                        .into(),
+                ));
+            }
         }
         self.listen_addr().map_err(|m| bad("listen", m))?;
         if self.workers == 0 || self.workers > 256 {
@@ -798,6 +826,12 @@ impl Config {
             return Err(bad(
                 "coordination.min_heartbeat_interval",
                 "must not exceed max_heartbeat_interval".into(),
+            ));
+        }
+        if self.coordination.min_poll_wait > self.coordination.max_poll_wait {
+            return Err(bad(
+                "coordination.min_poll_wait",
+                "must not exceed max_poll_wait".into(),
             ));
         }
         if self.providers.is_empty() {
@@ -1158,6 +1192,13 @@ log_level: "info"
         assert!(parse("a.yaml", "allowed_commands: [\"session.nuke\"]\n").is_err());
         assert!(parse("a.yaml", "allowed_ips: [\"10.0.0.0/33\"]\n").is_err());
         assert!(parse("a.yaml", "coordination_url: ftp://x\n").is_err());
+        let e = parse("a.yaml", "coordination_url: https://bob:pw@coord:3001/x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("credentials") && !e.contains("coordination_url: https"),
+            "{e}"
+        );
         assert!(parse("a.yaml", "node_id: ../bad\n")
             .unwrap_err()
             .to_string()

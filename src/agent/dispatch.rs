@@ -33,7 +33,7 @@ pub fn execute(shared: &Shared, cmd: &Command, sink: &mut dyn OutputSink) -> Com
             )
         }
     };
-    let timeout = effective_timeout(shared, cmd, request);
+    let timeout = effective_timeout(shared, cmd);
     let outcome: Result<Value, Failure> = match request {
         Request::SystemStatus => Ok(status::status(shared)),
         Request::SystemInfo => Ok(status::info(shared)),
@@ -109,12 +109,8 @@ fn failure_for(e: ProviderError) -> Failure {
 
 /// The command's own timeout (or the exec param's), else `command_timeout`,
 /// capped by `max_command_timeout`.
-fn effective_timeout(shared: &Shared, cmd: &Command, request: &Request) -> Duration {
-    let asked = match request {
-        Request::SessionExec(p) => p.timeout.or(cmd.timeout),
-        _ => cmd.timeout,
-    };
-    asked
+fn effective_timeout(shared: &Shared, cmd: &Command) -> Duration {
+    cmd.timeout_asked()
         .unwrap_or(shared.config.command_timeout)
         .min(shared.config.timeout_cap())
 }

@@ -179,15 +179,19 @@ impl Shared {
         }
     }
 
-    /// Records a finished command: spool (for the server), ledger, metrics,
-    /// event. The spool is written first so that a crash in between leaves
-    /// the real result to be found at restart.
+    /// Records a finished command: ledger, spool (for the server), metrics,
+    /// event.
     pub fn complete(&self, command: &Command, origin: Origin, result: &CommandResult) {
-        if origin == Origin::Coordination {
-            self.deliver_to_server(result);
-        }
+        // The ledger first: were the result delivered and unspooled before
+        // the ledger knew it, a crash then would report the command as
+        // interrupted after its real result. A crash between the two is
+        // harmless: the server sends the command again and gets the stored
+        // result.
         if let Err(e) = self.ledger.finish(result) {
             log::error!(command_id = result.id.as_str(); "cannot store result: {e}");
+        }
+        if origin == Origin::Coordination {
+            self.deliver_to_server(result);
         }
         self.metrics.commands_executed.inc(&[
             &command.kind,
@@ -251,6 +255,19 @@ pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
                     )
                 }
             };
+            shared.complete(&command, u.origin, &result);
+            continue;
+        }
+        if !shared.config.command_allowed(&command.name()) {
+            // The config changed meanwhile: the policy of this start applies.
+            let result = CommandResult::failure(
+                &command,
+                &shared.node_id,
+                SystemTime::now(),
+                Status::Rejected,
+                codes::REJECTED,
+                format!("{} is not in allowed_commands on this node", command.name()),
+            );
             shared.complete(&command, u.origin, &result);
             continue;
         }

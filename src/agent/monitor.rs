@@ -86,7 +86,7 @@ fn publish(shared: &Shared, change: Change) {
 }
 
 fn prune(shared: &Shared) {
-    let removed = shared.ledger.prune();
+    let removed = shared.ledger.prune(|id| shared.spool.contains(id));
     if removed > 0 {
         log::info!(removed = removed; "pruned old stored results");
     }

@@ -56,6 +56,9 @@ pub fn run_job(shared: &Shared, job: Job) {
     let result = match shared.ledger.mark_running(&cmd.id, &cmd.echo) {
         Err(e) => {
             log::error!(command_id = id; "cannot journal the command before running it: {e}");
+            // It does not run, so its "queued" record must not run it at
+            // the next start either.
+            shared.ledger.forget(&cmd.id);
             CommandResult::failure(
                 cmd,
                 &shared.node_id,

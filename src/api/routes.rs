@@ -320,7 +320,7 @@ fn post_command(shared: &Shared, body: &[u8], mode: Mode) -> Outcome {
     };
     let id = command.id.clone();
     let timeout = command
-        .timeout
+        .timeout_asked()
         .unwrap_or(shared.config.command_timeout)
         .min(shared.config.timeout_cap());
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(64);

@@ -226,7 +226,7 @@ impl Link {
             }
         }
         if let Some(d) = obj.get("poll_wait").and_then(parse) {
-            let d = d.clamp(Duration::from_secs(1), Duration::from_secs(300));
+            let d = d.clamp(cfg.min_poll_wait, cfg.max_poll_wait);
             self.poll_wait_ms
                 .store(d.as_millis() as u64, Ordering::Relaxed);
         }

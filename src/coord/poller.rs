@@ -16,6 +16,9 @@ use crossbeam_channel::Receiver;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// The least time between two fetches that brought nothing new.
+const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
+
 /// How often a poller holding fetched commands looks for room in the queue.
 const ROOM_POLL: Duration = Duration::from_millis(10);
 
@@ -63,16 +66,24 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
                 link.up();
                 let result = if reply.status == 204 { "empty" } else { "ok" };
                 shared.metrics.poll_duration.observe(&[result], took);
+                let mut new = 0;
                 if reply.status != 204 {
                     match reply.json() {
-                        Some(batch) => {
-                            if !handle_batch(link, batch, shutdown) {
-                                return;
-                            }
-                        }
+                        Some(batch) => match handle_batch(link, batch, shutdown) {
+                            Some(n) => new = n,
+                            None => return,
+                        },
                         None => log::warn!(
                             "the server sent a command batch that is not JSON; skipping it"
                         ),
+                    }
+                }
+                // A server that answers at once with nothing new (it need
+                // not hold the poll) is asked at most once per MIN_FETCH_GAP.
+                if new == 0 && took < MIN_FETCH_GAP {
+                    let pause = MIN_FETCH_GAP - took + crate::util::jitter(MIN_FETCH_GAP / 10);
+                    if !sleep(shutdown, pause) {
+                        return;
                     }
                 }
             }
@@ -97,26 +108,28 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
 }
 
 /// Submits each command of `{"commands": [...]}` (a bare array is taken
-/// too), waiting for room in the queue before each one. A command without a
-/// usable id cannot be answered and is skipped with a log line; one with
-/// wrong fields gets a failed result. False if shutdown came while waiting
-/// (the server sends what was not queued again).
-fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> bool {
+/// too), waiting for room in the queue before each one. A command without
+/// a usable id cannot be answered and is skipped with a log line; one with
+/// wrong fields gets a failed result. Returns how many were new (queued,
+/// or answered at once), or None if shutdown came while waiting (the
+/// server sends what was not queued again).
+fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> Option<usize> {
     let shared = &link.shared;
+    let mut new = 0;
     let items = match batch {
-        Value::Null => return true,
+        Value::Null => return Some(0),
         Value::Array(items) => items,
         Value::Object(mut obj) => match obj.remove("commands") {
             Some(Value::Array(items)) => items,
-            Some(Value::Null) | None => return true,
+            Some(Value::Null) | None => return Some(0),
             Some(_) => {
                 log::warn!("the server's batch has a `commands` that is not a list; skipping it");
-                return true;
+                return Some(0);
             }
         },
         _ => {
             log::warn!("the server's batch is neither an object nor a list; skipping it");
-            return true;
+            return Some(0);
         }
     };
     let total = items.len();
@@ -127,7 +140,7 @@ fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> bool {
                     "stopping with {} fetched commands not queued; the server will send them again",
                     total - i
                 );
-                return false;
+                return None;
             }
         }
         let command = match crate::protocol::command::from_value(item) {
@@ -140,12 +153,13 @@ fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> bool {
         let id = command.id.clone();
         match shared.submit(command, Origin::Coordination, false) {
             Submitted::Queued(_) => {
+                new += 1;
                 log::debug!(command_id = id.as_str(); "command from the server queued")
             }
             Submitted::Done { replayed: true, .. } => {
                 log::info!(command_id = id.as_str(); "the server re-sent a finished command; sending its stored result again")
             }
-            Submitted::Done { .. } => {}
+            Submitted::Done { .. } => new += 1,
             Submitted::InProgress(_) => {
                 log::debug!(command_id = id.as_str(); "the server re-sent a command that is still running")
             }
@@ -157,5 +171,5 @@ fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> bool {
             }
         }
     }
-    true
+    Some(new)
 }

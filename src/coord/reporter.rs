@@ -53,7 +53,8 @@ pub enum Round {
 pub fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Instant) -> Round {
     let shared = &link.shared;
     let max_retries = shared.config.retry_policy.max_retries;
-    for id in shared.spool.ids() {
+    let mut outcome = Round::Done;
+    'results: for id in shared.spool.ids() {
         let Some(result) = shared.spool.read(&id) else {
             continue;
         };
@@ -102,7 +103,14 @@ pub fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Instant) ->
                         attempt += 1;
                         if attempt > max_retries {
                             log::info!(command_id = id.as_str(); "result not delivered after {attempt} attempts ({e}); it stays in the spool for the next round");
-                            return Round::Failed;
+                            if e.status().is_none() {
+                                // The server cannot be reached: the others would fail too.
+                                return Round::Failed;
+                            }
+                            // The server answers but not for this one: the
+                            // results behind it must not wait for it.
+                            outcome = Round::Failed;
+                            continue 'results;
                         }
                         let delay = backoff
                             .next_delay()
@@ -122,5 +130,5 @@ pub fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Instant) ->
             }
         }
     }
-    Round::Done
+    outcome
 }

@@ -333,6 +333,15 @@ impl Command {
     pub fn read_only(&self) -> bool {
         matches!(&self.request, Ok(r) if r.read_only())
     }
+
+    /// The timeout the command asks for: an exec's own `params.timeout`,
+    /// else the command's `timeout`.
+    pub fn timeout_asked(&self) -> Option<Duration> {
+        match &self.request {
+            Ok(Request::SessionExec(p)) => p.timeout.or(self.timeout),
+            _ => self.timeout,
+        }
+    }
 }
 
 /// Parses a command from a request or batch body.

@@ -47,7 +47,9 @@ pub struct CommandResult {
     /// For old servers: exec stdout, or the JSON text of `data`.
     #[serde(default)]
     pub output: String,
-    #[serde(default, skip_serializing_if = "Value::is_null")]
+    /// Always present (null when a command has no data), as the contract
+    /// lists it on every result.
+    #[serde(default)]
     pub data: Value,
     #[serde(default)]
     pub error: String,

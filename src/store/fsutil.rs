@@ -55,7 +55,7 @@ pub fn move_aside(path: &Path, corrupt_dir: &Path) -> io::Result<PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let dest = corrupt_dir.join(format!("{name}.{stamp}"));
+    let dest = corrupt_dir.join(format!("{name}.{stamp}.{}", crate::util::random_hex(2)));
     fs::rename(path, &dest)?;
     Ok(dest)
 }

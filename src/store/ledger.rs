@@ -133,6 +133,12 @@ impl Ledger {
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(id) = id_of(&path) else { continue };
+            // Done records (nearly all) are not parsed at start: they can
+            // hold megabytes of output each. A damaged one is found and
+            // moved aside when it is looked up.
+            if is_done(&path) {
+                continue;
+            }
             match read_record(&path) {
                 Ok(r) if r.state == State::Done => {}
                 Ok(r) => unfinished.push(Unfinished {
@@ -263,6 +269,13 @@ impl Ledger {
                 Some(result),
             )
         } else {
+            Ok(())
+        };
+        // Read-only results live in memory; so does a durable one whose
+        // write failed (disk full), so that this run still answers with it.
+        // Its record on disk stays "running": after a restart the command
+        // is reported as interrupted, never run again.
+        if !durable || outcome.is_err() {
             if inner.recent.len() >= RECENT_CAPACITY {
                 inner.recent.pop_front();
             }
@@ -270,8 +283,7 @@ impl Ledger {
             inner
                 .recent
                 .push_back((result.id.clone(), text.into_boxed_str()));
-            Ok(())
-        };
+        }
         inner.inflight.remove(&result.id);
         outcome
     }
@@ -322,7 +334,9 @@ impl Ledger {
     }
 
     /// Deletes done records past the retention limits. Returns how many.
-    pub fn prune(&self) -> usize {
+    /// `keep` names ids whose record must stay whatever its age (results
+    /// still waiting in the spool: their command may be sent again).
+    pub fn prune(&self, keep: impl Fn(&str) -> bool) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
@@ -331,7 +345,7 @@ impl Ledger {
         for e in entries.flatten() {
             let path = e.path();
             let Some(id) = id_of(&path) else { continue };
-            if inflight.contains(&id) {
+            if inflight.contains(&id) || keep(&id) {
                 continue;
             }
             let mtime = e
@@ -378,6 +392,18 @@ impl Ledger {
         fsutil::write_atomic(path, &bytes, 0o600)
             .map_err(|e| StoreError::io("write a result record", path, e))
     }
+}
+
+/// Whether a record says `"state":"done"`, read from its first bytes only
+/// (serde writes `state` first).
+fn is_done(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let n = f.read(&mut head).unwrap_or(0);
+    head[..n].starts_with(br#"{"state":"done""#)
 }
 
 fn recent(inner: &Inner, id: &CommandId) -> Option<CommandResult> {
@@ -515,7 +541,13 @@ mod tests {
         }
         let keep = CommandId::parse("still-running").unwrap();
         l.begin(&keep, Origin::Api, &json!({}), true).unwrap();
-        assert_eq!(l.prune(), 2);
+        assert_eq!(l.prune(|id| id == "d0"), 1, "d0 is still spooled: kept");
+        assert!(l.lookup(&CommandId::parse("d0").unwrap()).is_some());
+        assert_eq!(
+            l.prune(|_| false),
+            1,
+            "once it left the spool, the oldest goes"
+        );
         assert!(l.lookup(&keep).is_some());
         assert_eq!(std::fs::read_dir(dir.join("results")).unwrap().count(), 4);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -13,6 +13,8 @@ pub struct Spool {
     dir: PathBuf,
     corrupt: PathBuf,
     pending: AtomicUsize,
+    /// Serializes put and remove, so that `pending` counts each file once.
+    lock: std::sync::Mutex<()>,
 }
 
 impl Spool {
@@ -25,6 +27,7 @@ impl Spool {
             dir,
             corrupt: cache_dir.join("corrupt"),
             pending: AtomicUsize::new(0),
+            lock: std::sync::Mutex::new(()),
         };
         let n = spool.ids().len();
         spool.pending.store(n, Ordering::Relaxed);
@@ -37,6 +40,7 @@ impl Spool {
 
     pub fn put(&self, result: &CommandResult) -> Result<(), StoreError> {
         let path = self.path(&result.id);
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let existed = path.exists();
         let bytes = serde_json::to_vec(result).map_err(|e| StoreError::Invalid {
             what: "spooled result",
@@ -52,6 +56,7 @@ impl Spool {
 
     /// Removes an acknowledged (or deliberately dropped) result.
     pub fn remove(&self, id: &str) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if std::fs::remove_file(self.path(id)).is_ok() {
             let _ = self
                 .pending

@@ -558,3 +558,66 @@ fn link_metrics_are_exported() {
             && m.contains("vendetta_link_connected 1")
     }));
 }
+
+#[test]
+fn a_result_the_server_keeps_refusing_does_not_hold_up_the_others() {
+    let server = CoordServer::start();
+    let a = Agent::start(&link_yaml(&server, ""));
+    let node = registered(&server);
+    let (stuck, fine) = (
+        format!("stuck-{}", next_id()),
+        format!("fine-{}", next_id()),
+    );
+    server.lock().refuse_results_for.push(stuck.clone());
+    server.queue(&node, destroy_cmd(&stuck));
+    assert!(
+        wait_until(Duration::from_secs(10), || server.count("result") >= 2),
+        "{}",
+        a.log()
+    );
+    server.queue(&node, destroy_cmd(&fine));
+    assert!(
+        wait_until(Duration::from_secs(15), || !server
+            .results_for(&fine)
+            .is_empty()),
+        "{}",
+        a.log()
+    );
+    assert!(server.results_for(&stuck).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(5), || a.get_as("/health", None).1
+            ["pending_results"]
+            == 1),
+        "the refused one stays spooled, the other leaves: {}",
+        a.get_as("/health", None).1
+    );
+}
+
+#[test]
+fn a_server_that_answers_polls_at_once_is_not_hammered() {
+    let server = CoordServer::start();
+    server.lock().max_hold = Some(Duration::ZERO);
+    let a = Agent::start(&link_yaml(&server, ""));
+    registered(&server);
+    let before = server.count("fetch");
+    std::thread::sleep(Duration::from_secs(3));
+    let fetches = server.count("fetch") - before;
+    assert!(
+        fetches <= 4,
+        "{fetches} fetches in 3 s from a server that never holds the poll"
+    );
+    // Work still flows at once.
+    let node = server.node_id().unwrap();
+    let id = format!("now-{}", next_id());
+    server.queue(
+        &node,
+        json!({"id": id, "type": "system", "action": "status"}),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !server
+            .results_for(&id)
+            .is_empty()),
+        "{}",
+        a.log()
+    );
+}

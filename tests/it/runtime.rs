@@ -161,3 +161,79 @@ fn text_logs_carry_key_values() {
     );
     assert!(a.log().contains("INFO"));
 }
+
+/// A tmpfs mounted for one test (root only), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `dir` but for one page.
+fn fill_but_a_page(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let page = [0u8; 4096];
+    while f.write_all(&page).is_ok() {}
+    let _ = f.sync_all();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(4096)).unwrap();
+    filler
+}
+
+#[test]
+fn a_full_disk_never_makes_a_command_run_later() {
+    let mut a = Agent::configure("full", "");
+    let Some(disk) = SmallDisk::mount(&a.cache(), "512k") else {
+        eprintln!("SKIPPED runtime::a_full_disk_never_makes_a_command_run_later: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    a.spawn();
+    a.wait_ready();
+    a.cmd("system", "status", json!({}));
+    let filler = fill_but_a_page(&disk.0);
+    let id = format!("full-{}", next_id());
+    let body =
+        json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "s"}})
+            .to_string();
+    let (s, r) = a.post(&body);
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("not run"), "{r}");
+    assert_eq!(
+        a.get(&format!("/api/v1/commands/{id}")).1["status"],
+        "failed",
+        "this run remembers it"
+    );
+    std::fs::remove_file(filler).unwrap();
+    a.stop();
+    a.restart();
+    // It did not run, and it does not run now that there is room.
+    assert!(
+        !a.log()
+            .contains("running a command accepted before the restart"),
+        "{}",
+        a.log()
+    );
+    let (s, _) = a.get(&format!("/api/v1/commands/{id}"));
+    assert_eq!(s, 404, "nothing recorded that could run it");
+    assert!(a.is_alive());
+}

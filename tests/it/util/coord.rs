@@ -60,6 +60,8 @@ pub struct Inner {
     /// (delivery is at-least-once).
     pub inflight: Vec<(String, Value, Instant)>,
     pub redeliver_after: Option<Duration>,
+    /// Result POSTs for these ids always get a 500.
+    pub refuse_results_for: Vec<String>,
     generation: u64,
 }
 
@@ -444,6 +446,13 @@ fn handle(
                     .unwrap()
                     .0;
             }
+        }
+        "result"
+            if g.refuse_results_for
+                .iter()
+                .any(|id| body["id"] == id.as_str()) =>
+        {
+            json_answer(500, &json!({"error": "not this one"}))
         }
         "result" => {
             let id = body["id"].clone();

@@ -57,23 +57,21 @@ impl TaskPool {
             }),
         };
 
-        for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
-        }
-
         pool
     }
 
-    /// Executes a function in a thread.
-    /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
-        let mut queue = self.sharing.todo.lock().unwrap();
-
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
-            self.add_thread(Some(code));
-        } else {
-            queue.push_back(code);
-            self.sharing.condvar.notify_one();
+    /// Executes a function in a thread of its own.
+    ///
+    /// vendetta patch: upstream handed a task to an idle pool thread when
+    /// its count of waiting threads was above zero, but a woken thread
+    /// stays counted until it runs; in a burst of connections a task could
+    /// be queued with no thread to take it, and wait until some other
+    /// connection closed (minutes, with keep-alive). The server runs one
+    /// task per connection, and their number is capped, so a thread per
+    /// task is simple and enough.
+    pub fn spawn(&self, mut code: Box<dyn FnMut() + Send>) {
+        if let Err(e) = thread::Builder::new().spawn(move || code()) {
+            log::warn!("cannot start a connection thread: {}", e);
         }
     }
 
