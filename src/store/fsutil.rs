@@ -8,27 +8,56 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    stage(path, bytes, mode)?.commit()?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// A temp file written and fsynced, not yet renamed into place. Staging is
+/// the slow part of a write; a caller that must serialize the rename with
+/// other changes can hold its lock for `commit` alone.
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", crate::util::random_hex(4)));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let staged = Staged {
+        tmp: dir.join(format!(".{name}.tmp-{}", crate::util::random_hex(4))),
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&staged.tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Renames the file into place. It survives a power cut only after the
+    /// directory is synced too (`sync_dir`).
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        Ok(())
     }
-    result
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -87,6 +116,24 @@ mod tests {
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp files left");
         let moved = move_aside(&p, &dir.join("corrupt")).unwrap();
         assert!(moved.exists() && !p.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn staged_file_is_invisible_until_commit_and_gone_if_dropped() {
+        let dir =
+            std::env::temp_dir().join(format!("vendetta-fsutil-{}", crate::util::random_hex(4)));
+        ensure_dir(&dir).unwrap();
+        let p = dir.join("f.json");
+        let dropped = stage(&p, b"never", 0o600).unwrap();
+        assert!(!p.exists());
+        drop(dropped);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "temp file removed");
+        let kept = stage(&p, b"kept", 0o600).unwrap();
+        assert!(!p.exists(), "not in place before commit");
+        kept.commit().unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"kept");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp files left");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

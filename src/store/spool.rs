@@ -40,18 +40,24 @@ impl Spool {
 
     pub fn put(&self, result: &CommandResult) -> Result<(), StoreError> {
         let path = self.path(&result.id);
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let existed = path.exists();
         let bytes = serde_json::to_vec(result).map_err(|e| StoreError::Invalid {
             what: "spooled result",
             message: e.to_string(),
         })?;
-        fsutil::write_atomic(&path, &bytes, 0o600)
-            .map_err(|e| StoreError::io("spool a result", &path, e))?;
-        if !existed {
-            self.pending.fetch_add(1, Ordering::Relaxed);
+        let failed = |e| StoreError::io("spool a result", &path, e);
+        // The fsync happens outside the lock: workers finishing at once
+        // must not queue behind each other's disk writes (nor the reporter
+        // behind them).
+        let staged = fsutil::stage(&path, &bytes, 0o600).map_err(failed)?;
+        {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let existed = path.exists();
+            staged.commit().map_err(failed)?;
+            if !existed {
+                self.pending.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        Ok(())
+        fsutil::sync_dir(&self.dir).map_err(failed)
     }
 
     /// Removes an acknowledged (or deliberately dropped) result.
@@ -145,6 +151,39 @@ mod tests {
         assert!(s.read("c2").is_none());
         s.remove("c1");
         assert_eq!(s.pending(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_puts_and_removes_count_each_file_once() {
+        let dir =
+            std::env::temp_dir().join(format!("vendetta-spool-{}", crate::util::random_hex(4)));
+        let s = Spool::open(&dir).unwrap();
+        let result = |id: String| {
+            CommandResult::new(
+                &id,
+                &serde_json::json!({}),
+                "n",
+                Status::Success,
+                SystemTime::now(),
+            )
+        };
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (s, result) = (&s, &result);
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        // Each id twice (a replay), from two threads at once.
+                        let r = result(format!("c{}", (t / 2) * 100 + i));
+                        s.put(&r).unwrap();
+                        if i % 5 == 0 {
+                            s.remove(&r.id);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(s.pending(), s.ids().len(), "the count matches the files");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
