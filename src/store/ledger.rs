@@ -222,12 +222,18 @@ impl Ledger {
                 }
             }
         }
-        if durable {
-            self.write(&path, State::Queued, origin, command, None)?;
-        }
         inner
             .inflight
             .insert(id.as_str().to_string(), (State::Queued, origin, durable));
+        if durable {
+            // The in-flight entry claims the id, so the write (an fsync) can
+            // happen without holding up every other lookup.
+            drop(inner);
+            if let Err(e) = self.write(&path, State::Queued, origin, command, None) {
+                self.lock().inflight.remove(id.as_str());
+                return Err(e);
+            }
+        }
         Ok(Begin::New)
     }
 
@@ -255,11 +261,12 @@ impl Ledger {
 
     /// Stores the result and ends the command's in-flight state.
     pub fn finish(&self, result: &CommandResult) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let (origin, durable) = match inner.inflight.get(&result.id) {
+        let (origin, durable) = match self.lock().inflight.get(&result.id) {
             Some((_, o, d)) => (*o, *d),
             None => (Origin::Api, false),
         };
+        // Written while the command is still in flight (lookups see it
+        // running until its result is on disk), outside the lock.
         let outcome = if durable {
             self.write(
                 &self.path(&result.id),
@@ -271,6 +278,7 @@ impl Ledger {
         } else {
             Ok(())
         };
+        let mut inner = self.lock();
         // Read-only results live in memory; so does a durable one whose
         // write failed (disk full), so that this run still answers with it.
         // Its record on disk stays "running": after a restart the command
