@@ -305,9 +305,14 @@ fn exec(
         }
         Err(f) => return CommandResult::failure(cmd, node, started, f.status, f.code, f.message),
     };
+    let mut env = p.env.clone();
+    env.insert(
+        crate::providers::COMMAND_ID_ENV.to_string(),
+        cmd.id.to_string(),
+    );
     let spec = ExecSpec {
         argv: p.argv(),
-        env: p.env.clone(),
+        env,
         workdir: p.workdir.clone(),
         user: p.user.clone(),
         stdin: p.stdin.as_ref().map(|s| s.as_bytes().to_vec()),

@@ -4,6 +4,7 @@
 //! 429, the poller leaves the command for the server to re-send).
 
 use super::Shared;
+use crate::protocol::command::Request;
 use crate::protocol::{codes, Command, CommandResult, Status};
 use crate::providers::output::Chunk;
 use crate::store::ledger::{Begin, Origin, State, Unfinished};
@@ -219,6 +220,36 @@ impl Shared {
     }
 }
 
+/// Stops what an interrupted exec left running in its session, so that
+/// the server can safely run the command again. Returns a clause for the
+/// failed result's message.
+fn reap_interrupted(shared: &Shared, command: &Command) -> String {
+    let Ok(Request::SessionExec(p)) = &command.request else {
+        return String::new();
+    };
+    let mut reaped = 0;
+    for provider in shared.registry.all() {
+        match provider.reap_interrupted(&p.session_id, command.id.as_str()) {
+            Ok(n) => reaped += n,
+            Err(e) => {
+                log::warn!(command_id = command.id.as_str(), session_id = p.session_id.as_str(); "cannot look for processes the interrupted exec left running: {e}");
+                return format!(
+                    "; its process may still be running in session {} (could not check: {e})",
+                    p.session_id
+                );
+            }
+        }
+    }
+    if reaped > 0 {
+        format!(
+            "; its process was still running in session {} and has been killed",
+            p.session_id
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// Handles commands found unfinished in the ledger at start. Queued ones
 /// never started, so they run now. Running ones were interrupted: they are
 /// reported as failed, never run twice, unless their result reached the
@@ -251,7 +282,10 @@ pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
                         SystemTime::now(),
                         Status::Failed,
                         codes::RESTARTED,
-                        "agent restarted during execution; the command may have partly run and was not run again".into(),
+                        format!(
+                            "agent restarted during execution; the command may have partly run and was not run again{}",
+                            reap_interrupted(shared, &command)
+                        ),
                     )
                 }
             };

@@ -719,6 +719,13 @@ impl Provider for DockerProvider {
         Ok(self.list_inner()?)
     }
 
+    fn reap_interrupted(&self, id: &SessionId, command_id: &str) -> Result<usize, ProviderError> {
+        match self.resolve(id)? {
+            Some(cid) => Ok(exec::reap(&self.engine, &cid, command_id)?),
+            None => Ok(0),
+        }
+    }
+
     fn service_health(&self, session: &Session) -> ServiceHealth {
         self.service_health_inner(session)
             .unwrap_or_else(|e| ServiceHealth {

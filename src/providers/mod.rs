@@ -91,6 +91,10 @@ pub struct SessionSpec {
     pub timeout: Duration,
 }
 
+/// Set in every exec'd process's environment to the command's id, so that
+/// the process can be found again after an agent crash.
+pub const COMMAND_ID_ENV: &str = "VENDETTA_COMMAND_ID";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecSpec {
     pub argv: Vec<String>,
@@ -217,6 +221,14 @@ pub trait Provider: Send + Sync {
 
     /// Every session this provider manages for this node.
     fn list(&self) -> Result<Vec<Session>, ProviderError>;
+
+    /// Kills what an exec left running when the agent died during it: the
+    /// processes tagged with `command_id` (see [`COMMAND_ID_ENV`]). Returns
+    /// how many exec'd processes it stopped. Providers whose execs die with
+    /// the agent, or that cannot find them, keep the default.
+    fn reap_interrupted(&self, _id: &SessionId, _command_id: &str) -> Result<usize, ProviderError> {
+        Ok(0)
+    }
 
     /// Health of a session's published services. The default probes each
     /// published port over TCP on loopback.

@@ -607,13 +607,48 @@ fn agent_crash_mid_exec_readopts_sessions_and_reports_the_command() {
         "sleep", &marker
     ])
     .is_empty()));
+    // An exec someone else started in the same container (`docker exec -d`):
+    // not the agent's, so it must survive the clean-up after the restart.
+    let foreign = (marker.parse::<u32>().unwrap() + 1).to_string();
+    let (s, made) = engine(
+        "POST",
+        &format!("/containers/vendetta-{s1}/exec"),
+        Some(&json!({"Cmd": ["sleep", foreign]})),
+    );
+    assert_eq!(s, 201, "{made}");
+    let (s, _) = engine(
+        "POST",
+        &format!("/exec/{}/start", made["Id"].as_str().unwrap()),
+        Some(&json!({"Detach": true})),
+    );
+    assert_eq!(s, 200);
+    assert!(wait_until(Duration::from_secs(5), || !host_pids(&[
+        "sleep", &foreign
+    ])
+    .is_empty()));
     a.kill9();
+    assert!(
+        !host_pids(&["sleep", &marker]).is_empty(),
+        "the engine keeps an exec running when its client dies"
+    );
     a.restart();
 
     let (s, r) = a.get(&format!("/api/v1/commands/{cmd_id}"));
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["code"], "agent_restarted", "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("has been killed"),
+        "{r}"
+    );
+    // The interrupted exec is gone, so the server may run it again safely;
+    // the foreign one is untouched.
+    assert!(
+        wait_until(Duration::from_secs(5), || host_pids(&["sleep", &marker])
+            .is_empty()),
+        "the exec the crash left behind still runs"
+    );
+    assert!(!host_pids(&["sleep", &foreign]).is_empty());
 
     // The table is rebuilt from the engine: same node, same sessions.
     assert_eq!(

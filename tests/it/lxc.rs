@@ -429,6 +429,9 @@ fn exec_codes_streams_stdin_cap_and_timeout() {
         env.contains("ONLY=this one\n") && env.contains("MULTI=a\nb\n"),
         "{env}"
     );
+    let tag = format!("VENDETTA_COMMAND_ID={}\n", r["id"].as_str().unwrap());
+    assert!(env.contains(&tag), "the agent's tag is set: {env}");
+    let env = env.replace(&tag, "");
     assert!(
         !env.contains("VENDETTA") && !env.contains("CARGO") && !env.contains("HOME=/root"),
         "host env leaked: {env}"

@@ -249,6 +249,41 @@ fn kill_exec(engine: &Engine, exec_id: &str, container: &str) -> Result<(), Dock
     Ok(())
 }
 
+/// Kills the exec'd processes in `container` that carry `command_id` in
+/// their environment (an exec the agent started and lost in a crash), with
+/// their trees. Execs that others started (`docker exec` by a person) carry
+/// no tag and are left alone. Returns how many execs it stopped.
+pub fn reap(engine: &Engine, container: &str, command_id: &str) -> Result<usize, DockerError> {
+    let c = engine.get_json(&format!("/containers/{container}/json"))?;
+    let tag = format!("{}={command_id}", crate::providers::COMMAND_ID_ENV);
+    let mut reaped = 0;
+    let exec_ids = c["ExecIDs"].as_array().cloned().unwrap_or_default();
+    for exec_id in exec_ids
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|s| is_hex_id(s))
+    {
+        let v = inspect(engine, exec_id)?;
+        let Some(pid) = v["Pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
+            continue;
+        };
+        if v["Running"] != true || pid == 0 || !environ_has(pid, &tag) {
+            continue;
+        }
+        let killed =
+            kill_tree(pid, container).map_err(|detail| DockerError::KillFailed { pid, detail })?;
+        log::info!(command_id = command_id, pid = pid, killed = killed; "stopped an exec left running by the agent's restart");
+        reaped += 1;
+    }
+    Ok(reaped)
+}
+
+/// Whether `/proc/{pid}/environ` holds exactly the entry `entry`.
+fn environ_has(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+}
+
 /// One process as /proc shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Proc {
