@@ -33,6 +33,7 @@
 //! `lxc-attach: NAME: …` lines on stderr) become provider errors instead.
 
 use super::process::{self, Outcome, ProcessError};
+use super::proctree;
 use super::{
     probe, ExecOutput, ExecSpec, Health, OutputSink, Provider, ProviderError, Session, SessionSpec,
     SessionStatus,
@@ -1568,6 +1569,28 @@ impl Provider for LxcProvider {
 
     fn list(&self) -> Result<Vec<Session>, ProviderError> {
         Ok(self.do_list()?)
+    }
+
+    /// What `lxc-attach` started lives on in the container when the agent
+    /// (and lxc-attach with it, or not) dies: found by its tag among the
+    /// processes in the container's payload cgroup.
+    fn reap_interrupted(&self, id: &SessionId, command_id: &str) -> Result<usize, ProviderError> {
+        let dir = format!("lxc.payload.{}", container_name(id.as_str())?);
+        let tag = format!("{}={command_id}", crate::providers::COMMAND_ID_ENV);
+        let inside = |pid| proctree::cgroup_has_dir(pid, &dir);
+        let roots: Vec<u32> = proctree::tagged(&tag)
+            .into_iter()
+            .filter(|p| inside(*p))
+            .collect();
+        for pid in &roots {
+            let killed = proctree::kill_tree(*pid, &inside).map_err(|detail| {
+                ProviderError::Failed(format!(
+                    "cannot kill process {pid} left in session {id} by command {command_id}: {detail}"
+                ))
+            })?;
+            log::info!(command_id = command_id, pid = *pid, killed = killed; "stopped a process left running by the agent's restart");
+        }
+        Ok(roots.len())
     }
 }
 

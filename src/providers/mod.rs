@@ -14,6 +14,7 @@ pub mod lxc;
 pub mod output;
 pub mod probe;
 pub mod process;
+pub mod proctree;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;

@@ -9,7 +9,7 @@
 //! when it fails. The only test double is [`EngineProxy`], standing in for
 //! an engine outage that cannot be staged on a shared engine.
 
-use crate::util::{next_id, wait_until, Agent, TempDir, TOKEN};
+use crate::util::{host_pids, next_id, wait_until, Agent, TempDir, TOKEN};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -152,25 +152,6 @@ fn exec(a: &Agent, id: &str, params: Value) -> Value {
 
 fn sh(a: &Agent, id: &str, script: &str) -> Value {
     exec(a, id, json!({"command": ["sh", "-c", script]}))
-}
-
-/// Host processes whose command line is exactly `argv`.
-fn host_pids(argv: &[&str]) -> Vec<u32> {
-    let want: Vec<u8> = argv
-        .iter()
-        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
-        .collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
-                !matches!(state, Some("Z") | Some("X"))
-            });
-            alive && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want)
-        })
-        .collect()
 }
 
 fn session_list(a: &Agent) -> Vec<Value> {

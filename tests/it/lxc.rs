@@ -11,7 +11,7 @@
 //! test process id, and a `Containers` guard destroys every container it
 //! registered when the test ends, also when it fails.
 
-use crate::util::{next_id, wait_until, Agent, TempDir, TOKEN};
+use crate::util::{host_pids, next_id, wait_until, Agent, TempDir, TOKEN};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -508,8 +508,38 @@ fn sessions_are_readopted_after_kill_9() {
     let id = lab.create_started("adopt", json!({"labels": {"keep": "me"}}));
     let created = lab.sid("adopt-idle");
     ok(&lab.cmd("create", json!({"session_id": created})));
+    // A command running at the crash: it lives on in the container (LXC
+    // does not stop it), so the restarted agent must stop it before
+    // reporting it, or the server could run it twice at once.
+    let marker = (400_000 + std::process::id() % 100_000).to_string();
+    let cmd_id = format!("lxc-crash-{}", next_id());
+    let (s, r) = lab.agent.post_path(
+        "/api/v1/commands?async=true",
+        &json!({"id": cmd_id, "type": "session", "action": "exec",
+                "params": {"session_id": id, "command": ["sleep", marker]}})
+        .to_string(),
+        Some(TOKEN),
+    );
+    assert_eq!(s, 202, "{r}");
+    assert!(wait_until(Duration::from_secs(10), || !host_pids(&[
+        "sleep", &marker
+    ])
+    .is_empty()));
     lab.agent.kill9();
+    assert!(!host_pids(&["sleep", &marker]).is_empty());
     lab.agent.restart();
+    let (s, r) = lab.agent.get(&format!("/api/v1/commands/{cmd_id}"));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["code"], "agent_restarted", "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("has been killed"),
+        "{r}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || host_pids(&["sleep", &marker])
+            .is_empty()),
+        "the command the crash left behind still runs"
+    );
 
     let list = lab.cmd("list", json!({}));
     let sessions = ok(&list).as_array().unwrap().clone();

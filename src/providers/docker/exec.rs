@@ -19,9 +19,8 @@
 use super::engine::{api_error, call_name, message_of, parse_json, Engine};
 use super::DockerError;
 use crate::providers::unix_http::{self, Hijack, Request};
-use crate::providers::{Capture, ExecOutput, ExecSpec, OutputSink, Stream};
+use crate::providers::{proctree, Capture, ExecOutput, ExecSpec, OutputSink, Stream};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
@@ -267,7 +266,7 @@ pub fn reap(engine: &Engine, container: &str, command_id: &str) -> Result<usize,
         let Some(pid) = v["Pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
             continue;
         };
-        if v["Running"] != true || pid == 0 || !environ_has(pid, &tag) {
+        if v["Running"] != true || pid == 0 || !proctree::environ_has(pid, &tag) {
             continue;
         }
         let killed =
@@ -278,121 +277,11 @@ pub fn reap(engine: &Engine, container: &str, command_id: &str) -> Result<usize,
     Ok(reaped)
 }
 
-/// Whether `/proc/{pid}/environ` holds exactly the entry `entry`.
-fn environ_has(pid: u32, entry: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
-}
-
-/// One process as /proc shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Proc {
-    pid: u32,
-    ppid: u32,
-    sid: u32,
-    zombie: bool,
-}
-
-fn read_proc(pid: u32) -> Option<Proc> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(pid, &stat)
-}
-
-/// Fields after the command name, which may itself hold spaces and ')'.
-fn parse_stat(pid: u32, stat: &str) -> Option<Proc> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let _pgrp = f.next()?;
-    let sid = f.next()?.parse().ok()?;
-    Some(Proc {
-        pid,
-        ppid,
-        sid,
-        zombie: state == "Z" || state == "X",
-    })
-}
-
-fn all_procs() -> Vec<Proc> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(read_proc)
-        .collect()
-}
-
-fn in_container(pid: u32, container: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(container))
-}
-
-/// Live processes in `root`'s session or below it in the tree.
-fn tree_of(root: u32, procs: &[Proc]) -> BTreeSet<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for p in procs {
-        children.entry(p.ppid).or_default().push(p.pid);
-    }
-    let mut found: BTreeSet<u32> = procs
-        .iter()
-        .filter(|p| p.pid == root || p.sid == root)
-        .map(|p| p.pid)
-        .collect();
-    let mut todo: Vec<u32> = found.iter().copied().collect();
-    while let Some(p) = todo.pop() {
-        for c in children.get(&p).into_iter().flatten() {
-            if found.insert(*c) {
-                todo.push(*c);
-            }
-        }
-    }
-    let live: BTreeSet<u32> = procs.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
-    found.intersection(&live).copied().collect()
-}
-
 /// Kills `root` (a pid in the host namespace) and its session and
 /// descendants, all inside `container`'s cgroup. Returns how many signals
 /// it sent.
 pub fn kill_tree(root: u32, container: &str) -> Result<usize, String> {
-    match read_proc(root) {
-        None => return Ok(0),
-        Some(p) if p.zombie => return Ok(0),
-        Some(_) if !in_container(root, container) => {
-            return Err(format!(
-                "pid {root} is not in the container's cgroup, so it is not ours to kill: the agent must run in the host's pid namespace (as dockerd does)"
-            ))
-        }
-        Some(_) => {}
-    }
-    let mut sent = 0;
-    for _ in 0..50 {
-        let victims: Vec<u32> = tree_of(root, &all_procs())
-            .into_iter()
-            .filter(|p| in_container(*p, container))
-            .collect();
-        if victims.is_empty() {
-            return Ok(sent);
-        }
-        // Freeze first so nothing forks or reparents between scan and kill.
-        for p in &victims {
-            // SAFETY: kill(2) with a pid checked to be in the container.
-            unsafe { libc::kill(*p as i32, libc::SIGSTOP) };
-        }
-        let frozen: BTreeSet<u32> = tree_of(root, &all_procs())
-            .into_iter()
-            .chain(victims.iter().copied())
-            .filter(|p| in_container(*p, container))
-            .collect();
-        for p in &frozen {
-            // SAFETY: as above.
-            unsafe { libc::kill(*p as i32, libc::SIGKILL) };
-            sent += 1;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err(format!(
-        "processes of pid {root} were still alive after 50 rounds of SIGKILL"
-    ))
+    proctree::kill_tree(root, &|pid| proctree::cgroup_contains(pid, container))
 }
 
 /// Takes apart Docker's multiplexed stream: 8-byte headers (stream type,
@@ -512,38 +401,6 @@ mod tests {
         assert!(e.contains("bad stream frame header"), "{e}");
         let mut d = Demuxer::default();
         assert!(d.feed(&frame(9, b"x"), &mut |_, _| {}).is_err());
-    }
-
-    #[test]
-    fn parses_proc_stat_with_odd_names() {
-        let p = parse_stat(42, "42 (a b) c)) S 7 42 42 0 -1 4194560 0").unwrap();
-        assert_eq!((p.ppid, p.sid, p.zombie), (7, 42, false));
-        let z = parse_stat(43, "43 (sleep) Z 1 43 43 0").unwrap();
-        assert!(z.zombie);
-        assert!(parse_stat(1, "garbage").is_none());
-    }
-
-    #[test]
-    fn tree_covers_session_and_descendants() {
-        let p = |pid, ppid, sid| Proc {
-            pid,
-            ppid,
-            sid,
-            zombie: false,
-        };
-        let procs = [
-            p(10, 1, 10),  // the exec'd process
-            p(11, 10, 10), // its child
-            p(12, 11, 12), // a grandchild that called setsid
-            p(13, 2, 10),  // orphaned into init, still in the session
-            p(20, 1, 20),  // unrelated
-            Proc {
-                zombie: true,
-                ..p(14, 10, 10)
-            },
-        ];
-        let t: Vec<u32> = tree_of(10, &procs).into_iter().collect();
-        assert_eq!(t, [10, 11, 12, 13]);
     }
 
     #[test]

@@ -428,3 +428,22 @@ impl Drop for Agent {
         self.kill9();
     }
 }
+
+/// Host processes whose command line is exactly `argv`.
+pub fn host_pids(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
+                !matches!(state, Some("Z") | Some("X"))
+            });
+            alive && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want)
+        })
+        .collect()
+}
