@@ -27,6 +27,21 @@
 //! waiting for it.
 
 use super::qga::{ExecRequest, Qga, QgaError};
+
+/// Run in the guest with the tag `VENDETTA_COMMAND_ID=ID` as $1: SIGKILL
+/// to every process whose environment holds it, then how many there were.
+/// The tag is an argument, never part of the script.
+const REAP_SCRIPT: &str = r#"n=0
+for d in /proc/[0-9]*; do
+  p=${d#/proc/}
+  if tr '\000' '\n' 2>/dev/null <"$d/environ" | grep -qxF -e "$1"; then
+    kill -9 "$p" 2>/dev/null && n=$((n+1))
+  fi
+done
+echo "$n""#;
+
+/// How long the clean-up after an interrupted exec may take in the guest.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 use super::qmp::{ms, Qmp, QmpError};
 use super::{
     probe, ExecOutput, ExecSpec, Health, OutputSink, Provider, ProviderError, Session, SessionSpec,
@@ -1497,6 +1512,44 @@ impl Provider for QemuProvider {
             deadline,
         };
         Ok(qga.exec(&req, sink).map_err(qga_err)?)
+    }
+
+    /// qemu-ga keeps a guest-exec'd process running when the agent dies.
+    /// The guest agent cannot look processes up, so a small shell script
+    /// in the guest kills those whose environment carries the tag (their
+    /// children inherit it). Needs sh, tr and grep in the guest; without
+    /// them the check fails and the result says so.
+    fn reap_interrupted(&self, id: &SessionId, command_id: &str) -> Result<usize, ProviderError> {
+        match self.find(id.as_str()) {
+            Some((_, rec)) if rec.status == SessionStatus::Running => {}
+            // Not here, or not running: nothing of it can be left.
+            _ => return Ok(0),
+        }
+        let spec = ExecSpec {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                REAP_SCRIPT.into(),
+                "reap".into(),
+                format!("{}={command_id}", super::COMMAND_ID_ENV),
+            ],
+            env: BTreeMap::new(),
+            workdir: None,
+            user: None,
+            stdin: None,
+            timeout: REAP_TIMEOUT,
+            max_output: 4096,
+        };
+        let out = self.exec(id, &spec, &mut super::output::Discard)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match (out.exit_code, text.trim().parse::<usize>()) {
+            (Some(0), Ok(n)) => Ok(n),
+            _ => Err(ProviderError::Failed(format!(
+                "the clean-up script in the guest failed (exit {:?}: {}); it needs /bin/sh, tr and grep",
+                out.exit_code,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        }
     }
 
     fn list(&self) -> Result<Vec<Session>, ProviderError> {

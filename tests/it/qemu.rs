@@ -9,7 +9,7 @@
 //! listener there). Every test kills the VMs and qemu-ga processes it
 //! started through Drop guards, also when it fails.
 
-use crate::util::{next_id, wait_until, Agent, TempDir, TOKEN};
+use crate::util::{host_pids, next_id, wait_until, Agent, TempDir, TOKEN};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -748,6 +748,82 @@ fn exec_through_the_real_qemu_ga() {
         json!({"session_id": id, "command": ["id"], "user": "nobody"}),
     );
     assert_eq!(r["code"], "invalid_command", "{r}");
+    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+}
+
+/// Kills host processes whose command line is `argv` on drop: what a test
+/// ran through the host's qemu-ga outlives qemu-ga.
+struct KillOnDrop(Vec<String>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let argv: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        for pid in host_pids(&argv) {
+            // SAFETY: kill(2) of a process with this test's own marker argv.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
+    let mut h = Host::start(&cfg("q35", ""));
+    let id = sid("reap");
+    assert_ok(&h.cmd("session", "create", json!({"session_id": id})));
+    assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+    let dir = vm_dir(&h, &id).unwrap();
+    let _ga = GuestAgent::start(&dir.join("qga.sock"));
+
+    let marker = (600_000 + std::process::id() % 100_000).to_string();
+    let foreign = (marker.parse::<u32>().unwrap() + 1).to_string();
+    let _cleanup = (
+        KillOnDrop(vec!["sleep".into(), marker.clone()]),
+        KillOnDrop(vec!["sleep".into(), foreign.clone()]),
+    );
+    // Someone else's process in the "guest", tagged with another id.
+    let mut other = Command::new("sleep")
+        .arg(&foreign)
+        .env("VENDETTA_COMMAND_ID", "someone-else")
+        .spawn()
+        .unwrap();
+    let cmd_id = format!("qemu-crash-{}", next_id());
+    let (s, r) = h.post_path(
+        "/api/v1/commands?async=true",
+        &json!({"id": cmd_id, "type": "session", "action": "exec",
+                "params": {"session_id": id, "command": ["sleep", marker], "timeout": "10m"}})
+        .to_string(),
+        Some(TOKEN),
+    );
+    assert_eq!(s, 202, "{r}");
+    assert!(wait_until(Duration::from_secs(10), || !host_pids(&[
+        "sleep", &marker
+    ])
+    .is_empty()));
+    h.kill9();
+    assert!(
+        !host_pids(&["sleep", &marker]).is_empty(),
+        "qemu-ga keeps the process running when the agent dies"
+    );
+    h.restart();
+
+    let (s, r) = h.get(&format!("/api/v1/commands/{cmd_id}"));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["code"], "agent_restarted", "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("has been killed"),
+        "{r}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || host_pids(&["sleep", &marker])
+            .is_empty()),
+        "the process the crash left in the guest still runs"
+    );
+    assert!(
+        !host_pids(&["sleep", &foreign]).is_empty(),
+        "not ours: kept"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
     assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
 }
 
