@@ -9,7 +9,10 @@
 //! when it fails. The only test double is [`EngineProxy`], standing in for
 //! an engine outage that cannot be staged on a shared engine.
 
-use crate::util::{host_pids, next_id, wait_until, Agent, TempDir, TOKEN};
+use crate::util::{
+    assert_interrupted_and_reaped, host_pids, next_id, start_sleep, wait_until, Agent, TempDir,
+    TOKEN,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -575,19 +578,7 @@ fn agent_crash_mid_exec_readopts_sessions_and_reports_the_command() {
     let node = a.cmd("system", "status", json!({}))["data"]["node_id"].clone();
 
     let marker = (300_000 + std::process::id() % 100_000).to_string();
-    let cmd_id = format!("crash-{}", next_id());
-    let (s, _) = a.post_path(
-        "/api/v1/commands?async=true",
-        &json!({"id": cmd_id, "type": "session", "action": "exec",
-                "params": {"session_id": s1, "command": ["sleep", marker]}})
-        .to_string(),
-        Some(TOKEN),
-    );
-    assert_eq!(s, 202);
-    assert!(wait_until(Duration::from_secs(5), || !host_pids(&[
-        "sleep", &marker
-    ])
-    .is_empty()));
+    let cmd_id = start_sleep(&a, &s1, &marker);
     // An exec someone else started in the same container (`docker exec -d`):
     // not the agent's, so it must survive the clean-up after the restart.
     let foreign = (marker.parse::<u32>().unwrap() + 1).to_string();
@@ -614,21 +605,8 @@ fn agent_crash_mid_exec_readopts_sessions_and_reports_the_command() {
     );
     a.restart();
 
-    let (s, r) = a.get(&format!("/api/v1/commands/{cmd_id}"));
-    assert_eq!(s, 200, "{r}");
-    assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(r["code"], "agent_restarted", "{r}");
-    assert!(
-        r["error"].as_str().unwrap().contains("has been killed"),
-        "{r}"
-    );
-    // The interrupted exec is gone, so the server may run it again safely;
-    // the foreign one is untouched.
-    assert!(
-        wait_until(Duration::from_secs(5), || host_pids(&["sleep", &marker])
-            .is_empty()),
-        "the exec the crash left behind still runs"
-    );
+    assert_interrupted_and_reaped(&a, &cmd_id, &marker);
+    // Someone else's exec is untouched.
     assert!(!host_pids(&["sleep", &foreign]).is_empty());
 
     // The table is rebuilt from the engine: same node, same sessions.

@@ -11,7 +11,10 @@
 //! test process id, and a `Containers` guard destroys every container it
 //! registered when the test ends, also when it fails.
 
-use crate::util::{host_pids, next_id, wait_until, Agent, TempDir, TOKEN};
+use crate::util::{
+    assert_interrupted_and_reaped, host_pids, next_id, start_sleep, wait_until, Agent, TempDir,
+    TOKEN,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -512,34 +515,11 @@ fn sessions_are_readopted_after_kill_9() {
     // does not stop it), so the restarted agent must stop it before
     // reporting it, or the server could run it twice at once.
     let marker = (400_000 + std::process::id() % 100_000).to_string();
-    let cmd_id = format!("lxc-crash-{}", next_id());
-    let (s, r) = lab.agent.post_path(
-        "/api/v1/commands?async=true",
-        &json!({"id": cmd_id, "type": "session", "action": "exec",
-                "params": {"session_id": id, "command": ["sleep", marker]}})
-        .to_string(),
-        Some(TOKEN),
-    );
-    assert_eq!(s, 202, "{r}");
-    assert!(wait_until(Duration::from_secs(10), || !host_pids(&[
-        "sleep", &marker
-    ])
-    .is_empty()));
+    let cmd_id = start_sleep(&lab.agent, &id, &marker);
     lab.agent.kill9();
     assert!(!host_pids(&["sleep", &marker]).is_empty());
     lab.agent.restart();
-    let (s, r) = lab.agent.get(&format!("/api/v1/commands/{cmd_id}"));
-    assert_eq!(s, 200, "{r}");
-    assert_eq!(r["code"], "agent_restarted", "{r}");
-    assert!(
-        r["error"].as_str().unwrap().contains("has been killed"),
-        "{r}"
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || host_pids(&["sleep", &marker])
-            .is_empty()),
-        "the command the crash left behind still runs"
-    );
+    assert_interrupted_and_reaped(&lab.agent, &cmd_id, &marker);
 
     let list = lab.cmd("list", json!({}));
     let sessions = ok(&list).as_array().unwrap().clone();

@@ -9,7 +9,10 @@
 //! listener there). Every test kills the VMs and qemu-ga processes it
 //! started through Drop guards, also when it fails.
 
-use crate::util::{host_pids, next_id, wait_until, Agent, TempDir, TOKEN};
+use crate::util::{
+    assert_interrupted_and_reaped, host_pids, next_id, start_sleep, wait_until, Agent, TempDir,
+    TOKEN,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -772,7 +775,7 @@ fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
     assert_ok(&h.cmd("session", "create", json!({"session_id": id})));
     assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
     let dir = vm_dir(&h, &id).unwrap();
-    let _ga = GuestAgent::start(&dir.join("qga.sock"));
+    let mut ga = GuestAgent::start(&dir.join("qga.sock"));
 
     let marker = (600_000 + std::process::id() % 100_000).to_string();
     let foreign = (marker.parse::<u32>().unwrap() + 1).to_string();
@@ -786,38 +789,25 @@ fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
         .env("VENDETTA_COMMAND_ID", "someone-else")
         .spawn()
         .unwrap();
-    let cmd_id = format!("qemu-crash-{}", next_id());
-    let (s, r) = h.post_path(
-        "/api/v1/commands?async=true",
-        &json!({"id": cmd_id, "type": "session", "action": "exec",
-                "params": {"session_id": id, "command": ["sleep", marker], "timeout": "10m"}})
-        .to_string(),
-        Some(TOKEN),
-    );
-    assert_eq!(s, 202, "{r}");
-    assert!(wait_until(Duration::from_secs(10), || !host_pids(&[
-        "sleep", &marker
-    ])
-    .is_empty()));
+    let cmd_id = start_sleep(&h, &id, &marker);
     h.kill9();
     assert!(
         !host_pids(&["sleep", &marker]).is_empty(),
         "qemu-ga keeps the process running when the agent dies"
     );
+    // The stand-in's own quirk: qemu-ga in unix-listen mode exits when a
+    // client dies with replies unread (ECONNRESET), which SIGKILL can do.
+    // Inside a VM the agent's socket is QEMU's and the guest's qemu-ga
+    // never sees that, so the stand-in is started again when it quit. (It
+    // serves one client at a time: a ping that gets through means it has
+    // dealt with the dead one.)
+    if !ping(&dir.join("qga.sock")) {
+        drop(ga);
+        ga = GuestAgent::start(&dir.join("qga.sock"));
+    }
     h.restart();
 
-    let (s, r) = h.get(&format!("/api/v1/commands/{cmd_id}"));
-    assert_eq!(s, 200, "{r}");
-    assert_eq!(r["code"], "agent_restarted", "{r}");
-    assert!(
-        r["error"].as_str().unwrap().contains("has been killed"),
-        "{r}"
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || host_pids(&["sleep", &marker])
-            .is_empty()),
-        "the process the crash left in the guest still runs"
-    );
+    assert_interrupted_and_reaped(&h, &cmd_id, &marker);
     assert!(
         !host_pids(&["sleep", &foreign]).is_empty(),
         "not ours: kept"
@@ -825,6 +815,7 @@ fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
     let _ = other.kill();
     let _ = other.wait();
     assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    drop(ga);
 }
 
 #[test]

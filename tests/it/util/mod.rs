@@ -447,3 +447,45 @@ pub fn host_pids(argv: &[&str]) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Starts `sleep MARKER` in session `id` as an async command and waits
+/// until its process shows on the host. Returns the command's id.
+pub fn start_sleep(a: &Agent, id: &str, marker: &str) -> String {
+    let cmd_id = format!("crash-{}", next_id());
+    let (s, r) = a.post_path(
+        "/api/v1/commands?async=true",
+        &serde_json::json!({"id": cmd_id, "type": "session", "action": "exec",
+                "params": {"session_id": id, "command": ["sleep", marker], "timeout": "10m"}})
+        .to_string(),
+        Some(TOKEN),
+    );
+    assert_eq!(s, 202, "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !host_pids(&["sleep", marker])
+            .is_empty()),
+        "sleep {marker} did not start"
+    );
+    cmd_id
+}
+
+/// After a crash during `start_sleep`'s command and a restart: the command
+/// is reported as interrupted with its process killed, and that process is
+/// gone (so the server may run the command again safely).
+pub fn assert_interrupted_and_reaped(a: &Agent, cmd_id: &str, marker: &str) {
+    let (s, r) = a.get(&format!("/api/v1/commands/{cmd_id}"));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["code"], "agent_restarted", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("has been killed"),
+        "{r}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || host_pids(&["sleep", marker])
+            .is_empty()),
+        "the process the crash left behind still runs"
+    );
+}
