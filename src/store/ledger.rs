@@ -239,14 +239,12 @@ impl Ledger {
 
     /// Marks a queued command as started. For durable commands the record
     /// is on disk before the command may run.
+    /// Lookups say "running" only once the record does: a command shown
+    /// running is one that a crash would report as interrupted.
     pub fn mark_running(&self, id: &CommandId, command: &Value) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let Some(entry) = inner.inflight.get_mut(id.as_str()) else {
+        let Some((_, origin, durable)) = self.lock().inflight.get(id.as_str()).copied() else {
             return Ok(());
         };
-        entry.0 = State::Running;
-        let (origin, durable) = (entry.1, entry.2);
-        drop(inner);
         if durable {
             self.write(
                 &self.path(id.as_str()),
@@ -255,6 +253,9 @@ impl Ledger {
                 command,
                 None,
             )?;
+        }
+        if let Some(entry) = self.lock().inflight.get_mut(id.as_str()) {
+            entry.0 = State::Running;
         }
         Ok(())
     }
@@ -479,6 +480,29 @@ mod tests {
         assert!(
             matches!(l.begin(&id, Origin::Api, &json!({}), true).unwrap(), Begin::Done(r) if r.id == "c1")
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn running_is_shown_only_once_the_record_says_so() {
+        let dir = tmp();
+        let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
+        let id = CommandId::parse("r1").unwrap();
+        l.begin(&id, Origin::Api, &json!({}), true).unwrap();
+        // The record cannot be written: the command must not look running
+        // (a crash now would run it at the next start, not report it).
+        std::fs::remove_dir_all(dir.join("results")).unwrap();
+        assert!(l.mark_running(&id, &json!({})).is_err());
+        assert!(matches!(
+            l.lookup(&id),
+            Some(Found::InProgress(State::Queued))
+        ));
+        std::fs::create_dir_all(dir.join("results")).unwrap();
+        l.mark_running(&id, &json!({})).unwrap();
+        assert!(matches!(
+            l.lookup(&id),
+            Some(Found::InProgress(State::Running))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -214,9 +214,21 @@ fn a_crash_mid_command_is_reported_once_to_the_server_and_nothing_runs_twice() {
         json!({"id": long, "type": "session", "action": "exec",
         "params": {"session_id": sid, "command": ["sh", "-c", script]}}),
     );
-    assert!(wait_until(Duration::from_secs(15), || state_of(&a, &long)
-        .1["status"]
-        == "running"));
+    // Killed once the command has really done its first step (a state of
+    // "running" alone may come before the process does anything).
+    let ran = |a: &Agent| {
+        let cat = a.cmd(
+            "session",
+            "exec",
+            json!({"session_id": sid, "command": ["cat", marker]}),
+        );
+        cat["data"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .matches('x')
+            .count()
+    };
+    assert!(wait_until(Duration::from_secs(15), || ran(&a) == 1));
     a.kill9();
     server.queue(
         &node,
@@ -245,16 +257,7 @@ fn a_crash_mid_command_is_reported_once_to_the_server_and_nothing_runs_twice() {
         .results_for(&long)
         .len()
         >= 2));
-    let cat = a.cmd(
-        "session",
-        "exec",
-        json!({"session_id": sid, "command": ["cat", marker]}),
-    );
-    let ran = cat["data"]["stdout"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(ran.matches('x').count(), 1, "the command ran once: {cat}");
+    assert_eq!(ran(&a), 1, "the command ran once");
 }
 
 #[test]
