@@ -227,22 +227,26 @@ fn reap_interrupted(shared: &Shared, command: &Command) -> String {
     let Ok(Request::SessionExec(p)) = &command.request else {
         return String::new();
     };
+    // The session lives with one provider; the others find nothing. One
+    // that cannot look (its engine is down) matters only if none found it.
     let mut reaped = 0;
+    let mut failed = Vec::new();
     for provider in shared.registry.all() {
         match provider.reap_interrupted(&p.session_id, command.id.as_str()) {
             Ok(n) => reaped += n,
-            Err(e) => {
-                log::warn!(command_id = command.id.as_str(), session_id = p.session_id.as_str(); "cannot look for processes the interrupted exec left running: {e}");
-                return format!(
-                    "; its process may still be running in session {} (could not check: {e})",
-                    p.session_id
-                );
-            }
+            Err(e) => failed.push(format!("{}: {e}", provider.kind().as_str())),
         }
     }
     if reaped > 0 {
         format!(
             "; its process was still running in session {} and has been killed",
+            p.session_id
+        )
+    } else if !failed.is_empty() {
+        let why = failed.join("; ");
+        log::warn!(command_id = command.id.as_str(), session_id = p.session_id.as_str(); "cannot look for processes the interrupted exec left running: {why}");
+        format!(
+            "; its process may still be running in session {} (could not check: {why})",
             p.session_id
         )
     } else {

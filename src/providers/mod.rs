@@ -224,9 +224,9 @@ pub trait Provider: Send + Sync {
     fn list(&self) -> Result<Vec<Session>, ProviderError>;
 
     /// Kills what an exec left running when the agent died during it: the
-    /// processes tagged with `command_id` (see [`COMMAND_ID_ENV`]). Returns
-    /// how many exec'd processes it stopped. Providers whose execs die with
-    /// the agent, or that cannot find them, keep the default.
+    /// processes tagged with `command_id` (see [`COMMAND_ID_ENV`]), in
+    /// session `id` if it is one of this provider's. Returns how many it
+    /// stopped; 0 when nothing was left or the session is not here.
     fn reap_interrupted(&self, _id: &SessionId, _command_id: &str) -> Result<usize, ProviderError> {
         Ok(0)
     }

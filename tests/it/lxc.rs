@@ -119,8 +119,12 @@ impl Lab {
     }
 
     fn with_lxcpath(dir: TempDir, lxcpath: &Path, extra: &str) -> Lab {
+        Lab::with_providers(dir, lxcpath, "[lxc]", extra)
+    }
+
+    fn with_providers(dir: TempDir, lxcpath: &Path, providers: &str, extra: &str) -> Lab {
         let agent = Agent::start(&format!(
-            "providers: [lxc]\nprovider: lxc\nlxc:\n  lxcpath: {}\n  tool_timeout: 30s\n{extra}",
+            "providers: {providers}\nprovider: lxc\nlxc:\n  lxcpath: {}\n  tool_timeout: 30s\n{extra}",
             lxcpath.display()
         ));
         Lab {
@@ -507,7 +511,16 @@ fn sessions_are_readopted_after_kill_9() {
     if !lxc_ready("sessions_are_readopted_after_kill_9") {
         return;
     }
-    let mut lab = Lab::new("");
+    // Docker is enabled too, with its engine unreachable: that must not
+    // keep the clean-up below from telling what it did in the LXC session.
+    let dir = TempDir::new("lxc");
+    let lxcpath = dir.path().join("c");
+    let mut lab = Lab::with_providers(
+        dir,
+        &lxcpath,
+        "[lxc, docker]",
+        "docker:\n  socket: /nonexistent/docker.sock\n",
+    );
     let id = lab.create_started("adopt", json!({"labels": {"keep": "me"}}));
     let created = lab.sid("adopt-idle");
     ok(&lab.cmd("create", json!({"session_id": created})));
