@@ -761,14 +761,7 @@ impl Config {
                     format!("{u:?} is not an http:// or https:// URL"),
                 ));
             }
-            let authority = u
-                .split("://")
-                .nth(1)
-                .unwrap_or("")
-                .split('/')
-                .next()
-                .unwrap_or("");
-            if authority.contains('@') {
+            if crate::util::url_authority(u).contains('@') {
                 // It would show in /health and in logs; the token has its own key.
                 return Err(bad(
                     "coordination_url",
@@ -984,6 +977,12 @@ impl Config {
     /// The longest timeout a command may ask for.
     pub fn timeout_cap(&self) -> Duration {
         self.max_command_timeout.unwrap_or(self.command_timeout)
+    }
+
+    /// How long a command may run: its own timeout (or the exec param's),
+    /// else `command_timeout`, capped by `max_command_timeout`.
+    pub fn timeout_for(&self, asked: Option<Duration>) -> Duration {
+        asked.unwrap_or(self.command_timeout).min(self.timeout_cap())
     }
 
     /// Whether `allowed_commands` lets `name` (`type.action`) run.

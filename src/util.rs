@@ -81,6 +81,17 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The `host[:port]` (with any `user@`) of an `http(s)://` URL; empty when
+/// it has no scheme.
+pub fn url_authority(url: &str) -> &str {
+    url.split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

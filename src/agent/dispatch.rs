@@ -33,7 +33,7 @@ pub fn execute(shared: &Shared, cmd: &Command, sink: &mut dyn OutputSink) -> Com
             )
         }
     };
-    let timeout = effective_timeout(shared, cmd);
+    let timeout = shared.config.timeout_for(cmd.timeout_asked());
     let outcome: Result<Value, Failure> = match request {
         Request::SystemStatus => Ok(status::status(shared)),
         Request::SystemInfo => Ok(status::info(shared)),
@@ -105,14 +105,6 @@ fn failure_for(e: ProviderError) -> Failure {
         code,
         message: e.to_string(),
     }
-}
-
-/// The command's own timeout (or the exec param's), else `command_timeout`,
-/// capped by `max_command_timeout`.
-fn effective_timeout(shared: &Shared, cmd: &Command) -> Duration {
-    cmd.timeout_asked()
-        .unwrap_or(shared.config.command_timeout)
-        .min(shared.config.timeout_cap())
 }
 
 fn provider(shared: &Shared, kind: ProviderKind) -> Result<Arc<dyn Provider>, Failure> {

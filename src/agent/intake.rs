@@ -18,8 +18,6 @@ pub struct Job {
     pub origin: Origin,
     /// Whoever waits for the result (a sync API request); may be gone.
     pub reply: Option<Sender<CommandResult>>,
-    /// Recorded on disk in the ledger (not read-only).
-    pub durable: bool,
     /// Where exec output goes as it arrives (a streaming API request).
     pub stream: Option<Sender<Chunk>>,
 }
@@ -127,18 +125,9 @@ impl Shared {
                     field.to_string(),
                 ))
             }
-            Ok(_) if !self.config.command_allowed(&command.name()) => {
+            Ok(_) => self.policy_rejection(&command).inspect(|_| {
                 self.metrics.commands_refused.inc(&["policy"]);
-                Some(CommandResult::failure(
-                    &command,
-                    &self.node_id,
-                    SystemTime::now(),
-                    Status::Rejected,
-                    codes::REJECTED,
-                    format!("{} is not in allowed_commands on this node", command.name()),
-                ))
-            }
-            Ok(_) => None,
+            }),
         };
         if let Some(result) = immediate {
             self.complete(&command, origin, &result);
@@ -160,7 +149,6 @@ impl Shared {
             command,
             origin,
             reply,
-            durable,
             stream,
         }) {
             Ok(()) => {
@@ -208,6 +196,20 @@ impl Shared {
 
     /// Spools a result for the reporter. A spool failure is logged; the
     /// ledger still has the result and a re-sent command gets it again.
+    /// The rejection for a command `allowed_commands` does not let run.
+    fn policy_rejection(&self, command: &Command) -> Option<CommandResult> {
+        (!self.config.command_allowed(&command.name())).then(|| {
+            CommandResult::failure(
+                command,
+                &self.node_id,
+                SystemTime::now(),
+                Status::Rejected,
+                codes::REJECTED,
+                format!("{} is not in allowed_commands on this node", command.name()),
+            )
+        })
+    }
+
     pub fn deliver_to_server(&self, result: &CommandResult) {
         match self.spool.put(result) {
             Ok(()) => {
@@ -296,16 +298,8 @@ pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
             shared.complete(&command, u.origin, &result);
             continue;
         }
-        if !shared.config.command_allowed(&command.name()) {
+        if let Some(result) = shared.policy_rejection(&command) {
             // The config changed meanwhile: the policy of this start applies.
-            let result = CommandResult::failure(
-                &command,
-                &shared.node_id,
-                SystemTime::now(),
-                Status::Rejected,
-                codes::REJECTED,
-                format!("{} is not in allowed_commands on this node", command.name()),
-            );
             shared.complete(&command, u.origin, &result);
             continue;
         }
@@ -314,7 +308,6 @@ pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
             command,
             origin: u.origin,
             reply: None,
-            durable: true,
             stream: None,
         };
         if shared.queue.send(job).is_err() {

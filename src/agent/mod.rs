@@ -162,15 +162,7 @@ pub type Built = (
 /// providers. Also used by tests that drive the runtime in-process.
 pub fn build(loaded: &config::Loaded) -> Result<Built, AgentError> {
     let config = loaded.config.clone();
-    let cache_dir = config.cache_dir();
-    crate::store::fsutil::ensure_dir(&cache_dir)
-        .map_err(|e| StoreError::io("create the cache directory", &cache_dir, e))?;
-    let node_id = node::load_or_create_id(&cache_dir, &config.node_id)?;
-    let node_name = if config.node_name.is_empty() {
-        crate::sys::hostname()
-    } else {
-        config.node_name.clone()
-    };
+    let (cache_dir, node_id, node_name) = node::identity(&config)?;
     let api_token = if !config.api_token.is_empty() {
         config.api_token.clone()
     } else if !config.auth_token.is_empty() {

@@ -1,6 +1,6 @@
 //! Named threads with a deadline on join, and a report when one dies.
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -64,19 +64,6 @@ where
 }
 
 impl Thread {
-    /// Joins if the thread ends before `deadline`; returns false (and
-    /// leaves it running) otherwise.
-    pub fn join_until(&mut self, deadline: Instant) -> bool {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.done.recv_timeout(left) {
-            Err(RecvTimeoutError::Timeout) => false,
-            _ => {
-                self.join();
-                true
-            }
-        }
-    }
-
     fn join(&mut self) {
         if let Some(h) = self.handle.take() {
             let _ = h.join();

@@ -319,10 +319,7 @@ fn post_command(shared: &Shared, body: &[u8], mode: Mode) -> Outcome {
         }
     };
     let id = command.id.clone();
-    let timeout = command
-        .timeout_asked()
-        .unwrap_or(shared.config.command_timeout)
-        .min(shared.config.timeout_cap());
+    let timeout = shared.config.timeout_for(command.timeout_asked());
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(64);
     let submitted = match mode {
         Mode::Stream => shared.submit_streaming(command, Origin::Api, chunk_tx),

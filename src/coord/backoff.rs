@@ -38,10 +38,6 @@ impl Backoff {
         self.base + crate::util::jitter(ceiling.saturating_sub(self.base))
     }
 
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
     pub fn reset(&mut self) {
         self.attempt = 0;
     }

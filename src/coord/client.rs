@@ -111,14 +111,7 @@ impl Reply {
 impl CoordClient {
     pub fn new(config: &Config) -> Result<CoordClient, CoordError> {
         let base = config.coordination_url.trim_end_matches('/').to_string();
-        let host = base
-            .split("://")
-            .nth(1)
-            .unwrap_or(&base)
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let host = crate::util::url_authority(&base).to_string();
         let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .user_agent(format!("vendetta-agent/{}", crate::agent::VERSION))

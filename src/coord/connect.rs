@@ -5,7 +5,7 @@
 
 use super::client::{CoordClient, CoordError};
 use super::node;
-use crate::config::{self, Config, ConfigError, Secret};
+use crate::config::{self, Config, ConfigError};
 use crate::store::StoreError;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -93,33 +93,18 @@ pub fn connect(
             .flatten()
     })
     .map_err(ConnectError::Config)?;
-    if let Some(t) = token {
-        cfg.auth_token = Secret(t.to_string());
-    }
 
-    let cache_dir = cfg.cache_dir();
-    crate::store::fsutil::ensure_dir(&cache_dir).map_err(|e| {
-        ConnectError::Store(StoreError::io("create the cache directory", &cache_dir, e))
-    })?;
-    let node_id = crate::store::node::load_or_create_id(&cache_dir, &cfg.node_id)
-        .map_err(ConnectError::Store)?;
-    let name = if cfg.node_name.is_empty() {
-        crate::sys::hostname()
-    } else {
-        cfg.node_name.clone()
-    };
+    let (_, node_id, name) = crate::store::node::identity(&cfg).map_err(ConnectError::Store)?;
     let address = node::local_address(url);
     let registry = crate::providers::Registry::from_config(&cfg, &node_id);
-    let facts = node::NodeFacts {
-        id: &node_id,
-        name: &name,
-        address: &address,
-        port: cfg.listen_addr().map(|a| a.port()).unwrap_or(0),
-        provider: cfg.provider,
-        capabilities: registry.usable(),
-        labels: &cfg.labels,
-        created: node::node_id_created(&cache_dir).unwrap_or_else(std::time::SystemTime::now),
-    };
+    let facts = node::NodeFacts::new(
+        &cfg,
+        &node_id,
+        &name,
+        &address,
+        &registry,
+        std::time::SystemTime::now(),
+    );
     let client = CoordClient::new(&cfg).map_err(ConnectError::Server)?;
     let reply = client
         .call(

@@ -6,7 +6,9 @@
 //! interval from every node of a fleet.
 
 use crate::agent::{Shared, VERSION};
+use crate::config::Config;
 use crate::protocol::ProviderKind;
+use crate::providers::Registry;
 use serde_json::{json, Value};
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::time::SystemTime;
@@ -14,13 +16,7 @@ use std::time::SystemTime;
 /// The address this node uses to reach the server: the local end of a
 /// (never sent) UDP "connection" to it. Falls back to the host name.
 pub fn local_address(coordination_url: &str) -> String {
-    let hostport = coordination_url
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split('/')
-        .next()
-        .unwrap_or("");
+    let hostport = crate::util::url_authority(coordination_url);
     let default_port = if coordination_url.starts_with("https") {
         443
     } else {
@@ -66,15 +62,34 @@ pub struct NodeFacts<'a> {
 
 impl<'a> NodeFacts<'a> {
     pub fn of(shared: &'a Shared, address: &'a str) -> NodeFacts<'a> {
-        NodeFacts {
-            id: &shared.node_id,
-            name: &shared.node_name,
+        NodeFacts::new(
+            &shared.config,
+            &shared.node_id,
+            &shared.node_name,
             address,
-            port: shared.config.listen_addr().map(|a| a.port()).unwrap_or(0),
-            provider: shared.config.provider,
-            capabilities: shared.registry.usable(),
-            labels: &shared.config.labels,
-            created: node_id_created(&shared.config.cache_dir()).unwrap_or(shared.started_at),
+            &shared.registry,
+            shared.started_at,
+        )
+    }
+
+    /// `created` falls back to `started` when the id file has no time.
+    pub fn new(
+        config: &'a Config,
+        id: &'a str,
+        name: &'a str,
+        address: &'a str,
+        registry: &Registry,
+        started: SystemTime,
+    ) -> NodeFacts<'a> {
+        NodeFacts {
+            id,
+            name,
+            address,
+            port: config.listen_addr().map(|a| a.port()).unwrap_or(0),
+            provider: config.provider,
+            capabilities: registry.usable(),
+            labels: &config.labels,
+            created: node_id_created(&config.cache_dir()).unwrap_or(started),
         }
     }
 }

@@ -155,7 +155,6 @@ pub fn write_request<W: Write>(w: &mut W, req: &Request) -> Result<(), HttpError
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub status: u16,
-    pub reason: String,
     pub headers: Vec<(String, String)>,
 }
 
@@ -204,10 +203,6 @@ impl<S> Conn<S> {
         &self.inner
     }
 
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
     fn buffered(&self) -> &[u8] {
         &self.buf[self.pos..]
     }
@@ -250,7 +245,6 @@ impl<S: Read> Conn<S> {
                 Ok(httparse::Status::Complete(len)) => {
                     let head = Head {
                         status: resp.code.unwrap_or(0),
-                        reason: resp.reason.unwrap_or("").to_string(),
                         headers: resp
                             .headers
                             .iter()

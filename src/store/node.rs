@@ -14,6 +14,24 @@ pub fn valid_node_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The cache directory (created if missing), the node id and the node name
+/// (the configured one, else the host name): what the agent and
+/// `agent connect` both register with.
+pub fn identity(
+    config: &crate::config::Config,
+) -> Result<(std::path::PathBuf, String, String), StoreError> {
+    let cache_dir = config.cache_dir();
+    fsutil::ensure_dir(&cache_dir)
+        .map_err(|e| StoreError::io("create the cache directory", &cache_dir, e))?;
+    let id = load_or_create_id(&cache_dir, &config.node_id)?;
+    let name = if config.node_name.is_empty() {
+        crate::sys::hostname()
+    } else {
+        config.node_name.clone()
+    };
+    Ok((cache_dir, id, name))
+}
+
 /// The configured id, else the stored one, else a new one that is stored.
 pub fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<String, StoreError> {
     if !configured.is_empty() {
