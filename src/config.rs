@@ -982,7 +982,9 @@ impl Config {
     /// How long a command may run: its own timeout (or the exec param's),
     /// else `command_timeout`, capped by `max_command_timeout`.
     pub fn timeout_for(&self, asked: Option<Duration>) -> Duration {
-        asked.unwrap_or(self.command_timeout).min(self.timeout_cap())
+        asked
+            .unwrap_or(self.command_timeout)
+            .min(self.timeout_cap())
     }
 
     /// Whether `allowed_commands` lets `name` (`type.action`) run.

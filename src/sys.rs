@@ -159,18 +159,6 @@ pub fn thread_names() -> Vec<String> {
     names
 }
 
-/// Start time of this process as Unix seconds.
-pub fn process_start_unix() -> f64 {
-    use std::sync::OnceLock;
-    static START: OnceLock<f64> = OnceLock::new();
-    *START.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

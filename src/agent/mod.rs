@@ -64,6 +64,8 @@ pub struct Shared {
     pub node_name: String,
     /// The token the local API accepts.
     pub api_token: Secret,
+    /// `allowed_ips`, parsed once (validated with the config).
+    pub allowed_ips: Vec<crate::api::auth::Cidr>,
     pub started: Instant,
     pub started_at: SystemTime,
     pub metrics: Metrics,
@@ -201,6 +203,11 @@ pub fn build(loaded: &config::Loaded) -> Result<Built, AgentError> {
         node_id,
         node_name,
         api_token,
+        allowed_ips: config
+            .allowed_ips
+            .iter()
+            .filter_map(|c| crate::api::auth::Cidr::parse(c).ok())
+            .collect(),
         started: Instant::now(),
         started_at: SystemTime::now(),
         metrics: Metrics::default(),

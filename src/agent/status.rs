@@ -219,7 +219,10 @@ pub fn metrics_text(shared: &Shared) -> String {
     e.gauge(
         "process_start_time_seconds",
         "Start time of the process since the Unix epoch.",
-        crate::sys::process_start_unix(),
+        shared
+            .started_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
     );
     if let Some(rss) = crate::sys::rss_bytes() {
         e.gauge(

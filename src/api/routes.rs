@@ -483,9 +483,10 @@ fn get_command(shared: &Shared, path: &str) -> Reply {
     };
     match shared.ledger.lookup(&id) {
         // The stored result is the resource: 200 whatever its status.
-        Some(Found::Done(result)) => {
-            Reply::json(200, &serde_json::to_value(&*result).unwrap_or(Value::Null))
-        }
+        Some(Found::Done(result)) => Reply {
+            status: 200,
+            ..result_reply(&result)
+        },
         Some(Found::InProgress(state)) => accepted(&id, state),
         None => Reply::error(
             404,

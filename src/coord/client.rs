@@ -88,7 +88,8 @@ pub struct CoordClient {
     host: String,
     /// tls.cert_file is set (it changes what a TLS alert means).
     client_cert: bool,
-    token: Option<String>,
+    /// The Authorization header value, when there is a token (never logged).
+    auth: Option<String>,
     http: ureq::Agent,
 }
 
@@ -123,12 +124,13 @@ impl CoordClient {
                 super::tls::config(&config.tls).map_err(|e| CoordError::Setup(e.to_string()))?;
             builder = builder.tls_config(tls);
         }
-        let token = (!config.auth_token.is_empty()).then(|| config.auth_token.expose().to_string());
+        let auth = (!config.auth_token.is_empty())
+            .then(|| format!("Bearer {}", config.auth_token.expose()));
         Ok(CoordClient {
             base,
             host,
             client_cert: config.tls.cert_file.is_some(),
-            token,
+            auth,
             http: builder.build().into(),
         })
     }
@@ -146,11 +148,10 @@ impl CoordClient {
         timeout: Duration,
     ) -> Result<Reply, CoordError> {
         let url = format!("{}{path}", self.base);
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         macro_rules! prepare {
             ($req:expr) => {{
                 let mut r = $req;
-                if let Some(a) = &auth {
+                if let Some(a) = &self.auth {
                     r = r.header("Authorization", a);
                 }
                 r.config().timeout_global(Some(timeout)).build()

@@ -62,6 +62,19 @@ impl Origin {
     }
 }
 
+/// The same record for writing, borrowing what it holds: a done record's
+/// result can be megabytes of output, not worth copying to serialize.
+/// Field order and names must stay those of [`Record`].
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    state: State,
+    origin: Origin,
+    updated: String,
+    command: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a CommandResult>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     state: State,
@@ -387,12 +400,12 @@ impl Ledger {
         command: &Value,
         result: Option<&CommandResult>,
     ) -> Result<(), StoreError> {
-        let record = Record {
+        let record = RecordOut {
             state,
             origin,
             updated: crate::util::now_rfc3339(),
-            command: command.clone(),
-            result: result.cloned(),
+            command,
+            result,
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Invalid {
             what: "result record",
