@@ -144,25 +144,34 @@ impl Shared {
             (None, None)
         };
         let id = command.id.clone();
-        let event = json!({"id": id.as_str(), "type": kind, "action": action, "state": "queued", "origin": origin.as_str()});
+        // Published before the job is handed over, so that a worker's
+        // "running" can never come first; a refusal then says so.
+        self.events.publish(
+            "command",
+            json!({"id": id.as_str(), "type": kind, "action": action, "state": "queued", "origin": origin.as_str()}),
+        );
+        let refused = |reason: &str| {
+            self.ledger.forget(&id);
+            self.events.publish(
+                "command",
+                json!({"id": id.as_str(), "type": kind, "action": action, "state": "refused", "reason": reason}),
+            );
+        };
         match self.queue.try_send(Job {
             command,
             origin,
             reply,
             stream,
         }) {
-            Ok(()) => {
-                self.events.publish("command", event);
-                Submitted::Queued(rx)
-            }
+            Ok(()) => Submitted::Queued(rx),
             Err(TrySendError::Full(_)) => {
-                self.ledger.forget(&id);
+                refused("queue_full");
                 self.metrics.commands_refused.inc(&["queue_full"]);
                 log::warn!(command_id = id.as_str(), queue_size = self.config.queue_size; "command queue is full; refusing");
                 Submitted::Refused(Refusal::QueueFull)
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.ledger.forget(&id);
+                refused("shutting_down");
                 Submitted::Refused(Refusal::ShuttingDown)
             }
         }

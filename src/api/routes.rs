@@ -34,9 +34,58 @@ const WAIT_SLACK: Duration = Duration::from_secs(10);
 /// otherwise end the keep-alive connection under a long answer. Longer
 /// commands answer 202 and the client polls (the CLI does).
 const MAX_SYNC_WAIT: Duration = Duration::from_secs(90);
-/// Requests waiting for results at once; more get 503.
-const MAX_WAITERS: usize = 1024;
-static WAITERS: AtomicUsize = AtomicUsize::new(0);
+/// Requests waiting for results at once; more are answered 202 at once.
+static WAITERS: Slots = Slots::new(1024);
+
+/// A bound on threads of one kind. A slot goes back when its guard drops,
+/// so a thread that ends early or panics (tiny_http can, in `respond`)
+/// does not keep it.
+pub(super) struct Slots {
+    used: AtomicUsize,
+    pub(super) max: usize,
+}
+
+pub(super) struct Slot(&'static Slots);
+
+impl Slots {
+    pub(super) const fn new(max: usize) -> Slots {
+        Slots {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A slot, or None when all are taken.
+    pub(super) fn try_enter(&'static self) -> Option<Slot> {
+        if self.used.fetch_add(1, Ordering::SeqCst) >= self.max {
+            self.used.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(self))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `work` on a thread of its own holding `slot`. If the thread cannot
+/// start, the work (and the slot) is dropped: the command still runs, only
+/// its requester is not answered here.
+pub(super) fn spawn_holding(slot: Slot, name: &str, work: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _slot = slot;
+            work()
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a thread ({name}): {e}");
+    }
+}
 
 /// An HTTP answer before it is written.
 pub struct Reply {
@@ -395,23 +444,15 @@ pub(super) fn result_reply(result: &CommandResult) -> Reply {
     }
 }
 
-/// Counts a thread that waits for a result; false when there are too many.
-pub(super) fn enter_waiter() -> bool {
-    if WAITERS.fetch_add(1, Ordering::SeqCst) >= MAX_WAITERS {
-        WAITERS.fetch_sub(1, Ordering::SeqCst);
-        return false;
-    }
-    true
-}
-
-pub(super) fn leave_waiter() {
-    WAITERS.fetch_sub(1, Ordering::SeqCst);
+/// A slot for a thread that waits for a result; None when there are too many.
+pub(super) fn enter_waiter() -> Option<Slot> {
+    WAITERS.try_enter()
 }
 
 /// At shutdown: gives requests waiting on results up to `limit` to answer.
 pub fn wait_for_waiters(limit: Duration) {
     let deadline = std::time::Instant::now() + limit;
-    while WAITERS.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+    while WAITERS.used.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -427,11 +468,11 @@ fn wait_then_send(
     id: CommandId,
     reply_for: fn(&CommandResult) -> Reply,
 ) {
-    if !enter_waiter() {
+    let Some(slot) = enter_waiter() else {
         // Still queued: the client can poll for it.
         return send(&shared, request, route, accepted(&id, State::Queued));
-    }
-    let waiter = move || {
+    };
+    spawn_holding(slot, "api-wait", move || {
         let reply = match rx.recv_timeout((timeout + WAIT_SLACK).min(MAX_SYNC_WAIT)) {
             Ok(result) => reply_for(&result),
             Err(RecvTimeoutError::Timeout) => accepted(&id, State::Running),
@@ -455,18 +496,7 @@ fn wait_then_send(
             },
         };
         send(&shared, request, route, reply);
-        leave_waiter();
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("api-wait".into())
-        .stack_size(128 * 1024)
-        .spawn(waiter)
-    {
-        leave_waiter();
-        log::error!(
-            "cannot start a thread to wait for a command result: {e}; the command still runs"
-        );
-    }
+    });
 }
 
 fn get_command(shared: &Shared, path: &str) -> Reply {
@@ -562,5 +592,31 @@ fn debug(shared: &Shared, path: &str) -> Reply {
             }
             Reply::json(200, &Value::Object(doc))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_bounded_and_given_back_even_by_a_panicking_thread() {
+        static S: Slots = Slots::new(2);
+        let a = S.try_enter().unwrap();
+        let b = S.try_enter().unwrap();
+        assert!(S.try_enter().is_none(), "all taken");
+        drop(a);
+        let c = S.try_enter().expect("a dropped slot is free again");
+        let panicked = std::thread::spawn(move || {
+            let _held = b;
+            panic!("a request thread dies");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(
+            S.try_enter().is_some(),
+            "the panicking thread gave its slot back"
+        );
+        drop(c);
     }
 }

@@ -5,39 +5,27 @@
 //! (while it is still in the backlog). A comment line every 15 s keeps
 //! proxies from closing an idle stream and tells us when the client left.
 
-use super::routes::Reply;
+use super::routes::{send, spawn_holding, Reply, Slots};
 use crate::agent::Shared;
 use crossbeam_channel::{select, Receiver};
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tiny_http::Request;
 
-const MAX_CLIENTS: usize = 32;
 const KEEPALIVE: Duration = Duration::from_secs(15);
-static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+static CLIENTS: Slots = Slots::new(32);
 
 pub fn serve(shared: &Arc<Shared>, request: Request, shutdown: &Receiver<()>) {
     let route = "/api/v1/events";
-    if CLIENTS.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-        CLIENTS.fetch_sub(1, Ordering::SeqCst);
+    let Some(slot) = CLIENTS.try_enter() else {
         let reply = Reply::error(
             503,
             "too_many_streams",
-            format!("at most {MAX_CLIENTS} event streams at once"),
+            format!("at most {} event streams at once", CLIENTS.max),
         );
-        shared.metrics.api_requests.inc(&[route, "503"]);
-        let _ = request.respond(
-            tiny_http::Response::from_data(reply.body)
-                .with_status_code(503)
-                .with_header(
-                    tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-                        .expect("static header"),
-                ),
-        );
-        return;
-    }
+        return send(shared, request, route, reply);
+    };
     shared.metrics.api_requests.inc(&[route, "200"]);
     let last_seen = request
         .headers()
@@ -45,7 +33,7 @@ pub fn serve(shared: &Arc<Shared>, request: Request, shutdown: &Receiver<()>) {
         .find(|h| h.field.equiv("Last-Event-ID"))
         .and_then(|h| h.value.as_str().trim().parse::<u64>().ok());
     let (shared, shutdown) = (shared.clone(), shutdown.clone());
-    let spawned = std::thread::Builder::new().name("sse".into()).stack_size(128 * 1024).spawn(move || {
+    spawn_holding(slot, "sse", move || {
         let (backlog, events) = shared.events.subscribe(last_seen);
         let mut w = request.into_writer();
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n: vendetta event stream\n\n";
@@ -68,12 +56,7 @@ pub fn serve(shared: &Arc<Shared>, request: Request, shutdown: &Receiver<()>) {
                 default(KEEPALIVE) => ok = w.write_all(b": keepalive\n\n").and_then(|_| w.flush()).is_ok(),
             }
         }
-        CLIENTS.fetch_sub(1, Ordering::SeqCst);
     });
-    if let Err(e) = spawned {
-        CLIENTS.fetch_sub(1, Ordering::SeqCst);
-        log::error!("cannot start an event-stream thread: {e}");
-    }
 }
 
 fn write_event(w: &mut dyn Write, e: &crate::agent::events::Event) -> std::io::Result<()> {

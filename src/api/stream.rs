@@ -8,7 +8,7 @@
 //! character cut at a chunk edge is held back and joined with the next
 //! chunk, so every line is valid JSON text.
 
-use super::routes::{accepted, enter_waiter, leave_waiter, send};
+use super::routes::{accepted, enter_waiter, send, spawn_holding};
 use crate::agent::Shared;
 use crate::protocol::{CommandId, CommandResult};
 use crate::providers::output::{Chunk, Stream};
@@ -30,10 +30,10 @@ pub fn serve(
     timeout: Duration,
     id: CommandId,
 ) {
-    if !enter_waiter() {
+    let Some(slot) = enter_waiter() else {
         return send(&shared, request, ROUTE, accepted(&id, State::Queued));
-    }
-    let worker = move || {
+    };
+    spawn_holding(slot, "api-stream", move || {
         shared.metrics.api_requests.inc(&[ROUTE, "200"]);
         let mut w = request.into_writer();
         let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
@@ -75,16 +75,7 @@ pub fn serve(
                 .and_then(|_| writeln!(w, "{last}"))
                 .and_then(|_| w.flush());
         }
-        leave_waiter();
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("api-stream".into())
-        .stack_size(128 * 1024)
-        .spawn(worker)
-    {
-        leave_waiter();
-        log::error!("cannot start a thread to stream a command: {e}; the command still runs");
-    }
+    });
 }
 
 /// Bytes of a UTF-8 character cut at a chunk edge, per stream.

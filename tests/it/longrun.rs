@@ -5,7 +5,7 @@
 use crate::coord::{link_yaml, registered};
 use crate::docker::{create_started, docker_agent, Sessions, IMAGE};
 use crate::util::coord::CoordServer;
-use crate::util::{next_id, wait_until, Agent, BIN, TOKEN};
+use crate::util::{next_id, wait_until, Agent, Events, BIN, TOKEN};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -44,6 +44,7 @@ fn a_full_queue_answers_429_at_once_and_records_nothing() {
         .1["status"]
         == "running"));
     assert_eq!(async_post(&queued).0, 202);
+    let mut events = Events::open(&a);
     let t = Instant::now();
     let (status, body) = a.post(&exec_body(&refused, &sid, "true"));
     assert_eq!(status, 429, "{body}");
@@ -53,6 +54,13 @@ fn a_full_queue_answers_429_at_once_and_records_nothing() {
         t.elapsed()
     );
     assert_eq!(body["code"], "queue_full");
+    // Watchers saw it queued, then refused: no command is left hanging.
+    let refused_event = events
+        .wait_for(Duration::from_secs(5), |e| {
+            e["id"] == refused.as_str() && e["state"] == "refused"
+        })
+        .expect("a refused event");
+    assert_eq!(refused_event["reason"], "queue_full");
     assert_eq!(
         state_of(&a, &refused).0,
         404,

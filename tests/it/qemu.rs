@@ -10,11 +10,11 @@
 //! started through Drop guards, also when it fails.
 
 use crate::util::{
-    assert_interrupted_and_reaped, host_pids, next_id, start_sleep, wait_until, Agent, TempDir,
-    TOKEN,
+    assert_interrupted_and_reaped, host_pids, next_id, start_sleep, wait_until, Agent, Events,
+    TempDir,
 };
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::ops::Deref;
 use std::os::unix::net::UnixStream;
@@ -140,45 +140,6 @@ fn session_status(a: &Agent, id: &str) -> Option<String> {
         .iter()
         .find(|s| s["id"] == id)
         .map(|s| s["status"].as_str().unwrap_or("").to_string())
-}
-
-/// A live `/api/v1/events` stream.
-struct Events(BufReader<TcpStream>);
-
-impl Events {
-    fn open(a: &Agent) -> Events {
-        let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        write!(
-            s,
-            "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-        )
-        .unwrap();
-        Events(BufReader::new(s))
-    }
-
-    /// The first session event matching `pred` within `timeout`.
-    fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        let mut line = String::new();
-        while Instant::now() < deadline {
-            line.clear();
-            match self.0.read_line(&mut line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(_) => continue,
-            }
-            if let Some(data) = line.strip_prefix("data: ") {
-                if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
-                    if pred(&v) {
-                        return Some(v);
-                    }
-                }
-            }
-        }
-        None
-    }
 }
 
 /// The real qemu-ga, run on the host on a session's qga.sock path: it

@@ -489,3 +489,51 @@ pub fn assert_interrupted_and_reaped(a: &Agent, cmd_id: &str, marker: &str) {
         "the process the crash left behind still runs"
     );
 }
+
+/// A live `/api/v1/events` stream. Once `open` returns, the agent has
+/// subscribed it: events published after that are all seen.
+pub struct Events(std::io::BufReader<TcpStream>);
+
+impl Events {
+    pub fn open(a: &Agent) -> Events {
+        use std::io::BufRead;
+        let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        r.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Events(r)
+    }
+
+    /// The first event whose JSON data matches `pred` within `timeout`.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        use std::io::BufRead;
+        let deadline = Instant::now() + timeout;
+        let mut line = String::new();
+        while Instant::now() < deadline {
+            line.clear();
+            match self.0.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            if let Some(data) = line.strip_prefix("data: ") {
+                if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
+                    if pred(&v) {
+                        return Some(v);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
