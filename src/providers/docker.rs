@@ -252,24 +252,13 @@ impl DockerProvider {
             return Ok(Some(cid.clone()));
         }
         let name = spec::container_name(id);
-        let path = format!("/containers/{name}/json");
-        let resp = self.engine.call("GET", &path, None, self.engine.timeout)?;
-        match resp.status() {
-            404 => return Ok(None),
-            200 => {}
-            _ => return Err(api_error(&call_name("GET", &path), &resp)),
-        }
-        let v = parse_json(&call_name("GET", &path), &resp.body)?;
+        let Some(v) = self.get_container(&name)? else {
+            return Ok(None);
+        };
         if let Some(why) = spec::foreign(&v["Config"]["Labels"], id.as_str(), &self.node_id) {
             return Err(DockerError::NotOurs { name, why });
         }
-        let cid = v["Id"].as_str().unwrap_or("").to_string();
-        if cid.is_empty() || !cid.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(DockerError::BadAnswer {
-                call: call_name("GET", &path),
-                detail: "no container Id".into(),
-            });
-        }
+        let cid = container_id(&v, &format!("GET /containers/{name}/json"))?;
         self.known().insert(id.as_str().to_string(), cid.clone());
         Ok(Some(cid))
     }
@@ -285,14 +274,19 @@ impl DockerProvider {
         DockerError::NoSession { id: id.to_string() }
     }
 
-    fn inspect(&self, id: &SessionId, cid: &str) -> Result<Value, DockerError> {
-        let path = format!("/containers/{cid}/json");
+    /// Container inspect by name or id; None when there is no such container.
+    fn get_container(&self, key: &str) -> Result<Option<Value>, DockerError> {
+        let path = format!("/containers/{key}/json");
         let resp = self.engine.call("GET", &path, None, self.engine.timeout)?;
         match resp.status() {
-            200 => parse_json(&call_name("GET", &path), &resp.body),
-            404 => Err(self.gone(id)),
+            200 => parse_json(&call_name("GET", &path), &resp.body).map(Some),
+            404 => Ok(None),
             _ => Err(api_error(&call_name("GET", &path), &resp)),
         }
+    }
+
+    fn inspect(&self, id: &SessionId, cid: &str) -> Result<Value, DockerError> {
+        self.get_container(cid)?.ok_or_else(|| self.gone(id))
     }
 
     fn session(&self, id: &SessionId, cid: &str) -> Result<Session, DockerError> {
@@ -351,7 +345,7 @@ impl DockerProvider {
         let target = self.engine.target(&path)?;
         let stream = self.engine.connect(self.engine.timeout)?;
         let (head, body) = unix_http::request_streaming(stream, &Request::new("POST", &target))
-            .map_err(|e| self.engine.http_error(&call, e))?;
+            .map_err(|e| self.engine.http_error(&call, self.engine.timeout, e))?;
         if head.status != 200 {
             let mut body = body;
             let text = body.read_all(64 * 1024).unwrap_or_default();
@@ -455,13 +449,7 @@ impl DockerProvider {
                 })
             }
         }
-        let cid = answer["Id"].as_str().unwrap_or("").to_string();
-        if cid.is_empty() || !cid.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(DockerError::BadAnswer {
-                call: "POST /containers/create".into(),
-                detail: "no container Id".into(),
-            });
-        }
+        let cid = container_id(&answer, "POST /containers/create")?;
         // Limits the kernel cannot enforce are dropped with a warning, not
         // an error: pass them on in the session record.
         let warnings: Vec<String> = answer["Warnings"]
@@ -733,6 +721,19 @@ impl Provider for DockerProvider {
                 source: "healthcheck".into(),
                 detail: e.to_string(),
             })
+    }
+}
+
+/// The hex `Id` of an inspect or create answer.
+fn container_id(v: &Value, call: &str) -> Result<String, DockerError> {
+    match v["Id"].as_str() {
+        Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(id.to_string())
+        }
+        _ => Err(DockerError::BadAnswer {
+            call: call.to_string(),
+            detail: "no container Id".into(),
+        }),
     }
 }
 

@@ -583,23 +583,8 @@ impl QemuProvider {
     /// ends every VM); see [`Self::write_record_durable`].
     fn write_record(&self, dir: &Path, rec: &VmRecord) -> Result<(), QemuError> {
         let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp-{}", crate::util::random_hex(4)));
         let bytes = serde_json::to_vec_pretty(rec).unwrap_or_default();
-        let result = (|| {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?
-                .write_all(&bytes)?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(|source| QemuError::State {
+        fsutil::replace(&path, &bytes, 0o600).map_err(|source| QemuError::State {
             step: "write the VM record",
             path,
             source,

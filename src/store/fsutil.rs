@@ -22,6 +22,17 @@ pub struct Staged {
 }
 
 pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
+    stage_with(path, bytes, mode, true)
+}
+
+/// Replaces `path` atomically (temp file, rename) without syncing: a
+/// reader, or a process killed midway, sees the old file or the new one,
+/// but a power cut may bring back the old one.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    stage_with(path, bytes, mode, false)?.commit()
+}
+
+fn stage_with(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -38,7 +49,9 @@ pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
         .mode(mode)
         .open(&staged.tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     Ok(staged)
 }
 

@@ -129,7 +129,7 @@ impl Engine {
         let timeout = self.timeout.min(Duration::from_secs(5));
         let stream = self.connect(timeout)?;
         let resp = unix_http::request(stream, &Request::new("GET", "/_ping"), 4096)
-            .map_err(|e| self.http_error("GET /_ping", e))?;
+            .map_err(|e| self.http_error("GET /_ping", self.timeout, e))?;
         if resp.status() != 200 {
             return Err(api_error("GET /_ping", &resp));
         }
@@ -172,7 +172,7 @@ impl Engine {
         }
         let stream = self.connect(timeout)?;
         let resp = unix_http::request(stream, &req, MAX_BODY)
-            .map_err(|e| self.http_error(&call_name(method, path), e))?;
+            .map_err(|e| self.http_error(&call_name(method, path), timeout, e))?;
         if resp.status() == 400 && message_of(&resp).contains("is too old") {
             // The engine's minimum is above what we speak.
             self.forget();
@@ -192,14 +192,15 @@ impl Engine {
         parse_json(&call_name("GET", path), &resp.body)
     }
 
-    pub fn http_error(&self, call: &str, source: HttpError) -> DockerError {
+    /// `timeout` is the limit the failed call had (for the message).
+    pub fn http_error(&self, call: &str, timeout: Duration, source: HttpError) -> DockerError {
         if !source.is_timeout() {
             self.forget();
         }
         DockerError::Http {
             call: call.to_string(),
             socket: self.socket.clone(),
-            timeout: self.timeout,
+            timeout,
             source,
         }
     }

@@ -84,7 +84,7 @@ pub fn run(
         .json(br#"{"Detach":false,"Tty":false}"#)
         .upgrade();
     let mut conn = match unix_http::hijack(stream, &req, 1 << 20)
-        .map_err(|e| engine.http_error(&call_name("POST", &start_path), e))?
+        .map_err(|e| engine.http_error(&call_name("POST", &start_path), engine.timeout, e))?
     {
         Hijack::Stream(_, conn) => conn,
         Hijack::Answer(resp) => {
@@ -132,6 +132,7 @@ pub fn run(
             if let Err(e) = conn.get_ref().set_read_timeout(Some(limit - now)) {
                 break Err(engine.http_error(
                     &call_name("POST", &start_path),
+                    spec.timeout,
                     unix_http::HttpError::Io {
                         step: "setting the read timeout",
                         source: e,
@@ -165,6 +166,7 @@ pub fn run(
                 Err(e) => {
                     break Err(engine.http_error(
                         &call_name("POST", &start_path),
+                        spec.timeout,
                         unix_http::HttpError::Io {
                             step: "reading the exec output",
                             source: e,
