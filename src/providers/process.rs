@@ -391,30 +391,12 @@ fn kill_group(child: &mut Child) {
 }
 
 /// Live (not zombie) processes whose process group is `pgid`, from /proc.
-pub fn group_members(pgid: libc::pid_t) -> Vec<libc::pid_t> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| parse_stat(&s))
-                .is_some_and(|(state, pgrp)| pgrp == pgid && state != 'Z' && state != 'X')
-        })
+fn group_members(pgid: libc::pid_t) -> Vec<u32> {
+    super::proctree::all_procs()
+        .into_iter()
+        .filter(|p| !p.zombie && i64::from(p.pgrp) == i64::from(pgid))
+        .map(|p| p.pid)
         .collect()
-}
-
-/// (state, pgrp) from a /proc/PID/stat line; the command name may hold
-/// spaces and parentheses, so fields are counted after the last ')'.
-fn parse_stat(line: &str) -> Option<(char, libc::pid_t)> {
-    let rest = &line[line.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let _ppid = f.next()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some((state, pgrp))
 }
 
 /// Turns a program and its arguments into a `Command` (argv, no shell).
@@ -567,14 +549,5 @@ mod tests {
             e.to_string(),
             "cannot run definitely-not-a-tool-xyz: not found on PATH; is it installed?"
         );
-    }
-
-    #[test]
-    fn parses_stat_with_odd_names() {
-        assert_eq!(
-            parse_stat("123 (a) b (c)) S 1 456 456 0 -1"),
-            Some(('S', 456))
-        );
-        assert_eq!(parse_stat("garbage"), None);
     }
 }

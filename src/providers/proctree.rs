@@ -12,16 +12,23 @@ pub fn environ_has(pid: u32, entry: &str) -> bool {
         .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
 }
 
-/// One process as /proc shows it.
+/// One process as /proc/PID/stat shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Proc {
-    pid: u32,
-    ppid: u32,
-    sid: u32,
-    zombie: bool,
+pub struct Proc {
+    pub pid: u32,
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub sid: u32,
+    /// Clock ticks after boot (field 22): with the pid, it tells a
+    /// process from a later one that reuses its pid.
+    pub start_time: Option<u64>,
+    /// Exited, not yet reaped (Z), or dead (X).
+    pub zombie: bool,
 }
 
-fn read_proc(pid: u32) -> Option<Proc> {
+/// The process `pid`, if there is one.
+pub fn read_proc(pid: u32) -> Option<Proc> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(pid, &stat)
 }
@@ -29,20 +36,21 @@ fn read_proc(pid: u32) -> Option<Proc> {
 /// Fields after the command name, which may itself hold spaces and ')'.
 fn parse_stat(pid: u32, stat: &str) -> Option<Proc> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let _pgrp = f.next()?;
-    let sid = f.next()?.parse().ok()?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let state = f.first()?.chars().next()?;
     Some(Proc {
         pid,
-        ppid,
-        sid,
-        zombie: state == "Z" || state == "X",
+        state,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        sid: f.get(3)?.parse().ok()?,
+        start_time: f.get(19).and_then(|s| s.parse().ok()),
+        zombie: state == 'Z' || state == 'X',
     })
 }
 
-fn all_procs() -> Vec<Proc> {
+/// Every process /proc shows.
+pub fn all_procs() -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -155,19 +163,29 @@ mod tests {
 
     #[test]
     fn parses_proc_stat_with_odd_names() {
-        let p = parse_stat(42, "42 (a b) c)) S 7 42 42 0 -1 4194560 0").unwrap();
-        assert_eq!((p.ppid, p.sid, p.zombie), (7, 42, false));
+        let p = parse_stat(42, "42 (a b) c)) S 7 41 42 0 -1 4194560 0").unwrap();
+        assert_eq!(
+            (p.state, p.ppid, p.pgrp, p.sid, p.zombie),
+            ('S', 7, 41, 42, false)
+        );
+        assert_eq!(p.start_time, None, "short line: no start time");
         let z = parse_stat(43, "43 (sleep) Z 1 43 43 0").unwrap();
         assert!(z.zombie);
         assert!(parse_stat(1, "garbage").is_none());
+        // A whole line: starttime is field 22.
+        let full = "7 (x) S 1 7 7 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 1 1";
+        assert_eq!(parse_stat(7, full).unwrap().start_time, Some(98765));
     }
 
     #[test]
     fn tree_covers_session_and_descendants() {
         let p = |pid, ppid, sid| Proc {
             pid,
+            state: 'S',
             ppid,
+            pgrp: sid,
             sid,
+            start_time: None,
             zombie: false,
         };
         let procs = [

@@ -327,14 +327,8 @@ fn identify(p: &ProcId) -> Identity {
 
 /// (state, start time) from /proc/PID/stat.
 fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    // Field 22 (starttime) is the 20th after comm.
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    let p = super::proctree::read_proc(pid)?;
+    Some((p.state, p.start_time?))
 }
 
 fn proc_cmdline(pid: u32) -> Option<Vec<String>> {
