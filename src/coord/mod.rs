@@ -168,19 +168,22 @@ impl Link {
     /// A request succeeded: the link is up.
     pub fn up(&self) {
         let mut was = String::new();
+        let mut since = None;
         self.shared.update_link(|l| {
             was = std::mem::replace(&mut l.state, "connected".into());
             l.last_heartbeat
                 .get_or_insert_with(crate::util::now_rfc3339);
+            if was != "connected" {
+                since = l.offline_since.take();
+            }
         });
         if was != "connected" {
             if was == "disconnected" {
                 self.shared.metrics.reconnects.inc();
-                let since = self.shared.link().offline_since.unwrap_or_default();
+                let since = since.unwrap_or_default();
                 log::info!(offline_since = since.as_str(); "coordination link restored");
                 *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = Some(since);
             }
-            self.shared.update_link(|l| l.offline_since = None);
             let _ = self.wake_reporter.try_send(());
         }
     }

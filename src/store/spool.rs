@@ -81,16 +81,19 @@ impl Spool {
         match serde_json::from_slice(&bytes) {
             Ok(r) => Some(r),
             Err(e) => {
+                // Counted out only when it really left, under the lock like
+                // put and remove.
+                let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
                 if let Ok(to) = fsutil::move_aside(&path, &self.corrupt) {
                     log::warn!(
                         "spooled result {} is damaged ({e}); moved to {}",
                         path.display(),
                         to.display()
                     );
+                    let _ = self
+                        .pending
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                 }
-                let _ = self
-                    .pending
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                 None
             }
         }
