@@ -10,7 +10,7 @@
 //! an engine outage that cannot be staged on a shared engine.
 
 use crate::util::{
-    assert_interrupted_and_reaped, host_pids, next_id, start_sleep, wait_until, Agent, TempDir,
+    assert_interrupted_and_reaped, host_pids, next_id, ok, start_sleep, wait_until, Agent, TempDir,
     TOKEN,
 };
 use serde_json::{json, Value};
@@ -133,11 +133,6 @@ fn urlencode(s: &str) -> String {
 
 pub(crate) fn docker_agent(extra: &str) -> Agent {
     Agent::start(&format!("docker:\n  image: {IMAGE}\n{extra}"))
-}
-
-fn ok(r: &Value) -> &Value {
-    assert_eq!(r["status"], "success", "{r}");
-    &r["data"]
 }
 
 pub(crate) fn create_started(a: &Agent, id: &str, params: Value) -> Value {

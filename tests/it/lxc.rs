@@ -12,7 +12,7 @@
 //! registered when the test ends, also when it fails.
 
 use crate::util::{
-    assert_interrupted_and_reaped, host_pids, next_id, start_sleep, wait_until, Agent, TempDir,
+    assert_interrupted_and_reaped, host_pids, next_id, ok, start_sleep, wait_until, Agent, TempDir,
     TOKEN,
 };
 use serde_json::{json, Value};
@@ -211,30 +211,11 @@ fn call_within(agent: &Agent, action: &str, params: Value, timeout: Option<&str>
     body
 }
 
-fn ok(r: &Value) -> &Value {
-    assert_eq!(r["status"], "success", "{r}");
-    &r["data"]
-}
-
 fn failed<'a>(r: &'a Value, code: &str) -> &'a str {
     assert!(r["error"].is_string(), "{r}");
     assert_ne!(r["status"], "success", "{r}");
     assert_eq!(r["code"], code, "{r}");
     r["error"].as_str().unwrap_or_default()
-}
-
-/// Host processes whose command line is exactly `argv`.
-fn host_processes(argv: &[&str]) -> Vec<String> {
-    let want = argv.join("\0") + "\0";
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-                .map(|c| String::from_utf8_lossy(&c).into_owned())
-                .filter(|c| *c == want)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -496,8 +477,8 @@ fn exec_codes_streams_stdin_cap_and_timeout() {
         gone,
         "the timed-out command is still running in the container"
     );
-    assert!(host_processes(&["sleep", "4321"]).is_empty());
-    assert!(host_processes(&["sleep", "4322"]).is_empty());
+    assert!(host_pids(&["sleep", "4321"]).is_empty());
+    assert!(host_pids(&["sleep", "4322"]).is_empty());
     // And the session is still usable.
     let r = lab.exec(&id, json!({"command": ["true"]}));
     assert_eq!(ok(&r)["exit_code"], 0);

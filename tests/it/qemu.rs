@@ -10,8 +10,8 @@
 //! started through Drop guards, also when it fails.
 
 use crate::util::{
-    assert_interrupted_and_reaped, host_pids, next_id, start_sleep, wait_until, Agent, Events,
-    TempDir,
+    alive, assert_interrupted_and_reaped, host_pids, next_id, ok, start_sleep, wait_until, Agent,
+    Events, TempDir,
 };
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -86,27 +86,8 @@ fn procs_naming(path: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Alive and not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')').map(|i| {
-                s[i + 1..]
-                    .trim_start()
-                    .starts_with(|c| c != 'Z' && c != 'X')
-            })
-        })
-        .unwrap_or(false)
-}
-
 fn sid(tag: &str) -> String {
     format!("q{}-{tag}", next_id())
-}
-
-fn assert_ok(r: &Value) -> &Value {
-    assert_eq!(r["status"], "success", "{r:#}");
-    &r["data"]
 }
 
 /// The session's directory, found through its vm.json.
@@ -225,7 +206,7 @@ fn lifecycle_create_start_stop_destroy_twice() {
             "create",
             json!({"session_id": id, "ports": ["8080/tcp"], "labels": {"round": round.to_string()}}),
         );
-        let s = assert_ok(&r);
+        let s = ok(&r);
         assert_eq!(s["status"], "created", "{s}");
         assert_eq!(s["provider"], "qemu");
         assert_eq!(s["labels"]["round"], round.to_string());
@@ -253,7 +234,7 @@ fn lifecycle_create_start_stop_destroy_twice() {
 
         for _ in 0..2 {
             let r = h.cmd("session", "start", json!({"session_id": id}));
-            assert_eq!(assert_ok(&r)["status"], "running");
+            assert_eq!(ok(&r)["status"], "running");
             assert_eq!(qmp_status(&dir), "running");
         }
         let pid = vm_pid(&dir);
@@ -267,7 +248,7 @@ fn lifecycle_create_start_stop_destroy_twice() {
             json!({"session_id": id, "timeout": "2s"}),
         );
         let took = t.elapsed();
-        assert_eq!(assert_ok(&r)["status"], "stopped");
+        assert_eq!(ok(&r)["status"], "stopped");
         assert!(
             took >= Duration::from_secs(1),
             "powerdown phase skipped: {took:?}"
@@ -280,12 +261,12 @@ fn lifecycle_create_start_stop_destroy_twice() {
             "stop",
             json!({"session_id": id, "timeout": "2s"}),
         );
-        assert_eq!(assert_ok(&r)["status"], "stopped");
+        assert_eq!(ok(&r)["status"], "stopped");
         assert_eq!(session_status(&h, &id).as_deref(), Some("stopped"));
 
         // Start after stop relaunches the VM on the same forwarded port.
         let r = h.cmd("session", "start", json!({"session_id": id}));
-        let s = assert_ok(&r);
+        let s = ok(&r);
         assert_eq!(s["status"], "running");
         assert_eq!(s["ports"]["8080/tcp"], host_port);
         assert_ne!(vm_pid(&dir), pid);
@@ -293,7 +274,7 @@ fn lifecycle_create_start_stop_destroy_twice() {
 
         for expected in [true, false] {
             let r = h.cmd("session", "destroy", json!({"session_id": id}));
-            assert_eq!(assert_ok(&r)["existed"], expected, "{r}");
+            assert_eq!(ok(&r)["existed"], expected, "{r}");
         }
         assert!(!dir.exists(), "{} left behind", dir.display());
         assert!(procs_naming(&dir).is_empty());
@@ -311,7 +292,7 @@ fn machine_none_runs_without_devices_and_says_so() {
         "create",
         json!({"session_id": id, "ports": ["80"], "workspace_path": ws.path(), "resources": {"cpus": 2, "pids": 10}}),
     );
-    let s = assert_ok(&r);
+    let s = ok(&r);
     assert_eq!(s["status"], "created");
     assert_eq!(s["ports"], json!({}), "nothing is forwarded without a NIC");
     let warnings = s["warnings"].to_string();
@@ -319,7 +300,7 @@ fn machine_none_runs_without_devices_and_says_so() {
         assert!(warnings.contains(want), "{want} in {warnings}");
     }
     let r = h.cmd("session", "start", json!({"session_id": id}));
-    assert_eq!(assert_ok(&r)["status"], "running");
+    assert_eq!(ok(&r)["status"], "running");
     let dir = vm_dir(&h, &id).unwrap();
     assert_eq!(qmp_status(&dir), "running");
     // No virtio-serial, so no guest agent: said at once, not after a timeout.
@@ -338,9 +319,9 @@ fn machine_none_runs_without_devices_and_says_so() {
         "stop",
         json!({"session_id": id, "timeout": "1s"}),
     );
-    assert_eq!(assert_ok(&r)["status"], "stopped");
+    assert_eq!(ok(&r)["status"], "stopped");
     let r = h.cmd("session", "destroy", json!({"session_id": id}));
-    assert_eq!(assert_ok(&r)["existed"], true);
+    assert_eq!(ok(&r)["existed"], true);
 }
 
 #[test]
@@ -353,7 +334,7 @@ fn workspace_is_shared_with_mount_tag_workspace() {
         "create",
         json!({"session_id": id, "workspace_path": ws.path(), "resources": {"memory": "96m", "cpus": 2}}),
     );
-    assert_ok(&r);
+    ok(&r);
     let dir = vm_dir(&h, &id).unwrap();
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm_pid(&dir))).unwrap();
     let args: Vec<String> = cmdline
@@ -382,7 +363,7 @@ fn workspace_is_shared_with_mount_tag_workspace() {
         .unwrap();
     drop(q);
     assert!(tree.to_string().contains("virtio-9p"), "{tree}");
-    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
 }
 
 #[test]
@@ -390,13 +371,13 @@ fn agent_kill9_and_restart_readopts_running_vms() {
     let mut h = Host::start(&cfg("q35", ""));
     let created = sid("adopt-c");
     let running = sid("adopt-r");
-    assert_ok(&h.cmd("session", "create", json!({"session_id": created})));
-    assert_ok(&h.cmd(
+    ok(&h.cmd("session", "create", json!({"session_id": created})));
+    ok(&h.cmd(
         "session",
         "create",
         json!({"session_id": running, "ports": ["22"]}),
     ));
-    assert_ok(&h.cmd("session", "start", json!({"session_id": running})));
+    ok(&h.cmd("session", "start", json!({"session_id": running})));
     let (dc, dr) = (vm_dir(&h, &created).unwrap(), vm_dir(&h, &running).unwrap());
     let (pc, pr) = (vm_pid(&dc), vm_pid(&dr));
     let port = h.cmd("session", "list", json!({}))["data"]
@@ -423,18 +404,18 @@ fn agent_kill9_and_restart_readopts_running_vms() {
         "the same VMs, not new ones"
     );
     // Control works on the adopted VMs.
-    assert_ok(&h.cmd("session", "start", json!({"session_id": created})));
+    ok(&h.cmd("session", "start", json!({"session_id": created})));
     assert_eq!(qmp_status(&dc), "running");
     let r = h.cmd(
         "session",
         "stop",
         json!({"session_id": running, "timeout": "1s"}),
     );
-    assert_eq!(assert_ok(&r)["status"], "stopped");
+    assert_eq!(ok(&r)["status"], "stopped");
     assert!(!alive(pr));
     for id in [&created, &running] {
         assert_eq!(
-            assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})))["existed"],
+            ok(&h.cmd("session", "destroy", json!({"session_id": id})))["existed"],
             true
         );
     }
@@ -447,8 +428,8 @@ fn vm_ended_behind_the_agents_back_is_lost_or_exited_with_an_event() {
     let killed = sid("killed");
     let quit = sid("quit");
     for id in [&killed, &quit] {
-        assert_ok(&h.cmd("session", "create", json!({"session_id": id})));
-        assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+        ok(&h.cmd("session", "create", json!({"session_id": id})));
+        ok(&h.cmd("session", "start", json!({"session_id": id})));
     }
     let (dk, dq) = (vm_dir(&h, &killed).unwrap(), vm_dir(&h, &quit).unwrap());
     let mut events = Events::open(&h);
@@ -480,12 +461,12 @@ fn vm_ended_behind_the_agents_back_is_lost_or_exited_with_an_event() {
 
     // Stop keeps the truth; start brings a lost VM back.
     let r = h.cmd("session", "stop", json!({"session_id": killed}));
-    assert_eq!(assert_ok(&r)["status"], "lost");
+    assert_eq!(ok(&r)["status"], "lost");
     let r = h.cmd("session", "start", json!({"session_id": killed}));
-    assert_eq!(assert_ok(&r)["status"], "running");
+    assert_eq!(ok(&r)["status"], "running");
     assert_eq!(qmp_status(&dk), "running");
     for id in [&killed, &quit] {
-        assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+        ok(&h.cmd("session", "destroy", json!({"session_id": id})));
     }
 }
 
@@ -495,8 +476,8 @@ fn a_stale_pidfile_naming_a_live_unrelated_pid_is_never_killed() {
     let reused = sid("reused");
     let pidfile_only = sid("pidfile");
     for id in [&reused, &pidfile_only] {
-        assert_ok(&h.cmd("session", "create", json!({"session_id": id})));
-        assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+        ok(&h.cmd("session", "create", json!({"session_id": id})));
+        ok(&h.cmd("session", "start", json!({"session_id": id})));
     }
     let (dr, dp) = (
         vm_dir(&h, &reused).unwrap(),
@@ -539,9 +520,9 @@ fn a_stale_pidfile_naming_a_live_unrelated_pid_is_never_killed() {
             "stop",
             json!({"session_id": id, "timeout": "1s"}),
         );
-        assert_ok(&r);
+        ok(&r);
         let r = h.cmd("session", "destroy", json!({"session_id": id}));
-        assert_eq!(assert_ok(&r)["existed"], true);
+        assert_eq!(ok(&r)["existed"], true);
     }
     assert!(
         matches!(sleeper.0.try_wait(), Ok(None)),
@@ -554,7 +535,7 @@ fn a_stale_pidfile_naming_a_live_unrelated_pid_is_never_killed() {
 fn qmp_error_replies_are_surfaced() {
     let h = Host::start(&cfg("q35", ""));
     let id = sid("qmperr");
-    assert_ok(&h.cmd("session", "create", json!({"session_id": id})));
+    ok(&h.cmd("session", "create", json!({"session_id": id})));
     let dir = vm_dir(&h, &id).unwrap();
     let t = Duration::from_secs(5);
     {
@@ -600,15 +581,15 @@ fn qmp_error_replies_are_surfaced() {
         assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     }
     let r = h.cmd("session", "start", json!({"session_id": id}));
-    assert_eq!(assert_ok(&r)["status"], "running");
-    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    assert_eq!(ok(&r)["status"], "running");
+    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
 }
 
 #[test]
 fn exec_through_the_real_qemu_ga() {
     let h = Host::start(&cfg("q35", "limits:\n  max_output: 1k\n"));
     let id = sid("exec");
-    assert_ok(&h.cmd("session", "create", json!({"session_id": id})));
+    ok(&h.cmd("session", "create", json!({"session_id": id})));
     let dir = vm_dir(&h, &id).unwrap();
 
     // Not running yet: a clear conflict, before any guest agent talk.
@@ -618,7 +599,7 @@ fn exec_through_the_real_qemu_ga() {
         r["error"].as_str().unwrap().contains("start it first"),
         "{r}"
     );
-    assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+    ok(&h.cmd("session", "start", json!({"session_id": id})));
 
     let _ga = GuestAgent::start(&dir.join("qga.sock"));
 
@@ -627,7 +608,7 @@ fn exec_through_the_real_qemu_ga() {
         &id,
         json!({"command": ["sh", "-c", "echo out; echo err >&2"]}),
     );
-    let d = assert_ok(&r);
+    let d = ok(&r);
     assert_eq!(d["exit_code"], 0);
     assert_eq!(d["stdout"], "out\n");
     assert_eq!(d["stderr"], "err\n");
@@ -642,17 +623,17 @@ fn exec_through_the_real_qemu_ga() {
         &id,
         json!({"command": ["cat"], "stdin": "from stdin\n"}),
     );
-    assert_eq!(assert_ok(&r)["stdout"], "from stdin\n");
+    assert_eq!(ok(&r)["stdout"], "from stdin\n");
     // No stdin: an empty one, not the agent's (cat must not hang).
     let r = exec(&h, &id, json!({"command": ["cat"], "timeout": "5s"}));
-    assert_eq!(assert_ok(&r)["stdout"], "");
+    assert_eq!(ok(&r)["stdout"], "");
 
     let r = exec(
         &h,
         &id,
         json!({"command": ["sh", "-c", "pwd; echo \"$A\"; command -v sh >/dev/null && echo path-ok"], "workdir": "/tmp", "env": {"A": "b c"}}),
     );
-    assert_eq!(assert_ok(&r)["stdout"], "/tmp\nb c\npath-ok\n");
+    assert_eq!(ok(&r)["stdout"], "/tmp\nb c\npath-ok\n");
 
     // The cap: 5000 bytes written, 1 KiB kept, flagged; stderr kept apart.
     let r = exec(
@@ -660,7 +641,7 @@ fn exec_through_the_real_qemu_ga() {
         &id,
         json!({"command": ["sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x; echo e >&2"]}),
     );
-    let d = assert_ok(&r);
+    let d = ok(&r);
     assert_eq!(d["stdout"].as_str().unwrap().len(), 1024);
     assert_eq!(d["stdout_truncated"], true);
     assert_eq!(d["stderr"], "e\n");
@@ -680,18 +661,7 @@ fn exec_through_the_real_qemu_ga() {
     assert_eq!(r["data"]["exit_code"], Value::Null);
     assert_eq!(r["data"]["stdout"], "started\n", "output so far is kept");
     assert!(took < Duration::from_secs(4), "{took:?}");
-    let sleepers = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|p| alive(*p))
-            .filter(|p| {
-                std::fs::read(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| c == format!("sleep\0{marker}\0").as_bytes())
-            })
-            .count()
-    };
+    let sleepers = || host_pids(&["sleep", &marker]).len();
     assert!(
         wait_until(Duration::from_secs(3), || sleepers() == 0),
         "sleep {marker} survived"
@@ -712,7 +682,7 @@ fn exec_through_the_real_qemu_ga() {
         json!({"session_id": id, "command": ["id"], "user": "nobody"}),
     );
     assert_eq!(r["code"], "invalid_command", "{r}");
-    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
 }
 
 /// Kills host processes whose command line is `argv` on drop: what a test
@@ -733,8 +703,8 @@ impl Drop for KillOnDrop {
 fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
     let mut h = Host::start(&cfg("q35", ""));
     let id = sid("reap");
-    assert_ok(&h.cmd("session", "create", json!({"session_id": id})));
-    assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+    ok(&h.cmd("session", "create", json!({"session_id": id})));
+    ok(&h.cmd("session", "start", json!({"session_id": id})));
     let dir = vm_dir(&h, &id).unwrap();
     let mut ga = GuestAgent::start(&dir.join("qga.sock"));
 
@@ -775,7 +745,7 @@ fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
     );
     let _ = other.kill();
     let _ = other.wait();
-    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
     drop(ga);
 }
 
@@ -783,8 +753,8 @@ fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
 fn exec_with_nobody_answering_says_guest_agent_not_responding_in_time() {
     let h = Host::start(&cfg("q35", ""));
     let id = sid("noga");
-    assert_ok(&h.cmd("session", "create", json!({"session_id": id})));
-    assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+    ok(&h.cmd("session", "create", json!({"session_id": id})));
+    ok(&h.cmd("session", "start", json!({"session_id": id})));
     // QEMU accepts on qga.sock but no guest runs an agent behind it.
     let t0 = Instant::now();
     let r = exec(&h, &id, json!({"command": ["true"], "timeout": "2s"}));
@@ -804,7 +774,7 @@ fn exec_with_nobody_answering_says_guest_agent_not_responding_in_time() {
     );
     // The agent keeps serving.
     assert!(h.is_alive());
-    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
 }
 
 #[test]
@@ -831,7 +801,7 @@ fn image_overlay_and_image_roots() {
         "create",
         json!({"session_id": id, "image": base}),
     );
-    assert_eq!(assert_ok(&r)["image"], base.to_string_lossy().as_ref());
+    assert_eq!(ok(&r)["image"], base.to_string_lossy().as_ref());
     let dir = vm_dir(&h, &id).unwrap();
     let info = Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
@@ -845,7 +815,7 @@ fn image_overlay_and_image_roots() {
         "{info}"
     );
     assert_eq!(info["backing-filename-format"], "qcow2");
-    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
 
     for (image, want) in [
         (
@@ -1009,8 +979,8 @@ fn real_guest_boots_and_runs_exec() {
         "create",
         json!({"session_id": id, "ports": ["80"]}),
     );
-    let port = assert_ok(&r)["ports"]["80/tcp"].as_u64().unwrap() as u16;
-    assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+    let port = ok(&r)["ports"]["80/tcp"].as_u64().unwrap() as u16;
+    ok(&h.cmd("session", "start", json!({"session_id": id})));
     let dir = vm_dir(&h, &id).unwrap();
     let booted = Instant::now();
     let r = exec_when_booted(
@@ -1044,7 +1014,7 @@ fn real_guest_boots_and_runs_exec() {
         json!({"command": "ps | grep -c '[s]leep 4242' || true", "shell": true}),
     );
     assert_eq!(
-        assert_ok(&r)["stdout"],
+        ok(&r)["stdout"],
         "0\n",
         "sleeps survived the timeout in the guest"
     );
@@ -1060,7 +1030,7 @@ fn real_guest_boots_and_runs_exec() {
         "{page}"
     );
     let r = h.cmd("service", "status", json!({"session_id": id}));
-    assert_eq!(assert_ok(&r)["health"]["status"], "healthy", "{r}");
+    assert_eq!(ok(&r)["health"]["status"], "healthy", "{r}");
 
     // The guest powers off on the ACPI button: stop is graceful.
     let t = Instant::now();
@@ -1069,7 +1039,7 @@ fn real_guest_boots_and_runs_exec() {
         "stop",
         json!({"session_id": id, "timeout": "20s"}),
     );
-    assert_eq!(assert_ok(&r)["status"], "stopped");
+    assert_eq!(ok(&r)["status"], "stopped");
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "powerdown ignored: {:?}",
@@ -1078,7 +1048,7 @@ fn real_guest_boots_and_runs_exec() {
     assert!(!h.log().contains("ignored system_powerdown"), "{}", h.log());
 
     // Boot again; a shutdown from inside the guest is `exited`.
-    assert_ok(&h.cmd("session", "start", json!({"session_id": id})));
+    ok(&h.cmd("session", "start", json!({"session_id": id})));
     exec_when_booted(&h, &id, &dir, json!(["true"]), Duration::from_secs(60));
     let _ = exec(
         &h,
@@ -1092,5 +1062,5 @@ fn real_guest_boots_and_runs_exec() {
         "status {:?}",
         session_status(&h, &id)
     );
-    assert_ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
 }

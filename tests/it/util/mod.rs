@@ -439,13 +439,23 @@ pub fn host_pids(argv: &[&str]) -> Vec<u32> {
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
-                !matches!(state, Some("Z") | Some("X"))
-            });
-            alive && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want)
+            alive(*pid) && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want)
         })
         .collect()
+}
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
+        !matches!(state, Some("Z") | Some("X"))
+    })
+}
+
+/// The `data` of a command result that must have succeeded.
+pub fn ok(r: &Value) -> &Value {
+    assert_eq!(r["status"], "success", "{r:#}");
+    &r["data"]
 }
 
 /// Starts `sleep MARKER` in session `id` as an async command and waits
