@@ -15,7 +15,7 @@ use std::io::Write;
 
 /// Installs the logger once per process. Later level changes (SIGHUP) go
 /// through [`set_level`].
-pub fn init(format: LogFormat, level: LogLevel) {
+pub(crate) fn init(format: LogFormat, level: LogLevel) {
     let logger: Box<dyn Log> = match format {
         LogFormat::Json => Box::new(JsonLogger),
         LogFormat::Text => Box::new(TextLogger {
@@ -31,7 +31,7 @@ pub fn init(format: LogFormat, level: LogLevel) {
 }
 
 /// The one gate on verbosity; both loggers pass everything below it.
-pub fn set_level(level: LogLevel) {
+pub(crate) fn set_level(level: LogLevel) {
     log::set_max_level(level.filter());
 }
 

@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(vendetta::cli::main(std::env::args_os().skip(1).collect()));
+    std::process::exit(vendetta::main(std::env::args_os().skip(1).collect()));
 }

@@ -13,31 +13,25 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// A counter with label values, e.g. `{type="session",action="exec"}`.
-pub struct CounterVec {
+pub(crate) struct CounterVec {
     children: Mutex<BTreeMap<Vec<String>, u64>>,
 }
 
 impl CounterVec {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         CounterVec {
             children: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub fn inc(&self, labels: &[&str]) {
+    pub(crate) fn inc(&self, labels: &[&str]) {
         self.add(labels, 1);
     }
 
-    pub fn add(&self, labels: &[&str], n: u64) {
+    pub(crate) fn add(&self, labels: &[&str], n: u64) {
         let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
         let mut map = self.children.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry(key).or_insert(0) += n;
-    }
-
-    pub fn get(&self, labels: &[&str]) -> u64 {
-        let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-        let map = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&key).copied().unwrap_or(0)
     }
 
     fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
@@ -54,7 +48,7 @@ impl Default for CounterVec {
 
 /// Upper bounds in seconds, from 1 ms to 5 min: local commands take
 /// milliseconds, execs and long polls take seconds to minutes.
-pub const BUCKETS: [f64; 14] = [
+pub(crate) const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
 ];
 
@@ -66,18 +60,18 @@ struct Hist {
 }
 
 /// A histogram with label values.
-pub struct HistogramVec {
+pub(crate) struct HistogramVec {
     children: Mutex<BTreeMap<Vec<String>, Hist>>,
 }
 
 impl HistogramVec {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         HistogramVec {
             children: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub fn observe(&self, labels: &[&str], d: Duration) {
+    pub(crate) fn observe(&self, labels: &[&str], d: Duration) {
         let secs = d.as_secs_f64();
         let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
         let mut map = self.children.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,16 +98,16 @@ impl Default for HistogramVec {
 }
 
 /// A plain counter.
-pub struct Counter(AtomicU64);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Counter(AtomicU64::new(0))
     }
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -126,36 +120,36 @@ impl Default for Counter {
 
 /// Every metric the agent keeps. One instance lives in the runtime state.
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// type, action, source (api | coordination)
-    pub commands_received: CounterVec,
+    pub(crate) commands_received: CounterVec,
     /// type, action, status
-    pub commands_executed: CounterVec,
+    pub(crate) commands_executed: CounterVec,
     /// type, action
-    pub command_duration: HistogramVec,
+    pub(crate) command_duration: HistogramVec,
     /// reason (queue_full, shutting_down, store_failed, duplicate, invalid, policy)
-    pub commands_refused: CounterVec,
+    pub(crate) commands_refused: CounterVec,
     /// route, code
-    pub api_requests: CounterVec,
-    pub heartbeat_failures: Counter,
-    pub heartbeats_sent: Counter,
-    pub reconnects: Counter,
-    pub registrations: Counter,
+    pub(crate) api_requests: CounterVec,
+    pub(crate) heartbeat_failures: Counter,
+    pub(crate) heartbeats_sent: Counter,
+    pub(crate) reconnects: Counter,
+    pub(crate) registrations: Counter,
     /// result (ok | empty | error)
-    pub poll_duration: HistogramVec,
+    pub(crate) poll_duration: HistogramVec,
     /// outcome (acked | dropped | retry)
-    pub results_reported: CounterVec,
-    pub sse_clients_dropped: Counter,
+    pub(crate) results_reported: CounterVec,
+    pub(crate) sse_clients_dropped: Counter,
 }
 
 /// Builds the exposition text. Each family is written whole (HELP, TYPE,
 /// then its samples), which is what the format requires.
-pub struct Exposition {
+pub(crate) struct Exposition {
     out: String,
 }
 
 impl Exposition {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Exposition {
             out: String::with_capacity(8192),
         }
@@ -197,18 +191,18 @@ impl Exposition {
         let _ = writeln!(self.out, " {}", fmt_value(v));
     }
 
-    pub fn gauge(&mut self, name: &str, help: &str, v: f64) {
+    pub(crate) fn gauge(&mut self, name: &str, help: &str, v: f64) {
         self.header(name, "gauge", help);
         self.sample(name, &[], &[], None, v);
     }
 
-    pub fn counter(&mut self, name: &str, help: &str, v: f64) {
+    pub(crate) fn counter(&mut self, name: &str, help: &str, v: f64) {
         self.header(name, "counter", help);
         self.sample(name, &[], &[], None, v);
     }
 
     /// A gauge family whose children the caller computed.
-    pub fn gauge_vec(
+    pub(crate) fn gauge_vec(
         &mut self,
         name: &str,
         help: &str,
@@ -221,14 +215,20 @@ impl Exposition {
         }
     }
 
-    pub fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str], c: &CounterVec) {
+    pub(crate) fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str], c: &CounterVec) {
         self.header(name, "counter", help);
         for (values, v) in c.snapshot() {
             self.sample(name, labels, &values, None, v as f64);
         }
     }
 
-    pub fn histogram_vec(&mut self, name: &str, help: &str, labels: &[&str], h: &HistogramVec) {
+    pub(crate) fn histogram_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        h: &HistogramVec,
+    ) {
         self.header(name, "histogram", help);
         let bucket = format!("{name}_bucket");
         for (values, hist) in h.snapshot() {
@@ -260,7 +260,7 @@ impl Exposition {
         }
     }
 
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         self.out
     }
 }
@@ -291,7 +291,7 @@ fn fmt_value(v: f64) -> String {
 
 impl Metrics {
     /// Renders the families this struct owns; the runtime adds live gauges.
-    pub fn render_into(&self, e: &mut Exposition) {
+    pub(crate) fn render_into(&self, e: &mut Exposition) {
         e.counter_vec(
             "vendetta_commands_received_total",
             "Commands received, by type, action and source.",

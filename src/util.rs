@@ -5,7 +5,7 @@ use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// RFC 3339 UTC with millisecond precision, e.g. `2026-11-26T12:00:00.123Z`.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
@@ -19,7 +19,7 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
@@ -40,7 +40,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Random bytes from the kernel. Falls back to a time- and pid-seeded mix
 /// only if /dev/urandom cannot be read (then ids are unique, not secret).
-pub fn random_bytes(buf: &mut [u8]) {
+pub(crate) fn random_bytes(buf: &mut [u8]) {
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         if f.read_exact(buf).is_ok() {
             return;
@@ -59,14 +59,14 @@ pub fn random_bytes(buf: &mut [u8]) {
     }
 }
 
-pub fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     random_bytes(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A uniform random duration in [0, max]: "full jitter" for backoff.
-pub fn jitter(max: Duration) -> Duration {
+pub(crate) fn jitter(max: Duration) -> Duration {
     let mut b = [0u8; 8];
     random_bytes(&mut b);
     let r = u64::from_le_bytes(b) as f64 / u64::MAX as f64;
@@ -74,7 +74,7 @@ pub fn jitter(max: Duration) -> Duration {
 }
 
 /// Compares secrets without leaking where they differ.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -83,7 +83,7 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The `host[:port]` (with any `user@`) of an `http(s)://` URL; empty when
 /// it has no scheme.
-pub fn url_authority(url: &str) -> &str {
+pub(crate) fn url_authority(url: &str) -> &str {
     url.split("://")
         .nth(1)
         .unwrap_or("")

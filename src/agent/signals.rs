@@ -6,7 +6,7 @@ use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-pub fn spawn(control: Sender<Control>) -> std::io::Result<Thread> {
+pub(crate) fn spawn(control: Sender<Control>) -> std::io::Result<Thread> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     threads::spawn("signals", None, move || {
         for sig in signals.forever() {

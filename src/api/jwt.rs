@@ -4,6 +4,6 @@
 
 use crate::config::Jwt;
 
-pub fn verify(_cfg: &Jwt, _token: &str) -> Result<(), &'static str> {
+pub(crate) fn verify(_cfg: &Jwt, _token: &str) -> Result<(), &'static str> {
     Err("JWT verification is not available in this build")
 }

@@ -11,14 +11,15 @@
 //! patch, see vendor/README.md), so a client that stalls mid-request or
 //! stops reading cannot hold a thread.
 
-pub mod auth;
-pub mod jwt;
-pub mod routes;
-pub mod sse;
-pub mod stream;
+pub(crate) mod auth;
+pub(crate) mod jwt;
+pub(crate) mod routes;
+pub(crate) mod sse;
+pub(crate) mod stream;
 
-use crate::agent::threads::{self, Control, Thread};
-use crate::agent::{AgentError, Shared};
+use crate::agent::AgentError;
+use crate::runtime::threads::{self, Control, Thread};
+use crate::runtime::Runtime;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -27,37 +28,26 @@ const API_THREADS: usize = 4;
 
 /// Binds the listen address. Done before any thread starts so that a busy
 /// port fails the start with a clear message.
-pub fn bind(shared: &Shared) -> Result<Arc<tiny_http::Server>, AgentError> {
-    let addr = shared
-        .config
-        .listen_addr()
-        .map_err(|m| AgentError::Listen {
-            addr: shared.config.listen.clone(),
-            source: m,
-        })?;
-    let listener = TcpListener::bind(addr).map_err(|e| AgentError::Listen {
-        addr: shared.config.listen.clone(),
-        source: e.to_string(),
-    })?;
-    let server =
-        tiny_http::Server::from_listener(listener, None).map_err(|e| AgentError::Listen {
-            addr: shared.config.listen.clone(),
-            source: e.to_string(),
-        })?;
+pub(crate) fn bind(rt: &Runtime) -> Result<Arc<tiny_http::Server>, AgentError> {
+    let addr = rt.config.listen;
+    let listen_error = |source: String| AgentError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).map_err(|e| listen_error(e.to_string()))?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| listen_error(e.to_string()))?;
     Ok(Arc::new(server))
 }
 
-pub fn spawn(
-    shared: &Arc<Shared>,
+pub(crate) fn spawn(
+    rt: &Arc<Runtime>,
     server: Arc<tiny_http::Server>,
     shutdown: &Receiver<()>,
     control: &Sender<Control>,
 ) -> std::io::Result<Vec<Thread>> {
     (0..API_THREADS)
         .map(|i| {
-            let (shared, server, shutdown) = (shared.clone(), server.clone(), shutdown.clone());
+            let (rt, server, shutdown) = (rt.clone(), server.clone(), shutdown.clone());
             threads::spawn(&format!("api-{i}"), Some(control.clone()), move || {
-                serve(&shared, &server, &shutdown)
+                serve(&rt, &server, &shutdown)
             })
         })
         .collect()
@@ -65,7 +55,7 @@ pub fn spawn(
 
 /// Wakes every API thread (each `unblock` releases one `recv`), so that
 /// they see the shutdown. They block without polling until then.
-pub fn unblock_all(server: &tiny_http::Server) {
+pub(crate) fn unblock_all(server: &tiny_http::Server) {
     for _ in 0..API_THREADS {
         server.unblock();
     }
@@ -81,9 +71,9 @@ fn has_body(request: &tiny_http::Request) -> bool {
 
 /// Answers one request. A panic while answering must not take the thread
 /// down (tiny_http itself can panic when a client vanishes mid-response).
-fn answer(shared: &Arc<Shared>, request: tiny_http::Request, shutdown: &Receiver<()>) {
+fn answer(rt: &Arc<Runtime>, request: tiny_http::Request, shutdown: &Receiver<()>) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        routes::handle(shared, request, shutdown)
+        routes::handle(rt, request, shutdown)
     }))
     .is_err()
     {
@@ -91,7 +81,7 @@ fn answer(shared: &Arc<Shared>, request: tiny_http::Request, shutdown: &Receiver
     }
 }
 
-fn serve(shared: &Arc<Shared>, server: &tiny_http::Server, shutdown: &Receiver<()>) {
+fn serve(rt: &Arc<Runtime>, server: &tiny_http::Server, shutdown: &Receiver<()>) {
     loop {
         match server.recv() {
             // A request with a body is read (and, if refused, its unread
@@ -99,16 +89,16 @@ fn serve(shared: &Arc<Shared>, server: &tiny_http::Server, shutdown: &Receiver<(
             // trickling a body holds up no one else. There are at most as
             // many as open connections (tiny_http patch: 256).
             Ok(request) if has_body(&request) => {
-                let (shared, shutdown) = (shared.clone(), shutdown.clone());
+                let (rt, shutdown) = (rt.clone(), shutdown.clone());
                 let spawned = std::thread::Builder::new()
                     .name("api-body".into())
                     .stack_size(256 * 1024)
-                    .spawn(move || answer(&shared, request, &shutdown));
+                    .spawn(move || answer(&rt, request, &shutdown));
                 if let Err(e) = spawned {
                     log::warn!("cannot start a thread for a request: {e}; it is dropped");
                 }
             }
-            Ok(request) => answer(shared, request, shutdown),
+            Ok(request) => answer(rt, request, shutdown),
             // Unblocked: the only wake-up without a request is shutdown.
             Err(_) if matches!(shutdown.try_recv(), Err(TryRecvError::Disconnected)) => return,
             Err(e) => log::debug!("API server woke without a request: {e}"),

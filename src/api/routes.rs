@@ -13,10 +13,10 @@
 //! Errors are `{"error": "...", "code": "..."}`.
 
 use super::auth::{self, Denied};
-use crate::agent::intake::{Refusal, Submitted};
-use crate::agent::{status, Shared};
 use crate::protocol::command::{self as wire, CommandError};
 use crate::protocol::{codes, CommandId, CommandResult};
+use crate::runtime::intake::{Refusal, Submitted};
+use crate::runtime::{status, Runtime};
 use crate::store::ledger::{Found, Origin, State};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{json, Value};
@@ -88,15 +88,15 @@ pub(super) fn spawn_holding(slot: Slot, name: &str, work: impl FnOnce() + Send +
 }
 
 /// An HTTP answer before it is written.
-pub struct Reply {
-    pub status: u16,
-    pub body: Vec<u8>,
-    pub content_type: &'static str,
-    pub headers: Vec<(&'static str, String)>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+    pub(crate) content_type: &'static str,
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
-    pub fn json(status: u16, body: &Value) -> Reply {
+    pub(crate) fn json(status: u16, body: &Value) -> Reply {
         Reply {
             status,
             body: body.to_string().into_bytes(),
@@ -105,7 +105,7 @@ impl Reply {
         }
     }
 
-    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
+    pub(crate) fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
         Reply::json(status, &json!({"error": message.into(), "code": code}))
     }
 
@@ -131,9 +131,8 @@ impl Reply {
 }
 
 /// Sends a reply and counts it.
-pub(super) fn send(shared: &Shared, request: Request, route: &str, reply: Reply) {
-    shared
-        .metrics
+pub(super) fn send(rt: &Runtime, request: Request, route: &str, reply: Reply) {
+    rt.metrics
         .api_requests
         .inc(&[route, &reply.status.to_string()]);
     if let Err(e) = request.respond(reply.into_response()) {
@@ -149,7 +148,7 @@ fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()>) {
+pub(crate) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receiver<()>) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let path = path.to_string();
@@ -157,10 +156,10 @@ pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()
     let method = request.method().clone();
     let route = route_of(&path);
 
-    if !auth::ip_allowed(shared, request.remote_addr().map(|a| a.ip())) {
+    if !auth::ip_allowed(rt, request.remote_addr().map(|a| a.ip())) {
         log::warn!(remote = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default().as_str(); "API request from an address outside allowed_ips");
         return send(
-            shared,
+            rt,
             request,
             route,
             Reply::error(403, "forbidden", "your address is not in allowed_ips"),
@@ -177,7 +176,7 @@ pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()
         "/api/v1/commands" => &[Method::Post],
         _ => {
             return send(
-                shared,
+                rt,
                 request,
                 "other",
                 Reply::error(404, "not_found", format!("no route {}", wire::clip(&path))),
@@ -196,16 +195,16 @@ pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()
             format!("{method} is not allowed on {route}; use {allow}"),
         )
         .header("Allow", allow);
-        return send(shared, request, route, reply);
+        return send(rt, request, route, reply);
     }
 
     let needs_auth = match route {
         "/health" => false,
-        "/metrics" => shared.config.metrics_auth,
+        "/metrics" => rt.config.metrics_auth,
         _ => true,
     };
     if needs_auth {
-        if let Err(denied) = auth::check_bearer(shared, header(&request, "Authorization")) {
+        if let Err(denied) = auth::check_bearer(rt, header(&request, "Authorization")) {
             let reply = match denied {
                 Denied::Unauthenticated(why) => {
                     log::info!(route = route; "API request refused: {why}");
@@ -217,25 +216,25 @@ pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()
                     .header("WWW-Authenticate", "Bearer")
                 }
             };
-            return send(shared, request, route, reply);
+            return send(rt, request, route, reply);
         }
     }
 
     let reply = match route {
         "/health" => {
-            let (ok, doc) = status::health(shared);
+            let (ok, doc) = status::health(rt);
             Reply::json(if ok { 200 } else { 503 }, &doc)
         }
         "/metrics" => Reply {
             status: 200,
-            body: status::metrics_text(shared).into_bytes(),
+            body: status::metrics_text(rt).into_bytes(),
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             headers: Vec::new(),
         },
         "/api/v1/commands" => {
-            let body = match read_body(&mut request, shared.config.limits.max_body) {
+            let body = match read_body(&mut request, rt.config.limits.max_body) {
                 Ok(b) => b,
-                Err(reply) => return send(shared, request, route, reply),
+                Err(reply) => return send(rt, request, route, reply),
             };
             let mode = if query_flag(&query, "async") {
                 Mode::Async
@@ -244,14 +243,14 @@ pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()
             } else {
                 Mode::Sync
             };
-            match post_command(shared, &body, mode) {
+            match post_command(rt, &body, mode) {
                 Outcome::Now(reply) => reply,
                 Outcome::Stream(rx, chunks, timeout, id) => {
-                    return super::stream::serve(shared.clone(), request, rx, chunks, timeout, id)
+                    return super::stream::serve(rt.clone(), request, rx, chunks, timeout, id)
                 }
                 Outcome::Wait(rx, timeout, id) => {
                     return wait_then_send(
-                        shared.clone(),
+                        rt.clone(),
                         request,
                         route,
                         rx,
@@ -262,13 +261,13 @@ pub fn handle(shared: &Arc<Shared>, mut request: Request, shutdown: &Receiver<()
                 }
             }
         }
-        "/api/v1/commands/{id}" => get_command(shared, &path),
-        "/api/v1/sessions" => return sessions(shared, &query, request),
-        "/api/v1/events" => return super::sse::serve(shared, request, shutdown),
-        "/debug" => debug(shared, &path),
+        "/api/v1/commands/{id}" => get_command(rt, &path),
+        "/api/v1/sessions" => return sessions(rt, &query, request),
+        "/api/v1/events" => return super::sse::serve(rt, request, shutdown),
+        "/debug" => debug(rt, &path),
         _ => Reply::error(404, "not_found", "no such route"),
     };
-    send(shared, request, route, reply);
+    send(rt, request, route, reply);
 }
 
 /// A route's label for metrics and logs; ids are folded into `{id}`.
@@ -355,7 +354,7 @@ enum Mode {
     Stream,
 }
 
-fn post_command(shared: &Shared, body: &[u8], mode: Mode) -> Outcome {
+fn post_command(rt: &Runtime, body: &[u8], mode: Mode) -> Outcome {
     let command = match wire::parse(body) {
         Ok(c) => c,
         Err(e) => {
@@ -368,12 +367,12 @@ fn post_command(shared: &Shared, body: &[u8], mode: Mode) -> Outcome {
         }
     };
     let id = command.id.clone();
-    let timeout = shared.config.timeout_for(command.timeout_asked());
+    let timeout = rt.config.timeout_for(command.timeout_asked());
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(64);
     let submitted = match mode {
-        Mode::Stream => shared.submit_streaming(command, Origin::Api, chunk_tx),
-        Mode::Sync => shared.submit(command, Origin::Api, true),
-        Mode::Async => shared.submit(command, Origin::Api, false),
+        Mode::Stream => rt.submit_streaming(command, Origin::Api, chunk_tx),
+        Mode::Sync => rt.submit(command, Origin::Api, true),
+        Mode::Async => rt.submit(command, Origin::Api, false),
     };
     match submitted {
         Submitted::Done { result, replayed } => {
@@ -390,19 +389,19 @@ fn post_command(shared: &Shared, body: &[u8], mode: Mode) -> Outcome {
         Submitted::Queued(Some(rx)) => Outcome::Wait(rx, timeout, id),
         Submitted::Queued(None) => Outcome::Now(accepted(&id, State::Queued)),
         Submitted::InProgress(state) => Outcome::Now(accepted(&id, state)),
-        Submitted::Refused(r) => Outcome::Now(refusal_reply(shared, r)),
+        Submitted::Refused(r) => Outcome::Now(refusal_reply(rt, r)),
     }
 }
 
-fn refusal_reply(shared: &Shared, r: Refusal) -> Reply {
+fn refusal_reply(rt: &Runtime, r: Refusal) -> Reply {
     match r {
         Refusal::QueueFull => Reply::error(
             429,
             "queue_full",
             format!(
                 "the command queue is full ({} queued, {} workers busy); retry shortly",
-                shared.queue_capacity(),
-                shared.busy_workers()
+                rt.queue_capacity(),
+                rt.busy_workers()
             ),
         )
         .header("Retry-After", "1"),
@@ -426,7 +425,7 @@ pub(super) fn accepted(id: &CommandId, state: State) -> Reply {
 }
 
 /// The one mapping from a result to an HTTP status.
-pub fn status_for(result: &CommandResult) -> u16 {
+pub(crate) fn status_for(result: &CommandResult) -> u16 {
     match result.code.as_deref() {
         Some(codes::INVALID) => 400,
         Some(codes::REJECTED) => 403,
@@ -450,7 +449,7 @@ pub(super) fn enter_waiter() -> Option<Slot> {
 }
 
 /// At shutdown: gives requests waiting on results up to `limit` to answer.
-pub fn wait_for_waiters(limit: Duration) {
+pub(crate) fn wait_for_waiters(limit: Duration) {
     let deadline = std::time::Instant::now() + limit;
     while WAITERS.used.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -460,7 +459,7 @@ pub fn wait_for_waiters(limit: Duration) {
 /// Waits for a queued command's result on its own thread, then answers
 /// with `reply_for(result)`; if the wait outlasts the command's timeout, 202.
 fn wait_then_send(
-    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
     request: Request,
     route: &'static str,
     rx: Receiver<CommandResult>,
@@ -470,15 +469,15 @@ fn wait_then_send(
 ) {
     let Some(slot) = enter_waiter() else {
         // Still queued: the client can poll for it.
-        return send(&shared, request, route, accepted(&id, State::Queued));
+        return send(&rt, request, route, accepted(&id, State::Queued));
     };
     spawn_holding(slot, "api-wait", move || {
         let reply = match rx.recv_timeout((timeout + WAIT_SLACK).min(MAX_SYNC_WAIT)) {
             Ok(result) => reply_for(&result),
             Err(RecvTimeoutError::Timeout) => accepted(&id, State::Running),
-            Err(RecvTimeoutError::Disconnected) => match shared.ledger.lookup(&id) {
+            Err(RecvTimeoutError::Disconnected) => match rt.ledger.lookup(&id) {
                 Some(Found::Done(result)) => reply_for(&result),
-                Some(Found::InProgress(_)) if shared.ledger.journaled(&id) => Reply::error(
+                Some(Found::InProgress(_)) if rt.ledger.journaled(&id) => Reply::error(
                     503,
                     "shutting_down",
                     format!("the agent is shutting down; command {id} is queued and will run after restart"),
@@ -495,11 +494,11 @@ fn wait_then_send(
                 ),
             },
         };
-        send(&shared, request, route, reply);
+        send(&rt, request, route, reply);
     });
 }
 
-fn get_command(shared: &Shared, path: &str) -> Reply {
+fn get_command(rt: &Runtime, path: &str) -> Reply {
     let raw = path.trim_start_matches("/api/v1/commands/");
     let id = match CommandId::parse(raw) {
         Ok(id) => id,
@@ -511,7 +510,7 @@ fn get_command(shared: &Shared, path: &str) -> Reply {
             )
         }
     };
-    match shared.ledger.lookup(&id) {
+    match rt.ledger.lookup(&id) {
         // The stored result is the resource: 200 whatever its status.
         Some(Found::Done(result)) => Reply {
             status: 200,
@@ -527,7 +526,7 @@ fn get_command(shared: &Shared, path: &str) -> Reply {
 }
 
 /// `GET /api/v1/sessions` runs a `session.list` command like any other.
-fn sessions(shared: &Arc<Shared>, query: &str, request: Request) {
+fn sessions(rt: &Arc<Runtime>, query: &str, request: Request) {
     let route = "/api/v1/sessions";
     let mut params = serde_json::Map::new();
     if let Some(p) = query_value(query, "provider") {
@@ -540,7 +539,7 @@ fn sessions(shared: &Arc<Shared>, query: &str, request: Request) {
         Ok(c) => c,
         Err(e) => {
             return send(
-                shared,
+                rt,
                 request,
                 route,
                 Reply::error(500, "internal_error", e.to_string()),
@@ -554,15 +553,15 @@ fn sessions(shared: &Arc<Shared>, query: &str, request: Request) {
         // Any other failure to list is a provider that cannot answer.
         _ => Reply::error(503, codes::UNAVAILABLE, r.error.clone()),
     };
-    match shared.submit(cmd, Origin::Api, true) {
+    match rt.submit(cmd, Origin::Api, true) {
         Submitted::Queued(Some(rx)) => {
-            let timeout = shared.config.command_timeout;
-            wait_then_send(shared.clone(), request, route, rx, timeout, id, list_reply)
+            let timeout = rt.config.command_timeout;
+            wait_then_send(rt.clone(), request, route, rx, timeout, id, list_reply)
         }
-        Submitted::Done { result, .. } => send(shared, request, route, list_reply(&result)),
-        Submitted::Refused(r) => send(shared, request, route, refusal_reply(shared, r)),
+        Submitted::Done { result, .. } => send(rt, request, route, list_reply(&result)),
+        Submitted::Refused(r) => send(rt, request, route, refusal_reply(rt, r)),
         Submitted::Queued(None) | Submitted::InProgress(_) => send(
-            shared,
+            rt,
             request,
             route,
             Reply::error(500, "internal_error", "session list in an unexpected state"),
@@ -570,8 +569,8 @@ fn sessions(shared: &Arc<Shared>, query: &str, request: Request) {
     }
 }
 
-fn debug(shared: &Shared, path: &str) -> Reply {
-    if !shared.config.debug_pprof {
+fn debug(rt: &Runtime, path: &str) -> Reply {
+    if !rt.config.debug_pprof {
         return Reply::error(
             404,
             "not_found",
@@ -579,7 +578,7 @@ fn debug(shared: &Shared, path: &str) -> Reply {
         );
     }
     match path {
-        "/debug/threads" => Reply::json(200, &json!({"threads": crate::sys::thread_names()})),
+        "/debug/threads" => Reply::json(200, &json!({"threads": crate::os::host::thread_names()})),
         _ => {
             let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
             let mut doc = serde_json::Map::new();

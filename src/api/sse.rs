@@ -6,7 +6,7 @@
 //! proxies from closing an idle stream and tells us when the client left.
 
 use super::routes::{send, spawn_holding, Reply, Slots};
-use crate::agent::Shared;
+use crate::runtime::Runtime;
 use crossbeam_channel::{select, Receiver};
 use std::io::Write;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tiny_http::Request;
 const KEEPALIVE: Duration = Duration::from_secs(15);
 static CLIENTS: Slots = Slots::new(32);
 
-pub fn serve(shared: &Arc<Shared>, request: Request, shutdown: &Receiver<()>) {
+pub(crate) fn serve(rt: &Arc<Runtime>, request: Request, shutdown: &Receiver<()>) {
     let route = "/api/v1/events";
     let Some(slot) = CLIENTS.try_enter() else {
         let reply = Reply::error(
@@ -24,17 +24,17 @@ pub fn serve(shared: &Arc<Shared>, request: Request, shutdown: &Receiver<()>) {
             "too_many_streams",
             format!("at most {} event streams at once", CLIENTS.max),
         );
-        return send(shared, request, route, reply);
+        return send(rt, request, route, reply);
     };
-    shared.metrics.api_requests.inc(&[route, "200"]);
+    rt.metrics.api_requests.inc(&[route, "200"]);
     let last_seen = request
         .headers()
         .iter()
         .find(|h| h.field.equiv("Last-Event-ID"))
         .and_then(|h| h.value.as_str().trim().parse::<u64>().ok());
-    let (shared, shutdown) = (shared.clone(), shutdown.clone());
+    let (rt, shutdown) = (rt.clone(), shutdown.clone());
     spawn_holding(slot, "sse", move || {
-        let (backlog, events) = shared.events.subscribe(last_seen);
+        let (backlog, events) = rt.events.subscribe(last_seen);
         let mut w = request.into_writer();
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n: vendetta event stream\n\n";
         let mut ok = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
@@ -47,7 +47,7 @@ pub fn serve(shared: &Arc<Shared>, request: Request, shutdown: &Receiver<()>) {
                     Ok(e) => ok = write_event(&mut w, &e).is_ok(),
                     Err(_) => {
                         // Dropped as too slow: say so, so the client reconnects.
-                        shared.metrics.sse_clients_dropped.inc();
+                        rt.metrics.sse_clients_dropped.inc();
                         let _ = w.write_all(b": dropped: too slow; reconnect with Last-Event-ID\n\n");
                         ok = false;
                     }
@@ -59,7 +59,7 @@ pub fn serve(shared: &Arc<Shared>, request: Request, shutdown: &Receiver<()>) {
     });
 }
 
-fn write_event(w: &mut dyn Write, e: &crate::agent::events::Event) -> std::io::Result<()> {
+fn write_event(w: &mut dyn Write, e: &crate::runtime::events::Event) -> std::io::Result<()> {
     write!(w, "id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.data)?;
     w.flush()
 }

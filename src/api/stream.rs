@@ -9,9 +9,9 @@
 //! chunk, so every line is valid JSON text.
 
 use super::routes::{accepted, enter_waiter, send, spawn_holding};
-use crate::agent::Shared;
 use crate::protocol::{CommandId, CommandResult};
 use crate::providers::output::{Chunk, Stream};
+use crate::runtime::Runtime;
 use crate::store::ledger::State;
 use crossbeam_channel::{select, Receiver};
 use serde_json::json;
@@ -22,8 +22,8 @@ use tiny_http::Request;
 
 const ROUTE: &str = "/api/v1/commands";
 
-pub fn serve(
-    shared: Arc<Shared>,
+pub(crate) fn serve(
+    rt: Arc<Runtime>,
     request: Request,
     result: Receiver<CommandResult>,
     chunks: Receiver<Chunk>,
@@ -31,10 +31,10 @@ pub fn serve(
     id: CommandId,
 ) {
     let Some(slot) = enter_waiter() else {
-        return send(&shared, request, ROUTE, accepted(&id, State::Queued));
+        return send(&rt, request, ROUTE, accepted(&id, State::Queued));
     };
     spawn_holding(slot, "api-stream", move || {
-        shared.metrics.api_requests.inc(&[ROUTE, "200"]);
+        rt.metrics.api_requests.inc(&[ROUTE, "200"]);
         let mut w = request.into_writer();
         let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
         let mut alive = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();

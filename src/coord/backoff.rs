@@ -10,14 +10,14 @@ use crate::config::RetryPolicy;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub fn new(policy: &RetryPolicy) -> Backoff {
+    pub(crate) fn new(policy: &RetryPolicy) -> Backoff {
         Backoff {
             base: policy.backoff,
             max: policy.max_backoff.max(policy.backoff),
@@ -26,19 +26,19 @@ impl Backoff {
     }
 
     /// The ceiling of the next delay, before jitter.
-    pub fn ceiling(&self) -> Duration {
+    pub(crate) fn ceiling(&self) -> Duration {
         let factor = 2u32.saturating_pow(self.attempt.saturating_add(1).min(30));
         self.base.saturating_mul(factor).min(self.max)
     }
 
     /// The next delay, and one more attempt counted.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         self.base + crate::util::jitter(ceiling.saturating_sub(self.base))
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }

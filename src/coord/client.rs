@@ -8,10 +8,10 @@ use std::fmt;
 use std::time::Duration;
 
 /// Largest body the agent reads from the server (a command batch).
-pub const MAX_RESPONSE: u64 = 8 << 20;
+pub(crate) const MAX_RESPONSE: u64 = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum CoordError {
+pub(crate) enum CoordError {
     /// Nothing answered: refused, reset, DNS, or no route.
     Unreachable {
         url: String,
@@ -69,7 +69,7 @@ impl fmt::Display for CoordError {
 impl std::error::Error for CoordError {}
 
 impl CoordError {
-    pub fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         match self {
             CoordError::Status { status, .. } => Some(*status),
             _ => None,
@@ -77,13 +77,13 @@ impl CoordError {
     }
 
     /// 401/403: the server does not want us; retrying will not help.
-    pub fn refused(&self) -> bool {
+    pub(crate) fn refused(&self) -> bool {
         matches!(self.status(), Some(401 | 403))
     }
 }
 
 #[derive(Clone)]
-pub struct CoordClient {
+pub(crate) struct CoordClient {
     base: String,
     host: String,
     /// tls.cert_file is set (it changes what a TLS alert means).
@@ -94,14 +94,14 @@ pub struct CoordClient {
 }
 
 /// A 2xx answer.
-pub struct Reply {
-    pub status: u16,
-    pub body: Vec<u8>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
     /// The body as JSON; an empty body is `null`.
-    pub fn json(&self) -> Option<Value> {
+    pub(crate) fn json(&self) -> Option<Value> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Some(Value::Null);
         }
@@ -110,12 +110,12 @@ impl Reply {
 }
 
 impl CoordClient {
-    pub fn new(config: &Config) -> Result<CoordClient, CoordError> {
+    pub(crate) fn new(config: &Config) -> Result<CoordClient, CoordError> {
         let base = config.coordination_url.trim_end_matches('/').to_string();
         let host = crate::util::url_authority(&base).to_string();
         let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .user_agent(format!("vendetta-agent/{}", crate::agent::VERSION))
+            .user_agent(format!("vendetta-agent/{}", crate::VERSION))
             .timeout_connect(Some(Duration::from_secs(10)))
             .max_idle_connections_per_host(4)
             .max_idle_age(Duration::from_secs(90));
@@ -135,12 +135,12 @@ impl CoordClient {
         })
     }
 
-    pub fn base(&self) -> &str {
+    pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
     /// Sends one request; 2xx comes back as `Reply`, anything else as an error.
-    pub fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     Config(ConfigError),
     Store(StoreError),
     Server(CoordError),
@@ -52,16 +52,16 @@ impl fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 /// What `connect` did, for the CLI to print.
-pub struct Connected {
-    pub path: PathBuf,
-    pub node_id: String,
-    pub status: u16,
-    pub created_file: bool,
-    pub wrote_token: bool,
-    pub offline_mode: bool,
+pub(crate) struct Connected {
+    pub(crate) path: PathBuf,
+    pub(crate) node_id: String,
+    pub(crate) status: u16,
+    pub(crate) created_file: bool,
+    pub(crate) wrote_token: bool,
+    pub(crate) offline_mode: bool,
 }
 
-pub fn connect(
+pub(crate) fn connect(
     flag: Option<&Path>,
     url: &str,
     token: Option<&str>,
@@ -121,7 +121,7 @@ pub fn connect(
             source,
         })?;
     }
-    crate::store::fsutil::write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| {
+    crate::os::fs::write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| {
         ConnectError::Write {
             path: path.clone(),
             source,
@@ -140,7 +140,7 @@ pub fn connect(
 /// Sets a top-level key. YAML: replaces the key's line (or appends one),
 /// leaving every other line alone. JSON: rewrites the document; text that
 /// is not a JSON object is replaced, so callers check it parses first.
-pub fn set_key(text: &str, key: &str, value: &str, is_json: bool) -> String {
+pub(crate) fn set_key(text: &str, key: &str, value: &str, is_json: bool) -> String {
     let quoted = serde_json::Value::from(value).to_string();
     if is_json {
         let mut doc: serde_json::Value =

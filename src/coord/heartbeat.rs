@@ -10,8 +10,8 @@ use crossbeam_channel::Receiver;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-pub fn run(link: &Link, shutdown: &Receiver<()>) {
-    let shared = &link.shared;
+pub(crate) fn run(link: &Link, shutdown: &Receiver<()>) {
+    let rt = &link.rt;
     // The first beat comes one (jittered) interval after start: registration
     // has just told the server everything a heartbeat would.
     loop {
@@ -30,11 +30,11 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let body = node::heartbeat(shared, link.next_seq(), outage.as_deref());
-        let path = format!("/api/v1/nodes/{}/heartbeat", shared.node_id);
-        let put_path = format!("/api/v1/nodes/{}", shared.node_id);
-        let timeout = shared.config.heartbeat.timeout;
-        for attempt in 0..=shared.config.heartbeat.retries {
+        let body = node::heartbeat(rt, link.next_seq(), outage.as_deref());
+        let path = format!("/api/v1/nodes/{}/heartbeat", rt.node_id);
+        let put_path = format!("/api/v1/nodes/{}", rt.node_id);
+        let timeout = rt.config.heartbeat.timeout;
+        for attempt in 0..=rt.config.heartbeat.retries {
             let answer = if link.use_put.load(Ordering::Relaxed) {
                 link.client.call("PUT", &put_path, Some(&body), timeout)
             } else {
@@ -50,17 +50,17 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
             };
             match answer {
                 Ok(reply) => {
-                    shared.metrics.heartbeats_sent.inc();
+                    rt.metrics.heartbeats_sent.inc();
                     link.up();
                     link.steer(reply.json().as_ref());
-                    shared.update_link(|l| l.last_heartbeat = Some(crate::util::now_rfc3339()));
+                    rt.update_link(|l| l.last_heartbeat = Some(crate::util::now_rfc3339()));
                     if outage.is_some() {
                         *link.outage.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     }
                     break;
                 }
                 Err(e) => {
-                    shared.metrics.heartbeat_failures.inc();
+                    rt.metrics.heartbeat_failures.inc();
                     if e.status() == Some(404) {
                         link.lost_registration("404 on heartbeat");
                         break;
@@ -71,7 +71,7 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
                     }
                     link.down(&e);
                     log::debug!("heartbeat {attempt} failed: {e}");
-                    if attempt < shared.config.heartbeat.retries
+                    if attempt < rt.config.heartbeat.retries
                         && !sleep(shutdown, backoff.next_delay().min(Duration::from_secs(30)))
                     {
                         return;

@@ -17,17 +17,18 @@
 //! waits a random part of the heartbeat interval so that a fleet does not
 //! arrive all at once.
 
-pub mod backoff;
-pub mod client;
-pub mod connect;
+pub(crate) mod backoff;
+pub(crate) mod client;
+pub(crate) mod connect;
 mod heartbeat;
-pub mod node;
+pub(crate) mod node;
 mod poller;
 mod reporter;
-pub mod tls;
+pub(crate) mod tls;
 
-use crate::agent::threads::{self, Control, Thread};
-use crate::agent::Shared;
+use crate::protocol::link::LinkStatus;
+use crate::runtime::threads::{self, Control, Thread};
+use crate::runtime::Runtime;
 use backoff::Backoff;
 use client::{CoordClient, CoordError};
 use crossbeam_channel::{select, Receiver, Sender};
@@ -36,9 +37,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub struct Link {
-    pub shared: Arc<Shared>,
-    pub client: CoordClient,
+pub(crate) struct Link {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) client: CoordClient,
     address: String,
     registered: AtomicBool,
     /// Set after a 404: the next registration waits a random spread.
@@ -58,8 +59,8 @@ pub struct Link {
 }
 
 impl Link {
-    fn new(shared: Arc<Shared>, client: CoordClient, wake_reporter: Sender<()>) -> Link {
-        let cfg = &shared.config;
+    fn new(rt: Arc<Runtime>, client: CoordClient, wake_reporter: Sender<()>) -> Link {
+        let cfg = &rt.config;
         let address = node::local_address(&cfg.coordination_url);
         Link {
             address,
@@ -74,30 +75,30 @@ impl Link {
             outage: Mutex::new(None),
             wake_reporter,
             client,
-            shared,
+            rt,
         }
     }
 
-    pub fn heartbeat_interval(&self) -> Duration {
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
     }
 
-    pub fn poll_wait(&self) -> Duration {
+    pub(crate) fn poll_wait(&self) -> Duration {
         Duration::from_millis(self.poll_wait_ms.load(Ordering::Relaxed))
     }
 
-    pub fn registered(&self) -> bool {
+    pub(crate) fn registered(&self) -> bool {
         self.registered.load(Ordering::SeqCst)
     }
 
-    pub fn refused(&self) -> bool {
+    pub(crate) fn refused(&self) -> bool {
         self.refused.load(Ordering::SeqCst)
     }
 
     /// The server no longer knows this node (404): register again.
-    pub fn lost_registration(&self, why: &str) {
+    pub(crate) fn lost_registration(&self, why: &str) {
         if self.registered.swap(false, Ordering::SeqCst) {
-            log::warn!(node_id = self.shared.node_id.as_str(); "the coordination server does not know this node any more ({why}); registering again");
+            log::warn!(node_id = self.rt.node_id.as_str(); "the coordination server does not know this node any more ({why}); registering again");
             self.lost.store(true, Ordering::SeqCst);
         }
     }
@@ -105,7 +106,7 @@ impl Link {
     /// Registers unless registered. After a lost registration, first waits
     /// a random part of the heartbeat interval (returns Ok(false) if
     /// shutdown came meanwhile).
-    pub fn ensure_registered(&self, shutdown: &Receiver<()>) -> Result<bool, CoordError> {
+    pub(crate) fn ensure_registered(&self, shutdown: &Receiver<()>) -> Result<bool, CoordError> {
         if self.registered() {
             return Ok(true);
         }
@@ -120,9 +121,9 @@ impl Link {
         if self.registered() {
             return Ok(true);
         }
-        let doc = node::document(&node::NodeFacts::of(&self.shared, &self.address));
+        let doc = node::document(&node::NodeFacts::of(&self.rt, &self.address));
         let timeout = self
-            .shared
+            .rt
             .config
             .heartbeat
             .timeout
@@ -133,10 +134,10 @@ impl Link {
         {
             Ok(reply) => {
                 self.registered.store(true, Ordering::SeqCst);
-                self.shared.metrics.registrations.inc();
+                self.rt.metrics.registrations.inc();
                 self.steer(reply.json().as_ref());
                 log::info!(
-                    node_id = self.shared.node_id.as_str(), server = self.client.base();
+                    node_id = self.rt.node_id.as_str(), server = self.client.base();
                     "registered with the coordination server"
                 );
                 self.up();
@@ -154,11 +155,11 @@ impl Link {
     }
 
     /// The server refused us (401/403): log why, stop dialing, stay up.
-    pub fn refuse(&self, e: &CoordError) {
+    pub(crate) fn refuse(&self, e: &CoordError) {
         if !self.refused.swap(true, Ordering::SeqCst) {
             log::error!("{e}; the agent stops dialing the server and keeps serving its local API (fix the token and restart)");
-            self.shared.update_link(|l| {
-                l.state = "refused".into();
+            self.rt.update_link(|l| {
+                l.state = LinkStatus::Refused;
                 l.last_error = e.to_string();
                 l.offline_since.get_or_insert_with(crate::util::now_rfc3339);
             });
@@ -166,20 +167,20 @@ impl Link {
     }
 
     /// A request succeeded: the link is up.
-    pub fn up(&self) {
-        let mut was = String::new();
+    pub(crate) fn up(&self) {
+        let mut was = LinkStatus::Connected;
         let mut since = None;
-        self.shared.update_link(|l| {
-            was = std::mem::replace(&mut l.state, "connected".into());
+        self.rt.update_link(|l| {
+            was = std::mem::replace(&mut l.state, LinkStatus::Connected);
             l.last_heartbeat
                 .get_or_insert_with(crate::util::now_rfc3339);
-            if was != "connected" {
+            if was != LinkStatus::Connected {
                 since = l.offline_since.take();
             }
         });
-        if was != "connected" {
-            if was == "disconnected" {
-                self.shared.metrics.reconnects.inc();
+        if was != LinkStatus::Connected {
+            if was == LinkStatus::Disconnected {
+                self.rt.metrics.reconnects.inc();
                 let since = since.unwrap_or_default();
                 log::info!(offline_since = since.as_str(); "coordination link restored");
                 *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = Some(since);
@@ -189,31 +190,31 @@ impl Link {
     }
 
     /// A request failed: remember why; the first failure starts an outage.
-    pub fn down(&self, e: &CoordError) {
-        let mut was = String::new();
-        self.shared.update_link(|l| {
+    pub(crate) fn down(&self, e: &CoordError) {
+        let mut was = None;
+        self.rt.update_link(|l| {
             l.last_error = e.to_string();
-            if l.state == "connected" || l.state == "connecting" {
-                was = std::mem::replace(&mut l.state, "disconnected".into());
+            if matches!(l.state, LinkStatus::Connected | LinkStatus::Connecting) {
+                was = Some(std::mem::replace(&mut l.state, LinkStatus::Disconnected));
                 l.offline_since.get_or_insert_with(crate::util::now_rfc3339);
             }
         });
-        if was == "connected" {
-            log::warn!(
+        match was {
+            Some(LinkStatus::Connected) => log::warn!(
                 "coordination link lost: {e}; retrying with backoff, commands keep running locally"
-            );
-        } else if was == "connecting" {
-            log::warn!("coordination server not reachable yet: {e}; retrying with backoff, the local API keeps serving");
+            ),
+            Some(LinkStatus::Connecting) => log::warn!("coordination server not reachable yet: {e}; retrying with backoff, the local API keeps serving"),
+            _ => {}
         }
     }
 
     /// Applies `heartbeat_interval` / `poll_wait` from a server answer,
     /// within the bounds the config sets.
-    pub fn steer(&self, answer: Option<&Value>) {
+    pub(crate) fn steer(&self, answer: Option<&Value>) {
         let Some(obj) = answer.and_then(Value::as_object) else {
             return;
         };
-        let cfg = &self.shared.config.coordination;
+        let cfg = &self.rt.config.coordination;
         let parse = |v: &Value| crate::protocol::duration::deserialize_wire(v.clone()).ok();
         if let Some(d) = obj.get("heartbeat_interval").and_then(parse) {
             let d = d.clamp(cfg.min_heartbeat_interval, cfg.max_heartbeat_interval);
@@ -241,7 +242,7 @@ impl Link {
 }
 
 /// Sleeps up to `d`; false if shutdown came first.
-pub fn sleep(shutdown: &Receiver<()>, d: Duration) -> bool {
+pub(crate) fn sleep(shutdown: &Receiver<()>, d: Duration) -> bool {
     select! {
         recv(shutdown) -> _ => false,
         default(d) => true,
@@ -249,35 +250,35 @@ pub fn sleep(shutdown: &Receiver<()>, d: Duration) -> bool {
 }
 
 /// The running link: its threads and what the shutdown sequence needs.
-pub struct Running {
-    pub link: Arc<Link>,
-    pub threads: Vec<Thread>,
+pub(crate) struct Running {
+    pub(crate) link: Arc<Link>,
+    pub(crate) threads: Vec<Thread>,
 }
 
 /// Starts the link threads, or nothing in offline mode. A setup failure
 /// (TLS files) is logged and leaves the agent offline, never down.
-pub fn spawn(
-    shared: &Arc<Shared>,
+pub(crate) fn spawn(
+    rt: &Arc<Runtime>,
     shutdown: &Receiver<()>,
     control: &Sender<Control>,
 ) -> Option<Running> {
-    if shared.config.offline() {
+    if rt.config.offline() {
         return None;
     }
-    let client = match CoordClient::new(&shared.config) {
+    let client = match CoordClient::new(&rt.config) {
         Ok(c) => c,
         Err(e) => {
             log::error!("coordination link not started: {e}");
-            shared.update_link(|l| {
-                l.state = "offline".into();
+            rt.update_link(|l| {
+                l.state = LinkStatus::Offline;
                 l.reason = "link setup failed".into();
                 l.last_error = e.to_string();
             });
             return None;
         }
     };
-    let (wake_tx, wake_rx) = shared.report_wake.clone();
-    let link = Arc::new(Link::new(shared.clone(), client, wake_tx));
+    let (wake_tx, wake_rx) = rt.report_wake.clone();
+    let link = Arc::new(Link::new(rt.clone(), client, wake_tx));
     let mut threads = Vec::new();
     let spawn_one =
         |name: &str, f: Box<dyn FnOnce() + Send>| threads::spawn(name, Some(control.clone()), f);
@@ -308,7 +309,7 @@ pub fn spawn(
 impl Running {
     /// The end of a clean stop: a last delivery round for spooled results
     /// and the unregister, both within `deadline`.
-    pub fn finish(mut self, deadline: Instant, control: &Receiver<Control>) {
+    pub(crate) fn finish(mut self, deadline: Instant, control: &Receiver<Control>) {
         // The poller may sit in a long poll; it is not waited for.
         let short = Instant::now() + Duration::from_millis(500);
         let _ = threads::join_all(&mut self.threads, short.min(deadline), control);
@@ -316,14 +317,14 @@ impl Running {
         if link.refused() {
             return;
         }
-        if link.shared.spool.pending() > 0 && Instant::now() < deadline {
+        if link.rt.spool.pending() > 0 && Instant::now() < deadline {
             reporter::round(link, None, deadline);
         }
-        if link.shared.config.coordination.unregister_on_stop && link.registered() {
+        if link.rt.config.coordination.unregister_on_stop && link.registered() {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(5));
-            let path = format!("/api/v1/nodes/{}", link.shared.node_id);
+            let path = format!("/api/v1/nodes/{}", link.rt.node_id);
             match link
                 .client
                 .call("DELETE", &path, None, left.max(Duration::from_millis(200)))
@@ -336,5 +337,5 @@ impl Running {
 }
 
 pub(crate) fn new_backoff(link: &Link) -> Backoff {
-    Backoff::new(&link.shared.config.retry_policy)
+    Backoff::new(&link.rt.config.retry_policy)
 }

@@ -5,17 +5,18 @@
 //! server decodes it. The heartbeat is kept small: it goes out every
 //! interval from every node of a fleet.
 
-use crate::agent::{Shared, VERSION};
 use crate::config::Config;
 use crate::protocol::ProviderKind;
 use crate::providers::Registry;
+use crate::runtime::Runtime;
+use crate::VERSION;
 use serde_json::{json, Value};
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::time::SystemTime;
 
 /// The address this node uses to reach the server: the local end of a
 /// (never sent) UDP "connection" to it. Falls back to the host name.
-pub fn local_address(coordination_url: &str) -> String {
+pub(crate) fn local_address(coordination_url: &str) -> String {
     let hostport = crate::util::url_authority(coordination_url);
     let default_port = if coordination_url.starts_with("https") {
         443
@@ -44,36 +45,36 @@ pub fn local_address(coordination_url: &str) -> String {
             sock.connect(server).ok()?;
             sock.local_addr().ok().map(|a| a.ip().to_string())
         });
-    found.unwrap_or_else(crate::sys::hostname)
+    found.unwrap_or_else(crate::os::host::hostname)
 }
 
 /// What the node document says about this node.
-pub struct NodeFacts<'a> {
-    pub id: &'a str,
-    pub name: &'a str,
-    pub address: &'a str,
-    pub port: u16,
-    pub provider: ProviderKind,
-    pub capabilities: Vec<ProviderKind>,
-    pub labels: &'a std::collections::BTreeMap<String, String>,
+pub(crate) struct NodeFacts<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) address: &'a str,
+    pub(crate) port: u16,
+    pub(crate) provider: ProviderKind,
+    pub(crate) capabilities: Vec<ProviderKind>,
+    pub(crate) labels: &'a std::collections::BTreeMap<String, String>,
     /// When the node id was made (stable across restarts).
-    pub created: SystemTime,
+    pub(crate) created: SystemTime,
 }
 
 impl<'a> NodeFacts<'a> {
-    pub fn of(shared: &'a Shared, address: &'a str) -> NodeFacts<'a> {
+    pub(crate) fn of(rt: &'a Runtime, address: &'a str) -> NodeFacts<'a> {
         NodeFacts::new(
-            &shared.config,
-            &shared.node_id,
-            &shared.node_name,
+            &rt.config,
+            &rt.node_id,
+            &rt.node_name,
             address,
-            &shared.registry,
-            shared.started_at,
+            &rt.registry,
+            rt.started_at,
         )
     }
 
     /// `created` falls back to `started` when the id file has no time.
-    pub fn new(
+    pub(crate) fn new(
         config: &'a Config,
         id: &'a str,
         name: &'a str,
@@ -85,7 +86,7 @@ impl<'a> NodeFacts<'a> {
             id,
             name,
             address,
-            port: config.listen_addr().map(|a| a.port()).unwrap_or(0),
+            port: config.listen.port(),
             provider: config.provider,
             capabilities: registry.usable(),
             labels: &config.labels,
@@ -94,14 +95,14 @@ impl<'a> NodeFacts<'a> {
     }
 }
 
-pub fn node_id_created(cache_dir: &std::path::Path) -> Option<SystemTime> {
+pub(crate) fn node_id_created(cache_dir: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(cache_dir.join("node_id"))
         .and_then(|m| m.modified())
         .ok()
 }
 
-pub fn document(f: &NodeFacts) -> Value {
-    let host = crate::sys::host_info();
+pub(crate) fn document(f: &NodeFacts) -> Value {
+    let host = crate::os::host::host_info();
     json!({
         "id": f.id,
         "name": f.name,
@@ -127,18 +128,18 @@ pub fn document(f: &NodeFacts) -> Value {
     })
 }
 
-pub fn heartbeat(shared: &Shared, seq: u64, offline_since: Option<&str>) -> Value {
-    let (total, running) = shared.sessions.counts();
+pub(crate) fn heartbeat(rt: &Runtime, seq: u64, offline_since: Option<&str>) -> Value {
+    let (total, running) = rt.sessions.counts();
     let mut body = json!({
-        "node_id": shared.node_id,
+        "node_id": rt.node_id,
         "status": "active",
         "seq": seq,
         "timestamp": crate::util::now_rfc3339(),
-        "uptime_s": shared.uptime().as_secs(),
+        "uptime_s": rt.uptime().as_secs(),
         "sessions": {"total": total, "running": running},
-        "load": crate::sys::load1().map(|l| (l * 100.0).round() / 100.0),
-        "memory_available_bytes": crate::sys::meminfo().map(|m| m.1),
-        "pending_results": shared.spool.pending(),
+        "load": crate::os::host::load1().map(|l| (l * 100.0).round() / 100.0),
+        "memory_available_bytes": crate::os::host::meminfo().map(|m| m.1),
+        "pending_results": rt.spool.pending(),
     });
     if let Some(since) = offline_since {
         body["offline_since"] = Value::from(since);

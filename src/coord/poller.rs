@@ -10,7 +10,7 @@
 
 use super::client::CoordError;
 use super::{new_backoff, sleep, Link};
-use crate::agent::intake::{Refusal, Submitted};
+use crate::runtime::intake::{Refusal, Submitted};
 use crate::store::ledger::Origin;
 use crossbeam_channel::Receiver;
 use serde_json::Value;
@@ -22,11 +22,11 @@ const MIN_FETCH_GAP: Duration = Duration::from_secs(1);
 /// How often a poller holding fetched commands looks for room in the queue.
 const ROOM_POLL: Duration = Duration::from_millis(10);
 
-pub fn run(link: &Link, shutdown: &Receiver<()>) {
-    let shared = &link.shared;
+pub(crate) fn run(link: &Link, shutdown: &Receiver<()>) {
+    let rt = &link.rt;
     let mut backoff = new_backoff(link);
     loop {
-        if !shared.accepting() || link.refused() {
+        if !rt.accepting() || link.refused() {
             // Nothing more to fetch; stay until shutdown.
             let _ = shutdown.recv();
             return;
@@ -43,7 +43,7 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
             }
             continue;
         }
-        if shared.queue_depth() >= shared.queue_capacity() {
+        if rt.queue_depth() >= rt.queue_capacity() {
             if !sleep(shutdown, Duration::from_millis(200)) {
                 return;
             }
@@ -52,7 +52,7 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
         let wait = link.poll_wait();
         let path = format!(
             "/api/v1/nodes/{}/commands?wait={}",
-            shared.node_id,
+            rt.node_id,
             wait.as_secs().max(1)
         );
         let started = Instant::now();
@@ -65,7 +65,7 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
                 backoff.reset();
                 link.up();
                 let result = if reply.status == 204 { "empty" } else { "ok" };
-                shared.metrics.poll_duration.observe(&[result], took);
+                rt.metrics.poll_duration.observe(&[result], took);
                 let mut new = 0;
                 if reply.status != 204 {
                     match reply.json() {
@@ -88,7 +88,7 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
                 }
             }
             Err(e) => {
-                shared.metrics.poll_duration.observe(&["error"], took);
+                rt.metrics.poll_duration.observe(&["error"], took);
                 match e.status() {
                     Some(404) => link.lost_registration("404 on command fetch"),
                     _ if e.refused() => link.refuse(&e),
@@ -114,7 +114,7 @@ pub fn run(link: &Link, shutdown: &Receiver<()>) {
 /// or answered at once), or None if shutdown came while waiting (the
 /// server sends what was not queued again).
 fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> Option<usize> {
-    let shared = &link.shared;
+    let rt = &link.rt;
     let mut new = 0;
     let items = match batch {
         Value::Null => return Some(0),
@@ -134,7 +134,7 @@ fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> Option<us
     };
     let total = items.len();
     for (i, item) in items.into_iter().enumerate() {
-        while shared.queue_depth() >= shared.queue_capacity() {
+        while rt.queue_depth() >= rt.queue_capacity() {
             if !sleep(shutdown, ROOM_POLL) {
                 log::info!(
                     "stopping with {} fetched commands not queued; the server will send them again",
@@ -151,7 +151,7 @@ fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> Option<us
             }
         };
         let id = command.id.clone();
-        match shared.submit(command, Origin::Coordination, false) {
+        match rt.submit(command, Origin::Coordination, false) {
             Submitted::Queued(_) => {
                 new += 1;
                 log::debug!(command_id = id.as_str(); "command from the server queued")

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// How often an idle reporter looks at the spool anyway.
 const IDLE_TICK: Duration = Duration::from_secs(60);
 
-pub fn run(link: &Link, shutdown: &Receiver<()>, wake: &Receiver<()>) {
+pub(crate) fn run(link: &Link, shutdown: &Receiver<()>, wake: &Receiver<()>) {
     let mut pause = new_backoff(link);
     let mut wait = Duration::ZERO;
     loop {
@@ -42,7 +42,7 @@ pub fn run(link: &Link, shutdown: &Receiver<()>, wake: &Receiver<()>) {
     }
 }
 
-pub enum Round {
+pub(crate) enum Round {
     Done,
     Failed,
     Shutdown,
@@ -50,12 +50,12 @@ pub enum Round {
 
 /// One pass over the spool. With `shutdown`, retry delays end early when
 /// it closes; `deadline` bounds the whole pass.
-pub fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Instant) -> Round {
-    let shared = &link.shared;
-    let max_retries = shared.config.retry_policy.max_retries;
+pub(crate) fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Instant) -> Round {
+    let rt = &link.rt;
+    let max_retries = rt.config.retry_policy.max_retries;
     let mut outcome = Round::Done;
-    'results: for id in shared.spool.ids() {
-        let Some(result) = shared.spool.read(&id) else {
+    'results: for id in rt.spool.ids() {
+        let Some(result) = rt.spool.read(&id) else {
             continue;
         };
         let body = match serde_json::to_value(&result) {
@@ -77,8 +77,8 @@ pub fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Instant) ->
                 .min(Duration::from_secs(30));
             match link.client.call("POST", &path, Some(&body), left) {
                 Ok(_) => {
-                    shared.spool.remove(&id);
-                    shared.metrics.results_reported.inc(&["acked"]);
+                    rt.spool.remove(&id);
+                    rt.metrics.results_reported.inc(&["acked"]);
                     log::debug!(command_id = id.as_str(); "result delivered");
                     link.up();
                     break;
@@ -87,12 +87,12 @@ pub fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Instant) ->
                     // 401/403 mean our token, not the result, is the problem: keep it.
                     Some(s) if (400..500).contains(&s) && !matches!(s, 401 | 403 | 408 | 429) => {
                         log::warn!(command_id = id.as_str(); "the server rejected the result for good: {e}; dropping it");
-                        shared.spool.remove(&id);
-                        shared.metrics.results_reported.inc(&["dropped"]);
+                        rt.spool.remove(&id);
+                        rt.metrics.results_reported.inc(&["dropped"]);
                         break;
                     }
                     _ => {
-                        shared.metrics.results_reported.inc(&["retry"]);
+                        rt.metrics.results_reported.inc(&["retry"]);
                         if e.refused() {
                             link.refuse(&e);
                             return Round::Failed;

@@ -22,7 +22,7 @@ const SYSTEM_BUNDLES: [&str; 4] = [
 ];
 
 #[derive(Debug)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     Read {
         what: &'static str,
         path: PathBuf,
@@ -89,7 +89,7 @@ fn certs_of(items: Vec<PemItem<'static>>) -> Vec<Certificate<'static>> {
 }
 
 /// Builds the TLS settings for the coordination client.
-pub fn config(tls: &Tls) -> Result<TlsConfig, TlsError> {
+pub(crate) fn config(tls: &Tls) -> Result<TlsConfig, TlsError> {
     let mut roots: Vec<Certificate<'static>> = Vec::new();
     let system = std::env::var_os("SSL_CERT_FILE")
         .map(PathBuf::from)
@@ -210,7 +210,7 @@ fn check_key_pair(
 /// A TLS failure in words that say what to fix. `client_cert`: whether
 /// tls.cert_file is set. Alerts the client receives are the server's
 /// verdict, so a certificate alert is about our client certificate.
-pub fn explain(host: &str, e: &rustls::Error, client_cert: bool) -> String {
+pub(crate) fn explain(host: &str, e: &rustls::Error, client_cert: bool) -> String {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     match e {
         E::InvalidCertificate(C::UnknownIssuer) => format!(

@@ -19,7 +19,7 @@ use std::time::Duration;
 /// A body that cannot become a command at all (HTTP 400 on the local API,
 /// a logged skip on the coordination link).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     Malformed(String),
     NotAnObject,
     MissingId,
@@ -46,13 +46,13 @@ impl std::error::Error for CommandError {}
 /// A field of a command that is missing or wrong. `field` is a path such as
 /// `params.session_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
+pub(crate) struct FieldError {
+    pub(crate) field: String,
+    pub(crate) message: String,
 }
 
 impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
             message: message.into(),
@@ -71,17 +71,17 @@ impl fmt::Display for FieldError {
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
+pub(crate) enum ProviderKind {
     Docker,
     Lxc,
     Qemu,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 3] =
+    pub(crate) const ALL: [ProviderKind; 3] =
         [ProviderKind::Docker, ProviderKind::Lxc, ProviderKind::Qemu];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Docker => "docker",
             ProviderKind::Lxc => "lxc",
@@ -89,7 +89,7 @@ impl ProviderKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<ProviderKind> {
+    pub(crate) fn parse(s: &str) -> Option<ProviderKind> {
         ProviderKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
@@ -102,13 +102,13 @@ impl fmt::Display for ProviderKind {
 
 /// A port to publish: `8080`, `"8080"`, `"8080/tcp"` or `"53/udp"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortSpec {
-    pub port: u16,
-    pub udp: bool,
+pub(crate) struct PortSpec {
+    pub(crate) port: u16,
+    pub(crate) udp: bool,
 }
 
 impl PortSpec {
-    pub fn parse(s: &str) -> Result<PortSpec, String> {
+    pub(crate) fn parse(s: &str) -> Result<PortSpec, String> {
         let (num, proto) = match s.split_once('/') {
             Some((n, p)) => (n, p),
             None => (s, "tcp"),
@@ -126,7 +126,7 @@ impl PortSpec {
         }
     }
 
-    pub fn proto(&self) -> &'static str {
+    pub(crate) fn proto(&self) -> &'static str {
         if self.udp {
             "udp"
         } else {
@@ -161,89 +161,89 @@ impl<'de> Deserialize<'de> for PortSpec {
 /// which limits they could not enforce.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Resources {
+pub(crate) struct Resources {
     #[serde(default, deserialize_with = "super::size::deserialize_opt")]
-    pub memory: Option<u64>,
+    pub(crate) memory: Option<u64>,
     #[serde(default)]
-    pub cpus: Option<f64>,
+    pub(crate) cpus: Option<f64>,
     #[serde(default)]
-    pub pids: Option<i64>,
+    pub(crate) pids: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateParams {
-    pub session_id: SessionId,
+pub(crate) struct CreateParams {
+    pub(crate) session_id: SessionId,
     #[serde(default)]
-    pub provider: Option<ProviderKind>,
+    pub(crate) provider: Option<ProviderKind>,
     #[serde(default)]
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
     #[serde(default)]
-    pub workspace_path: Option<PathBuf>,
+    pub(crate) workspace_path: Option<PathBuf>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     #[serde(default)]
-    pub ports: Vec<PortSpec>,
+    pub(crate) ports: Vec<PortSpec>,
     #[serde(default)]
-    pub resources: Resources,
+    pub(crate) resources: Resources,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     #[serde(default)]
-    pub command: Option<Vec<String>>,
+    pub(crate) command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SessionParams {
-    pub session_id: SessionId,
+pub(crate) struct SessionParams {
+    pub(crate) session_id: SessionId,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StopParams {
-    pub session_id: SessionId,
+pub(crate) struct StopParams {
+    pub(crate) session_id: SessionId,
     /// Grace period before the session is killed.
     #[serde(default, deserialize_with = "duration::deserialize_wire_opt")]
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListParams {
+pub(crate) struct ListParams {
     #[serde(default)]
-    pub provider: Option<ProviderKind>,
+    pub(crate) provider: Option<ProviderKind>,
 }
 
 /// `command` as given: an argv array, or a string that needs `shell: true`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
-pub enum CommandLine {
+pub(crate) enum CommandLine {
     Argv(Vec<String>),
     Shell(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExecParams {
-    pub session_id: SessionId,
-    pub command: CommandLine,
+pub(crate) struct ExecParams {
+    pub(crate) session_id: SessionId,
+    pub(crate) command: CommandLine,
     #[serde(default)]
-    pub shell: bool,
+    pub(crate) shell: bool,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     #[serde(default)]
-    pub workdir: Option<String>,
+    pub(crate) workdir: Option<String>,
     #[serde(default)]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     #[serde(default)]
-    pub stdin: Option<String>,
+    pub(crate) stdin: Option<String>,
     #[serde(default, deserialize_with = "duration::deserialize_wire_opt")]
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl ExecParams {
     /// The argv to run: the array as given, or `/bin/sh -c STRING`.
-    pub fn argv(&self) -> Vec<String> {
+    pub(crate) fn argv(&self) -> Vec<String> {
         match &self.command {
             CommandLine::Argv(v) => v.clone(),
             CommandLine::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
@@ -253,13 +253,13 @@ impl ExecParams {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServiceParams {
-    pub session_id: SessionId,
+pub(crate) struct ServiceParams {
+    pub(crate) session_id: SessionId,
 }
 
 /// What a command asks for, with its parameters checked.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Request {
+pub(crate) enum Request {
     SessionCreate(CreateParams),
     SessionStart(SessionParams),
     SessionStop(StopParams),
@@ -273,7 +273,7 @@ pub enum Request {
     SystemHealth,
 }
 
-pub const ACTIONS: [(&str, &[&str]); 3] = [
+pub(crate) const ACTIONS: [(&str, &[&str]); 3] = [
     (
         "session",
         &["create", "start", "stop", "destroy", "list", "exec"],
@@ -285,7 +285,7 @@ pub const ACTIONS: [(&str, &[&str]); 3] = [
 impl Request {
     /// Commands that change nothing and may safely run again, e.g. after an
     /// agent restart interrupted them.
-    pub fn read_only(&self) -> bool {
+    pub(crate) fn read_only(&self) -> bool {
         matches!(
             self,
             Request::SessionList(_)
@@ -296,47 +296,36 @@ impl Request {
                 | Request::SystemHealth
         )
     }
-
-    pub fn session_id(&self) -> Option<&SessionId> {
-        match self {
-            Request::SessionCreate(p) => Some(&p.session_id),
-            Request::SessionStart(p) | Request::SessionDestroy(p) => Some(&p.session_id),
-            Request::SessionStop(p) => Some(&p.session_id),
-            Request::SessionExec(p) => Some(&p.session_id),
-            Request::ServiceStatus(p) => Some(&p.session_id),
-            _ => None,
-        }
-    }
 }
 
 /// A command with a valid id. `request` holds the typed request, or the
 /// first field that was wrong.
 #[derive(Debug, Clone)]
-pub struct Command {
-    pub id: CommandId,
+pub(crate) struct Command {
+    pub(crate) id: CommandId,
     /// `type` and `action` as sent (clipped), for logs, metrics and events.
-    pub kind: String,
-    pub action: String,
-    pub request: Result<Request, FieldError>,
-    pub timeout: Option<Duration>,
+    pub(crate) kind: String,
+    pub(crate) action: String,
+    pub(crate) request: Result<Request, FieldError>,
+    pub(crate) timeout: Option<Duration>,
     /// The command as received, echoed in its result.
-    pub echo: Value,
+    pub(crate) echo: Value,
 }
 
 impl Command {
     /// `type.action`, e.g. `session.exec`, clipped and cleaned so that it is
     /// safe as a metric label and in an allowlist match.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!("{}.{}", self.kind, self.action)
     }
 
-    pub fn read_only(&self) -> bool {
+    pub(crate) fn read_only(&self) -> bool {
         matches!(&self.request, Ok(r) if r.read_only())
     }
 
     /// The timeout the command asks for: an exec's own `params.timeout`,
     /// else the command's `timeout`.
-    pub fn timeout_asked(&self) -> Option<Duration> {
+    pub(crate) fn timeout_asked(&self) -> Option<Duration> {
         match &self.request {
             Ok(Request::SessionExec(p)) => p.timeout.or(self.timeout),
             _ => self.timeout,
@@ -345,14 +334,14 @@ impl Command {
 }
 
 /// Parses a command from a request or batch body.
-pub fn parse(body: &[u8]) -> Result<Command, CommandError> {
+pub(crate) fn parse(body: &[u8]) -> Result<Command, CommandError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| CommandError::Malformed(e.to_string()))?;
     from_value(value)
 }
 
 /// Parses a command already decoded as JSON (one element of a batch).
-pub fn from_value(value: Value) -> Result<Command, CommandError> {
+pub(crate) fn from_value(value: Value) -> Result<Command, CommandError> {
     let obj = value.as_object().ok_or(CommandError::NotAnObject)?;
     let id = match obj.get("id") {
         None | Some(Value::Null) => return Err(CommandError::MissingId),
@@ -648,7 +637,7 @@ fn env_map(field: &str, env: &BTreeMap<String, String>) -> Result<(), FieldError
 }
 
 /// Keeps hostile input out of error messages beyond a short, printable prefix.
-pub fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(64)

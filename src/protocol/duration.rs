@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DurationError(pub String);
+pub(crate) struct DurationError(pub(crate) String);
 
 impl fmt::Display for DurationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,7 +27,7 @@ impl fmt::Display for DurationError {
 impl std::error::Error for DurationError {}
 
 /// Parses Go-style duration strings. `"0"` alone is allowed, as in Go.
-pub fn parse(s: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse(s: &str) -> Result<Duration, DurationError> {
     let err = || DurationError(s.to_string());
     let text = s.trim();
     if text == "0" {
@@ -74,7 +74,7 @@ pub fn parse(s: &str) -> Result<Duration, DurationError> {
 
 /// Formats a duration the way `parse` reads it, choosing the largest exact
 /// unit, so that printed configs round-trip.
-pub fn format(d: Duration) -> String {
+pub(crate) fn format(d: Duration) -> String {
     let ns = d.as_nanos();
     if ns == 0 {
         return "0s".to_string();
@@ -99,12 +99,14 @@ pub fn format(d: Duration) -> String {
 
 /// Deserializes a duration from a string, or from an integer of nanoseconds.
 /// For wire types (commands from servers).
-pub fn deserialize_wire<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn deserialize_wire<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(DurVisitor { allow_int: true })
 }
 
 /// Like [`deserialize_wire`] but for `Option<Duration>` fields.
-pub fn deserialize_wire_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn deserialize_wire_opt<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
     struct OptVisitor;
     impl<'de> Visitor<'de> for OptVisitor {
         type Value = Option<Duration>;
@@ -125,7 +127,7 @@ pub fn deserialize_wire_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Du
 }
 
 /// Deserializes a duration from a string only. For the config file.
-pub fn deserialize_config<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn deserialize_config<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(DurVisitor { allow_int: false })
 }
 
@@ -175,7 +177,10 @@ impl Visitor<'_> for DurVisitor {
 }
 
 /// Serializes as a human string ("30s"); used when printing configs.
-pub fn serialize_config<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_config<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*d))
 }
 

@@ -10,7 +10,7 @@ use std::fmt;
 /// Why an id was refused. Says which rule, never echoes more than a prefix
 /// of a hostile value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdError {
+pub(crate) enum IdError {
     Empty,
     TooLong {
         max: usize,
@@ -42,12 +42,12 @@ impl std::error::Error for IdError {}
 /// A command id: 1-128 characters of `[A-Za-z0-9._:-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct CommandId(String);
+pub(crate) struct CommandId(String);
 
 impl CommandId {
-    pub const RULE: &'static str = "[A-Za-z0-9._:-]{1,128}";
+    pub(crate) const RULE: &'static str = "[A-Za-z0-9._:-]{1,128}";
 
-    pub fn parse(s: &str) -> Result<Self, IdError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, IdError> {
         if s.is_empty() {
             return Err(IdError::Empty);
         }
@@ -70,12 +70,12 @@ impl CommandId {
         Ok(CommandId(s.to_string()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// A fresh id for commands the agent or its CLI originates.
-    pub fn generate(prefix: &str) -> CommandId {
+    pub(crate) fn generate(prefix: &str) -> CommandId {
         CommandId(format!("{prefix}-{}", crate::util::random_hex(8)))
     }
 }
@@ -98,12 +98,12 @@ impl<'de> Deserialize<'de> for CommandId {
 /// be `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct SessionId(String);
+pub(crate) struct SessionId(String);
 
 impl SessionId {
-    pub const RULE: &'static str = "[a-z0-9][a-z0-9_.-]{0,62}";
+    pub(crate) const RULE: &'static str = "[a-z0-9][a-z0-9_.-]{0,62}";
 
-    pub fn parse(s: &str) -> Result<Self, IdError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, IdError> {
         if s.is_empty() {
             return Err(IdError::Empty);
         }
@@ -127,7 +127,7 @@ impl SessionId {
         Ok(SessionId(s.to_string()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

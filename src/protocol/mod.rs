@@ -2,12 +2,13 @@
 //! value types they carry. Everything from outside is parsed here into types
 //! that can only hold valid values.
 
-pub mod command;
-pub mod duration;
-pub mod ids;
-pub mod result;
-pub mod size;
+pub(crate) mod command;
+pub(crate) mod duration;
+pub(crate) mod ids;
+pub(crate) mod link;
+pub(crate) mod result;
+pub(crate) mod size;
 
-pub use command::{Command, CommandError, FieldError, ProviderKind, Request};
-pub use ids::{CommandId, SessionId};
-pub use result::{codes, CommandResult, Status};
+pub(crate) use command::{Command, ProviderKind};
+pub(crate) use ids::{CommandId, SessionId};
+pub(crate) use result::{codes, CommandResult, Status};

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Success,
     Failed,
     Timeout,
@@ -15,7 +15,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Success => "success",
             Status::Failed => "failed",
@@ -27,53 +27,53 @@ impl Status {
 
 /// Machine-readable error classes carried in `code`. The local API maps
 /// them to HTTP statuses in one place (`api::routes::status_for`).
-pub mod codes {
-    pub const INVALID: &str = "invalid_command";
-    pub const REJECTED: &str = "rejected";
-    pub const NOT_FOUND: &str = "not_found";
-    pub const CONFLICT: &str = "conflict";
-    pub const UNAVAILABLE: &str = "provider_unavailable";
-    pub const TIMEOUT: &str = "timeout";
-    pub const FAILED: &str = "failed";
-    pub const INTERNAL: &str = "internal_error";
-    pub const RESTARTED: &str = "agent_restarted";
+pub(crate) mod codes {
+    pub(crate) const INVALID: &str = "invalid_command";
+    pub(crate) const REJECTED: &str = "rejected";
+    pub(crate) const NOT_FOUND: &str = "not_found";
+    pub(crate) const CONFLICT: &str = "conflict";
+    pub(crate) const UNAVAILABLE: &str = "provider_unavailable";
+    pub(crate) const TIMEOUT: &str = "timeout";
+    pub(crate) const FAILED: &str = "failed";
+    pub(crate) const INTERNAL: &str = "internal_error";
+    pub(crate) const RESTARTED: &str = "agent_restarted";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandResult {
-    pub id: String,
-    pub node_id: String,
-    pub status: Status,
+pub(crate) struct CommandResult {
+    pub(crate) id: String,
+    pub(crate) node_id: String,
+    pub(crate) status: Status,
     /// For old servers: exec stdout, or the JSON text of `data`.
     #[serde(default)]
-    pub output: String,
+    pub(crate) output: String,
     /// Always present (null when a command has no data), as the contract
     /// lists it on every result.
     #[serde(default)]
-    pub data: Value,
+    pub(crate) data: Value,
     #[serde(default)]
-    pub error: String,
+    pub(crate) error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub(crate) code: Option<String>,
     /// The exec's exit code; for other commands 0 on success, 1 otherwise.
     #[serde(default)]
-    pub exit_code: i32,
+    pub(crate) exit_code: i32,
     /// Nanoseconds, as Go's `time.Duration` encodes it.
     #[serde(default)]
-    pub duration: u64,
+    pub(crate) duration: u64,
     #[serde(default)]
-    pub duration_ms: f64,
+    pub(crate) duration_ms: f64,
     #[serde(default)]
-    pub started: String,
+    pub(crate) started: String,
     #[serde(default)]
-    pub finished: String,
+    pub(crate) finished: String,
     #[serde(default)]
-    pub command: Value,
+    pub(crate) command: Value,
 }
 
 impl CommandResult {
     /// A result for `cmd`, timed from `started`.
-    pub fn new(
+    pub(crate) fn new(
         cmd_id: &str,
         echo: &Value,
         node_id: &str,
@@ -99,7 +99,7 @@ impl CommandResult {
         }
     }
 
-    pub fn success(cmd: &Command, node_id: &str, started: SystemTime, data: Value) -> Self {
+    pub(crate) fn success(cmd: &Command, node_id: &str, started: SystemTime, data: Value) -> Self {
         let mut r = Self::new(
             cmd.id.as_str(),
             &cmd.echo,
@@ -115,7 +115,7 @@ impl CommandResult {
         r
     }
 
-    pub fn failure(
+    pub(crate) fn failure(
         cmd: &Command,
         node_id: &str,
         started: SystemTime,

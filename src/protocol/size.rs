@@ -8,7 +8,7 @@ use std::fmt;
 
 /// Why a size was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SizeError(pub String);
+pub(crate) struct SizeError(pub(crate) String);
 
 impl fmt::Display for SizeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -22,7 +22,7 @@ impl fmt::Display for SizeError {
 
 impl std::error::Error for SizeError {}
 
-pub fn parse(s: &str) -> Result<u64, SizeError> {
+pub(crate) fn parse(s: &str) -> Result<u64, SizeError> {
     let err = || SizeError(s.to_string());
     let text = s.trim();
     let split = text
@@ -52,7 +52,7 @@ pub fn parse(s: &str) -> Result<u64, SizeError> {
 }
 
 /// Formats with the largest exact binary suffix, so printed configs round-trip.
-pub fn format(bytes: u64) -> String {
+pub(crate) fn format(bytes: u64) -> String {
     for (shift, unit) in [(40, "t"), (30, "g"), (20, "m"), (10, "k")] {
         if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{}", bytes >> shift, unit);
@@ -61,7 +61,7 @@ pub fn format(bytes: u64) -> String {
     bytes.to_string()
 }
 
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct V;
     impl Visitor<'_> for V {
         type Value = u64;
@@ -81,7 +81,7 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     d.deserialize_any(V)
 }
 
-pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(crate) fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
         type Value = Option<u64>;
@@ -101,7 +101,7 @@ pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
     d.deserialize_option(V)
 }
 
-pub fn serialize<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*v))
 }
 

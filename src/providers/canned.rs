@@ -4,16 +4,16 @@
 use std::io::{self, Cursor, Read, Write};
 use std::time::Duration;
 
-pub struct Canned {
-    pub input: Cursor<Vec<u8>>,
-    pub written: Vec<u8>,
+pub(crate) struct Canned {
+    pub(crate) input: Cursor<Vec<u8>>,
+    pub(crate) written: Vec<u8>,
     /// After the input runs out: block (WouldBlock) instead of EOF, like a
     /// peer that says nothing more.
-    pub hang: bool,
+    pub(crate) hang: bool,
 }
 
 impl Canned {
-    pub fn new(input: impl Into<Vec<u8>>) -> Canned {
+    pub(crate) fn new(input: impl Into<Vec<u8>>) -> Canned {
         Canned {
             input: Cursor::new(input.into()),
             written: Vec::new(),
@@ -21,7 +21,7 @@ impl Canned {
         }
     }
 
-    pub fn hanging(input: impl Into<Vec<u8>>) -> Canned {
+    pub(crate) fn hanging(input: impl Into<Vec<u8>>) -> Canned {
         Canned {
             hang: true,
             ..Canned::new(input)

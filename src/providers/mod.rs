@@ -8,18 +8,13 @@
 //! result code.
 
 #[cfg(test)]
-pub mod canned;
-pub mod docker;
-pub mod lxc;
-pub mod output;
-pub mod probe;
-pub mod process;
-pub mod proctree;
-pub mod qemu;
-pub mod qga;
-pub mod qmp;
-pub mod registry;
-pub mod unix_http;
+pub(crate) mod canned;
+pub(crate) mod docker;
+pub(crate) mod lxc;
+pub(crate) mod output;
+pub(crate) mod probe;
+pub(crate) mod qemu;
+pub(crate) mod registry;
 
 use crate::protocol::command::{PortSpec, Resources};
 use crate::protocol::{ProviderKind, SessionId};
@@ -29,33 +24,33 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use output::{Capture, OutputSink, Stream};
-pub use registry::Registry;
+pub(crate) use output::{Capture, OutputSink, Stream};
+pub(crate) use registry::Registry;
 
 /// A session as the provider sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Session {
-    pub id: String,
-    pub provider: ProviderKind,
-    pub status: SessionStatus,
-    pub image: String,
+pub(crate) struct Session {
+    pub(crate) id: String,
+    pub(crate) provider: ProviderKind,
+    pub(crate) status: SessionStatus,
+    pub(crate) image: String,
     /// Container/guest port ("8080/tcp") -> host port.
     #[serde(default)]
-    pub ports: BTreeMap<String, u16>,
-    pub created: String,
+    pub(crate) ports: BTreeMap<String, u16>,
+    pub(crate) created: String,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Set when the main process has exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
+    pub(crate) exit_code: Option<i32>,
     /// Limits or settings the host could not apply, said plainly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SessionStatus {
+pub(crate) enum SessionStatus {
     Created,
     Running,
     Stopped,
@@ -64,7 +59,7 @@ pub enum SessionStatus {
 }
 
 impl SessionStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SessionStatus::Created => "created",
             SessionStatus::Running => "running",
@@ -78,66 +73,66 @@ impl SessionStatus {
 /// What a create asks for, checked by the dispatcher (workspace exists and
 /// lies under an allowed root; image defaulted).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SessionSpec {
-    pub id: SessionId,
-    pub node_id: String,
-    pub image: Option<String>,
-    pub workspace: Option<PathBuf>,
-    pub env: BTreeMap<String, String>,
-    pub ports: Vec<PortSpec>,
-    pub resources: Resources,
-    pub labels: BTreeMap<String, String>,
-    pub command: Option<Vec<String>>,
+pub(crate) struct SessionSpec {
+    pub(crate) id: SessionId,
+    pub(crate) node_id: String,
+    pub(crate) image: Option<String>,
+    pub(crate) workspace: Option<PathBuf>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) ports: Vec<PortSpec>,
+    pub(crate) resources: Resources,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) command: Option<Vec<String>>,
     /// How long the provider may take.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Set in every exec'd process's environment to the command's id, so that
 /// the process can be found again after an agent crash.
-pub const COMMAND_ID_ENV: &str = "VENDETTA_COMMAND_ID";
+pub(crate) const COMMAND_ID_ENV: &str = "VENDETTA_COMMAND_ID";
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExecSpec {
-    pub argv: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub workdir: Option<String>,
-    pub user: Option<String>,
-    pub stdin: Option<Vec<u8>>,
-    pub timeout: Duration,
+pub(crate) struct ExecSpec {
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) workdir: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) stdin: Option<Vec<u8>>,
+    pub(crate) timeout: Duration,
     /// Cap per stream; bytes beyond it are counted, not kept.
-    pub max_output: usize,
+    pub(crate) max_output: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExecOutput {
+pub(crate) struct ExecOutput {
     /// None when the process was killed (timeout) or the code is unknown.
-    pub exit_code: Option<i32>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    pub timed_out: bool,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) stdout_truncated: bool,
+    pub(crate) stderr_truncated: bool,
+    pub(crate) timed_out: bool,
 }
 
 /// A provider's view of its own health, refreshed by the monitor.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Health {
-    pub ok: bool,
-    pub message: String,
+pub(crate) struct Health {
+    pub(crate) ok: bool,
+    pub(crate) message: String,
     /// Provider-specific facts (engine version, tool paths, …).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub detail: serde_json::Value,
+    pub(crate) detail: serde_json::Value,
 }
 
 impl Health {
-    pub fn ok(message: impl Into<String>, detail: serde_json::Value) -> Health {
+    pub(crate) fn ok(message: impl Into<String>, detail: serde_json::Value) -> Health {
         Health {
             ok: true,
             message: message.into(),
             detail,
         }
     }
-    pub fn down(message: impl Into<String>) -> Health {
+    pub(crate) fn down(message: impl Into<String>) -> Health {
         Health {
             ok: false,
             message: message.into(),
@@ -148,18 +143,18 @@ impl Health {
 
 /// The health of one published service (a session's ports).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ServiceHealth {
+pub(crate) struct ServiceHealth {
     /// healthy | unhealthy | starting | unknown
-    pub status: String,
+    pub(crate) status: String,
     /// Where the status came from: "healthcheck" or "tcp".
-    pub source: String,
+    pub(crate) source: String,
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 /// What went wrong, in classes the dispatcher maps to result codes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ProviderError {
+pub(crate) enum ProviderError {
     /// No such session (or image, or exec).
     NotFound(String),
     /// The name is taken by something we do not manage, or the state forbids it.
@@ -191,7 +186,7 @@ impl std::error::Error for ProviderError {}
 
 /// A place sessions can live. All methods block; all are bounded by the
 /// timeouts in their arguments or the provider's own config.
-pub trait Provider: Send + Sync {
+pub(crate) trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
 
     /// Whether the provider can work right now, and why not.

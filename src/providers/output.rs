@@ -2,13 +2,13 @@
 
 /// Which output stream a chunk belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     Stdout,
     Stderr,
 }
 
 impl Stream {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
@@ -17,19 +17,19 @@ impl Stream {
 }
 
 /// Receives output chunks as they arrive (for streaming to a client).
-pub trait OutputSink {
+pub(crate) trait OutputSink {
     fn chunk(&mut self, stream: Stream, data: &[u8]);
 }
 
 /// A piece of output on its way to a streaming client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    pub stream: Stream,
-    pub data: Vec<u8>,
+pub(crate) struct Chunk {
+    pub(crate) stream: Stream,
+    pub(crate) data: Vec<u8>,
 }
 
 /// A sink that drops everything (no one is streaming).
-pub struct Discard;
+pub(crate) struct Discard;
 
 impl OutputSink for Discard {
     fn chunk(&mut self, _: Stream, _: &[u8]) {}
@@ -38,14 +38,14 @@ impl OutputSink for Discard {
 /// Keeps the first `max` bytes of a stream and counts the rest; memory
 /// never grows past `max` however much the process writes.
 #[derive(Debug, Clone, Default)]
-pub struct Capture {
-    pub data: Vec<u8>,
-    pub max: usize,
-    pub total: u64,
+pub(crate) struct Capture {
+    pub(crate) data: Vec<u8>,
+    pub(crate) max: usize,
+    pub(crate) total: u64,
 }
 
 impl Capture {
-    pub fn new(max: usize) -> Capture {
+    pub(crate) fn new(max: usize) -> Capture {
         Capture {
             data: Vec::new(),
             max,
@@ -53,13 +53,13 @@ impl Capture {
         }
     }
 
-    pub fn push(&mut self, chunk: &[u8]) {
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
         self.total += chunk.len() as u64;
         let room = self.max.saturating_sub(self.data.len());
         self.data.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 
-    pub fn truncated(&self) -> bool {
+    pub(crate) fn truncated(&self) -> bool {
         self.total > self.data.len() as u64
     }
 }

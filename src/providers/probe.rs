@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// The full path of `name` if it is an executable file on PATH (or `name`
 /// itself when it holds a slash).
-pub fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let is_exec = |p: &Path| {
         p.metadata()
@@ -27,7 +27,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Healthy when every published TCP port accepts a connection on loopback.
-pub fn tcp_ports(session: &Session) -> ServiceHealth {
+pub(crate) fn tcp_ports(session: &Session) -> ServiceHealth {
     let host_ports: Vec<u16> = session
         .ports
         .iter()
@@ -39,7 +39,7 @@ pub fn tcp_ports(session: &Session) -> ServiceHealth {
 
 /// Healthy when every port in `ports` accepts a TCP connection at `ip`
 /// (within 500 ms each); `what` names the ports in the detail.
-pub fn tcp(ip: IpAddr, ports: &[u16], what: &str) -> ServiceHealth {
+pub(crate) fn tcp(ip: IpAddr, ports: &[u16], what: &str) -> ServiceHealth {
     let health = |status: &str, detail: String| ServiceHealth {
         status: status.into(),
         source: "tcp".into(),

@@ -9,7 +9,7 @@ use crate::protocol::ProviderKind;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-pub struct Registry {
+pub(crate) struct Registry {
     providers: BTreeMap<ProviderKind, Arc<dyn Provider>>,
     health: RwLock<BTreeMap<ProviderKind, Health>>,
 }
@@ -17,7 +17,7 @@ pub struct Registry {
 impl Registry {
     /// Builds the enabled providers. Building never fails: a provider that
     /// cannot work here is kept and reports why in its health.
-    pub fn from_config(config: &Config, node_id: &str) -> Registry {
+    pub(crate) fn from_config(config: &Config, node_id: &str) -> Registry {
         let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
         for kind in &config.providers {
             let p: Arc<dyn Provider> = match kind {
@@ -32,7 +32,7 @@ impl Registry {
         Registry::new(providers)
     }
 
-    pub fn new(providers: Vec<Arc<dyn Provider>>) -> Registry {
+    pub(crate) fn new(providers: Vec<Arc<dyn Provider>>) -> Registry {
         let providers: BTreeMap<_, _> = providers.into_iter().map(|p| (p.kind(), p)).collect();
         Registry {
             providers,
@@ -40,20 +40,20 @@ impl Registry {
         }
     }
 
-    pub fn get(&self, kind: ProviderKind) -> Option<Arc<dyn Provider>> {
+    pub(crate) fn get(&self, kind: ProviderKind) -> Option<Arc<dyn Provider>> {
         self.providers.get(&kind).cloned()
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
         self.providers.values()
     }
 
-    pub fn kinds(&self) -> Vec<ProviderKind> {
+    pub(crate) fn kinds(&self) -> Vec<ProviderKind> {
         self.providers.keys().copied().collect()
     }
 
     /// Probes every provider now and caches the answers.
-    pub fn refresh(&self) -> BTreeMap<ProviderKind, Health> {
+    pub(crate) fn refresh(&self) -> BTreeMap<ProviderKind, Health> {
         let fresh: BTreeMap<_, _> = self
             .providers
             .iter()
@@ -79,7 +79,7 @@ impl Registry {
     }
 
     /// The cached health of every enabled provider (probing once if never probed).
-    pub fn health(&self) -> BTreeMap<ProviderKind, Health> {
+    pub(crate) fn health(&self) -> BTreeMap<ProviderKind, Health> {
         let cache = self.health.read().unwrap_or_else(|p| p.into_inner());
         if cache.len() == self.providers.len() {
             return cache.clone();
@@ -89,7 +89,7 @@ impl Registry {
     }
 
     /// Providers usable right now: the node's capabilities.
-    pub fn usable(&self) -> Vec<ProviderKind> {
+    pub(crate) fn usable(&self) -> Vec<ProviderKind> {
         self.health()
             .into_iter()
             .filter(|(_, h)| h.ok)

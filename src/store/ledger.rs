@@ -15,7 +15,8 @@
 //! newest `results.max_entries`, are pruned by the monitor. Records of
 //! commands still queued or running are never pruned.
 
-use super::{fsutil, StoreError};
+use super::StoreError;
+use crate::os::fs as fsutil;
 use crate::protocol::{CommandId, CommandResult};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -29,14 +30,14 @@ const RECENT_CAPACITY: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     Queued,
     Running,
     Done,
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Queued => "queued",
             State::Running => "running",
@@ -48,13 +49,13 @@ impl State {
 /// Who sent a command, and so where its result goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Origin {
+pub(crate) enum Origin {
     Api,
     Coordination,
 }
 
 impl Origin {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Origin::Api => "api",
             Origin::Coordination => "coordination",
@@ -87,7 +88,7 @@ struct Record {
 
 /// What `begin` found for an id.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Begin {
+pub(crate) enum Begin {
     /// Not seen before; now recorded as queued.
     New,
     /// Already finished: here is its result.
@@ -98,18 +99,18 @@ pub enum Begin {
 
 /// What `lookup` knows about an id.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Found {
+pub(crate) enum Found {
     Done(Box<CommandResult>),
     InProgress(State),
 }
 
 /// A command found unfinished when the ledger was opened.
 #[derive(Debug, Clone)]
-pub struct Unfinished {
-    pub id: String,
-    pub state: State,
-    pub origin: Origin,
-    pub command: Value,
+pub(crate) struct Unfinished {
+    pub(crate) id: String,
+    pub(crate) state: State,
+    pub(crate) origin: Origin,
+    pub(crate) command: Value,
 }
 
 struct Inner {
@@ -119,7 +120,7 @@ struct Inner {
     recent: VecDeque<(String, Box<str>)>,
 }
 
-pub struct Ledger {
+pub(crate) struct Ledger {
     dir: PathBuf,
     corrupt: PathBuf,
     max_entries: usize,
@@ -130,7 +131,7 @@ pub struct Ledger {
 impl Ledger {
     /// Opens `cache_dir/results`, moving damaged records aside, and returns
     /// the commands that were queued or running when the agent last stopped.
-    pub fn open(
+    pub(crate) fn open(
         cache_dir: &Path,
         max_entries: usize,
         max_age: Duration,
@@ -203,7 +204,7 @@ impl Ledger {
 
     /// Checks an id and, if it is new, records it as queued. `durable`
     /// commands are written to disk before this returns.
-    pub fn begin(
+    pub(crate) fn begin(
         &self,
         id: &CommandId,
         origin: Origin,
@@ -254,7 +255,7 @@ impl Ledger {
     /// is on disk before the command may run.
     /// Lookups say "running" only once the record does: a command shown
     /// running is one that a crash would report as interrupted.
-    pub fn mark_running(&self, id: &CommandId, command: &Value) -> Result<(), StoreError> {
+    pub(crate) fn mark_running(&self, id: &CommandId, command: &Value) -> Result<(), StoreError> {
         let Some((_, origin, durable)) = self.lock().inflight.get(id.as_str()).copied() else {
             return Ok(());
         };
@@ -274,7 +275,7 @@ impl Ledger {
     }
 
     /// Stores the result and ends the command's in-flight state.
-    pub fn finish(&self, result: &CommandResult) -> Result<(), StoreError> {
+    pub(crate) fn finish(&self, result: &CommandResult) -> Result<(), StoreError> {
         let (origin, durable) = match self.lock().inflight.get(&result.id) {
             Some((_, o, d)) => (*o, *d),
             None => (Origin::Api, false),
@@ -311,7 +312,7 @@ impl Ledger {
     }
 
     /// Forgets a command that was accepted but could not be queued.
-    pub fn forget(&self, id: &CommandId) {
+    pub(crate) fn forget(&self, id: &CommandId) {
         let mut inner = self.lock();
         if let Some((_, _, durable)) = inner.inflight.remove(id.as_str()) {
             if durable {
@@ -321,7 +322,7 @@ impl Ledger {
     }
 
     /// The stored result, or the state of an unfinished command.
-    pub fn lookup(&self, id: &CommandId) -> Option<Found> {
+    pub(crate) fn lookup(&self, id: &CommandId) -> Option<Found> {
         let inner = self.lock();
         if let Some((state, _, _)) = inner.inflight.get(id.as_str()) {
             return Some(Found::InProgress(*state));
@@ -343,22 +344,17 @@ impl Ledger {
 
     /// Whether an unfinished command is recorded on disk (so it survives a
     /// restart); read-only commands are not.
-    pub fn journaled(&self, id: &CommandId) -> bool {
+    pub(crate) fn journaled(&self, id: &CommandId) -> bool {
         self.lock()
             .inflight
             .get(id.as_str())
             .is_some_and(|(_, _, durable)| *durable)
     }
 
-    /// Number of commands queued or running.
-    pub fn inflight(&self) -> usize {
-        self.lock().inflight.len()
-    }
-
     /// Deletes done records past the retention limits. Returns how many.
     /// `keep` names ids whose record must stay whatever its age (results
     /// still waiting in the spool: their command may be sent again).
-    pub fn prune(&self, keep: impl Fn(&str) -> bool) -> usize {
+    pub(crate) fn prune(&self, keep: impl Fn(&str) -> bool) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };

@@ -13,17 +13,16 @@
 //! Every write is atomic (`fsutil::write_atomic`). Damaged files are moved
 //! aside with a log line and never stop the agent from starting.
 
-pub mod fsutil;
-pub mod ledger;
-pub mod node;
-pub mod pidfile;
-pub mod spool;
+pub(crate) mod ledger;
+pub(crate) mod node;
+pub(crate) mod pidfile;
+pub(crate) mod spool;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     Io {
         action: &'static str,
         path: PathBuf,
@@ -40,7 +39,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
         StoreError::Io {
             action,
             path: path.to_path_buf(),

@@ -1,11 +1,12 @@
 //! The node id (generated once, kept in `cache_dir/node_id`) and the
 //! local API token file.
 
-use super::{fsutil, StoreError};
+use super::StoreError;
+use crate::os::fs as fsutil;
 use std::path::Path;
 
 /// Node ids travel in URL paths: `[A-Za-z0-9._-]{1,64}`.
-pub fn valid_node_id(s: &str) -> bool {
+pub(crate) fn valid_node_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s != "."
@@ -17,7 +18,7 @@ pub fn valid_node_id(s: &str) -> bool {
 /// The cache directory (created if missing), the node id and the node name
 /// (the configured one, else the host name): what the agent and
 /// `agent connect` both register with.
-pub fn identity(
+pub(crate) fn identity(
     config: &crate::config::Config,
 ) -> Result<(std::path::PathBuf, String, String), StoreError> {
     let cache_dir = config.cache_dir();
@@ -25,7 +26,7 @@ pub fn identity(
         .map_err(|e| StoreError::io("create the cache directory", &cache_dir, e))?;
     let id = load_or_create_id(&cache_dir, &config.node_id)?;
     let name = if config.node_name.is_empty() {
-        crate::sys::hostname()
+        crate::os::host::hostname()
     } else {
         config.node_name.clone()
     };
@@ -33,7 +34,7 @@ pub fn identity(
 }
 
 /// The configured id, else the stored one, else a new one that is stored.
-pub fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<String, StoreError> {
+pub(crate) fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<String, StoreError> {
     if !configured.is_empty() {
         if !valid_node_id(configured) {
             return Err(StoreError::Invalid {
@@ -69,7 +70,7 @@ pub fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<String, S
 /// The local API token when none is configured: generated once into
 /// `cache_dir/api_token` (mode 0600), so only the agent's user and root can
 /// read it, and the local CLI finds it there.
-pub fn load_or_create_api_token(cache_dir: &Path) -> Result<String, StoreError> {
+pub(crate) fn load_or_create_api_token(cache_dir: &Path) -> Result<String, StoreError> {
     let path = cache_dir.join("api_token");
     match std::fs::read_to_string(&path) {
         Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().to_string()),
@@ -84,7 +85,7 @@ pub fn load_or_create_api_token(cache_dir: &Path) -> Result<String, StoreError> 
 }
 
 /// Reads the generated token, for the CLI.
-pub fn read_api_token(cache_dir: &Path) -> Option<String> {
+pub(crate) fn read_api_token(cache_dir: &Path) -> Option<String> {
     std::fs::read_to_string(cache_dir.join("api_token"))
         .ok()
         .map(|s| s.trim().to_string())

@@ -8,16 +8,16 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub struct PidFile {
+pub(crate) struct PidFile {
     path: PathBuf,
     // Held open: the lock lives as long as the file handle.
     _file: File,
 }
 
 impl PidFile {
-    pub fn acquire(path: &Path) -> Result<PidFile, StoreError> {
+    pub(crate) fn acquire(path: &Path) -> Result<PidFile, StoreError> {
         if let Some(dir) = path.parent() {
-            super::fsutil::ensure_dir(dir)
+            crate::os::fs::ensure_dir(dir)
                 .map_err(|e| StoreError::io("create the pid file directory", dir, e))?;
         }
         let mut file = OpenOptions::new()
@@ -63,7 +63,7 @@ impl Drop for PidFile {
 
 /// The pid of a running agent: the file names it and its lock is held.
 /// A stale file (no lock holder) yields `None`.
-pub fn running_pid(path: &Path) -> Option<u32> {
+pub(crate) fn running_pid(path: &Path) -> Option<u32> {
     let mut file = File::open(path).ok()?;
     match file.try_lock_shared() {
         Ok(()) => None,

@@ -3,13 +3,14 @@
 //! send and removed only after the server's 2xx, so it survives crashes,
 //! reboots and server outages.
 
-use super::{fsutil, StoreError};
+use super::StoreError;
+use crate::os::fs as fsutil;
 use crate::protocol::{CommandId, CommandResult};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
     corrupt: PathBuf,
     pending: AtomicUsize,
@@ -18,7 +19,7 @@ pub struct Spool {
 }
 
 impl Spool {
-    pub fn open(cache_dir: &Path) -> Result<Spool, StoreError> {
+    pub(crate) fn open(cache_dir: &Path) -> Result<Spool, StoreError> {
         let dir = cache_dir.join("spool");
         fsutil::ensure_dir(&dir)
             .map_err(|e| StoreError::io("create the spool directory", &dir, e))?;
@@ -38,7 +39,7 @@ impl Spool {
         self.dir.join(format!("s-{id}.json"))
     }
 
-    pub fn put(&self, result: &CommandResult) -> Result<(), StoreError> {
+    pub(crate) fn put(&self, result: &CommandResult) -> Result<(), StoreError> {
         let path = self.path(&result.id);
         let bytes = serde_json::to_vec(result).map_err(|e| StoreError::Invalid {
             what: "spooled result",
@@ -61,7 +62,7 @@ impl Spool {
     }
 
     /// Removes an acknowledged (or deliberately dropped) result.
-    pub fn remove(&self, id: &str) {
+    pub(crate) fn remove(&self, id: &str) {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if std::fs::remove_file(self.path(id)).is_ok() {
             let _ = self
@@ -70,12 +71,12 @@ impl Spool {
         }
     }
 
-    pub fn contains(&self, id: &str) -> bool {
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.path(id).exists()
     }
 
     /// A spooled result; a damaged file is moved aside and yields `None`.
-    pub fn read(&self, id: &str) -> Option<CommandResult> {
+    pub(crate) fn read(&self, id: &str) -> Option<CommandResult> {
         let path = self.path(id);
         let bytes = std::fs::read(&path).ok()?;
         match serde_json::from_slice(&bytes) {
@@ -100,7 +101,7 @@ impl Spool {
     }
 
     /// Spooled ids, oldest first.
-    pub fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -121,7 +122,7 @@ impl Spool {
         items.into_iter().map(|(_, id)| id).collect()
     }
 
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }
 }

@@ -9,6 +9,7 @@
 //! listener there). Every test kills the VMs and qemu-ga processes it
 //! started through Drop guards, also when it fails.
 
+use crate::util::qmp::Qmp;
 use crate::util::{
     alive, assert_interrupted_and_reaped, host_pids, next_id, ok, start_sleep, wait_until, Agent,
     Events, TempDir,
@@ -21,7 +22,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use vendetta::providers::qmp::{Qmp, QmpError};
 
 /// The provider config for tests: qemu only, small VMs, TCG (KVM guests
 /// were unreliable on these hosts).
@@ -110,8 +110,7 @@ fn vm_pid(dir: &Path) -> u32 {
 
 /// The run state straight from QEMU (the agent does not hold the socket).
 fn qmp_status(dir: &Path) -> String {
-    let mut q = Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(5)).expect("qmp");
-    q.status(Duration::from_secs(5)).expect("query-status")
+    Qmp::connect(&dir.join("qmp.sock")).status()
 }
 
 fn session_status(a: &Agent, id: &str) -> Option<String> {
@@ -353,12 +352,11 @@ fn workspace_is_shared_with_mount_tag_workspace() {
     let joined = args.join(" ");
     assert!(joined.contains("-m 96M -smp 2"), "{joined}");
     // QEMU accepted the share: the 9p device is there.
-    let mut q = Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(5)).unwrap();
+    let mut q = Qmp::connect(&dir.join("qmp.sock"));
     let tree = q
         .execute(
             "qom-list",
             Some(json!({"path": "/machine/peripheral-anon"})),
-            Duration::from_secs(5),
         )
         .unwrap();
     drop(q);
@@ -449,8 +447,8 @@ fn vm_ended_behind_the_agents_back_is_lost_or_exited_with_an_event() {
     assert!(!dk.join("qmp.sock").exists() && !dk.join("qemu.pid").exists());
 
     // quit from someone else: QEMU shuts down cleanly: exited.
-    let mut q = Qmp::connect(&dq.join("qmp.sock"), Duration::from_secs(5)).unwrap();
-    q.quit(Duration::from_secs(5)).unwrap();
+    let mut q = Qmp::connect(&dq.join("qmp.sock"));
+    q.execute("quit", None).unwrap();
     drop(q);
     events
         .wait_for(Duration::from_secs(10), |v| {
@@ -532,36 +530,19 @@ fn a_stale_pidfile_naming_a_live_unrelated_pid_is_never_killed() {
 }
 
 #[test]
-fn qmp_error_replies_are_surfaced() {
+fn the_agent_times_out_clearly_while_another_client_holds_qmp() {
     let h = Host::start(&cfg("q35", ""));
     let id = sid("qmperr");
     ok(&h.cmd("session", "create", json!({"session_id": id})));
     let dir = vm_dir(&h, &id).unwrap();
-    let t = Duration::from_secs(5);
     {
-        let mut q = Qmp::connect(&dir.join("qmp.sock"), t).unwrap();
-        let e = q.execute("no-such-command", None, t).unwrap_err();
-        assert!(
-            matches!(&e, QmpError::Command { class, .. } if class == "CommandNotFound"),
-            "{e:?}"
-        );
-        assert!(e.to_string().contains("no-such-command"), "{e}");
-        let e = q.execute("cont", Some(json!({"bogus": 1})), t).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "QEMU refused cont: Parameter 'bogus' is unexpected (GenericError)"
-        );
-        let e = q
-            .execute("device_del", Some(json!({"id": "nope"})), t)
-            .unwrap_err();
-        assert!(
-            matches!(&e, QmpError::Command { class, .. } if class == "DeviceNotFound"),
-            "{e:?}"
-        );
-        let e = q.execute("qmp_capabilities", None, t).unwrap_err();
-        assert!(e.to_string().contains("already complete"), "{e}");
-        // The connection still works after errors.
-        assert_eq!(q.status(t).unwrap(), "prelaunch");
+        // The client's own error handling is tested against a real QEMU
+        // in src/providers/qemu/qmp.rs; here: the agent's view while
+        // someone else holds the monitor.
+        let mut q = Qmp::connect(&dir.join("qmp.sock"));
+        let e = q.execute("no-such-command", None).unwrap_err();
+        assert_eq!(e["class"], "CommandNotFound", "{e}");
+        assert_eq!(q.status(), "prelaunch");
 
         // While this client holds the monitor (QMP serves one at a time),
         // the agent's start fails with a clear timeout and list does not hang.

@@ -11,7 +11,7 @@
 //! picked up on its own.
 
 use super::DockerError;
-use crate::providers::unix_http::{self, HttpError, Request, Response};
+use crate::providers::docker::http::{self as http, HttpError, Request, Response};
 use serde_json::Value;
 use std::fmt;
 use std::os::unix::net::UnixStream;
@@ -27,12 +27,12 @@ use std::time::Duration;
 /// (moby's default minimum is 1.40 since Docker 29.3), and every engine
 /// older than 19.03 is long out of support. This machine's engine is 20.10
 /// (API 1.41), the oldest we test against.
-pub const MIN_API: ApiVersion = ApiVersion(1, 40);
+pub(crate) const MIN_API: ApiVersion = ApiVersion(1, 40);
 
 /// The newest Engine API this agent was checked against (Docker 29.3-29.5).
 /// The changelog from 1.41 to 1.56 changes nothing the provider sends or
 /// reads; a newer engine is spoken to at this version.
-pub const MAX_API: ApiVersion = ApiVersion(1, 54);
+pub(crate) const MAX_API: ApiVersion = ApiVersion(1, 54);
 
 /// Responses larger than this are refused (a listing of thousands of
 /// containers stays far below it).
@@ -40,10 +40,10 @@ const MAX_BODY: usize = 32 << 20;
 
 /// An Engine API version, `major.minor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ApiVersion(pub u32, pub u32);
+pub(crate) struct ApiVersion(pub(crate) u32, pub(crate) u32);
 
 impl ApiVersion {
-    pub fn parse(s: &str) -> Option<ApiVersion> {
+    pub(crate) fn parse(s: &str) -> Option<ApiVersion> {
         let (major, minor) = s.trim().split_once('.')?;
         Some(ApiVersion(major.parse().ok()?, minor.parse().ok()?))
     }
@@ -56,7 +56,7 @@ impl fmt::Display for ApiVersion {
 }
 
 /// The version to speak given the engine's `Api-Version` header.
-pub fn negotiate(engine_max: Option<&str>) -> Result<ApiVersion, DockerError> {
+pub(crate) fn negotiate(engine_max: Option<&str>) -> Result<ApiVersion, DockerError> {
     let Some(raw) = engine_max else {
         return Err(DockerError::ApiTooOld {
             engine: "unknown (no Api-Version header)".into(),
@@ -76,25 +76,25 @@ pub fn negotiate(engine_max: Option<&str>) -> Result<ApiVersion, DockerError> {
 
 /// What a ping told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ping {
+pub(crate) struct Ping {
     /// The version we speak.
-    pub api: ApiVersion,
+    pub(crate) api: ApiVersion,
     /// The engine's newest version.
-    pub engine_api: String,
+    pub(crate) engine_api: String,
     /// The `Server` header, e.g. `Docker/20.10.24+dfsg1 (linux)`.
-    pub server: String,
+    pub(crate) server: String,
 }
 
 /// A connection factory for one engine socket.
-pub struct Engine {
-    pub socket: PathBuf,
+pub(crate) struct Engine {
+    pub(crate) socket: PathBuf,
     /// Bound on every call that has no longer bound of its own.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     negotiated: Mutex<Option<ApiVersion>>,
 }
 
 impl Engine {
-    pub fn new(socket: PathBuf, timeout: Duration) -> Engine {
+    pub(crate) fn new(socket: PathBuf, timeout: Duration) -> Engine {
         Engine {
             socket,
             timeout,
@@ -103,7 +103,7 @@ impl Engine {
     }
 
     /// A fresh connection with read and write timeouts set to `timeout`.
-    pub fn connect(&self, timeout: Duration) -> Result<UnixStream, DockerError> {
+    pub(crate) fn connect(&self, timeout: Duration) -> Result<UnixStream, DockerError> {
         let stream = UnixStream::connect(&self.socket).map_err(|e| {
             self.forget();
             connect_error(&self.socket, e)
@@ -125,10 +125,10 @@ impl Engine {
 
     /// `GET /_ping` (the one unversioned call): is the engine there, and
     /// which version do we speak. Renews the cached version.
-    pub fn ping(&self) -> Result<Ping, DockerError> {
+    pub(crate) fn ping(&self) -> Result<Ping, DockerError> {
         let timeout = self.timeout.min(Duration::from_secs(5));
         let stream = self.connect(timeout)?;
-        let resp = unix_http::request(stream, &Request::new("GET", "/_ping"), 4096)
+        let resp = http::request(stream, &Request::new("GET", "/_ping"), 4096)
             .map_err(|e| self.http_error("GET /_ping", self.timeout, e))?;
         if resp.status() != 200 {
             return Err(api_error("GET /_ping", &resp));
@@ -144,7 +144,7 @@ impl Engine {
     }
 
     /// The negotiated version, pinging when there is none yet.
-    pub fn api(&self) -> Result<ApiVersion, DockerError> {
+    pub(crate) fn api(&self) -> Result<ApiVersion, DockerError> {
         if let Some(v) = *self.negotiated.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(v);
         }
@@ -152,12 +152,12 @@ impl Engine {
     }
 
     /// `/v{api}{path}`.
-    pub fn target(&self, path: &str) -> Result<String, DockerError> {
+    pub(crate) fn target(&self, path: &str) -> Result<String, DockerError> {
         Ok(format!("/v{}{path}", self.api()?))
     }
 
     /// One versioned call with an optional JSON body, bounded by `timeout`.
-    pub fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -171,7 +171,7 @@ impl Engine {
             req = req.json(b.as_bytes());
         }
         let stream = self.connect(timeout)?;
-        let resp = unix_http::request(stream, &req, MAX_BODY)
+        let resp = http::request(stream, &req, MAX_BODY)
             .map_err(|e| self.http_error(&call_name(method, path), timeout, e))?;
         if resp.status() == 400 && message_of(&resp).contains("is too old") {
             // The engine's minimum is above what we speak.
@@ -184,7 +184,7 @@ impl Engine {
     }
 
     /// A call whose success is 200 with a JSON body.
-    pub fn get_json(&self, path: &str) -> Result<Value, DockerError> {
+    pub(crate) fn get_json(&self, path: &str) -> Result<Value, DockerError> {
         let resp = self.call("GET", path, None, self.timeout)?;
         if resp.status() != 200 {
             return Err(api_error(&call_name("GET", path), &resp));
@@ -193,7 +193,12 @@ impl Engine {
     }
 
     /// `timeout` is the limit the failed call had (for the message).
-    pub fn http_error(&self, call: &str, timeout: Duration, source: HttpError) -> DockerError {
+    pub(crate) fn http_error(
+        &self,
+        call: &str,
+        timeout: Duration,
+        source: HttpError,
+    ) -> DockerError {
         if !source.is_timeout() {
             self.forget();
         }
@@ -207,11 +212,11 @@ impl Engine {
 }
 
 /// "GET /containers/x/json" without the query (which may be long).
-pub fn call_name(method: &str, path: &str) -> String {
+pub(crate) fn call_name(method: &str, path: &str) -> String {
     format!("{method} {}", path.split('?').next().unwrap_or(path))
 }
 
-pub fn connect_error(socket: &Path, e: std::io::Error) -> DockerError {
+pub(crate) fn connect_error(socket: &Path, e: std::io::Error) -> DockerError {
     match e.kind() {
         std::io::ErrorKind::NotFound => DockerError::SocketMissing {
             socket: socket.to_path_buf(),
@@ -227,7 +232,7 @@ pub fn connect_error(socket: &Path, e: std::io::Error) -> DockerError {
 }
 
 /// The engine's error text: `{"message": …}` (API ≥ 1.24), else the body.
-pub fn message_of(resp: &Response) -> String {
+pub(crate) fn message_of(resp: &Response) -> String {
     serde_json::from_slice::<Value>(&resp.body)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_string))
@@ -238,7 +243,7 @@ pub fn message_of(resp: &Response) -> String {
         })
 }
 
-pub fn api_error(call: &str, resp: &Response) -> DockerError {
+pub(crate) fn api_error(call: &str, resp: &Response) -> DockerError {
     DockerError::Api {
         call: call.to_string(),
         status: resp.status(),
@@ -246,7 +251,7 @@ pub fn api_error(call: &str, resp: &Response) -> DockerError {
     }
 }
 
-pub fn parse_json(call: &str, body: &[u8]) -> Result<Value, DockerError> {
+pub(crate) fn parse_json(call: &str, body: &[u8]) -> Result<Value, DockerError> {
     serde_json::from_slice(body).map_err(|e| DockerError::BadAnswer {
         call: call.to_string(),
         detail: format!("the body is not JSON ({e})"),

@@ -18,8 +18,9 @@
 
 use super::engine::{api_error, call_name, message_of, parse_json, Engine};
 use super::DockerError;
-use crate::providers::unix_http::{self, Hijack, Request};
-use crate::providers::{proctree, Capture, ExecOutput, ExecSpec, OutputSink, Stream};
+use crate::os::proctree;
+use crate::providers::docker::http::{self as http, Hijack, Request};
+use crate::providers::{Capture, ExecOutput, ExecSpec, OutputSink, Stream};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -31,7 +32,7 @@ const DRAIN_AFTER_KILL: Duration = Duration::from_secs(5);
 const EXIT_CODE_WAIT: Duration = Duration::from_secs(3);
 
 /// Runs `spec` in the container with full id `container`.
-pub fn run(
+pub(crate) fn run(
     engine: &Engine,
     container: &str,
     spec: &ExecSpec,
@@ -83,10 +84,16 @@ pub fn run(
     let req = Request::new("POST", &target)
         .json(br#"{"Detach":false,"Tty":false}"#)
         .upgrade();
-    let mut conn = match unix_http::hijack(stream, &req, 1 << 20)
+    let mut conn = match http::hijack(stream, &req, 1 << 20)
         .map_err(|e| engine.http_error(&call_name("POST", &start_path), engine.timeout, e))?
     {
-        Hijack::Stream(_, conn) => conn,
+        Hijack::Stream(head, conn) => {
+            log::trace!(
+                "exec {exec_id}: engine answered {} to start; raw stream follows",
+                head.status
+            );
+            conn
+        }
         Hijack::Answer(resp) => {
             return Err(DockerError::Api {
                 call: call_name("POST", &start_path),
@@ -133,7 +140,7 @@ pub fn run(
                 break Err(engine.http_error(
                     &call_name("POST", &start_path),
                     spec.timeout,
-                    unix_http::HttpError::Io {
+                    http::HttpError::Io {
                         step: "setting the read timeout",
                         source: e,
                     },
@@ -167,7 +174,7 @@ pub fn run(
                     break Err(engine.http_error(
                         &call_name("POST", &start_path),
                         spec.timeout,
-                        unix_http::HttpError::Io {
+                        http::HttpError::Io {
                             step: "reading the exec output",
                             source: e,
                         },
@@ -254,7 +261,11 @@ fn kill_exec(engine: &Engine, exec_id: &str, container: &str) -> Result<(), Dock
 /// their environment (an exec the agent started and lost in a crash), with
 /// their trees. Execs that others started (`docker exec` by a person) carry
 /// no tag and are left alone. Returns how many execs it stopped.
-pub fn reap(engine: &Engine, container: &str, command_id: &str) -> Result<usize, DockerError> {
+pub(crate) fn reap(
+    engine: &Engine,
+    container: &str,
+    command_id: &str,
+) -> Result<usize, DockerError> {
     let c = engine.get_json(&format!("/containers/{container}/json"))?;
     let tag = format!("{}={command_id}", crate::providers::COMMAND_ID_ENV);
     let mut reaped = 0;
@@ -282,7 +293,7 @@ pub fn reap(engine: &Engine, container: &str, command_id: &str) -> Result<usize,
 /// Kills `root` (a pid in the host namespace) and its session and
 /// descendants, all inside `container`'s cgroup. Returns how many signals
 /// it sent.
-pub fn kill_tree(root: u32, container: &str) -> Result<usize, String> {
+pub(crate) fn kill_tree(root: u32, container: &str) -> Result<usize, String> {
     proctree::kill_tree(root, &|pid| proctree::cgroup_contains(pid, container))
 }
 
@@ -291,7 +302,7 @@ pub fn kill_tree(root: u32, container: &str) -> Result<usize, String> {
 /// payload. Headers and payloads may be split across reads anywhere;
 /// payload bytes are passed on as they come, never buffered.
 #[derive(Debug, Default)]
-pub struct Demuxer {
+pub(crate) struct Demuxer {
     header: [u8; 8],
     have: usize,
     /// The stream and bytes left of the current frame's payload.
@@ -299,7 +310,7 @@ pub struct Demuxer {
 }
 
 impl Demuxer {
-    pub fn feed(
+    pub(crate) fn feed(
         &mut self,
         mut data: &[u8],
         out: &mut dyn FnMut(Stream, &[u8]),

@@ -13,9 +13,9 @@ use crate::providers::{Session, SessionSpec, SessionStatus};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-pub const LABEL_MANAGED: &str = "vendetta.managed";
-pub const LABEL_SESSION: &str = "vendetta.session";
-pub const LABEL_NODE: &str = "vendetta.node";
+pub(crate) const LABEL_MANAGED: &str = "vendetta.managed";
+pub(crate) const LABEL_SESSION: &str = "vendetta.session";
+pub(crate) const LABEL_NODE: &str = "vendetta.node";
 /// Labels under this prefix are ours; a command may not set them.
 const RESERVED_PREFIX: &str = "vendetta.";
 
@@ -23,20 +23,20 @@ const RESERVED_PREFIX: &str = "vendetta.";
 /// `Init: true`, docker-init forwards SIGTERM to it and it dies at once, so a
 /// stop takes milliseconds, not the grace period. `sleep infinity` works in
 /// busybox and GNU coreutils.
-pub const DEFAULT_COMMAND: [&str; 2] = ["sleep", "infinity"];
+pub(crate) const DEFAULT_COMMAND: [&str; 2] = ["sleep", "infinity"];
 
 /// Docker refuses memory limits below 6 MiB.
 const MIN_MEMORY: u64 = 6 << 20;
 
 /// The container that holds session `id`.
-pub fn container_name(id: &SessionId) -> String {
+pub(crate) fn container_name(id: &SessionId) -> String {
     format!("vendetta-{id}")
 }
 
 /// Accepts the image references Docker does (`name[:tag][@digest]`, with an
 /// optional registry host and port) and nothing that could change the path
 /// of `/images/{name}/json`.
-pub fn check_image(image: &str) -> Result<(), DockerError> {
+pub(crate) fn check_image(image: &str) -> Result<(), DockerError> {
     let bad = |why: &str| {
         Err(DockerError::Invalid(format!(
             "params.image: {image:?} is not an image reference ({why}); use e.g. debian:stable-slim or registry:5000/team/app:1.2"
@@ -62,7 +62,11 @@ pub fn check_image(image: &str) -> Result<(), DockerError> {
 }
 
 /// The create body for `spec`, with our labels on top of the caller's.
-pub fn create_body(spec: &SessionSpec, image: &str, node_id: &str) -> Result<Value, DockerError> {
+pub(crate) fn create_body(
+    spec: &SessionSpec,
+    image: &str,
+    node_id: &str,
+) -> Result<Value, DockerError> {
     let invalid = |m: String| Err(DockerError::Invalid(m));
     let mut labels = Map::new();
     for (k, v) in &spec.labels {
@@ -163,7 +167,10 @@ pub fn create_body(spec: &SessionSpec, image: &str, node_id: &str) -> Result<Val
 }
 
 /// `K=V` strings, refusing keys Docker would misread.
-pub fn env_list(env: &BTreeMap<String, String>, field: &str) -> Result<Vec<String>, DockerError> {
+pub(crate) fn env_list(
+    env: &BTreeMap<String, String>,
+    field: &str,
+) -> Result<Vec<String>, DockerError> {
     env.iter()
         .map(|(k, v)| {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
@@ -178,7 +185,7 @@ pub fn env_list(env: &BTreeMap<String, String>, field: &str) -> Result<Vec<Strin
 }
 
 /// Why a container's labels say it is not one of ours, if they do.
-pub fn foreign(labels: &Value, id: &str, node_id: &str) -> Option<String> {
+pub(crate) fn foreign(labels: &Value, id: &str, node_id: &str) -> Option<String> {
     let get = |k: &str| labels.get(k).and_then(Value::as_str);
     if get(LABEL_MANAGED) != Some("true") {
         return Some("it has no vendetta.managed=true label".into());
@@ -200,7 +207,7 @@ pub fn foreign(labels: &Value, id: &str, node_id: &str) -> Option<String> {
 
 /// Our status for an engine state. A container that exited after our own
 /// stop is `stopped`; one that exited by itself is `exited`.
-pub fn status_of(state: &str, stopped_by_us: bool) -> SessionStatus {
+pub(crate) fn status_of(state: &str, stopped_by_us: bool) -> SessionStatus {
     match state {
         "created" => SessionStatus::Created,
         "running" | "paused" | "restarting" => SessionStatus::Running,
@@ -214,14 +221,14 @@ pub fn status_of(state: &str, stopped_by_us: bool) -> SessionStatus {
 /// RFC 3339 to the second: `2026-11-27T03:19:50.123456789Z` ->
 /// `2026-11-27T03:19:50Z` (list answers only have seconds, and a record
 /// should not change between a create and a list).
-pub fn created_from_rfc3339(s: &str) -> String {
+pub(crate) fn created_from_rfc3339(s: &str) -> String {
     match s.get(..19) {
         Some(head) if s.len() >= 20 => format!("{head}Z"),
         _ => s.to_string(),
     }
 }
 
-pub fn created_from_unix(secs: i64) -> String {
+pub(crate) fn created_from_unix(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
     created_from_rfc3339(&crate::util::rfc3339(t))
 }
@@ -237,7 +244,7 @@ fn labels_of(v: &Value) -> BTreeMap<String, String> {
 }
 
 /// A session from `GET /containers/{id}/json`.
-pub fn session_from_inspect(
+pub(crate) fn session_from_inspect(
     v: &Value,
     id: &SessionId,
     stopped_by_us: bool,
@@ -284,7 +291,7 @@ fn exit_code(status: SessionStatus, code: Option<i64>) -> Option<i32> {
 /// One item of `GET /containers/json`, when it is a session of ours: the
 /// session and the container's id. The exit code is not in a listing; the
 /// caller fills it in from an inspect.
-pub fn session_from_list(v: &Value, node_id: &str) -> Option<(Session, String)> {
+pub(crate) fn session_from_list(v: &Value, node_id: &str) -> Option<(Session, String)> {
     let labels = &v["Labels"];
     let id = SessionId::parse(labels.get(LABEL_SESSION)?.as_str()?).ok()?;
     if foreign(labels, id.as_str(), node_id).is_some() {
@@ -325,9 +332,9 @@ pub fn session_from_list(v: &Value, node_id: &str) -> Option<(Session, String)> 
 }
 
 /// The list filter for this node's sessions, percent-encoded.
-pub fn list_filter(node_id: &str) -> String {
+pub(crate) fn list_filter(node_id: &str) -> String {
     let f = json!({"label": [format!("{LABEL_MANAGED}=true"), format!("{LABEL_NODE}={node_id}")]});
-    crate::providers::unix_http::encode(&f.to_string())
+    crate::providers::docker::http::encode(&f.to_string())
 }
 
 #[cfg(test)]

@@ -6,29 +6,29 @@
 //! those two fields, nothing else: the engine stays the source of truth for
 //! which sessions exist.
 
+use crate::os::fs as fsutil;
 use crate::protocol::SessionId;
-use crate::store::fsutil;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     #[serde(default)]
-    pub stopped: bool,
+    pub(crate) stopped: bool,
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
-pub struct LocalState {
+pub(crate) struct LocalState {
     dir: PathBuf,
     map: Mutex<HashMap<String, Record>>,
 }
 
 impl LocalState {
     /// Reads every record in `dir`; damaged ones are moved aside.
-    pub fn load(dir: PathBuf) -> LocalState {
+    pub(crate) fn load(dir: PathBuf) -> LocalState {
         let mut map = HashMap::new();
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
@@ -61,7 +61,7 @@ impl LocalState {
         }
     }
 
-    pub fn get(&self, id: &str) -> Record {
+    pub(crate) fn get(&self, id: &str) -> Record {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -71,7 +71,7 @@ impl LocalState {
     }
 
     /// Changes one record and writes it through.
-    pub fn update(&self, id: &SessionId, f: impl FnOnce(&mut Record)) {
+    pub(crate) fn update(&self, id: &SessionId, f: impl FnOnce(&mut Record)) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let rec = map.entry(id.as_str().to_string()).or_default();
         let before = rec.clone();
@@ -87,7 +87,7 @@ impl LocalState {
         }
     }
 
-    pub fn remove(&self, id: &SessionId) {
+    pub(crate) fn remove(&self, id: &SessionId) {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -7,8 +7,6 @@
 //! listens) and started again on the same port, with or without forgetting
 //! its nodes (a server restart).
 
-#![allow(dead_code)]
-
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,18 +16,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
-pub struct Req {
-    pub method: String,
-    pub path: String,
-    pub route: &'static str,
-    pub at: Instant,
-    pub body: Value,
-    pub auth: Option<String>,
-    pub user_agent: Option<String>,
+pub(crate) struct Req {
+    pub(crate) path: String,
+    pub(crate) route: &'static str,
+    pub(crate) at: Instant,
+    pub(crate) body: Value,
+    pub(crate) auth: Option<String>,
+    pub(crate) user_agent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Answer with this status (and a short body).
     Status(u16),
     /// Wait, then answer normally.
@@ -41,41 +38,41 @@ pub enum Fault {
 }
 
 #[derive(Default)]
-pub struct Inner {
-    pub requests: Vec<Req>,
-    pub nodes: BTreeMap<String, Value>,
-    pub queued: BTreeMap<String, VecDeque<Value>>,
-    pub results: Vec<Value>,
-    pub heartbeats: Vec<Value>,
+pub(crate) struct Inner {
+    pub(crate) requests: Vec<Req>,
+    pub(crate) nodes: BTreeMap<String, Value>,
+    pub(crate) queued: BTreeMap<String, VecDeque<Value>>,
+    pub(crate) results: Vec<Value>,
+    pub(crate) heartbeats: Vec<Value>,
     /// route -> (fault, times left; u32::MAX = forever)
-    pub faults: Vec<(&'static str, Fault, u32)>,
+    pub(crate) faults: Vec<(&'static str, Fault, u32)>,
     /// Commands handed out per fetch.
-    pub batch: usize,
+    pub(crate) batch: usize,
     /// Longest a fetch is held when nothing is queued.
-    pub max_hold: Option<Duration>,
+    pub(crate) max_hold: Option<Duration>,
     /// Extra fields merged into register/heartbeat answers (steering).
-    pub answer_extra: Value,
+    pub(crate) answer_extra: Value,
     /// Commands handed out and not answered yet: (node, command, when).
     /// Like a real server, it sends them again after `redeliver_after`
     /// (delivery is at-least-once).
-    pub inflight: Vec<(String, Value, Instant)>,
-    pub redeliver_after: Option<Duration>,
+    pub(crate) inflight: Vec<(String, Value, Instant)>,
+    pub(crate) redeliver_after: Option<Duration>,
     /// Result POSTs for these ids always get a 500.
-    pub refuse_results_for: Vec<String>,
+    pub(crate) refuse_results_for: Vec<String>,
     generation: u64,
 }
 
-pub struct Shared {
+pub(crate) struct Shared {
     inner: Mutex<Inner>,
     cond: Condvar,
     /// Open connections, so that a stop can cut them like a dead server.
     conns: Mutex<Vec<TcpStream>>,
-    pub accepted: AtomicUsize,
+    pub(crate) accepted: AtomicUsize,
 }
 
-pub struct CoordServer {
-    pub port: u16,
-    pub url: String,
+pub(crate) struct CoordServer {
+    pub(crate) port: u16,
+    pub(crate) url: String,
     shared: Arc<Shared>,
     listening: Option<Arc<AtomicBool>>,
     /// Holds the port while nothing listens, so that a "down" server's
@@ -98,7 +95,7 @@ fn route_of(method: &str, path: &str) -> &'static str {
 
 impl CoordServer {
     /// A server that does not listen yet (the agent finds it down).
-    pub fn reserved() -> CoordServer {
+    pub(crate) fn reserved() -> CoordServer {
         let held = crate::util::HeldPort::new();
         let port = held.port;
         let inner = Inner {
@@ -122,14 +119,14 @@ impl CoordServer {
         }
     }
 
-    pub fn start() -> CoordServer {
+    pub(crate) fn start() -> CoordServer {
         let mut s = CoordServer::reserved();
         s.listen();
         s
     }
 
     /// Starts listening (again) on the same port.
-    pub fn listen(&mut self) {
+    pub(crate) fn listen(&mut self) {
         self.held = None;
         let listener =
             TcpListener::bind(("127.0.0.1", self.port)).expect("bind coordination test server");
@@ -156,7 +153,7 @@ impl CoordServer {
     }
 
     /// Stops listening and cuts every connection: the server is down.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(on) = self.listening.take() {
             on.store(false, Ordering::SeqCst);
         }
@@ -172,29 +169,29 @@ impl CoordServer {
     }
 
     /// A restart that loses the server's memory of nodes.
-    pub fn restart_forgetting(&mut self) {
+    pub(crate) fn restart_forgetting(&mut self) {
         self.stop();
         self.lock().nodes.clear();
         self.listen();
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.shared.inner.lock().unwrap()
     }
 
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
     }
 
-    pub fn fault(&self, route: &'static str, fault: Fault, times: u32) {
+    pub(crate) fn fault(&self, route: &'static str, fault: Fault, times: u32) {
         self.lock().faults.push((route, fault, times));
     }
 
-    pub fn clear_faults(&self) {
+    pub(crate) fn clear_faults(&self) {
         self.lock().faults.clear();
     }
 
-    pub fn queue(&self, node: &str, command: Value) {
+    pub(crate) fn queue(&self, node: &str, command: Value) {
         self.lock()
             .queued
             .entry(node.to_string())
@@ -203,7 +200,7 @@ impl CoordServer {
         self.shared.cond.notify_all();
     }
 
-    pub fn requests(&self, route: &str) -> Vec<Req> {
+    pub(crate) fn requests(&self, route: &str) -> Vec<Req> {
         self.lock()
             .requests
             .iter()
@@ -212,7 +209,7 @@ impl CoordServer {
             .collect()
     }
 
-    pub fn count(&self, route: &str) -> usize {
+    pub(crate) fn count(&self, route: &str) -> usize {
         self.lock()
             .requests
             .iter()
@@ -220,7 +217,7 @@ impl CoordServer {
             .count()
     }
 
-    pub fn results_for(&self, id: &str) -> Vec<Value> {
+    pub(crate) fn results_for(&self, id: &str) -> Vec<Value> {
         self.lock()
             .results
             .iter()
@@ -230,7 +227,7 @@ impl CoordServer {
     }
 
     /// The first registered node.
-    pub fn node_id(&self) -> Option<String> {
+    pub(crate) fn node_id(&self) -> Option<String> {
         self.lock().nodes.keys().next().cloned()
     }
 }
@@ -348,7 +345,6 @@ fn handle(
         let mut g = shared.inner.lock().unwrap();
         generation = g.generation;
         g.requests.push(Req {
-            method: method.to_string(),
             path: path.to_string(),
             route,
             at: Instant::now(),

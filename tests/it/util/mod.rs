@@ -2,9 +2,8 @@
 //! to it over HTTP and its CLI, and cleans up (processes, dirs) on drop,
 //! also when a test fails. On failure the agent's log is printed.
 
-#![allow(dead_code)]
-
-pub mod coord;
+pub(crate) mod coord;
+pub(crate) mod qmp;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -14,11 +13,11 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_vendetta");
-pub const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_vendetta");
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -33,19 +32,19 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// A directory under /tmp removed on drop. Names stay short: QEMU socket
 /// paths must fit in 108 bytes.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let p = PathBuf::from(format!("/tmp/vt-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -58,13 +57,13 @@ impl Drop for TempDir {
 
 /// A loopback port held bound but not listening: connections to it are
 /// refused, and no one else can take it until it is dropped.
-pub struct HeldPort {
+pub(crate) struct HeldPort {
     fd: i32,
-    pub port: u16,
+    pub(crate) port: u16,
 }
 
 impl HeldPort {
-    pub fn new() -> HeldPort {
+    pub(crate) fn new() -> HeldPort {
         // SAFETY: plain socket calls on a fd this struct owns; the
         // sockaddr_in is zeroed and filled before use.
         unsafe {
@@ -111,7 +110,7 @@ impl Drop for HeldPort {
 }
 
 /// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind :0")
         .local_addr()
@@ -119,11 +118,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub struct Agent {
-    pub dir: TempDir,
-    pub port: u16,
-    pub url: String,
-    pub config: PathBuf,
+pub(crate) struct Agent {
+    pub(crate) dir: TempDir,
+    pub(crate) port: u16,
+    pub(crate) url: String,
+    pub(crate) config: PathBuf,
     child: Option<Child>,
     http: ureq::Agent,
     starts: u32,
@@ -132,7 +131,7 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent whose config is the harness defaults plus `extra`
     /// (YAML lines; later keys must not repeat the defaults').
-    pub fn start(extra: &str) -> Agent {
+    pub(crate) fn start(extra: &str) -> Agent {
         let mut a = Agent::configure("agent", extra);
         a.spawn();
         a.wait_ready();
@@ -140,7 +139,7 @@ impl Agent {
     }
 
     /// Writes the config but does not start the agent.
-    pub fn configure(tag: &str, extra: &str) -> Agent {
+    pub(crate) fn configure(tag: &str, extra: &str) -> Agent {
         let dir = TempDir::new(tag);
         let port = free_port();
         let config = dir.path().join("agent.yaml");
@@ -177,15 +176,15 @@ impl Agent {
         }
     }
 
-    pub fn log_path(&self) -> PathBuf {
+    pub(crate) fn log_path(&self) -> PathBuf {
         self.dir.path().join(format!("agent-{}.log", self.starts))
     }
 
-    pub fn cache(&self) -> PathBuf {
+    pub(crate) fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
 
-    pub fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let child = Command::new(BIN)
@@ -201,7 +200,7 @@ impl Agent {
         self.child = Some(child);
     }
 
-    pub fn wait_ready(&self) {
+    pub(crate) fn wait_ready(&self) {
         let ok = wait_until(Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         });
@@ -213,12 +212,12 @@ impl Agent {
         );
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
     /// All logs of every start, concatenated.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         (1..=self.starts)
             .map(|i| {
                 std::fs::read_to_string(self.dir.path().join(format!("agent-{i}.log")))
@@ -228,13 +227,13 @@ impl Agent {
             .join("\n--- restart ---\n")
     }
 
-    pub fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
     /// Waits for the process to exit, up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -250,20 +249,20 @@ impl Agent {
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub fn stop(&mut self) -> ExitStatus {
+    pub(crate) fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(40))
             .unwrap_or_else(|| panic!("agent did not exit after SIGTERM; log:\n{}", self.log()))
     }
 
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.spawn();
         self.wait_ready();
     }
@@ -316,28 +315,24 @@ impl Agent {
         (status, v)
     }
 
-    pub fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         self.call("GET", path, None, Some(TOKEN))
     }
 
-    pub fn get_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+    pub(crate) fn get_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         self.call("GET", path, None, token)
     }
 
-    pub fn post(&self, body: &str) -> (u16, Value) {
+    pub(crate) fn post(&self, body: &str) -> (u16, Value) {
         self.call("POST", "/api/v1/commands", Some(body), Some(TOKEN))
     }
 
-    pub fn post_path(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+    pub(crate) fn post_path(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
         self.call("POST", path, Some(body), token)
     }
 
-    pub fn delete(&self, path: &str) -> (u16, Value) {
-        self.call("DELETE", path, None, Some(TOKEN))
-    }
-
     /// Runs a command through the API and returns its result (asserting 200).
-    pub fn cmd(&self, kind: &str, action: &str, params: Value) -> Value {
+    pub(crate) fn cmd(&self, kind: &str, action: &str, params: Value) -> Value {
         let id = format!("t-{kind}-{action}-{}", next_id());
         let (status, body) = self
             .post(&json!({"id": id, "type": kind, "action": action, "params": params}).to_string());
@@ -351,7 +346,7 @@ impl Agent {
     }
 
     /// Runs the CLI against this agent.
-    pub fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
             .env("VENDETTA_AGENT_URL", &self.url)
@@ -362,7 +357,7 @@ impl Agent {
     }
 
     /// Sends raw bytes and returns the raw answer (for hostile requests).
-    pub fn raw(&self, request: &[u8]) -> String {
+    pub(crate) fn raw(&self, request: &[u8]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(15))).ok();
         let _ = s.write_all(request);
@@ -381,7 +376,7 @@ impl Agent {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         let (status, _) = self.call("GET", "/health", None, None);
         status == 200 || status == 503
     }
@@ -408,7 +403,7 @@ fn body_complete(resp: &[u8]) -> bool {
 
 static IDS: AtomicU32 = AtomicU32::new(0);
 
-pub fn next_id() -> String {
+pub(crate) fn next_id() -> String {
     format!(
         "{}-{}",
         std::process::id(),
@@ -430,7 +425,7 @@ impl Drop for Agent {
 }
 
 /// Host processes whose command line is exactly `argv`.
-pub fn host_pids(argv: &[&str]) -> Vec<u32> {
+pub(crate) fn host_pids(argv: &[&str]) -> Vec<u32> {
     let want: Vec<u8> = argv
         .iter()
         .flat_map(|a| [a.as_bytes(), b"\0"].concat())
@@ -445,7 +440,7 @@ pub fn host_pids(argv: &[&str]) -> Vec<u32> {
 }
 
 /// Whether `pid` is a live process (not a zombie).
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
         !matches!(state, Some("Z") | Some("X"))
@@ -453,14 +448,14 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// The `data` of a command result that must have succeeded.
-pub fn ok(r: &Value) -> &Value {
+pub(crate) fn ok(r: &Value) -> &Value {
     assert_eq!(r["status"], "success", "{r:#}");
     &r["data"]
 }
 
 /// Starts `sleep MARKER` in session `id` as an async command and waits
 /// until its process shows on the host. Returns the command's id.
-pub fn start_sleep(a: &Agent, id: &str, marker: &str) -> String {
+pub(crate) fn start_sleep(a: &Agent, id: &str, marker: &str) -> String {
     let cmd_id = format!("crash-{}", next_id());
     let (s, r) = a.post_path(
         "/api/v1/commands?async=true",
@@ -481,7 +476,7 @@ pub fn start_sleep(a: &Agent, id: &str, marker: &str) -> String {
 /// After a crash during `start_sleep`'s command and a restart: the command
 /// is reported as interrupted with its process killed, and that process is
 /// gone (so the server may run the command again safely).
-pub fn assert_interrupted_and_reaped(a: &Agent, cmd_id: &str, marker: &str) {
+pub(crate) fn assert_interrupted_and_reaped(a: &Agent, cmd_id: &str, marker: &str) {
     let (s, r) = a.get(&format!("/api/v1/commands/{cmd_id}"));
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["status"], "failed", "{r}");
@@ -502,10 +497,10 @@ pub fn assert_interrupted_and_reaped(a: &Agent, cmd_id: &str, marker: &str) {
 
 /// A live `/api/v1/events` stream. Once `open` returns, the agent has
 /// subscribed it: events published after that are all seen.
-pub struct Events(std::io::BufReader<TcpStream>);
+pub(crate) struct Events(std::io::BufReader<TcpStream>);
 
 impl Events {
-    pub fn open(a: &Agent) -> Events {
+    pub(crate) fn open(a: &Agent) -> Events {
         use std::io::BufRead;
         let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -525,7 +520,11 @@ impl Events {
     }
 
     /// The first event whose JSON data matches `pred` within `timeout`.
-    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub(crate) fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         use std::io::BufRead;
         let deadline = Instant::now() + timeout;
         let mut line = String::new();

@@ -5,6 +5,10 @@
 //! default in `packaging/agent.yaml`, which `vendetta agent config` prints
 //! and a test keeps equal to [`Config::default`].
 
+pub(crate) mod cidr;
+
+pub(crate) use cidr::Cidr;
+
 use crate::protocol::{duration, size, ProviderKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -14,22 +18,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The commented default config, printed by `vendetta agent config`.
-pub const DEFAULT_YAML: &str = include_str!("../packaging/agent.yaml");
+pub(crate) const DEFAULT_YAML: &str = include_str!("../../packaging/agent.yaml");
 
 /// Where the agent looks for its config when neither `--config` nor
 /// `VENDETTA_CONFIG` names one. Missing means: run on embedded defaults.
-pub const SYSTEM_CONFIG: &str = "/etc/vendetta/agent.yaml";
+pub(crate) const SYSTEM_CONFIG: &str = "/etc/vendetta/agent.yaml";
 
 /// A secret string: never printed by `Debug`, never logged.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
-pub struct Secret(pub String);
+pub(crate) struct Secret(pub(crate) String);
 
 impl Secret {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -46,14 +50,14 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Json,
     Text,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     Error,
     #[serde(alias = "warning")]
     Warn,
@@ -63,7 +67,7 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    pub fn filter(self) -> log::LevelFilter {
+    pub(crate) fn filter(self) -> log::LevelFilter {
         match self {
             LogLevel::Error => log::LevelFilter::Error,
             LogLevel::Warn => log::LevelFilter::Warn,
@@ -73,7 +77,7 @@ impl LogLevel {
         }
     }
 
-    pub fn parse(s: &str) -> Option<LogLevel> {
+    pub(crate) fn parse(s: &str) -> Option<LogLevel> {
         match s.to_ascii_lowercase().as_str() {
             "error" => Some(LogLevel::Error),
             "warn" | "warning" => Some(LogLevel::Warn),
@@ -87,18 +91,18 @@ impl LogLevel {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub timeout: Duration,
-    pub retries: u32,
+    pub(crate) timeout: Duration,
+    pub(crate) retries: u32,
 }
 
 impl Default for Heartbeat {
@@ -113,18 +117,18 @@ impl Default for Heartbeat {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryPolicy {
-    pub max_retries: u32,
+pub(crate) struct RetryPolicy {
+    pub(crate) max_retries: u32,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub backoff: Duration,
+    pub(crate) backoff: Duration,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -140,37 +144,37 @@ impl Default for RetryPolicy {
 /// Coordination-link settings beyond the seed's keys.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Coordination {
+pub(crate) struct Coordination {
     /// How long the server may hold a command fetch (`?wait=`).
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub poll_wait: Duration,
+    pub(crate) poll_wait: Duration,
     /// Send `DELETE /api/v1/nodes/{id}` on a clean stop.
-    pub unregister_on_stop: bool,
+    pub(crate) unregister_on_stop: bool,
     /// Bounds for a heartbeat interval the server asks for.
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub min_heartbeat_interval: Duration,
+    pub(crate) min_heartbeat_interval: Duration,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub max_heartbeat_interval: Duration,
+    pub(crate) max_heartbeat_interval: Duration,
     /// Bounds for a poll wait the server asks for.
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub min_poll_wait: Duration,
+    pub(crate) min_poll_wait: Duration,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub max_poll_wait: Duration,
+    pub(crate) max_poll_wait: Duration,
 }
 
 impl Default for Coordination {
@@ -188,29 +192,29 @@ impl Default for Coordination {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Tls {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub insecure_skip_verify: bool,
+pub(crate) struct Tls {
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Cap per output stream of an exec (stdout and stderr each).
     #[serde(
         deserialize_with = "size::deserialize",
         serialize_with = "size::serialize"
     )]
-    pub max_output: u64,
-    pub max_sessions: usize,
+    pub(crate) max_output: u64,
+    pub(crate) max_sessions: usize,
     /// Largest request body the local API reads.
     #[serde(
         deserialize_with = "size::deserialize",
         serialize_with = "size::serialize"
     )]
-    pub max_body: u64,
+    pub(crate) max_body: u64,
 }
 
 impl Default for Limits {
@@ -226,13 +230,13 @@ impl Default for Limits {
 /// Retention of stored results (the idempotency ledger).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Results {
-    pub max_entries: usize,
+pub(crate) struct Results {
+    pub(crate) max_entries: usize,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
 }
 
 impl Default for Results {
@@ -245,7 +249,7 @@ impl Default for Results {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum JwtAlgorithm {
+pub(crate) enum JwtAlgorithm {
     HS256,
     RS256,
     EdDSA,
@@ -253,18 +257,18 @@ pub enum JwtAlgorithm {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Jwt {
+pub(crate) struct Jwt {
     /// The one algorithm accepted; tokens naming another are refused.
-    pub algorithm: Option<JwtAlgorithm>,
-    pub secret: Secret,
-    pub public_key_file: Option<PathBuf>,
-    pub issuer: String,
-    pub audience: String,
+    pub(crate) algorithm: Option<JwtAlgorithm>,
+    pub(crate) secret: Secret,
+    pub(crate) public_key_file: Option<PathBuf>,
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub leeway: Duration,
+    pub(crate) leeway: Duration,
 }
 
 impl Default for Jwt {
@@ -282,18 +286,18 @@ impl Default for Jwt {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Docker {
+pub(crate) struct Docker {
     /// Engine socket; `DOCKER_HOST=unix://…` is used when this is not set.
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Image for sessions whose create names none.
-    pub image: String,
+    pub(crate) image: String,
     /// Pull a missing image (needs a registry); otherwise fail naming it.
-    pub pull: bool,
+    pub(crate) pull: bool,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub api_timeout: Duration,
+    pub(crate) api_timeout: Duration,
 }
 
 impl Default for Docker {
@@ -309,26 +313,26 @@ impl Default for Docker {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LxcNetwork {
+pub(crate) enum LxcNetwork {
     Empty,
     Veth,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Lxc {
-    pub lxcpath: PathBuf,
-    pub template: String,
-    pub network: LxcNetwork,
-    pub bridge: String,
-    pub require_limits: bool,
+pub(crate) struct Lxc {
+    pub(crate) lxcpath: PathBuf,
+    pub(crate) template: String,
+    pub(crate) network: LxcNetwork,
+    pub(crate) bridge: String,
+    pub(crate) require_limits: bool,
     /// Extra template arguments a create may pass (e.g. `--dist`, `--release`).
-    pub template_args: Vec<String>,
+    pub(crate) template_args: Vec<String>,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub tool_timeout: Duration,
+    pub(crate) tool_timeout: Duration,
 }
 
 impl Default for Lxc {
@@ -347,20 +351,20 @@ impl Default for Lxc {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Qemu {
-    pub binary: String,
+pub(crate) struct Qemu {
+    pub(crate) binary: String,
     /// Base images must lie under one of these when set.
-    pub image_roots: Vec<PathBuf>,
+    pub(crate) image_roots: Vec<PathBuf>,
     /// Extra QEMU arguments added to every VM; only from here, never from commands.
-    pub extra_args: Vec<String>,
+    pub(crate) extra_args: Vec<String>,
     #[serde(
         deserialize_with = "size::deserialize",
         serialize_with = "size::serialize"
     )]
-    pub memory: u64,
-    pub cpus: u32,
+    pub(crate) memory: u64,
+    pub(crate) cpus: u32,
     /// `-machine` type.
-    pub machine: String,
+    pub(crate) machine: String,
 }
 
 impl Default for Qemu {
@@ -378,65 +382,91 @@ impl Default for Qemu {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub coordination_url: String,
-    pub auth_token: Secret,
-    pub offline_mode: bool,
-    pub node_id: String,
-    pub node_name: String,
-    pub labels: BTreeMap<String, String>,
-    pub heartbeat: Heartbeat,
-    pub retry_policy: RetryPolicy,
-    pub coordination: Coordination,
-    pub tls: Tls,
+pub(crate) struct Config {
+    pub(crate) coordination_url: String,
+    pub(crate) auth_token: Secret,
+    pub(crate) offline_mode: bool,
+    pub(crate) node_id: String,
+    pub(crate) node_name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) heartbeat: Heartbeat,
+    pub(crate) retry_policy: RetryPolicy,
+    pub(crate) coordination: Coordination,
+    pub(crate) tls: Tls,
 
-    pub provider: ProviderKind,
-    pub providers: Vec<ProviderKind>,
-    pub workers: usize,
-    pub queue_size: usize,
+    pub(crate) provider: ProviderKind,
+    pub(crate) providers: Vec<ProviderKind>,
+    pub(crate) workers: usize,
+    pub(crate) queue_size: usize,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub command_timeout: Duration,
+    pub(crate) command_timeout: Duration,
     /// Longest timeout a command may ask for; unset = `command_timeout`.
     #[serde(
         default,
         deserialize_with = "opt_duration",
         serialize_with = "ser_opt_duration"
     )]
-    pub max_command_timeout: Option<Duration>,
+    pub(crate) max_command_timeout: Option<Duration>,
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     /// How often provider health and the session table are refreshed.
     #[serde(
         deserialize_with = "duration::deserialize_config",
         serialize_with = "duration::serialize_config"
     )]
-    pub monitor_interval: Duration,
-    pub limits: Limits,
-    pub allowed_commands: Vec<String>,
-    pub workspace_roots: Vec<PathBuf>,
-    pub results: Results,
+    pub(crate) monitor_interval: Duration,
+    pub(crate) limits: Limits,
+    pub(crate) allowed_commands: Vec<String>,
+    pub(crate) workspace_roots: Vec<PathBuf>,
+    pub(crate) results: Results,
 
-    pub listen: String,
-    pub api_token: Secret,
-    pub metrics_auth: bool,
-    pub allowed_ips: Vec<String>,
-    pub jwt: Jwt,
+    #[serde(deserialize_with = "listen_addr")]
+    pub(crate) listen: SocketAddr,
+    pub(crate) api_token: Secret,
+    pub(crate) metrics_auth: bool,
+    pub(crate) allowed_ips: Vec<Cidr>,
+    pub(crate) jwt: Jwt,
 
-    pub cache_dir: Option<PathBuf>,
-    pub pid_file: Option<PathBuf>,
-    pub log_level: LogLevel,
-    pub log_format: LogFormat,
-    pub debug_pprof: bool,
+    pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) log_level: LogLevel,
+    pub(crate) log_format: LogFormat,
+    pub(crate) debug_pprof: bool,
 
-    pub docker: Docker,
-    pub lxc: Lxc,
-    pub qemu: Qemu,
+    pub(crate) docker: Docker,
+    pub(crate) lxc: Lxc,
+    pub(crate) qemu: Qemu,
+}
+
+/// `listen` as an address and port; the message says what is expected.
+fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_str(ParsedStr(|s: &str| {
+        s.parse()
+            .map_err(|_| format!("{s:?} is not an address:port such as 127.0.0.1:8080"))
+    }))
+}
+
+/// A string parsed by the function it carries. Errors raised inside a
+/// visitor keep serde_yaml's key path (`key listen: ...`); errors made
+/// after `String::deserialize` would lose it.
+pub(crate) struct ParsedStr<F>(pub(crate) F);
+
+impl<T, F: FnOnce(&str) -> Result<T, String>> serde::de::Visitor<'_> for ParsedStr<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
+    }
 }
 
 fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -475,7 +505,7 @@ impl Default for Config {
             allowed_commands: vec!["*".into()],
             workspace_roots: Vec::new(),
             results: Results::default(),
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: Secret::default(),
             metrics_auth: false,
             allowed_ips: Vec::new(),
@@ -494,7 +524,7 @@ impl Default for Config {
 
 /// A config that could not be loaded. Each names the file and the key.
 #[derive(Debug)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -550,7 +580,7 @@ impl std::error::Error for ConfigError {}
 
 /// Where a loaded config came from, for logs and `agent status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     File(PathBuf),
     Defaults,
 }
@@ -566,16 +596,16 @@ impl fmt::Display for Source {
 
 /// A validated config plus facts derived from it.
 #[derive(Debug, Clone)]
-pub struct Loaded {
-    pub config: Config,
-    pub source: Source,
+pub(crate) struct Loaded {
+    pub(crate) config: Config,
+    pub(crate) source: Source,
     /// Warnings to log once logging is up (e.g. a token in a world-readable file).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Picks the config file: `--config`, then `VENDETTA_CONFIG`, then
 /// [`SYSTEM_CONFIG`] if it exists; `None` means embedded defaults.
-pub fn locate(flag: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn locate(flag: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = flag {
         return Some(p.to_path_buf());
     }
@@ -587,7 +617,7 @@ pub fn locate(flag: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// Loads, applies environment overrides and validates.
-pub fn load(flag: Option<&Path>) -> Result<Loaded, ConfigError> {
+pub(crate) fn load(flag: Option<&Path>) -> Result<Loaded, ConfigError> {
     let mut warnings = Vec::new();
     let (mut config, source) = match locate(flag) {
         Some(path) => {
@@ -638,7 +668,7 @@ fn permission_warning(path: &Path) -> Option<String> {
 /// Parses YAML. A `.json` file goes through the same parser, JSON being
 /// YAML's flow syntax: one deserializer (a smaller binary) and the same
 /// errors, which name the key path and the line for both formats.
-pub fn parse_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+pub(crate) fn parse_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -711,7 +741,10 @@ fn strip_position(message: &str) -> String {
 
 /// Applies the documented `VENDETTA_*` overrides. `get` reads a variable
 /// (injected so tests need not touch the process environment).
-pub fn apply_env(c: &mut Config, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+pub(crate) fn apply_env(
+    c: &mut Config,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
     if let Some(v) = get("VENDETTA_COORD_URL") {
         c.coordination_url = v;
     }
@@ -747,7 +780,7 @@ pub fn apply_env(c: &mut Config, get: impl Fn(&str) -> Option<String>) -> Result
 
 impl Config {
     /// Checks what types cannot: ranges, formats, combinations.
-    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             key: key.into(),
@@ -770,7 +803,6 @@ impl Config {
                 ));
             }
         }
-        self.listen_addr().map_err(|m| bad("listen", m))?;
         if self.workers == 0 || self.workers > 256 {
             return Err(bad(
                 "workers",
@@ -836,7 +868,15 @@ impl Config {
         if !self.providers.contains(&self.provider) {
             return Err(bad(
                 "provider",
-                format!("{} is not in providers {:?}", self.provider, self.providers),
+                format!(
+                    "{} is not in providers [{}]",
+                    self.provider,
+                    self.providers
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
         }
         if self.limits.max_output < 1024 {
@@ -860,10 +900,6 @@ impl Config {
                     format!("{} is not an absolute path", root.display()),
                 ));
             }
-        }
-        for (i, cidr) in self.allowed_ips.iter().enumerate() {
-            crate::api::auth::Cidr::parse(cidr)
-                .map_err(|m| bad(&format!("allowed_ips[{i}]"), m))?;
         }
         if let Some(d) = &self.cache_dir {
             if !d.is_absolute() {
@@ -896,12 +932,6 @@ impl Config {
                 "tls.cert_file and tls.key_file must be set together".into(),
             ));
         }
-        if self.jwt.algorithm.is_some() {
-            return Err(bad(
-                "jwt.algorithm",
-                "JWT authentication is not available in this build yet; use api_token".into(),
-            ));
-        }
         match self.jwt.algorithm {
             Some(JwtAlgorithm::HS256) if self.jwt.secret.0.len() < 32 => {
                 return Err(bad(
@@ -925,6 +955,13 @@ impl Config {
             }
             _ => {}
         }
+        // After the rules above, so that a wrong key is named as such.
+        if self.jwt.algorithm.is_some() {
+            return Err(bad(
+                "jwt.algorithm",
+                "JWT authentication is not available in this build yet; use api_token".into(),
+            ));
+        }
         validate_lxc(&self.lxc).map_err(|(key, m)| bad(key, m))?;
         if self.docker.image.is_empty() {
             return Err(bad("docker.image", "must name an image".into()));
@@ -935,23 +972,14 @@ impl Config {
         Ok(())
     }
 
-    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        self.listen.parse().map_err(|_| {
-            format!(
-                "{:?} is not an address:port such as 127.0.0.1:8080",
-                self.listen
-            )
-        })
-    }
-
     /// Offline when asked to be, or when there is nothing to dial.
-    pub fn offline(&self) -> bool {
+    pub(crate) fn offline(&self) -> bool {
         self.offline_mode || self.coordination_url.is_empty()
     }
 
     /// `cache_dir`, or the default: /var/lib/vendetta for root,
     /// `$XDG_STATE_HOME/vendetta` (or ~/.local/state/vendetta) otherwise.
-    pub fn cache_dir(&self) -> PathBuf {
+    pub(crate) fn cache_dir(&self) -> PathBuf {
         if let Some(d) = &self.cache_dir {
             return d.clone();
         }
@@ -968,27 +996,27 @@ impl Config {
         }
     }
 
-    pub fn pid_file(&self) -> PathBuf {
+    pub(crate) fn pid_file(&self) -> PathBuf {
         self.pid_file
             .clone()
             .unwrap_or_else(|| self.cache_dir().join("vendetta.pid"))
     }
 
     /// The longest timeout a command may ask for.
-    pub fn timeout_cap(&self) -> Duration {
+    pub(crate) fn timeout_cap(&self) -> Duration {
         self.max_command_timeout.unwrap_or(self.command_timeout)
     }
 
     /// How long a command may run: its own timeout (or the exec param's),
     /// else `command_timeout`, capped by `max_command_timeout`.
-    pub fn timeout_for(&self, asked: Option<Duration>) -> Duration {
+    pub(crate) fn timeout_for(&self, asked: Option<Duration>) -> Duration {
         asked
             .unwrap_or(self.command_timeout)
             .min(self.timeout_cap())
     }
 
     /// Whether `allowed_commands` lets `name` (`type.action`) run.
-    pub fn command_allowed(&self, name: &str) -> bool {
+    pub(crate) fn command_allowed(&self, name: &str) -> bool {
         let kind = name.split('.').next().unwrap_or("");
         self.allowed_commands
             .iter()
@@ -1158,7 +1186,7 @@ log_level: "info"
             r#"{"listen":"127.0.0.1:9999","heartbeat":{"interval":"5s"}}"#,
         )
         .unwrap();
-        assert_eq!(c.listen, "127.0.0.1:9999");
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9999)));
         let e = parse("agent.json", "{\n\"nope\": 1}")
             .unwrap_err()
             .to_string();
@@ -1179,45 +1207,71 @@ log_level: "info"
         );
     }
 
+    /// The message `yaml` is refused with, as the CLI prints it.
+    fn refusal(yaml: &str) -> String {
+        parse("a.yaml", yaml).unwrap_err().to_string()
+    }
+
     #[test]
     fn semantic_checks() {
-        assert!(parse("a.yaml", "workers: 0\n")
-            .unwrap_err()
-            .to_string()
-            .contains("key workers"));
-        assert!(parse("a.yaml", "listen: nowhere\n")
-            .unwrap_err()
-            .to_string()
-            .contains("key listen"));
-        assert!(parse("a.yaml", "provider: qemu\nproviders: [docker]\n").is_err());
-        assert!(parse("a.yaml", "allowed_commands: [\"session.nuke\"]\n").is_err());
-        assert!(parse("a.yaml", "allowed_ips: [\"10.0.0.0/33\"]\n").is_err());
-        assert!(parse("a.yaml", "coordination_url: ftp://x\n").is_err());
-        let e = parse("a.yaml", "coordination_url: https://bob:pw@coord:3001/x\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("credentials") && !e.contains("coordination_url: https"),
-            "{e}"
-        );
-        assert!(parse("a.yaml", "node_id: ../bad\n")
-            .unwrap_err()
-            .to_string()
-            .contains("key node_id"));
-        assert!(parse("a.yaml", "pid_file: run/v.pid\n")
-            .unwrap_err()
-            .to_string()
-            .contains("key pid_file"));
+        for (yaml, error) in [
+            ("workers: 0\n", "key workers: 0 is out of range; use 1 to 256"),
+            (
+                "listen: nowhere\n",
+                "line 1: key listen: \"nowhere\" is not an address:port such as 127.0.0.1:8080",
+            ),
+            (
+                "provider: qemu\nproviders: [docker]\n",
+                "key provider: qemu is not in providers [docker]",
+            ),
+            (
+                "allowed_commands: [\"session.nuke\"]\n",
+                "key allowed_commands: \"session.nuke\" is not a command pattern; use *, session.*, or type.action such as system.status",
+            ),
+            (
+                "allowed_ips: [\"10.0.0.1\", \"10.0.0.0/33\"]\n",
+                "line 1: key allowed_ips[1]: \"10.0.0.0/33\" is not an address or CIDR range such as 10.0.0.0/8 or ::1/128",
+            ),
+            (
+                "coordination_url: ftp://x\n",
+                "key coordination_url: \"ftp://x\" is not an http:// or https:// URL",
+            ),
+            (
+                // The URL itself is not repeated: it holds a password.
+                "coordination_url: https://bob:pw@coord:3001/x\n",
+                "key coordination_url: must not carry credentials (user:password@); put the token in auth_token",
+            ),
+            (
+                "node_id: ../bad\n",
+                "key node_id: \"../bad\" is not a node id; use 1-64 characters of [A-Za-z0-9._-]",
+            ),
+            (
+                "pid_file: run/v.pid\n",
+                "key pid_file: run/v.pid is not an absolute path",
+            ),
+            (
+                "jwt:\n  algorithm: HS256\n  secret: short\n",
+                "key jwt.secret: HS256 needs a secret of at least 32 bytes",
+            ),
+            (
+                "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n",
+                "key jwt.algorithm: set the one accepted algorithm: HS256, RS256 or EdDSA",
+            ),
+        ] {
+            assert_eq!(
+                refusal(yaml),
+                format!("config file a.yaml{}", if error.starts_with("line") {
+                    format!(", {error}")
+                } else {
+                    format!(": {error}")
+                }),
+                "{yaml}"
+            );
+        }
         assert_eq!(
             parse("a.yaml", "log_level: warning\n").unwrap().log_level,
             LogLevel::Warn
         );
-        assert!(parse("a.yaml", "jwt:\n  algorithm: HS256\n  secret: short\n").is_err());
-        assert!(parse(
-            "a.yaml",
-            "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n"
-        )
-        .is_err());
     }
 
     #[test]
@@ -1284,5 +1338,41 @@ log_level: "info"
         )
         .unwrap();
         assert_eq!(c.lxc.network, LxcNetwork::Veth);
+    }
+
+    /// The man page and the packaged example move with the code.
+    #[test]
+    fn every_config_key_is_in_the_man_page_and_the_example() {
+        let page = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man/vendetta-agent.yaml.5"),
+        )
+        .unwrap();
+        let example = DEFAULT_YAML;
+        let all = serde_yaml::to_value(Config::default()).unwrap();
+        let mut keys = Vec::new();
+        for (k, v) in all.as_mapping().unwrap() {
+            let k = k.as_str().unwrap().to_string();
+            match v.as_mapping() {
+                Some(m) if k != "labels" => {
+                    for (sub, _) in m {
+                        keys.push(format!("{k}.{}", sub.as_str().unwrap()));
+                    }
+                }
+                _ => keys.push(k),
+            }
+        }
+        assert!(keys.len() > 50, "{keys:?}");
+        for key in keys {
+            // The page names nested keys in full (heartbeat.interval).
+            assert!(
+                page.contains(&format!("Cm {key}")),
+                "vendetta-agent.yaml(5) does not document {key}"
+            );
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                example.contains(&format!("{leaf}:")),
+                "packaging/agent.yaml does not show {key}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use super::intake::Job;
 use super::threads::{self, Control, Thread};
-use super::{dispatch, Shared};
+use super::{dispatch, Runtime};
 use crate::protocol::{codes, CommandResult, Status};
 use crate::providers::output::{Chunk, Discard, OutputSink, Stream};
 use crossbeam_channel::{select_biased, Receiver, Sender};
@@ -17,51 +17,51 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-pub fn spawn(
-    shared: &Arc<Shared>,
+pub(crate) fn spawn(
+    rt: &Arc<Runtime>,
     queue: &Receiver<Job>,
     shutdown: &Receiver<()>,
     control: &Sender<Control>,
 ) -> std::io::Result<Vec<Thread>> {
-    (0..shared.config.workers)
+    (0..rt.config.workers)
         .map(|i| {
-            let (shared, queue, shutdown) = (shared.clone(), queue.clone(), shutdown.clone());
+            let (rt, queue, shutdown) = (rt.clone(), queue.clone(), shutdown.clone());
             threads::spawn(&format!("worker-{i}"), Some(control.clone()), move || {
-                worker_loop(&shared, &queue, &shutdown)
+                worker_loop(&rt, &queue, &shutdown)
             })
         })
         .collect()
 }
 
-fn worker_loop(shared: &Shared, queue: &Receiver<Job>, shutdown: &Receiver<()>) {
+fn worker_loop(rt: &Runtime, queue: &Receiver<Job>, shutdown: &Receiver<()>) {
     loop {
         // Biased: once shutdown is signalled no new job is taken, even if
         // the queue is ready too.
         select_biased! {
             recv(shutdown) -> _ => return,
             recv(queue) -> job => match job {
-                Ok(job) => run_job(shared, job),
+                Ok(job) => run_job(rt, job),
                 Err(_) => return,
             },
         }
     }
 }
 
-pub fn run_job(shared: &Shared, job: Job) {
+pub(crate) fn run_job(rt: &Runtime, job: Job) {
     let cmd = &job.command;
     let id = cmd.id.as_str();
-    shared.busy.fetch_add(1, Ordering::Relaxed);
+    rt.busy.fetch_add(1, Ordering::Relaxed);
     let started = SystemTime::now();
     let clock = Instant::now();
-    let result = match shared.ledger.mark_running(&cmd.id, &cmd.echo) {
+    let result = match rt.ledger.mark_running(&cmd.id, &cmd.echo) {
         Err(e) => {
             log::error!(command_id = id; "cannot journal the command before running it: {e}");
             // It does not run, so its "queued" record must not run it at
             // the next start either.
-            shared.ledger.forget(&cmd.id);
+            rt.ledger.forget(&cmd.id);
             CommandResult::failure(
                 cmd,
-                &shared.node_id,
+                &rt.node_id,
                 started,
                 Status::Failed,
                 codes::INTERNAL,
@@ -69,20 +69,20 @@ pub fn run_job(shared: &Shared, job: Job) {
             )
         }
         Ok(()) => {
-            shared.events.publish(
+            rt.events.publish(
                 "command",
                 json!({"id": id, "type": cmd.kind, "action": cmd.action, "state": "running"}),
             );
             log::debug!(command_id = id, command = cmd.name().as_str(); "command started");
             let run = || match &job.stream {
                 Some(tx) => dispatch::execute(
-                    shared,
+                    rt,
                     cmd,
                     &mut ChannelSink {
                         tx: Some(tx.clone()),
                     },
                 ),
-                None => dispatch::execute(shared, cmd, &mut Discard),
+                None => dispatch::execute(rt, cmd, &mut Discard),
             };
             std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
                 let what = panic
@@ -93,7 +93,7 @@ pub fn run_job(shared: &Shared, job: Job) {
                 log::error!(command_id = id; "command panicked: {what}");
                 CommandResult::failure(
                     cmd,
-                    &shared.node_id,
+                    &rt.node_id,
                     started,
                     Status::Failed,
                     codes::INTERNAL,
@@ -102,11 +102,10 @@ pub fn run_job(shared: &Shared, job: Job) {
             })
         }
     };
-    shared
-        .metrics
+    rt.metrics
         .command_duration
         .observe(&[&cmd.kind, &cmd.action], clock.elapsed());
-    shared.complete(cmd, job.origin, &result);
+    rt.complete(cmd, job.origin, &result);
     // Read-only commands (status polls, lists) would drown the log at info.
     let level = if cmd.read_only() {
         log::Level::Debug
@@ -123,7 +122,7 @@ pub fn run_job(shared: &Shared, job: Job) {
         // The waiter may have given up; the result is stored either way.
         let _ = reply.try_send(result);
     }
-    shared.busy.fetch_sub(1, Ordering::Relaxed);
+    rt.busy.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Passes exec output to a streaming client, blocking while the client

@@ -3,7 +3,7 @@
 //! `submit` never blocks: a full queue is answered at once (the API says
 //! 429, the poller leaves the command for the server to re-send).
 
-use super::Shared;
+use super::Runtime;
 use crate::protocol::command::Request;
 use crate::protocol::{codes, Command, CommandResult, Status};
 use crate::providers::output::Chunk;
@@ -13,18 +13,18 @@ use serde_json::json;
 use std::time::SystemTime;
 
 /// A command on its way to a worker, with where its result goes.
-pub struct Job {
-    pub command: Command,
-    pub origin: Origin,
+pub(crate) struct Job {
+    pub(crate) command: Command,
+    pub(crate) origin: Origin,
     /// Whoever waits for the result (a sync API request); may be gone.
-    pub reply: Option<Sender<CommandResult>>,
+    pub(crate) reply: Option<Sender<CommandResult>>,
     /// Where exec output goes as it arrives (a streaming API request).
-    pub stream: Option<Sender<Chunk>>,
+    pub(crate) stream: Option<Sender<Chunk>>,
 }
 
 /// What became of a submission.
 #[derive(Debug)]
-pub enum Submitted {
+pub(crate) enum Submitted {
     /// Finished: a stored result for a repeated id, or an immediate answer
     /// (invalid, rejected). `replayed` marks a stored one.
     Done {
@@ -40,23 +40,23 @@ pub enum Submitted {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     QueueFull,
     ShuttingDown,
     /// The ledger could not record the command (disk full, permissions).
     StoreFailed,
 }
 
-impl Shared {
+impl Runtime {
     /// Accepts a command for execution. With `want_reply`, the result is
     /// also sent to the returned receiver.
-    pub fn submit(&self, command: Command, origin: Origin, want_reply: bool) -> Submitted {
+    pub(crate) fn submit(&self, command: Command, origin: Origin, want_reply: bool) -> Submitted {
         self.submit_with(command, origin, want_reply, None)
     }
 
     /// Like `submit` with a reply, and exec output sent to `stream` as it
     /// arrives.
-    pub fn submit_streaming(
+    pub(crate) fn submit_streaming(
         &self,
         command: Command,
         origin: Origin,
@@ -179,7 +179,7 @@ impl Shared {
 
     /// Records a finished command: ledger, spool (for the server), metrics,
     /// event.
-    pub fn complete(&self, command: &Command, origin: Origin, result: &CommandResult) {
+    pub(crate) fn complete(&self, command: &Command, origin: Origin, result: &CommandResult) {
         // The ledger first: were the result delivered and unspooled before
         // the ledger knew it, a crash then would report the command as
         // interrupted after its real result. A crash between the two is
@@ -219,7 +219,7 @@ impl Shared {
         })
     }
 
-    pub fn deliver_to_server(&self, result: &CommandResult) {
+    pub(crate) fn deliver_to_server(&self, result: &CommandResult) {
         match self.spool.put(result) {
             Ok(()) => {
                 let _ = self.report_wake.0.try_send(());
@@ -234,7 +234,7 @@ impl Shared {
 /// Stops what an interrupted exec left running in its session, so that
 /// the server can safely run the command again. Returns a clause for the
 /// failed result's message.
-fn reap_interrupted(shared: &Shared, command: &Command) -> String {
+fn reap_interrupted(rt: &Runtime, command: &Command) -> String {
     let Ok(Request::SessionExec(p)) = &command.request else {
         return String::new();
     };
@@ -242,7 +242,7 @@ fn reap_interrupted(shared: &Shared, command: &Command) -> String {
     // that cannot look (its engine is down) matters only if none found it.
     let mut reaped = 0;
     let mut failed = Vec::new();
-    for provider in shared.registry.all() {
+    for provider in rt.registry.all() {
         match provider.reap_interrupted(&p.session_id, command.id.as_str()) {
             Ok(n) => reaped += n,
             Err(e) => failed.push(format!("{}: {e}", provider.kind().as_str())),
@@ -271,20 +271,20 @@ fn reap_interrupted(shared: &Shared, command: &Command) -> String {
 /// spool before the crash. (Read-only commands are never journaled, so a
 /// read-only command is simply run again when the server re-sends it.)
 /// Call with the workers running: queuing blocks until there is room.
-pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
+pub(crate) fn recover(rt: &Runtime, unfinished: Vec<Unfinished>) {
     for u in unfinished {
         let command = match crate::protocol::command::from_value(u.command.clone()) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!(command_id = u.id.as_str(); "unfinished command cannot be parsed again ({e}); dropping it");
                 if let Ok(id) = crate::protocol::CommandId::parse(&u.id) {
-                    shared.ledger.forget(&id);
+                    rt.ledger.forget(&id);
                 }
                 continue;
             }
         };
         if u.state == State::Running {
-            let result = match shared.spool.read(&u.id) {
+            let result = match rt.spool.read(&u.id) {
                 Some(result) => {
                     log::info!(command_id = u.id.as_str(); "command finished just before the restart; keeping its spooled result");
                     result
@@ -293,23 +293,23 @@ pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
                     log::warn!(command_id = u.id.as_str(); "command was running when the agent stopped; reporting it as failed, not running it again");
                     CommandResult::failure(
                         &command,
-                        &shared.node_id,
+                        &rt.node_id,
                         SystemTime::now(),
                         Status::Failed,
                         codes::RESTARTED,
                         format!(
                             "agent restarted during execution; the command may have partly run and was not run again{}",
-                            reap_interrupted(shared, &command)
+                            reap_interrupted(rt, &command)
                         ),
                     )
                 }
             };
-            shared.complete(&command, u.origin, &result);
+            rt.complete(&command, u.origin, &result);
             continue;
         }
-        if let Some(result) = shared.policy_rejection(&command) {
+        if let Some(result) = rt.policy_rejection(&command) {
             // The config changed meanwhile: the policy of this start applies.
-            shared.complete(&command, u.origin, &result);
+            rt.complete(&command, u.origin, &result);
             continue;
         }
         log::info!(command_id = u.id.as_str(); "running a command accepted before the restart");
@@ -319,7 +319,7 @@ pub fn recover(shared: &Shared, unfinished: Vec<Unfinished>) {
             reply: None,
             stream: None,
         };
-        if shared.queue.send(job).is_err() {
+        if rt.queue.send(job).is_err() {
             log::warn!(command_id = u.id.as_str(); "workers are gone; the command stays queued for the next start");
         }
     }

@@ -26,7 +26,10 @@
 //! and `list()` reports a busy session's recorded status instead of
 //! waiting for it.
 
-use super::qga::{ExecRequest, Qga, QgaError};
+pub(crate) mod qga;
+pub(crate) mod qmp;
+
+use qga::{ExecRequest, Qga, QgaError};
 
 /// Run in the guest with the tag `VENDETTA_COMMAND_ID=ID` as $1: SIGKILL
 /// to every process whose environment holds it, then how many there were.
@@ -42,14 +45,14 @@ echo "$n""#;
 
 /// How long the clean-up after an interrupted exec may take in the guest.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
-use super::qmp::{ms, Qmp, QmpError};
 use super::{
     probe, ExecOutput, ExecSpec, Health, OutputSink, Provider, ProviderError, Session, SessionSpec,
     SessionStatus,
 };
 use crate::config::{self, Config};
+use crate::os::fs as fsutil;
 use crate::protocol::{ProviderKind, SessionId};
-use crate::store::fsutil;
+use qmp::{ms, Qmp, QmpError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -93,7 +96,7 @@ const GUEST_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 
 /// What went wrong, named by step and inputs.
 #[derive(Debug)]
-pub enum QemuError {
+pub(crate) enum QemuError {
     NotFound {
         id: String,
     },
@@ -327,7 +330,7 @@ fn identify(p: &ProcId) -> Identity {
 
 /// (state, start time) from /proc/PID/stat.
 fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let p = super::proctree::read_proc(pid)?;
+    let p = crate::os::proctree::read_proc(pid)?;
     Some((p.state, p.start_time?))
 }
 
@@ -478,7 +481,7 @@ fn free_port(udp: bool) -> io::Result<u16> {
 /// When a binary's `-version` was run, which binary, and what it said.
 type VersionProbe = (Instant, PathBuf, Result<String, String>);
 
-pub struct QemuProvider {
+pub(crate) struct QemuProvider {
     cfg: config::Qemu,
     /// `<cache_dir>/qemu`
     root: PathBuf,
@@ -496,7 +499,7 @@ pub struct QemuProvider {
 }
 
 impl QemuProvider {
-    pub fn new(config: &Config, node_id: &str) -> QemuProvider {
+    pub(crate) fn new(config: &Config, node_id: &str) -> QemuProvider {
         QemuProvider {
             cfg: config.qemu.clone(),
             root: config.cache_dir().join("qemu"),

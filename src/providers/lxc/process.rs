@@ -12,7 +12,7 @@
 //! outlives the deadline. Processes that leave the group on purpose
 //! (`setsid`, daemons) are out of reach, as they are for `timeout(1)`.
 
-use super::output::{Capture, OutputSink, Stream};
+use crate::providers::output::{Capture, OutputSink, Stream};
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
@@ -30,36 +30,36 @@ const TICK: Duration = Duration::from_millis(10);
 
 /// What a run produced.
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// None when the run was killed for its timeout.
-    pub status: Option<ExitStatus>,
-    pub stdout: Capture,
-    pub stderr: Capture,
-    pub timed_out: bool,
-    pub elapsed: Duration,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) stdout: Capture,
+    pub(crate) stderr: Capture,
+    pub(crate) timed_out: bool,
+    pub(crate) elapsed: Duration,
 }
 
 impl Outcome {
     /// The exit code as a shell reports it: the code, or 128+signal when a
     /// signal ended the process. None when killed for the timeout.
-    pub fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         let st = self.status?;
         st.code().or_else(|| st.signal().map(|s| 128 + s))
     }
 
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
 
     /// Captured stderr as text, trimmed.
-    pub fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.data)
             .trim()
             .to_string()
     }
 
     /// Captured stdout as text.
-    pub fn stdout_text(&self) -> String {
+    pub(crate) fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.stdout.data).into_owned()
     }
 }
@@ -67,7 +67,7 @@ impl Outcome {
 /// Why a run could not be carried out (a non-zero exit is not an error
 /// here; the caller decides what it means).
 #[derive(Debug)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     /// The program could not be started.
     Spawn { program: String, source: io::Error },
     /// Talking to the running child failed.
@@ -80,12 +80,12 @@ pub enum ProcessError {
 
 impl ProcessError {
     /// True when the program does not exist (not installed, not on PATH).
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, ProcessError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 
     /// True when the argument list was too long for the kernel (E2BIG).
-    pub fn is_too_long(&self) -> bool {
+    pub(crate) fn is_too_long(&self) -> bool {
         matches!(self, ProcessError::Spawn { source, .. } if source.raw_os_error() == Some(libc::E2BIG))
     }
 }
@@ -116,7 +116,7 @@ impl std::error::Error for ProcessError {}
 /// Chunks go to `sink` as they arrive. Stdin, stdout, stderr and the
 /// process group of `cmd` are set here; everything else (args, env, cwd)
 /// is the caller's.
-pub fn run(
+pub(crate) fn run(
     cmd: &mut Command,
     stdin: Option<&[u8]>,
     timeout: Duration,
@@ -400,7 +400,7 @@ fn group_members(pgid: libc::pid_t) -> Vec<u32> {
 }
 
 /// Turns a program and its arguments into a `Command` (argv, no shell).
-pub fn command<I, S>(program: &str, args: I) -> Command
+pub(crate) fn command<I, S>(program: &str, args: I) -> Command
 where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,

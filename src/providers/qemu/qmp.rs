@@ -32,7 +32,7 @@ const MAX_LINE: usize = 8 << 20;
 
 /// Why a QMP exchange failed.
 #[derive(Debug)]
-pub enum QmpError {
+pub(crate) enum QmpError {
     /// The socket could not be reached.
     Connect { path: PathBuf, source: io::Error },
     /// Reading or writing failed.
@@ -114,7 +114,7 @@ impl std::error::Error for QmpError {}
 
 impl QmpError {
     /// Whether the error means QEMU went away (EOF, reset, refused).
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         match self {
             QmpError::Closed { .. } => true,
             QmpError::Connect { source, .. } => matches!(
@@ -128,9 +128,9 @@ impl QmpError {
 
 /// An asynchronous QMP event.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub name: String,
-    pub data: Value,
+pub(crate) struct Event {
+    pub(crate) name: String,
+    pub(crate) data: Value,
 }
 
 /// What went wrong while reading, before the caller adds its step.
@@ -144,13 +144,13 @@ pub(crate) enum WireError {
 
 /// A buffered reader whose every read is bounded by a deadline.
 pub(crate) struct Wire<S> {
-    pub stream: S,
+    pub(crate) stream: S,
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl<S: Read + Write> Wire<S> {
-    pub fn new(stream: S) -> Wire<S> {
+    pub(crate) fn new(stream: S) -> Wire<S> {
         Wire {
             stream,
             buf: Vec::with_capacity(8192),
@@ -193,7 +193,7 @@ impl<S: Read + Write> Wire<S> {
     }
 
     /// The next byte.
-    pub fn byte(&mut self, deadline: Instant) -> Result<u8, WireError> {
+    pub(crate) fn byte(&mut self, deadline: Instant) -> Result<u8, WireError> {
         if self.pos == self.buf.len() {
             self.fill(deadline)?;
         }
@@ -203,7 +203,7 @@ impl<S: Read + Write> Wire<S> {
     }
 
     /// The next byte without consuming it.
-    pub fn peek(&mut self, deadline: Instant) -> Result<u8, WireError> {
+    pub(crate) fn peek(&mut self, deadline: Instant) -> Result<u8, WireError> {
         if self.pos == self.buf.len() {
             self.fill(deadline)?;
         }
@@ -211,7 +211,7 @@ impl<S: Read + Write> Wire<S> {
     }
 
     /// The next line without its CR/LF, at most `max` bytes long.
-    pub fn line(&mut self, deadline: Instant, max: usize) -> Result<Vec<u8>, WireError> {
+    pub(crate) fn line(&mut self, deadline: Instant, max: usize) -> Result<Vec<u8>, WireError> {
         // Bytes after `pos` already searched: each is scanned once.
         let mut searched = 0;
         loop {
@@ -239,7 +239,7 @@ impl<S: Read + Write> Wire<S> {
         }
     }
 
-    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;
         self.stream.flush()
     }
@@ -319,12 +319,12 @@ pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStr
 }
 
 /// A QMP connection past capabilities negotiation.
-pub struct Qmp<S> {
+pub(crate) struct Qmp<S> {
     wire: Wire<S>,
     events: VecDeque<Event>,
     next_id: u64,
     /// QEMU's version from the greeting, e.g. "10.0.2".
-    pub version: String,
+    pub(crate) version: String,
 }
 
 /// One message from QEMU.
@@ -339,7 +339,7 @@ enum Message {
 
 impl Qmp<UnixStream> {
     /// Connects to the socket at `path` and negotiates, within `timeout`.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp<UnixStream>, QmpError> {
+    pub(crate) fn connect(path: &Path, timeout: Duration) -> Result<Qmp<UnixStream>, QmpError> {
         let started = Instant::now();
         let deadline = started + timeout;
         let stream = connect_unix(path, deadline).map_err(|source| {
@@ -362,7 +362,7 @@ impl Qmp<UnixStream> {
 
 impl<S: Read + Write> Qmp<S> {
     /// Reads the greeting and sends `qmp_capabilities`, by `deadline`.
-    pub fn handshake(stream: S, deadline: Instant) -> Result<Qmp<S>, QmpError> {
+    pub(crate) fn handshake(stream: S, deadline: Instant) -> Result<Qmp<S>, QmpError> {
         let mut q = Qmp {
             wire: Wire::new(stream),
             events: VecDeque::new(),
@@ -390,7 +390,7 @@ impl<S: Read + Write> Qmp<S> {
     }
 
     /// Runs `command` with `args` and returns its `return` value.
-    pub fn execute(
+    pub(crate) fn execute(
         &mut self,
         command: &str,
         args: Option<Value>,
@@ -400,7 +400,7 @@ impl<S: Read + Write> Qmp<S> {
     }
 
     /// Like [`Qmp::execute`] with an absolute deadline.
-    pub fn execute_by(
+    pub(crate) fn execute_by(
         &mut self,
         command: &str,
         args: Option<Value>,
@@ -452,7 +452,7 @@ impl<S: Read + Write> Qmp<S> {
 
     /// Sends `quit`. Success whether QEMU replies or just closes the
     /// connection (the reply "is not guaranteed").
-    pub fn quit(&mut self, timeout: Duration) -> Result<(), QmpError> {
+    pub(crate) fn quit(&mut self, timeout: Duration) -> Result<(), QmpError> {
         match self.execute("quit", None, timeout) {
             Ok(_) | Err(QmpError::Closed { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -462,7 +462,7 @@ impl<S: Read + Write> Qmp<S> {
     /// Waits until one of the events `names` arrives (queued ones first)
     /// or `deadline` passes (`Ok(None)`). A closed connection is
     /// `Err(Closed)`.
-    pub fn wait_event(
+    pub(crate) fn wait_event(
         &mut self,
         names: &[&str],
         deadline: Instant,
@@ -487,12 +487,13 @@ impl<S: Read + Write> Qmp<S> {
     }
 
     /// The events received so far and not yet taken.
-    pub fn take_events(&mut self) -> Vec<Event> {
+    #[cfg(test)]
+    pub(crate) fn take_events(&mut self) -> Vec<Event> {
         self.events.drain(..).collect()
     }
 
     /// `query-status`: the run state, e.g. "prelaunch", "running".
-    pub fn status(&mut self, timeout: Duration) -> Result<String, QmpError> {
+    pub(crate) fn status(&mut self, timeout: Duration) -> Result<String, QmpError> {
         let v = self.execute("query-status", None, timeout)?;
         v["status"]
             .as_str()
@@ -742,5 +743,76 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("at most 107"), "{e}");
+    }
+
+    /// A real QEMU (`-machine none -S`), killed on drop, also when the
+    /// test fails. Fails (never skips) when qemu-system-x86_64 is missing:
+    /// tests/setup/deps.sh installs it.
+    struct RealQemu {
+        child: std::process::Child,
+        dir: std::path::PathBuf,
+    }
+
+    impl RealQemu {
+        fn start() -> RealQemu {
+            let dir = std::env::temp_dir().join(format!(
+                "vqmp-{}-{}",
+                std::process::id(),
+                crate::util::random_hex(3)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let sock = dir.join("qmp.sock");
+            let child = std::process::Command::new("qemu-system-x86_64")
+                .args(["-machine", "none", "-nodefaults", "-display", "none", "-S"])
+                .arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", sock.display()))
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("qemu-system-x86_64 (installed by tests/setup/deps.sh)");
+            let q = RealQemu { child, dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !sock.exists() {
+                assert!(Instant::now() < deadline, "QEMU made no QMP socket");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            q
+        }
+    }
+
+    impl Drop for RealQemu {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn a_real_qemu_s_error_replies_are_surfaced_and_the_connection_lives_on() {
+        let vm = RealQemu::start();
+        let t = Duration::from_secs(5);
+        let mut q = Qmp::connect(&vm.dir.join("qmp.sock"), t).unwrap();
+        let e = q.execute("no-such-command", None, t).unwrap_err();
+        assert!(
+            matches!(&e, QmpError::Command { class, .. } if class == "CommandNotFound"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("no-such-command"), "{e}");
+        let e = q.execute("cont", Some(json!({"bogus": 1})), t).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "QEMU refused cont: Parameter 'bogus' is unexpected (GenericError)"
+        );
+        let e = q
+            .execute("device_del", Some(json!({"id": "nope"})), t)
+            .unwrap_err();
+        assert!(
+            matches!(&e, QmpError::Command { class, .. } if class == "DeviceNotFound"),
+            "{e:?}"
+        );
+        let e = q.execute("qmp_capabilities", None, t).unwrap_err();
+        assert!(e.to_string().contains("already complete"), "{e}");
+        // The connection still works after errors.
+        assert_eq!(q.status(t).unwrap(), "prelaunch");
     }
 }

@@ -28,7 +28,7 @@ const MAX_HEADERS: usize = 64;
 
 /// What went wrong on the wire.
 #[derive(Debug)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// A read or write failed.
     Io {
         step: &'static str,
@@ -82,24 +82,24 @@ impl HttpError {
     }
 
     /// Whether the socket's timeout fired.
-    pub fn is_timeout(&self) -> bool {
+    pub(crate) fn is_timeout(&self) -> bool {
         matches!(self, HttpError::TimedOut { .. })
     }
 }
 
 /// One request. `target` is the path and query, already percent-encoded.
 #[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    pub method: &'a str,
-    pub target: &'a str,
+pub(crate) struct Request<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) target: &'a str,
     /// A JSON body (sent with `Content-Type: application/json`).
-    pub json: Option<&'a [u8]>,
+    pub(crate) json: Option<&'a [u8]>,
     /// Ask for a hijacked connection (`Connection: Upgrade`, `Upgrade: tcp`).
-    pub upgrade: bool,
+    pub(crate) upgrade: bool,
 }
 
 impl<'a> Request<'a> {
-    pub fn new(method: &'a str, target: &'a str) -> Request<'a> {
+    pub(crate) fn new(method: &'a str, target: &'a str) -> Request<'a> {
         Request {
             method,
             target,
@@ -108,12 +108,12 @@ impl<'a> Request<'a> {
         }
     }
 
-    pub fn json(mut self, body: &'a [u8]) -> Request<'a> {
+    pub(crate) fn json(mut self, body: &'a [u8]) -> Request<'a> {
         self.json = Some(body);
         self
     }
 
-    pub fn upgrade(mut self) -> Request<'a> {
+    pub(crate) fn upgrade(mut self) -> Request<'a> {
         self.upgrade = true;
         self
     }
@@ -122,7 +122,7 @@ impl<'a> Request<'a> {
 /// Writes `req` in one buffer. Bodiless POST/PUT/DELETE still get
 /// `Content-Length: 0` (Docker refuses a start with a body of unknown
 /// length).
-pub fn write_request<W: Write>(w: &mut W, req: &Request) -> Result<(), HttpError> {
+pub(crate) fn write_request<W: Write>(w: &mut W, req: &Request) -> Result<(), HttpError> {
     let mut out = Vec::with_capacity(256 + req.json.map_or(0, <[u8]>::len));
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -153,14 +153,14 @@ pub fn write_request<W: Write>(w: &mut W, req: &Request) -> Result<(), HttpError
 
 /// A status line and its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
+pub(crate) struct Head {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Head {
     /// The first header called `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -170,13 +170,13 @@ impl Head {
 
 /// A complete response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub head: Head,
-    pub body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) head: Head,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         self.head.status
     }
 }
@@ -184,14 +184,14 @@ impl Response {
 /// A stream with a read buffer in front. Bytes read past the headers stay
 /// in the buffer and are served first, which is what a hijacked stream
 /// needs.
-pub struct Conn<S> {
+pub(crate) struct Conn<S> {
     inner: S,
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl<S> Conn<S> {
-    pub fn new(inner: S) -> Conn<S> {
+    pub(crate) fn new(inner: S) -> Conn<S> {
         Conn {
             inner,
             buf: Vec::new(),
@@ -199,7 +199,7 @@ impl<S> Conn<S> {
         }
     }
 
-    pub fn get_ref(&self) -> &S {
+    pub(crate) fn get_ref(&self) -> &S {
         &self.inner
     }
 
@@ -237,7 +237,7 @@ impl<S: Read> Conn<S> {
     }
 
     /// Reads the status line and headers.
-    pub fn read_head(&mut self) -> Result<Head, HttpError> {
+    pub(crate) fn read_head(&mut self) -> Result<Head, HttpError> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
@@ -323,7 +323,7 @@ impl<S: Read> Read for Conn<S> {
 
 /// How a response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked,
@@ -331,7 +331,7 @@ pub enum Framing {
 }
 
 /// The framing of the body that follows `head`, per RFC 9112 §6.3.
-pub fn framing(method: &str, head: &Head) -> Result<Framing, HttpError> {
+pub(crate) fn framing(method: &str, head: &Head) -> Result<Framing, HttpError> {
     if method == "HEAD" || (100..200).contains(&head.status) || matches!(head.status, 204 | 304) {
         return Ok(Framing::Empty);
     }
@@ -369,13 +369,13 @@ enum BodyState {
 }
 
 /// A response body as a byte stream, de-chunked.
-pub struct Body<S> {
+pub(crate) struct Body<S> {
     conn: Conn<S>,
     state: BodyState,
 }
 
 impl<S: Read> Body<S> {
-    pub fn new(conn: Conn<S>, framing: Framing) -> Body<S> {
+    pub(crate) fn new(conn: Conn<S>, framing: Framing) -> Body<S> {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => BodyState::Done,
             Framing::Length(n) => BodyState::Length(n),
@@ -386,7 +386,7 @@ impl<S: Read> Body<S> {
     }
 
     /// Reads the rest of the body, refusing more than `max` bytes.
-    pub fn read_all(&mut self, max: usize) -> Result<Vec<u8>, HttpError> {
+    pub(crate) fn read_all(&mut self, max: usize) -> Result<Vec<u8>, HttpError> {
         let mut out = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -405,7 +405,7 @@ impl<S: Read> Body<S> {
     }
 
     /// Reads the next bytes of the body; 0 at its end.
-    pub fn read_some(&mut self, out: &mut [u8]) -> Result<usize, HttpError> {
+    pub(crate) fn read_some(&mut self, out: &mut [u8]) -> Result<usize, HttpError> {
         loop {
             match self.state {
                 BodyState::Done => return Ok(0),
@@ -492,7 +492,7 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
 
 /// Sends `req` on `stream` and reads the whole response (body up to
 /// `max_body` bytes).
-pub fn request<S: Read + Write>(
+pub(crate) fn request<S: Read + Write>(
     stream: S,
     req: &Request,
     max_body: usize,
@@ -504,7 +504,7 @@ pub fn request<S: Read + Write>(
 
 /// Sends `req` and returns the head with the body still to be read (for
 /// long progress streams).
-pub fn request_streaming<S: Read + Write>(
+pub(crate) fn request_streaming<S: Read + Write>(
     mut stream: S,
     req: &Request,
 ) -> Result<(Head, Body<S>), HttpError> {
@@ -526,7 +526,7 @@ fn read_head_skipping_continue<S: Read>(conn: &mut Conn<S>) -> Result<Head, Http
 }
 
 /// What a request for a hijacked connection got.
-pub enum Hijack<S> {
+pub(crate) enum Hijack<S> {
     /// 101 (or 200 from engines that upgrade without saying so): the raw
     /// stream follows, starting with any bytes read past the headers.
     Stream(Head, Conn<S>),
@@ -536,7 +536,7 @@ pub enum Hijack<S> {
 
 /// Sends `req` (which should carry [`Request::upgrade`]) and, when the
 /// peer switches protocols, returns the raw stream.
-pub fn hijack<S: Read + Write>(
+pub(crate) fn hijack<S: Read + Write>(
     mut stream: S,
     req: &Request,
     max_body: usize,
@@ -554,7 +554,7 @@ pub fn hijack<S: Read + Write>(
 
 /// Percent-encodes a query value or path segment (RFC 3986 unreserved
 /// characters pass through).
-pub fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -573,15 +573,15 @@ pub(crate) mod tests {
     /// A test double of a socket: serves canned bytes at most `step` at a
     /// time (to split heads, chunk sizes and frames across reads) and
     /// records what was written.
-    pub struct Canned {
-        pub input: Vec<u8>,
-        pub pos: usize,
-        pub step: usize,
-        pub written: Vec<u8>,
+    pub(crate) struct Canned {
+        pub(crate) input: Vec<u8>,
+        pub(crate) pos: usize,
+        pub(crate) step: usize,
+        pub(crate) written: Vec<u8>,
     }
 
     impl Canned {
-        pub fn new(input: &[u8], step: usize) -> Canned {
+        pub(crate) fn new(input: &[u8], step: usize) -> Canned {
             Canned {
                 input: input.to_vec(),
                 pos: 0,

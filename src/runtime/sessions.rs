@@ -10,7 +10,7 @@ use std::sync::RwLock;
 
 /// A change the monitor noticed, published as an event.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Change {
+pub(crate) enum Change {
     Appeared(Session),
     Status {
         session: Session,
@@ -20,12 +20,12 @@ pub enum Change {
 }
 
 #[derive(Default)]
-pub struct SessionTable {
+pub(crate) struct SessionTable {
     inner: RwLock<BTreeMap<String, Session>>,
 }
 
 impl SessionTable {
-    pub fn get(&self, id: &str) -> Option<Session> {
+    pub(crate) fn get(&self, id: &str) -> Option<Session> {
         self.inner
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -33,14 +33,14 @@ impl SessionTable {
             .cloned()
     }
 
-    pub fn upsert(&self, s: Session) {
+    pub(crate) fn upsert(&self, s: Session) {
         self.inner
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(s.id.clone(), s);
     }
 
-    pub fn remove(&self, id: &str) -> Option<Session> {
+    pub(crate) fn remove(&self, id: &str) -> Option<Session> {
         self.inner
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -49,7 +49,7 @@ impl SessionTable {
 
     /// Replaces one provider's sessions with a fresh listing and returns
     /// what changed.
-    pub fn replace(&self, kind: ProviderKind, fresh: Vec<Session>) -> Vec<Change> {
+    pub(crate) fn replace(&self, kind: ProviderKind, fresh: Vec<Session>) -> Vec<Change> {
         let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let mut changes = Vec::new();
         let fresh: BTreeMap<String, Session> =
@@ -78,17 +78,8 @@ impl SessionTable {
         changes
     }
 
-    pub fn all(&self) -> Vec<Session> {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
     /// (total, running)
-    pub fn counts(&self) -> (usize, usize) {
+    pub(crate) fn counts(&self) -> (usize, usize) {
         let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let running = map
             .values()
@@ -98,7 +89,7 @@ impl SessionTable {
     }
 
     /// Sessions per (provider, status), for the metrics gauge.
-    pub fn by_status(&self) -> BTreeMap<(ProviderKind, SessionStatus), usize> {
+    pub(crate) fn by_status(&self) -> BTreeMap<(ProviderKind, SessionStatus), usize> {
         let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let mut out = BTreeMap::new();
         for s in map.values() {

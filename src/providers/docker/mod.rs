@@ -15,10 +15,11 @@
 //! (create body and session records), [`exec`] (hijacked exec, frame
 //! demuxer, kill on timeout), [`state`] (local records).
 
-pub mod engine;
-pub mod exec;
-pub mod spec;
-pub mod state;
+pub(crate) mod engine;
+pub(crate) mod exec;
+pub(crate) mod http;
+pub(crate) mod spec;
+pub(crate) mod state;
 
 use super::{
     probe, ExecOutput, ExecSpec, Health, OutputSink, Provider, ProviderError, ServiceHealth,
@@ -26,8 +27,8 @@ use super::{
 };
 use crate::config::Config;
 use crate::protocol::{ProviderKind, SessionId};
-use crate::providers::unix_http::{self, encode, HttpError, Request};
 use engine::{api_error, call_name, message_of, parse_json, Engine, MAX_API, MIN_API};
+use http::{encode, HttpError, Request};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 
 /// Everything that can go wrong talking to the engine, by what failed.
 #[derive(Debug)]
-pub enum DockerError {
+pub(crate) enum DockerError {
     SocketMissing {
         socket: PathBuf,
     },
@@ -206,7 +207,7 @@ impl From<DockerError> for ProviderError {
     }
 }
 
-pub struct DockerProvider {
+pub(crate) struct DockerProvider {
     engine: Engine,
     node_id: String,
     default_image: String,
@@ -219,7 +220,7 @@ pub struct DockerProvider {
 }
 
 impl DockerProvider {
-    pub fn new(config: &Config, node_id: &str) -> DockerProvider {
+    pub(crate) fn new(config: &Config, node_id: &str) -> DockerProvider {
         DockerProvider {
             engine: Engine::new(
                 socket_path(config.docker.socket.as_deref()),
@@ -344,7 +345,7 @@ impl DockerProvider {
         log::info!(image = image; "pulling image {image}");
         let target = self.engine.target(&path)?;
         let stream = self.engine.connect(self.engine.timeout)?;
-        let (head, body) = unix_http::request_streaming(stream, &Request::new("POST", &target))
+        let (head, body) = http::request_streaming(stream, &Request::new("POST", &target))
             .map_err(|e| self.engine.http_error(&call, self.engine.timeout, e))?;
         if head.status != 200 {
             let mut body = body;
@@ -582,7 +583,7 @@ fn split_reference(image: &str) -> (&str, Option<&str>) {
 
 /// `docker.socket`, else `DOCKER_HOST` when it is `unix://…`, else the
 /// standard path.
-pub fn socket_path(configured: Option<&Path>) -> PathBuf {
+pub(crate) fn socket_path(configured: Option<&Path>) -> PathBuf {
     socket_path_with(configured, std::env::var("DOCKER_HOST").ok().as_deref())
 }
 
@@ -740,6 +741,8 @@ fn container_id(v: &Value, call: &str) -> Result<String, DockerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{OutputSink, Stream};
+    use std::time::Instant;
 
     #[test]
     fn splits_references_for_pull() {
@@ -931,5 +934,86 @@ mod tests {
         let again = state::LocalState::load(dir.join("cache").join("docker"));
         assert_eq!(again.get("s1").warnings, [warning]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Records when each chunk came.
+    struct Timed(Vec<(Instant, Stream, Vec<u8>)>);
+
+    impl OutputSink for Timed {
+        fn chunk(&mut self, stream: Stream, data: &[u8]) {
+            self.0.push((Instant::now(), stream, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn exec_output_reaches_the_sink_as_it_arrives_from_the_real_engine() {
+        let dir = std::env::temp_dir().join(format!("vdsink-{}", crate::util::random_hex(4)));
+        let mut config = crate::config::Config {
+            cache_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        // Built offline by tests/setup/images.sh (`make test` runs it).
+        config.docker.image = "vendetta-test/busybox:latest".into();
+        let node = format!("node-vu{}sink", std::process::id());
+        let p = DockerProvider::new(&config, &node);
+        let id = SessionId::parse(&format!("vu{}-sink", std::process::id())).unwrap();
+        // Removes the container and the cache dir, also when the test fails.
+        struct Cleanup<'a>(&'a DockerProvider, &'a SessionId, std::path::PathBuf);
+        impl Drop for Cleanup<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.destroy(self.1);
+                let _ = std::fs::remove_dir_all(&self.2);
+            }
+        }
+        let _cleanup = Cleanup(&p, &id, dir.clone());
+        p.create(&SessionSpec {
+            id: id.clone(),
+            node_id: node.clone(),
+            image: None,
+            workspace: None,
+            env: Default::default(),
+            ports: vec![],
+            resources: Default::default(),
+            labels: Default::default(),
+            command: None,
+            timeout: Duration::from_secs(30),
+        })
+        .unwrap();
+        p.start(&id).unwrap();
+        let spec = ExecSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo first; echo oops >&2; sleep 2; echo second".into(),
+            ],
+            env: Default::default(),
+            workdir: None,
+            user: None,
+            stdin: None,
+            timeout: Duration::from_secs(20),
+            max_output: 1 << 20,
+        };
+        let mut sink = Timed(Vec::new());
+        let t0 = Instant::now();
+        let out = p.exec(&id, &spec, &mut sink).unwrap();
+        let done = t0.elapsed();
+        assert_eq!(out.exit_code, Some(0));
+        assert_eq!(out.stdout, b"first\nsecond\n");
+        let first = sink
+            .0
+            .iter()
+            .find(|(_, s, d)| *s == Stream::Stdout && d.starts_with(b"first"))
+            .expect("a chunk with the first line");
+        assert!(
+            first.0 - t0 < Duration::from_millis(1500) && done >= Duration::from_secs(2),
+            "the first line came {:?} in, the exec took {done:?}: output was held back",
+            first.0 - t0
+        );
+        assert!(sink
+            .0
+            .iter()
+            .any(|(_, s, d)| *s == Stream::Stderr && d == b"oops\n"));
+        assert!(p.destroy(&id).unwrap());
+        assert!(!p.destroy(&id).unwrap());
     }
 }

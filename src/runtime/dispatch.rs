@@ -4,7 +4,7 @@
 //! Called on worker threads only. Provider errors map to result codes here,
 //! in one place (`failure_for`).
 
-use super::{status, Shared};
+use super::{status, Runtime};
 use crate::protocol::command::{CreateParams, ExecParams, ListParams, Request};
 use crate::protocol::{codes, Command, CommandResult, ProviderKind, SessionId, Status};
 use crate::providers::{
@@ -18,14 +18,14 @@ use std::time::{Duration, SystemTime};
 /// Default grace for `session stop` when the command gives none.
 const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub fn execute(shared: &Shared, cmd: &Command, sink: &mut dyn OutputSink) -> CommandResult {
+pub(crate) fn execute(rt: &Runtime, cmd: &Command, sink: &mut dyn OutputSink) -> CommandResult {
     let started = SystemTime::now();
     let request = match &cmd.request {
         Ok(r) => r,
         Err(field) => {
             return CommandResult::failure(
                 cmd,
-                &shared.node_id,
+                &rt.node_id,
                 started,
                 Status::Failed,
                 codes::INVALID,
@@ -33,36 +33,34 @@ pub fn execute(shared: &Shared, cmd: &Command, sink: &mut dyn OutputSink) -> Com
             )
         }
     };
-    let timeout = shared.config.timeout_for(cmd.timeout_asked());
+    let timeout = rt.config.timeout_for(cmd.timeout_asked());
     let outcome: Result<Value, Failure> = match request {
-        Request::SystemStatus => Ok(status::status(shared)),
-        Request::SystemInfo => Ok(status::info(shared)),
-        Request::SystemHealth => Ok(status::health(shared).1),
-        Request::SessionList(p) => list_sessions(shared, p).map(|s| json!(s)),
-        Request::SessionCreate(p) => create(shared, p, timeout),
-        Request::SessionStart(p) => with_session(shared, &p.session_id, |prov| {
+        Request::SystemStatus => Ok(status::status(rt)),
+        Request::SystemInfo => Ok(status::info(rt)),
+        Request::SystemHealth => Ok(status::health(rt).1),
+        Request::SessionList(p) => list_sessions(rt, p).map(|s| json!(s)),
+        Request::SessionCreate(p) => create(rt, p, timeout),
+        Request::SessionStart(p) => with_session(rt, &p.session_id, |prov| {
             let s = prov.start(&p.session_id)?;
-            Ok(session_changed(shared, s, "started"))
+            Ok(session_changed(rt, s, "started"))
         }),
         Request::SessionStop(p) => {
             let grace = p.timeout.unwrap_or(DEFAULT_STOP_GRACE).min(timeout);
-            with_session(shared, &p.session_id, |prov| {
+            with_session(rt, &p.session_id, |prov| {
                 let s = prov.stop(&p.session_id, grace)?;
-                Ok(session_changed(shared, s, "stopped"))
+                Ok(session_changed(rt, s, "stopped"))
             })
         }
-        Request::SessionDestroy(p) => destroy(shared, &p.session_id),
+        Request::SessionDestroy(p) => destroy(rt, &p.session_id),
         Request::SessionExec(p) => {
-            return exec(shared, cmd, p, timeout, sink, started);
+            return exec(rt, cmd, p, timeout, sink, started);
         }
-        Request::ServiceList(p) => service_list(shared, p),
-        Request::ServiceStatus(p) => service_status(shared, &p.session_id),
+        Request::ServiceList(p) => service_list(rt, p),
+        Request::ServiceStatus(p) => service_status(rt, &p.session_id),
     };
     match outcome {
-        Ok(data) => CommandResult::success(cmd, &shared.node_id, started, data),
-        Err(f) => {
-            CommandResult::failure(cmd, &shared.node_id, started, f.status, f.code, f.message)
-        }
+        Ok(data) => CommandResult::success(cmd, &rt.node_id, started, data),
+        Err(f) => CommandResult::failure(cmd, &rt.node_id, started, f.status, f.code, f.message),
     }
 }
 
@@ -107,36 +105,36 @@ fn failure_for(e: ProviderError) -> Failure {
     }
 }
 
-fn provider(shared: &Shared, kind: ProviderKind) -> Result<Arc<dyn Provider>, Failure> {
-    shared.registry.get(kind).ok_or_else(|| {
+fn provider(rt: &Runtime, kind: ProviderKind) -> Result<Arc<dyn Provider>, Failure> {
+    rt.registry.get(kind).ok_or_else(|| {
         Failure::new(
             codes::UNAVAILABLE,
             format!(
                 "provider {kind} is not enabled on this node (providers: {:?})",
-                shared.registry.kinds()
+                rt.registry.kinds()
             ),
         )
     })
 }
 
 /// Which provider owns a session: the table, else a fresh listing.
-fn owner(shared: &Shared, id: &SessionId) -> Result<Option<Arc<dyn Provider>>, Failure> {
-    if let Some(s) = shared.sessions.get(id.as_str()) {
-        return Ok(shared.registry.get(s.provider));
+fn owner(rt: &Runtime, id: &SessionId) -> Result<Option<Arc<dyn Provider>>, Failure> {
+    if let Some(s) = rt.sessions.get(id.as_str()) {
+        return Ok(rt.registry.get(s.provider));
     }
-    refresh_sessions(shared, None);
-    Ok(shared
+    refresh_sessions(rt, None);
+    Ok(rt
         .sessions
         .get(id.as_str())
-        .and_then(|s| shared.registry.get(s.provider)))
+        .and_then(|s| rt.registry.get(s.provider)))
 }
 
 fn with_session(
-    shared: &Shared,
+    rt: &Runtime,
     id: &SessionId,
     f: impl FnOnce(&Arc<dyn Provider>) -> Result<Value, ProviderError>,
 ) -> Result<Value, Failure> {
-    match owner(shared, id)? {
+    match owner(rt, id)? {
         Some(p) => f(&p).map_err(failure_for),
         None => Err(Failure::new(
             codes::NOT_FOUND,
@@ -146,14 +144,14 @@ fn with_session(
 }
 
 /// Lists providers live (all, or one) and refreshes the table from them.
-fn refresh_sessions(shared: &Shared, only: Option<ProviderKind>) -> (Vec<Session>, Vec<String>) {
+fn refresh_sessions(rt: &Runtime, only: Option<ProviderKind>) -> (Vec<Session>, Vec<String>) {
     let mut all = Vec::new();
     let mut errors = Vec::new();
-    for p in shared.registry.all() {
+    for p in rt.registry.all() {
         if only.is_some_and(|k| k != p.kind()) {
             continue;
         }
-        match super::monitor::sync(shared, p.as_ref()) {
+        match super::monitor::sync(rt, p.as_ref()) {
             Ok(list) => all.extend(list),
             Err(e) => errors.push(format!("{}: {e}", p.kind())),
         }
@@ -161,11 +159,11 @@ fn refresh_sessions(shared: &Shared, only: Option<ProviderKind>) -> (Vec<Session
     (all, errors)
 }
 
-fn list_sessions(shared: &Shared, p: &ListParams) -> Result<Vec<Session>, Failure> {
+fn list_sessions(rt: &Runtime, p: &ListParams) -> Result<Vec<Session>, Failure> {
     if let Some(kind) = p.provider {
-        provider(shared, kind)?;
+        provider(rt, kind)?;
     }
-    let (mut sessions, errors) = refresh_sessions(shared, p.provider);
+    let (mut sessions, errors) = refresh_sessions(rt, p.provider);
     if sessions.is_empty() && !errors.is_empty() && p.provider.is_some() {
         return Err(Failure::new(codes::UNAVAILABLE, errors.join("; ")));
     }
@@ -176,10 +174,10 @@ fn list_sessions(shared: &Shared, p: &ListParams) -> Result<Vec<Session>, Failur
     Ok(sessions)
 }
 
-fn create(shared: &Shared, p: &CreateParams, timeout: Duration) -> Result<Value, Failure> {
-    let kind = p.provider.unwrap_or(shared.config.provider);
-    let prov = provider(shared, kind)?;
-    if let Some(existing) = shared.sessions.get(p.session_id.as_str()) {
+fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Failure> {
+    let kind = p.provider.unwrap_or(rt.config.provider);
+    let prov = provider(rt, kind)?;
+    if let Some(existing) = rt.sessions.get(p.session_id.as_str()) {
         return Err(Failure::new(
             codes::CONFLICT,
             format!(
@@ -190,24 +188,24 @@ fn create(shared: &Shared, p: &CreateParams, timeout: Duration) -> Result<Value,
             ),
         ));
     }
-    let (total, _) = shared.sessions.counts();
-    if total >= shared.config.limits.max_sessions {
+    let (total, _) = rt.sessions.counts();
+    if total >= rt.config.limits.max_sessions {
         return Err(Failure {
             status: Status::Rejected,
             code: codes::REJECTED,
             message: format!(
                 "limits.max_sessions ({}) reached; destroy a session or raise the limit",
-                shared.config.limits.max_sessions
+                rt.config.limits.max_sessions
             ),
         });
     }
     let workspace = match &p.workspace_path {
-        Some(w) => Some(check_workspace(w, &shared.config.workspace_roots)?),
+        Some(w) => Some(check_workspace(w, &rt.config.workspace_roots)?),
         None => None,
     };
     let spec = SessionSpec {
         id: p.session_id.clone(),
-        node_id: shared.node_id.clone(),
+        node_id: rt.node_id.clone(),
         image: p.image.clone(),
         workspace,
         env: p.env.clone(),
@@ -218,7 +216,7 @@ fn create(shared: &Shared, p: &CreateParams, timeout: Duration) -> Result<Value,
         timeout,
     };
     let session = prov.create(&spec)?;
-    Ok(session_changed(shared, session, "created"))
+    Ok(session_changed(rt, session, "created"))
 }
 
 /// The workspace must exist, be a directory, and (when roots are set) lie
@@ -253,23 +251,23 @@ fn check_workspace(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
     Ok(real)
 }
 
-fn destroy(shared: &Shared, id: &SessionId) -> Result<Value, Failure> {
-    let Some(prov) = owner(shared, id)? else {
+fn destroy(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
+    let Some(prov) = owner(rt, id)? else {
         // Idempotent: destroying what is not there succeeds.
         return Ok(json!({"id": id, "destroyed": false, "existed": false}));
     };
     let existed = prov.destroy(id)?;
-    if let Some(s) = shared.sessions.remove(id.as_str()) {
-        shared.events.publish("session", json!({"id": s.id, "provider": s.provider, "event": "destroyed", "status": "destroyed"}));
+    if let Some(s) = rt.sessions.remove(id.as_str()) {
+        rt.events.publish("session", json!({"id": s.id, "provider": s.provider, "event": "destroyed", "status": "destroyed"}));
     }
     log::info!(session_id = id.as_str(); "session destroyed");
     Ok(json!({"id": id, "destroyed": existed, "existed": existed}))
 }
 
 /// Updates the table, publishes the event and returns the record.
-fn session_changed(shared: &Shared, s: Session, what: &str) -> Value {
-    shared.sessions.upsert(s.clone());
-    shared.events.publish(
+fn session_changed(rt: &Runtime, s: Session, what: &str) -> Value {
+    rt.sessions.upsert(s.clone());
+    rt.events.publish(
         "session",
         json!({"id": s.id, "provider": s.provider, "event": what, "status": s.status.as_str()}),
     );
@@ -278,15 +276,15 @@ fn session_changed(shared: &Shared, s: Session, what: &str) -> Value {
 }
 
 fn exec(
-    shared: &Shared,
+    rt: &Runtime,
     cmd: &Command,
     p: &ExecParams,
     timeout: Duration,
     sink: &mut dyn OutputSink,
     started: SystemTime,
 ) -> CommandResult {
-    let node = &shared.node_id;
-    let prov = match owner(shared, &p.session_id) {
+    let node = &rt.node_id;
+    let prov = match owner(rt, &p.session_id) {
         Ok(Some(prov)) => prov,
         Ok(None) => {
             let m = format!(
@@ -309,7 +307,7 @@ fn exec(
         user: p.user.clone(),
         stdin: p.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
         timeout,
-        max_output: usize::try_from(shared.config.limits.max_output).unwrap_or(usize::MAX),
+        max_output: usize::try_from(rt.config.limits.max_output).unwrap_or(usize::MAX),
     };
     match prov.exec(&p.session_id, &spec, sink) {
         Ok(out) => {
@@ -352,27 +350,27 @@ fn exec(
     }
 }
 
-fn service_list(shared: &Shared, p: &ListParams) -> Result<Value, Failure> {
-    let sessions = list_sessions(shared, p)?;
+fn service_list(rt: &Runtime, p: &ListParams) -> Result<Value, Failure> {
+    let sessions = list_sessions(rt, p)?;
     let services: Vec<Value> = sessions
         .iter()
         .filter(|s| s.status == SessionStatus::Running)
-        .map(|s| service_doc(shared, s))
+        .map(|s| service_doc(rt, s))
         .collect();
     Ok(json!(services))
 }
 
-fn service_status(shared: &Shared, id: &SessionId) -> Result<Value, Failure> {
-    owner(shared, id)?;
-    let s = shared
+fn service_status(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
+    owner(rt, id)?;
+    let s = rt
         .sessions
         .get(id.as_str())
         .ok_or_else(|| Failure::new(codes::NOT_FOUND, format!("no session {id} on this node")))?;
-    Ok(service_doc(shared, &s))
+    Ok(service_doc(rt, &s))
 }
 
-fn service_doc(shared: &Shared, s: &Session) -> Value {
-    let health = match (s.status, shared.registry.get(s.provider)) {
+fn service_doc(rt: &Runtime, s: &Session) -> Value {
+    let health = match (s.status, rt.registry.get(s.provider)) {
         (SessionStatus::Running, Some(p)) => {
             serde_json::to_value(p.service_health(s)).unwrap_or(Value::Null)
         }

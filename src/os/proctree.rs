@@ -7,28 +7,28 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Whether `/proc/{pid}/environ` holds exactly the entry `entry`.
-pub fn environ_has(pid: u32, entry: &str) -> bool {
+pub(crate) fn environ_has(pid: u32, entry: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
 }
 
 /// One process as /proc/PID/stat shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Proc {
-    pub pid: u32,
-    pub state: char,
-    pub ppid: u32,
-    pub pgrp: u32,
-    pub sid: u32,
+pub(crate) struct Proc {
+    pub(crate) pid: u32,
+    pub(crate) state: char,
+    pub(crate) ppid: u32,
+    pub(crate) pgrp: u32,
+    pub(crate) sid: u32,
     /// Clock ticks after boot (field 22): with the pid, it tells a
     /// process from a later one that reuses its pid.
-    pub start_time: Option<u64>,
+    pub(crate) start_time: Option<u64>,
     /// Exited, not yet reaped (Z), or dead (X).
-    pub zombie: bool,
+    pub(crate) zombie: bool,
 }
 
 /// The process `pid`, if there is one.
-pub fn read_proc(pid: u32) -> Option<Proc> {
+pub(crate) fn read_proc(pid: u32) -> Option<Proc> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(pid, &stat)
 }
@@ -50,7 +50,7 @@ fn parse_stat(pid: u32, stat: &str) -> Option<Proc> {
 }
 
 /// Every process /proc shows.
-pub fn all_procs() -> Vec<Proc> {
+pub(crate) fn all_procs() -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -60,14 +60,14 @@ pub fn all_procs() -> Vec<Proc> {
 }
 
 /// Whether a cgroup path of `pid` contains `needle` (a Docker container id).
-pub fn cgroup_contains(pid: u32, needle: &str) -> bool {
+pub(crate) fn cgroup_contains(pid: u32, needle: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(needle))
 }
 
 /// Whether a cgroup path of `pid` has `dir` as one of its directories (an
 /// LXC container's `lxc.payload.NAME`; a prefix of another name is no
 /// match).
-pub fn cgroup_has_dir(pid: u32, dir: &str) -> bool {
+pub(crate) fn cgroup_has_dir(pid: u32, dir: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| has_dir(&c, dir))
 }
 
@@ -80,7 +80,7 @@ fn has_dir(cgroup: &str, dir: &str) -> bool {
 }
 
 /// Live processes whose environment holds exactly `entry`.
-pub fn tagged(entry: &str) -> Vec<u32> {
+pub(crate) fn tagged(entry: &str) -> Vec<u32> {
     all_procs()
         .into_iter()
         .filter(|p| !p.zombie && environ_has(p.pid, entry))
@@ -115,7 +115,7 @@ fn tree_of(root: u32, procs: &[Proc]) -> BTreeSet<u32> {
 /// descendants, each only if `inside` says it is in the session's
 /// container (so a recycled pid on the host is never hit). Returns how
 /// many signals it sent.
-pub fn kill_tree(root: u32, inside: &dyn Fn(u32) -> bool) -> Result<usize, String> {
+pub(crate) fn kill_tree(root: u32, inside: &dyn Fn(u32) -> bool) -> Result<usize, String> {
     match read_proc(root) {
         None => return Ok(0),
         Some(p) if p.zombie => return Ok(0),

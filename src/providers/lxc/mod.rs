@@ -32,15 +32,17 @@
 //! exec failure -> 127); its own attach failures (exit 1 with only
 //! `lxc-attach: NAME: …` lines on stderr) become provider errors instead.
 
-use super::process::{self, Outcome, ProcessError};
-use super::proctree;
+pub(crate) mod process;
+
 use super::{
     probe, ExecOutput, ExecSpec, Health, OutputSink, Provider, ProviderError, Session, SessionSpec,
     SessionStatus,
 };
 use crate::config::{self, Config, LxcNetwork};
+use crate::os::proctree;
 use crate::protocol::command::Resources;
 use crate::protocol::{ProviderKind, SessionId};
+use process::{Outcome, ProcessError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -53,14 +55,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Container names are this prefix plus the session id.
-pub const PREFIX: &str = "vendetta-";
+pub(crate) const PREFIX: &str = "vendetta-";
 /// The busybox template writes the name as the hostname, which the kernel
 /// limits to 64 bytes; a longer name fails inside `lxc-create`.
-pub const MAX_NAME: usize = 64;
+pub(crate) const MAX_NAME: usize = 64;
 /// Where LXC 5 (Debian) keeps its templates, `lxc-<name>`.
-pub const TEMPLATE_DIR: &str = "/usr/share/lxc/templates";
+pub(crate) const TEMPLATE_DIR: &str = "/usr/share/lxc/templates";
 /// The log `lxc-start -o` writes, inside the container's directory.
-pub const START_LOG: &str = "vendetta-start.log";
+pub(crate) const START_LOG: &str = "vendetta-start.log";
 const MARKER: &str = "# vendetta.managed = true";
 const NODE_KEY: &str = "# vendetta.node = ";
 const CREATED_KEY: &str = "# vendetta.created = ";
@@ -72,7 +74,7 @@ const CHECKCONFIG_TTL: Duration = Duration::from_secs(600);
 /// CFS period for `cpus` limits, in µs (the kernel default).
 const CPU_PERIOD_US: u64 = 100_000;
 /// The tools the provider runs.
-pub const TOOLS: [&str; 8] = [
+pub(crate) const TOOLS: [&str; 8] = [
     "lxc-create",
     "lxc-start",
     "lxc-wait",
@@ -87,7 +89,7 @@ pub const TOOLS: [&str; 8] = [
 /// into the script, so nothing in them is interpreted.
 const CD_WRAPPER: &str = r#"cd -- "$1" 2>/dev/null || { printf 'vendetta: workdir %s does not exist or is not a directory in the container\n' "$1" >&2; exit 126; }; shift; exec "$@""#;
 
-pub struct LxcProvider {
+pub(crate) struct LxcProvider {
     cfg: config::Lxc,
     node_id: String,
     /// `lxc-checkconfig` and version findings, refreshed every CHECKCONFIG_TTL.
@@ -97,7 +99,7 @@ pub struct LxcProvider {
 /// What went wrong in the LXC provider. Messages name the step and its
 /// inputs and say what to do.
 #[derive(Debug)]
-pub enum LxcError {
+pub(crate) enum LxcError {
     /// The session id cannot become a container name.
     Name { id: String, reason: String },
     /// A request field this provider cannot honour.
@@ -207,7 +209,7 @@ fn clip(s: &str, max: usize) -> &str {
 
 /// The container name for a session id, checked again here (the id also
 /// names a directory): `[a-z0-9][a-z0-9_.-]*` and at most MAX_NAME in all.
-pub fn container_name(id: &str) -> Result<String, LxcError> {
+pub(crate) fn container_name(id: &str) -> Result<String, LxcError> {
     let bad = |reason: String| LxcError::Name {
         id: id.to_string(),
         reason,
@@ -236,32 +238,32 @@ pub fn container_name(id: &str) -> Result<String, LxcError> {
 /// The session's record, kept in the container config as one JSON line.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Meta {
-    pub session: String,
-    pub image: String,
-    pub labels: BTreeMap<String, String>,
-    pub env: BTreeMap<String, String>,
+pub(crate) struct Meta {
+    pub(crate) session: String,
+    pub(crate) image: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
+    pub(crate) command: Option<Vec<String>>,
     /// Whether /workspace is bind-mounted (then it is the default workdir).
-    pub workspace: bool,
+    pub(crate) workspace: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// What the marker lines of a config say.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Marker {
-    pub managed: bool,
-    pub node: Option<String>,
-    pub created: Option<String>,
-    pub meta: Option<Meta>,
+pub(crate) struct Marker {
+    pub(crate) managed: bool,
+    pub(crate) node: Option<String>,
+    pub(crate) created: Option<String>,
+    pub(crate) meta: Option<Meta>,
     /// The meta line was there but could not be parsed.
-    pub meta_garbled: bool,
+    pub(crate) meta_garbled: bool,
 }
 
 /// Reads the marker lines from a container config.
-pub fn parse_marker(config: &str) -> Marker {
+pub(crate) fn parse_marker(config: &str) -> Marker {
     let mut m = Marker::default();
     for line in config.lines() {
         let line = line.trim_end();
@@ -282,7 +284,7 @@ pub fn parse_marker(config: &str) -> Marker {
 }
 
 /// Decides whether a container is ours: marked, by this node, for this id.
-pub fn ownership(
+pub(crate) fn ownership(
     marker: &Marker,
     node_id: &str,
     id: &str,
@@ -324,16 +326,16 @@ pub fn ownership(
 
 /// A template name plus the arguments a create passes to it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Template {
-    pub name: String,
-    pub args: Vec<String>,
+pub(crate) struct Template {
+    pub(crate) name: String,
+    pub(crate) args: Vec<String>,
 }
 
 /// Parses `image`: a template name, optionally followed by template
 /// arguments (`download --dist debian --release bookworm --arch amd64`).
 /// Each option must be in `allowed` (lxc.template_args); values are plain
 /// words (letters, digits, `._:/+,@-`, not starting with `-`).
-pub fn parse_image(image: &str, allowed: &[String]) -> Result<Template, LxcError> {
+pub(crate) fn parse_image(image: &str, allowed: &[String]) -> Result<Template, LxcError> {
     let bad = |reason: String| LxcError::Spec {
         field: "image",
         reason,
@@ -412,7 +414,7 @@ pub fn parse_image(image: &str, allowed: &[String]) -> Result<Template, LxcError
 
 /// How the host's cgroups are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupMode {
+pub(crate) enum CgroupMode {
     /// cgroup v2 only (`/sys/fs/cgroup` is cgroup2fs): `lxc.cgroup2.*`.
     Unified,
     /// v1 controllers with a v2 hierarchy beside them: `lxc.cgroup.*`.
@@ -424,7 +426,7 @@ pub enum CgroupMode {
 }
 
 impl CgroupMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CgroupMode::Unified => "unified (v2)",
             CgroupMode::Hybrid => "hybrid (v1 controllers + v2)",
@@ -436,17 +438,17 @@ impl CgroupMode {
 
 /// Which limits the host can enforce, and in which key family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupHost {
-    pub mode: CgroupMode,
-    pub memory: bool,
-    pub cpu: bool,
-    pub pids: bool,
+pub(crate) struct CgroupHost {
+    pub(crate) mode: CgroupMode,
+    pub(crate) memory: bool,
+    pub(crate) cpu: bool,
+    pub(crate) pids: bool,
 }
 
 impl CgroupHost {
     /// Looks at /sys/fs/cgroup: its file system type (cgroup2fs = unified),
     /// then which controllers are there.
-    pub fn detect() -> CgroupHost {
+    pub(crate) fn detect() -> CgroupHost {
         CgroupHost::detect_at(Path::new("/sys/fs/cgroup"))
     }
 
@@ -495,7 +497,7 @@ impl CgroupHost {
 
 /// Controllers enabled and attached to a v1 hierarchy, from /proc/cgroups
 /// (`subsys_name hierarchy num_cgroups enabled`).
-pub fn v1_controllers(proc_cgroups: &str) -> Vec<String> {
+pub(crate) fn v1_controllers(proc_cgroups: &str) -> Vec<String> {
     proc_cgroups
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -512,8 +514,9 @@ pub fn v1_controllers(proc_cgroups: &str) -> Vec<String> {
 fn statfs_type(path: &Path) -> Option<i64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs fills the zeroed struct; c is a valid C string.
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs fills the struct we own; c is a valid C string.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return None;
     }
@@ -523,7 +526,7 @@ fn statfs_type(path: &Path) -> Option<i64> {
 
 /// The config lines for the requested limits and, plainly, the limits the
 /// host cannot enforce.
-pub fn limit_lines(r: &Resources, host: &CgroupHost) -> (Vec<String>, Vec<String>) {
+pub(crate) fn limit_lines(r: &Resources, host: &CgroupHost) -> (Vec<String>, Vec<String>) {
     let v2 = host.mode == CgroupMode::Unified;
     let mut lines = Vec::new();
     let mut missing = Vec::new();
@@ -569,7 +572,7 @@ pub fn limit_lines(r: &Resources, host: &CgroupHost) -> (Vec<String>, Vec<String
 
 /// Escapes a host path for an fstab-format field (`lxc.mount.entry`):
 /// space, tab, newline and backslash as octal, as getmntent(3) reads them.
-pub fn fstab_escape(path: &str) -> String {
+pub(crate) fn fstab_escape(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for c in path.chars() {
         match c {
@@ -584,19 +587,19 @@ pub fn fstab_escape(path: &str) -> String {
 }
 
 /// Everything the config file is made of.
-pub struct ConfigInput<'a> {
-    pub node_id: &'a str,
-    pub created: &'a str,
-    pub meta: &'a Meta,
-    pub network: LxcNetwork,
-    pub bridge: &'a str,
-    pub workspace: Option<&'a Path>,
-    pub limits: &'a [String],
+pub(crate) struct ConfigInput<'a> {
+    pub(crate) node_id: &'a str,
+    pub(crate) created: &'a str,
+    pub(crate) meta: &'a Meta,
+    pub(crate) network: LxcNetwork,
+    pub(crate) bridge: &'a str,
+    pub(crate) workspace: Option<&'a Path>,
+    pub(crate) limits: &'a [String],
 }
 
 /// The config file passed to `lxc-create -f`. The template appends its own
 /// lines (rootfs, hostname, its mounts) after these.
-pub fn render_config(c: &ConfigInput) -> String {
+pub(crate) fn render_config(c: &ConfigInput) -> String {
     let mut s = String::new();
     s.push_str("# Written by the vendetta agent. The lines below mark this container as a\n");
     s.push_str("# vendetta session; without them vendetta never touches it.\n");
@@ -635,7 +638,10 @@ pub fn render_config(c: &ConfigInput) -> String {
 }
 
 /// Checks that env keys and values fit config lines and `-v K=V`.
-pub fn check_env(field: &'static str, env: &BTreeMap<String, String>) -> Result<(), LxcError> {
+pub(crate) fn check_env(
+    field: &'static str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), LxcError> {
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.chars().any(|c| c.is_whitespace() || c.is_control())
         {
@@ -665,7 +671,7 @@ fn base_args(lxcpath: &Path, name: &str) -> Vec<OsString> {
 }
 
 /// `lxc-create -P path -n name -t template -f conf [-- args]`
-pub fn create_argv(lxcpath: &Path, name: &str, t: &Template, conf: &Path) -> Vec<OsString> {
+pub(crate) fn create_argv(lxcpath: &Path, name: &str, t: &Template, conf: &Path) -> Vec<OsString> {
     let mut a = base_args(lxcpath, name);
     a.extend([os("-t"), os(&t.name), os("-f"), os(conf)]);
     if !t.args.is_empty() {
@@ -676,7 +682,7 @@ pub fn create_argv(lxcpath: &Path, name: &str, t: &Template, conf: &Path) -> Vec
 }
 
 /// `lxc-start -P path -n name -d -o log -l WARN [-- command]`
-pub fn start_argv(
+pub(crate) fn start_argv(
     lxcpath: &Path,
     name: &str,
     log: &Path,
@@ -692,7 +698,7 @@ pub fn start_argv(
 }
 
 /// `lxc-wait -P path -n name -s STATES -t secs`
-pub fn wait_argv(lxcpath: &Path, name: &str, states: &str, secs: u64) -> Vec<OsString> {
+pub(crate) fn wait_argv(lxcpath: &Path, name: &str, states: &str, secs: u64) -> Vec<OsString> {
     let mut a = base_args(lxcpath, name);
     a.extend([os("-s"), os(states), os("-t"), os(secs.to_string())]);
     a
@@ -701,7 +707,7 @@ pub fn wait_argv(lxcpath: &Path, name: &str, states: &str, secs: u64) -> Vec<OsS
 /// `lxc-stop -P path -n name -k` when there is no grace, else
 /// `-t secs` (LXC then kills after the grace itself). `-k` with `-t` is
 /// rejected by lxc-stop, so they never go together.
-pub fn stop_argv(lxcpath: &Path, name: &str, grace: Duration) -> Vec<OsString> {
+pub(crate) fn stop_argv(lxcpath: &Path, name: &str, grace: Duration) -> Vec<OsString> {
     let mut a = base_args(lxcpath, name);
     if grace.is_zero() {
         a.push(os("-k"));
@@ -713,21 +719,21 @@ pub fn stop_argv(lxcpath: &Path, name: &str, grace: Duration) -> Vec<OsString> {
 }
 
 /// `lxc-destroy -P path -n name -f`
-pub fn destroy_argv(lxcpath: &Path, name: &str) -> Vec<OsString> {
+pub(crate) fn destroy_argv(lxcpath: &Path, name: &str) -> Vec<OsString> {
     let mut a = base_args(lxcpath, name);
     a.push(os("-f"));
     a
 }
 
 /// `lxc-info -P path -n name -s -H`: the bare state word.
-pub fn state_argv(lxcpath: &Path, name: &str) -> Vec<OsString> {
+pub(crate) fn state_argv(lxcpath: &Path, name: &str) -> Vec<OsString> {
     let mut a = base_args(lxcpath, name);
     a.extend([os("-s"), os("-H")]);
     a
 }
 
 /// `lxc-ls -P path -f -F NAME,STATE --filter ^vendetta-` (`-F` needs `-f`).
-pub fn ls_argv(lxcpath: &Path) -> Vec<OsString> {
+pub(crate) fn ls_argv(lxcpath: &Path) -> Vec<OsString> {
     vec![
         os("-P"),
         os(lxcpath),
@@ -740,7 +746,7 @@ pub fn ls_argv(lxcpath: &Path) -> Vec<OsString> {
 
 /// `lxc-attach -P path -n name --clear-env [-u uid -g gid] [-v K=V]… --
 /// [sh -c CD_WRAPPER vendetta-exec DIR] argv…`
-pub fn attach_argv(
+pub(crate) fn attach_argv(
     lxcpath: &Path,
     name: &str,
     env: &BTreeMap<String, String>,
@@ -774,7 +780,7 @@ pub fn attach_argv(
 
 /// Parses an exec `user`: `uid`, `uid:gid`, or `root`. Names other than
 /// root would need the container's passwd file; lxc-attach takes numbers.
-pub fn parse_user(user: &str) -> Result<(u32, u32), LxcError> {
+pub(crate) fn parse_user(user: &str) -> Result<(u32, u32), LxcError> {
     let bad = || LxcError::Spec {
         field: "user",
         reason: format!(
@@ -795,7 +801,7 @@ pub fn parse_user(user: &str) -> Result<(u32, u32), LxcError> {
 
 /// How a finished `lxc-attach` is read.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AttachVerdict {
+pub(crate) enum AttachVerdict {
     /// The command ran; its exit code.
     Ran(i32),
     /// LXC itself could not attach (exit 1 and only its own messages).
@@ -804,7 +810,7 @@ pub enum AttachVerdict {
 
 /// Tells LXC's attach failures from a command that exited 1: LXC prints
 /// only `lxc-attach: NAME: …` lines and the command never ran.
-pub fn classify_attach(code: i32, stderr: &str, name: &str) -> AttachVerdict {
+pub(crate) fn classify_attach(code: i32, stderr: &str, name: &str) -> AttachVerdict {
     let prefix = format!("lxc-attach: {name}: ");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     if code == 1 && !lines.is_empty() && lines.iter().all(|l| l.starts_with(&prefix)) {
@@ -816,7 +822,7 @@ pub fn classify_attach(code: i32, stderr: &str, name: &str) -> AttachVerdict {
 
 /// The useful ERROR lines of an `lxc-start` log, without LXC's generic
 /// follow-ups and its harmless `lxc.seccomp` getter noise.
-pub fn start_failure_cause(log: &str) -> String {
+pub(crate) fn start_failure_cause(log: &str) -> String {
     const GENERIC: [&str; 6] = [
         "Unsupported config key",
         "The container failed to start",
@@ -851,7 +857,7 @@ pub fn start_failure_cause(log: &str) -> String {
 }
 
 /// Session status from an LXC state word and whether it was ever started.
-pub fn status_of(state: &str, ever_started: bool) -> SessionStatus {
+pub(crate) fn status_of(state: &str, ever_started: bool) -> SessionStatus {
     match state {
         "RUNNING" | "STARTING" | "FROZEN" | "FREEZING" | "THAWED" => SessionStatus::Running,
         "STOPPED" if !ever_started => SessionStatus::Created,
@@ -862,7 +868,7 @@ pub fn status_of(state: &str, ever_started: bool) -> SessionStatus {
 
 /// (name, state) rows of `lxc-ls -f -F NAME,STATE`; no containers means no
 /// output at all, not even the header.
-pub fn parse_ls(out: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_ls(out: &str) -> Vec<(String, String)> {
     out.lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
@@ -874,7 +880,7 @@ pub fn parse_ls(out: &str) -> Vec<(String, String)> {
 }
 
 /// The essentials of `lxc-checkconfig` that are not "enabled".
-pub fn checkconfig_problems(text: &str, veth: bool) -> Vec<String> {
+pub(crate) fn checkconfig_problems(text: &str, veth: bool) -> Vec<String> {
     let mut essentials = vec![
         "Namespaces",
         "Utsname namespace",
@@ -946,7 +952,7 @@ impl Drop for TempFile {
 }
 
 impl LxcProvider {
-    pub fn new(config: &Config, node_id: &str) -> LxcProvider {
+    pub(crate) fn new(config: &Config, node_id: &str) -> LxcProvider {
         LxcProvider {
             cfg: config.lxc.clone(),
             node_id: node_id.to_string(),

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     stage(path, bytes, mode)?.commit()?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
@@ -15,20 +15,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// A temp file written and fsynced, not yet renamed into place. Staging is
 /// the slow part of a write; a caller that must serialize the rename with
 /// other changes can hold its lock for `commit` alone.
-pub struct Staged {
+pub(crate) struct Staged {
     tmp: PathBuf,
     path: PathBuf,
     committed: bool,
 }
 
-pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
+pub(crate) fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
     stage_with(path, bytes, mode, true)
 }
 
 /// Replaces `path` atomically (temp file, rename) without syncing: a
 /// reader, or a process killed midway, sees the old file or the new one,
 /// but a power cut may bring back the old one.
-pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     stage_with(path, bytes, mode, false)?.commit()
 }
 
@@ -58,7 +58,7 @@ fn stage_with(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<St
 impl Staged {
     /// Renames the file into place. It survives a power cut only after the
     /// directory is synced too (`sync_dir`).
-    pub fn commit(mut self) -> io::Result<()> {
+    pub(crate) fn commit(mut self) -> io::Result<()> {
         fs::rename(&self.tmp, &self.path)?;
         self.committed = true;
         Ok(())
@@ -73,12 +73,12 @@ impl Drop for Staged {
     }
 }
 
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
-pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -87,7 +87,7 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
 
 /// Moves a damaged file into `corrupt/` next to its directory's parent so
 /// that it can be inspected, and returns where it went.
-pub fn move_aside(path: &Path, corrupt_dir: &Path) -> io::Result<PathBuf> {
+pub(crate) fn move_aside(path: &Path, corrupt_dir: &Path) -> io::Result<PathBuf> {
     ensure_dir(corrupt_dir)?;
     let name = path
         .file_name()
@@ -103,7 +103,7 @@ pub fn move_aside(path: &Path, corrupt_dir: &Path) -> io::Result<PathBuf> {
 }
 
 /// Removes leftover temp files of interrupted writes.
-pub fn clean_temp_files(dir: &Path) {
+pub(crate) fn clean_temp_files(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().contains(".tmp-") {

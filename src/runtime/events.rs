@@ -14,12 +14,12 @@ const BACKLOG: usize = 256;
 const SUBSCRIBER_BUFFER: usize = 256;
 
 #[derive(Debug)]
-pub struct Event {
-    pub seq: u64,
+pub(crate) struct Event {
+    pub(crate) seq: u64,
     /// `command` or `session`.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// The JSON payload, serialized once for every subscriber.
-    pub data: String,
+    pub(crate) data: String,
 }
 
 #[derive(Default)]
@@ -29,7 +29,7 @@ struct Inner {
     backlog: VecDeque<Arc<Event>>,
 }
 
-pub struct Events {
+pub(crate) struct Events {
     inner: Mutex<Inner>,
 }
 
@@ -53,7 +53,7 @@ impl Default for Events {
 
 impl Events {
     /// Publishes to every subscriber; returns how many were dropped as slow.
-    pub fn publish(&self, kind: &'static str, mut data: Value) -> usize {
+    pub(crate) fn publish(&self, kind: &'static str, mut data: Value) -> usize {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.seq += 1;
         let seq = inner.seq;
@@ -81,7 +81,10 @@ impl Events {
     }
 
     /// A new subscription, with the backlog after `last_seen` (if given).
-    pub fn subscribe(&self, last_seen: Option<u64>) -> (Vec<Arc<Event>>, Receiver<Arc<Event>>) {
+    pub(crate) fn subscribe(
+        &self,
+        last_seen: Option<u64>,
+    ) -> (Vec<Arc<Event>>, Receiver<Arc<Event>>) {
         let (tx, rx) = bounded(SUBSCRIBER_BUFFER);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let backlog = match last_seen {
@@ -97,7 +100,7 @@ impl Events {
         (backlog, rx)
     }
 
-    pub fn subscribers(&self) -> usize {
+    pub(crate) fn subscribers(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -6,7 +6,9 @@
 //! (LSB, for `agent status` and every client verb); `session exec` exits
 //! with the command's own code, 124 when it timed out.
 
-use crate::client::{Client, ClientError};
+pub(crate) mod client;
+
+use crate::cli::client::{Client, ClientError};
 use crate::config::{self, ConfigError};
 use crate::protocol::{duration, ProviderKind};
 use pico_args::Arguments;
@@ -16,21 +18,20 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_NOT_RUNNING: i32 = 3;
-pub const EXIT_TIMEOUT: i32 = 124;
+pub(crate) const EXIT_OK: i32 = 0;
+pub(crate) const EXIT_FAILED: i32 = 1;
+pub(crate) const EXIT_USAGE: i32 = 2;
+pub(crate) const EXIT_NOT_RUNNING: i32 = 3;
+pub(crate) const EXIT_TIMEOUT: i32 = 124;
 
 #[derive(Debug)]
-pub enum CliError {
+pub(crate) enum CliError {
     Usage(String),
     Config(ConfigError),
     Agent(crate::agent::AgentError),
     Client(ClientError),
     /// A command ran and failed; the message is the result's error.
     Failed(String),
-    NotRunning(String),
 }
 
 impl fmt::Display for CliError {
@@ -41,19 +42,16 @@ impl fmt::Display for CliError {
             CliError::Agent(e) => write!(f, "{e}"),
             CliError::Client(e) => write!(f, "{e}"),
             CliError::Failed(m) => write!(f, "{m}"),
-            CliError::NotRunning(m) => write!(f, "{m}"),
         }
     }
 }
 
 impl CliError {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) | CliError::Config(_) => EXIT_USAGE,
             CliError::Client(ClientError::Config(_)) => EXIT_USAGE,
-            CliError::Client(ClientError::Unreachable { .. }) | CliError::NotRunning(_) => {
-                EXIT_NOT_RUNNING
-            }
+            CliError::Client(ClientError::Unreachable { .. }) => EXIT_NOT_RUNNING,
             CliError::Agent(_) | CliError::Client(_) | CliError::Failed(_) => EXIT_FAILED,
         }
     }
@@ -229,7 +227,7 @@ Usage: vendetta system <status|info|health>
 ";
 
 /// Runs the CLI; returns the process exit code.
-pub fn main(argv: Vec<OsString>) -> i32 {
+pub(crate) fn main(argv: Vec<OsString>) -> i32 {
     // Everything after the first "--" is a command line, not options.
     let split = argv.iter().position(|a| a == "--");
     let (head, tail): (Vec<OsString>, Vec<String>) = match split {
@@ -254,7 +252,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
 fn run(head: Vec<OsString>, tail: Vec<String>) -> Result<i32, CliError> {
     let mut args = Arguments::from_vec(head);
     if args.contains(["-V", "--version"]) {
-        println!("vendetta {}", crate::agent::VERSION);
+        println!("vendetta {}", crate::VERSION);
         return Ok(EXIT_OK);
     }
     let help = args.contains(["-h", "--help"]);

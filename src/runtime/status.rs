@@ -1,8 +1,10 @@
 //! The documents behind `system status`, `system info`, `system health`
 //! and `GET /health`, built from live state and real host values.
 
-use super::{Shared, VERSION};
+use super::Runtime;
+use crate::protocol::link::LinkStatus;
 use crate::protocol::ProviderKind;
+use crate::VERSION;
 use serde_json::{json, Map, Value};
 
 /// Free space below this on the cache_dir file system makes health degraded.
@@ -10,32 +12,32 @@ const MIN_DISK_FREE: u64 = 256 << 20;
 /// Available memory below this makes health degraded.
 const MIN_MEM_AVAILABLE: u64 = 64 << 20;
 
-pub fn status(shared: &Shared) -> Value {
-    let (total, running) = shared.sessions.counts();
+pub(crate) fn status(rt: &Runtime) -> Value {
+    let (total, running) = rt.sessions.counts();
     json!({
-        "node_id": shared.node_id,
-        "node_name": shared.node_name,
+        "node_id": rt.node_id,
+        "node_name": rt.node_name,
         "version": VERSION,
         "pid": std::process::id(),
-        "uptime_s": shared.uptime().as_secs(),
-        "started": crate::util::rfc3339(shared.started_at),
-        "config": shared.config_source.to_string(),
-        "default_provider": shared.config.provider,
-        "providers": shared.registry.usable(),
-        "enabled_providers": shared.registry.kinds(),
+        "uptime_s": rt.uptime().as_secs(),
+        "started": crate::util::rfc3339(rt.started_at),
+        "config": rt.config_source.to_string(),
+        "default_provider": rt.config.provider,
+        "providers": rt.registry.usable(),
+        "enabled_providers": rt.registry.kinds(),
         "sessions": {"total": total, "running": running},
-        "queue": {"depth": shared.queue_depth(), "capacity": shared.queue_capacity()},
-        "workers": {"busy": shared.busy_workers(), "total": shared.config.workers},
-        "pending_results": shared.spool.pending(),
-        "accepting": shared.accepting(),
-        "link": shared.link(),
+        "queue": {"depth": rt.queue_depth(), "capacity": rt.queue_capacity()},
+        "workers": {"busy": rt.busy_workers(), "total": rt.config.workers},
+        "pending_results": rt.spool.pending(),
+        "accepting": rt.accepting(),
+        "link": rt.link(),
     })
 }
 
-pub fn info(shared: &Shared) -> Value {
-    let host = crate::sys::host_info();
-    let cache_dir = shared.config.cache_dir();
-    let disk = crate::sys::disk(&cache_dir);
+pub(crate) fn info(rt: &Runtime) -> Value {
+    let host = crate::os::host::host_info();
+    let cache_dir = rt.config.cache_dir();
+    let disk = crate::os::host::disk(&cache_dir);
     json!({
         "os": host.os,
         "arch": host.arch,
@@ -45,7 +47,7 @@ pub fn info(shared: &Shared) -> Value {
         "memory_total_bytes": host.memory_total_bytes,
         "memory_available_bytes": host.memory_available_bytes,
         "host_uptime_s": host.uptime_s,
-        "load1": crate::sys::load1(),
+        "load1": crate::os::host::load1(),
         "disk": {
             "path": cache_dir,
             "total_bytes": disk.map(|d| d.total_bytes),
@@ -54,8 +56,8 @@ pub fn info(shared: &Shared) -> Value {
         "agent": {
             "version": VERSION,
             "pid": std::process::id(),
-            "rss_bytes": crate::sys::rss_bytes(),
-            "threads": crate::sys::threads(),
+            "rss_bytes": crate::os::host::rss_bytes(),
+            "threads": crate::os::host::threads(),
         },
     })
 }
@@ -63,8 +65,8 @@ pub fn info(shared: &Shared) -> Value {
 /// The health document and whether the agent counts as healthy: the agent
 /// runs and its default provider works. Low disk or memory, or a down
 /// coordination link, degrade it without failing it.
-pub fn health(shared: &Shared) -> (bool, Value) {
-    let providers = shared.registry.health();
+pub(crate) fn health(rt: &Runtime) -> (bool, Value) {
+    let providers = rt.registry.health();
     let mut per_provider = Map::new();
     for (kind, h) in &providers {
         per_provider.insert(
@@ -72,21 +74,17 @@ pub fn health(shared: &Shared) -> (bool, Value) {
             serde_json::to_value(h).unwrap_or(Value::Null),
         );
     }
-    let default: ProviderKind = shared.config.provider;
+    let default: ProviderKind = rt.config.provider;
     let default_ok = providers.get(&default).is_some_and(|h| h.ok);
-    let cache_dir = shared.config.cache_dir();
-    let disk = crate::sys::disk(&cache_dir);
+    let cache_dir = rt.config.cache_dir();
+    let disk = crate::os::host::disk(&cache_dir);
     let disk_ok = disk.is_none_or(|d| d.available_bytes >= MIN_DISK_FREE);
-    let mem = crate::sys::meminfo();
+    let mem = crate::os::host::meminfo();
     let mem_ok = mem.is_none_or(|m| m.1 >= MIN_MEM_AVAILABLE);
-    let link = shared.link();
+    let link = rt.link();
     // Offline is healthy when meant (offline_mode, no URL), not when the
     // link could not be set up (TLS files): that leaves an error.
-    let link_ok = match link.state.as_str() {
-        "connected" => true,
-        "offline" => link.last_error.is_empty(),
-        _ => false,
-    };
+    let link_ok = link.ok();
     let status = if !default_ok {
         "down"
     } else if disk_ok && mem_ok && link_ok {
@@ -123,9 +121,9 @@ pub fn health(shared: &Shared) -> (bool, Value) {
     }
     let doc = json!({
         "status": status,
-        "node_id": shared.node_id,
+        "node_id": rt.node_id,
         "version": VERSION,
-        "uptime_s": shared.uptime().as_secs(),
+        "uptime_s": rt.uptime().as_secs(),
         "default_provider": default,
         "providers": per_provider,
         "checks": {
@@ -134,14 +132,14 @@ pub fn health(shared: &Shared) -> (bool, Value) {
             "link": {"ok": link_ok},
         },
         "link": link,
-        "pending_results": shared.spool.pending(),
+        "pending_results": rt.spool.pending(),
         "problems": problems,
     });
     (default_ok, doc)
 }
 
 /// `/metrics`: the stored families plus gauges read from live state.
-pub fn metrics_text(shared: &Shared) -> String {
+pub(crate) fn metrics_text(rt: &Runtime) -> String {
     use crate::metrics::Exposition;
     let mut e = Exposition::new();
     e.gauge_vec(
@@ -153,34 +151,34 @@ pub fn metrics_text(shared: &Shared) -> String {
     e.gauge(
         "vendetta_uptime_seconds",
         "Seconds since the agent started.",
-        shared.uptime().as_secs_f64(),
+        rt.uptime().as_secs_f64(),
     );
     e.gauge(
         "vendetta_queue_depth",
         "Commands waiting in the queue.",
-        shared.queue_depth() as f64,
+        rt.queue_depth() as f64,
     );
     e.gauge(
         "vendetta_queue_capacity",
         "Size of the command queue (queue_size).",
-        shared.queue_capacity() as f64,
+        rt.queue_capacity() as f64,
     );
     e.gauge(
         "vendetta_workers_busy",
         "Workers running a command.",
-        shared.busy_workers() as f64,
+        rt.busy_workers() as f64,
     );
     e.gauge(
         "vendetta_workers",
         "Workers in the pool (workers).",
-        shared.config.workers as f64,
+        rt.config.workers as f64,
     );
     e.gauge(
         "vendetta_results_pending",
         "Results spooled for the server and not yet acknowledged.",
-        shared.spool.pending() as f64,
+        rt.spool.pending() as f64,
     );
-    let health = shared.registry.health();
+    let health = rt.registry.health();
     let up: Vec<(Vec<String>, f64)> = health
         .iter()
         .map(|(k, h)| (vec![k.to_string()], if h.ok { 1.0 } else { 0.0 }))
@@ -191,7 +189,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         &["provider"],
         &up,
     );
-    let sessions: Vec<(Vec<String>, f64)> = shared
+    let sessions: Vec<(Vec<String>, f64)> = rt
         .sessions
         .by_status()
         .into_iter()
@@ -203,8 +201,11 @@ pub fn metrics_text(shared: &Shared) -> String {
         &["provider", "status"],
         &sessions,
     );
-    let link = shared.link();
-    let connected = if link.state == "connected" { 1.0 } else { 0.0 };
+    let connected = if rt.link_status() == LinkStatus::Connected {
+        1.0
+    } else {
+        0.0
+    };
     e.gauge(
         "vendetta_link_connected",
         "Whether the coordination link is up (1) or not (0).",
@@ -213,32 +214,31 @@ pub fn metrics_text(shared: &Shared) -> String {
     e.gauge(
         "vendetta_event_subscribers",
         "Clients on /api/v1/events.",
-        shared.events.subscribers() as f64,
+        rt.events.subscribers() as f64,
     );
-    shared.metrics.render_into(&mut e);
+    rt.metrics.render_into(&mut e);
     e.gauge(
         "process_start_time_seconds",
         "Start time of the process since the Unix epoch.",
-        shared
-            .started_at
+        rt.started_at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
     );
-    if let Some(rss) = crate::sys::rss_bytes() {
+    if let Some(rss) = crate::os::host::rss_bytes() {
         e.gauge(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             rss as f64,
         );
     }
-    if let Some(cpu) = crate::sys::cpu_seconds() {
+    if let Some(cpu) = crate::os::host::cpu_seconds() {
         e.counter(
             "process_cpu_seconds_total",
             "User and system CPU time spent in seconds.",
             cpu,
         );
     }
-    if let Some(fds) = crate::sys::open_fds() {
+    if let Some(fds) = crate::os::host::open_fds() {
         e.gauge(
             "process_open_fds",
             "Number of open file descriptors.",

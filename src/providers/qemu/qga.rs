@@ -18,9 +18,9 @@
 //! [`Capture`]: a 16 MiB guest output (a ~22 MB JSON line) never sits in
 //! memory, only the first `max_output` bytes of it do.
 
-use super::output::{Capture, OutputSink, Stream};
 use super::qmp::{clip, connect_unix, ms, Wire, WireError};
 use super::ExecOutput;
+use crate::providers::output::{Capture, OutputSink, Stream};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::fmt;
@@ -55,7 +55,7 @@ const KILL_TREE: &str = r#"t() { kill -STOP "$1" 2>/dev/null; for c in $(cat /pr
 
 /// Why a guest agent exchange failed.
 #[derive(Debug)]
-pub enum QgaError {
+pub(crate) enum QgaError {
     /// The host side socket could not be reached (the VM is not running).
     Connect {
         path: PathBuf,
@@ -140,22 +140,22 @@ impl std::error::Error for QgaError {}
 
 /// One command to run in the guest.
 #[derive(Debug, Clone)]
-pub struct ExecRequest<'a> {
+pub(crate) struct ExecRequest<'a> {
     /// The program; without a slash it is looked up on the agent's PATH.
-    pub path: &'a str,
-    pub args: &'a [String],
+    pub(crate) path: &'a str,
+    pub(crate) args: &'a [String],
     /// `KEY=VALUE` entries. When given they REPLACE the environment.
-    pub env: Option<Vec<String>>,
+    pub(crate) env: Option<Vec<String>>,
     /// Bytes for stdin. None still gives the process an empty stdin.
-    pub input: Option<&'a [u8]>,
+    pub(crate) input: Option<&'a [u8]>,
     /// Cap per stream.
-    pub max_output: usize,
+    pub(crate) max_output: usize,
     /// When the command is killed and the exec reported timed out.
-    pub deadline: Instant,
+    pub(crate) deadline: Instant,
 }
 
 /// A guest agent connection, synchronised.
-pub struct Qga<S> {
+pub(crate) struct Qga<S> {
     wire: Wire<S>,
     next_id: u64,
     path: PathBuf,
@@ -164,7 +164,7 @@ pub struct Qga<S> {
 impl Qga<UnixStream> {
     /// Connects to the guest agent socket at `path` and synchronises, by
     /// `deadline`. No answer by then is [`QgaError::NotResponding`].
-    pub fn connect(path: &Path, deadline: Instant) -> Result<Qga<UnixStream>, QgaError> {
+    pub(crate) fn connect(path: &Path, deadline: Instant) -> Result<Qga<UnixStream>, QgaError> {
         let stream = connect_unix(path, deadline).map_err(|source| QgaError::Connect {
             path: path.to_path_buf(),
             source,
@@ -185,7 +185,7 @@ enum Ctx {
 
 impl<S: Read + Write> Qga<S> {
     /// Wraps a connected stream; `path` names it in errors.
-    pub fn new(stream: S, path: &Path) -> Qga<S> {
+    pub(crate) fn new(stream: S, path: &Path) -> Qga<S> {
         Qga {
             wire: Wire::new(stream),
             next_id: 1,
@@ -194,7 +194,7 @@ impl<S: Read + Write> Qga<S> {
     }
 
     /// The `0xFF` + `guest-sync-delimited` handshake.
-    pub fn sync(&mut self, deadline: Instant) -> Result<(), QgaError> {
+    pub(crate) fn sync(&mut self, deadline: Instant) -> Result<(), QgaError> {
         let mut id_bytes = [0u8; 6];
         crate::util::random_bytes(&mut id_bytes);
         let id = id_bytes
@@ -240,7 +240,7 @@ impl<S: Read + Write> Qga<S> {
     }
 
     /// Runs `command` and returns its `return` value.
-    pub fn call(
+    pub(crate) fn call(
         &mut self,
         command: &str,
         args: Option<Value>,
@@ -295,7 +295,7 @@ impl<S: Read + Write> Qga<S> {
 
     /// Runs a command to completion (or its deadline) and collects its
     /// output, passing each decoded chunk to `sink` as it is read.
-    pub fn exec(
+    pub(crate) fn exec(
         &mut self,
         req: &ExecRequest<'_>,
         sink: &mut dyn OutputSink,

@@ -13,14 +13,14 @@ use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     http: ureq::Agent,
 }
 
 #[derive(Debug)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// Nothing answers at the address: the agent is not running there.
     Unreachable {
         url: String,
@@ -67,14 +67,14 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {}
 
 /// An answer: HTTP status and JSON body.
-pub struct Answer {
-    pub status: u16,
-    pub body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
 }
 
 impl Client {
     /// Builds a client from flags, environment and (if present) the config.
-    pub fn new(
+    pub(crate) fn new(
         agent: Option<String>,
         token: Option<String>,
         config_path: Option<&Path>,
@@ -110,13 +110,13 @@ impl Client {
         let http: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
-            .user_agent(format!("vendetta-cli/{}", crate::agent::VERSION))
+            .user_agent(format!("vendetta-cli/{}", crate::VERSION))
             .build()
             .into();
         Ok(Client { base, token, http })
     }
 
-    pub fn base(&self) -> &str {
+    pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
@@ -154,7 +154,7 @@ impl Client {
         }
     }
 
-    pub fn get(&self, path: &str) -> Result<Answer, ClientError> {
+    pub(crate) fn get(&self, path: &str) -> Result<Answer, ClientError> {
         let url = format!("{}{path}", self.base);
         self.read(&url, self.authorized(self.http.get(&url)).call())
     }
@@ -203,7 +203,7 @@ impl Client {
 
     /// Runs a command synchronously and returns its result document.
     /// A 202 (still running past the agent's wait) is followed by polling.
-    pub fn command(
+    pub(crate) fn command(
         &self,
         kind: &str,
         action: &str,
@@ -217,7 +217,7 @@ impl Client {
 
     /// Runs a command with `?stream=true`: `on_output(stream, text)` gets
     /// exec output as it arrives; returns the result document.
-    pub fn command_streaming(
+    pub(crate) fn command_streaming(
         &self,
         kind: &str,
         action: &str,
@@ -287,7 +287,7 @@ impl Client {
     }
 }
 
-pub fn api_error(a: Answer) -> ClientError {
+pub(crate) fn api_error(a: Answer) -> ClientError {
     let message = a
         .body
         .get("error")

@@ -7,18 +7,18 @@ use serde::Serialize;
 use std::path::Path;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct HostInfo {
-    pub os: String,
-    pub arch: &'static str,
-    pub kernel: String,
-    pub hostname: String,
-    pub cpus: usize,
-    pub memory_total_bytes: u64,
-    pub memory_available_bytes: u64,
-    pub uptime_s: u64,
+pub(crate) struct HostInfo {
+    pub(crate) os: String,
+    pub(crate) arch: &'static str,
+    pub(crate) kernel: String,
+    pub(crate) hostname: String,
+    pub(crate) cpus: usize,
+    pub(crate) memory_total_bytes: u64,
+    pub(crate) memory_available_bytes: u64,
+    pub(crate) uptime_s: u64,
 }
 
-pub fn host_info() -> HostInfo {
+pub(crate) fn host_info() -> HostInfo {
     let mem = meminfo();
     HostInfo {
         os: os_name(),
@@ -45,19 +45,19 @@ fn read_trim(path: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     read_trim("/proc/sys/kernel/hostname")
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }
 
-pub fn cpus() -> usize {
+pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
 }
 
-pub fn os_name() -> String {
+pub(crate) fn os_name() -> String {
     let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let field = |key: &str| {
         text.lines()
@@ -70,7 +70,7 @@ pub fn os_name() -> String {
 }
 
 /// (MemTotal, MemAvailable) in bytes.
-pub fn meminfo() -> Option<(u64, u64)> {
+pub(crate) fn meminfo() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |key: &str| -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(key))?;
@@ -81,7 +81,7 @@ pub fn meminfo() -> Option<(u64, u64)> {
 }
 
 /// The 1-minute load average.
-pub fn load1() -> Option<f64> {
+pub(crate) fn load1() -> Option<f64> {
     read_trim("/proc/loadavg")?
         .split_whitespace()
         .next()?
@@ -90,17 +90,18 @@ pub fn load1() -> Option<f64> {
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Disk {
-    pub total_bytes: u64,
-    pub available_bytes: u64,
+pub(crate) struct Disk {
+    pub(crate) total_bytes: u64,
+    pub(crate) available_bytes: u64,
 }
 
 /// Space on the file system holding `path`.
-pub fn disk(path: &Path) -> Option<Disk> {
+pub(crate) fn disk(path: &Path) -> Option<Disk> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; c is a valid C string.
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes into the struct we own; c is a valid C string.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
         return None;
     }
@@ -112,7 +113,7 @@ pub fn disk(path: &Path) -> Option<Disk> {
 }
 
 /// Resident set size of this process in bytes.
-pub fn rss_bytes() -> Option<u64> {
+pub(crate) fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
@@ -121,7 +122,7 @@ pub fn rss_bytes() -> Option<u64> {
 }
 
 /// User plus system CPU time of this process, in seconds.
-pub fn cpu_seconds() -> Option<f64> {
+pub(crate) fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which may hold spaces and parentheses.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -133,11 +134,11 @@ pub fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / tick)
 }
 
-pub fn open_fds() -> Option<usize> {
+pub(crate) fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
 }
 
-pub fn threads() -> Option<usize> {
+pub(crate) fn threads() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
@@ -146,7 +147,7 @@ pub fn threads() -> Option<usize> {
 }
 
 /// Names of this process's threads, for /debug/threads.
-pub fn thread_names() -> Vec<String> {
+pub(crate) fn thread_names() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };

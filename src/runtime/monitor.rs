@@ -4,7 +4,7 @@
 
 use super::sessions::Change;
 use super::threads::{self, Control, Thread};
-use super::Shared;
+use super::Runtime;
 use crate::providers::{Provider, ProviderError, Session};
 use crossbeam_channel::{select, tick, Receiver, Sender};
 use serde_json::json;
@@ -13,29 +13,29 @@ use std::time::{Duration, Instant};
 
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-pub fn spawn(
-    shared: &Arc<Shared>,
+pub(crate) fn spawn(
+    rt: &Arc<Runtime>,
     shutdown: &Receiver<()>,
     control: &Sender<Control>,
 ) -> std::io::Result<Thread> {
-    let (shared, shutdown) = (shared.clone(), shutdown.clone());
+    let (rt, shutdown) = (rt.clone(), shutdown.clone());
     threads::spawn("monitor", Some(control.clone()), move || {
-        monitor_loop(&shared, &shutdown)
+        monitor_loop(&rt, &shutdown)
     })
 }
 
-fn monitor_loop(shared: &Shared, shutdown: &Receiver<()>) {
-    let ticker = tick(shared.config.monitor_interval);
+fn monitor_loop(rt: &Runtime, shutdown: &Receiver<()>) {
+    let ticker = tick(rt.config.monitor_interval);
     let mut last_prune = Instant::now();
-    refresh(shared);
-    prune(shared);
+    refresh(rt);
+    prune(rt);
     loop {
         select! {
             recv(shutdown) -> _ => return,
             recv(ticker) -> _ => {
-                refresh(shared);
+                refresh(rt);
                 if last_prune.elapsed() >= PRUNE_EVERY {
-                    prune(shared);
+                    prune(rt);
                     last_prune = Instant::now();
                 }
             }
@@ -44,13 +44,13 @@ fn monitor_loop(shared: &Shared, shutdown: &Receiver<()>) {
 }
 
 /// One pass: provider health, then each healthy provider's sessions.
-pub fn refresh(shared: &Shared) {
-    let health = shared.registry.refresh();
-    for p in shared.registry.all() {
+pub(crate) fn refresh(rt: &Runtime) {
+    let health = rt.registry.refresh();
+    for p in rt.registry.all() {
         if !health.get(&p.kind()).is_some_and(|h| h.ok) {
             continue;
         }
-        if let Err(e) = sync(shared, p.as_ref()) {
+        if let Err(e) = sync(rt, p.as_ref()) {
             log::warn!(provider = p.kind().as_str(); "cannot list sessions: {e}");
         }
     }
@@ -59,15 +59,15 @@ pub fn refresh(shared: &Shared) {
 /// Lists one provider's sessions, brings the table up to date and
 /// publishes what changed. Every listing goes through here, so a change is
 /// announced whoever noticed it first (the monitor or a `session list`).
-pub fn sync(shared: &Shared, p: &dyn Provider) -> Result<Vec<Session>, ProviderError> {
+pub(crate) fn sync(rt: &Runtime, p: &dyn Provider) -> Result<Vec<Session>, ProviderError> {
     let list = p.list()?;
-    for change in shared.sessions.replace(p.kind(), list.clone()) {
-        publish(shared, change);
+    for change in rt.sessions.replace(p.kind(), list.clone()) {
+        publish(rt, change);
     }
     Ok(list)
 }
 
-fn publish(shared: &Shared, change: Change) {
+fn publish(rt: &Runtime, change: Change) {
     let (s, event) = match change {
         Change::Appeared(s) => (s, "discovered"),
         Change::Status { session, from } => {
@@ -79,14 +79,14 @@ fn publish(shared: &Shared, change: Change) {
             (s, "vanished")
         }
     };
-    shared.events.publish(
+    rt.events.publish(
         "session",
         json!({"id": s.id, "provider": s.provider, "event": event, "status": s.status.as_str(), "exit_code": s.exit_code}),
     );
 }
 
-fn prune(shared: &Shared) {
-    let removed = shared.ledger.prune(|id| shared.spool.contains(id));
+fn prune(rt: &Runtime) {
+    let removed = rt.ledger.prune(|id| rt.spool.contains(id));
     if removed > 0 {
         log::info!(removed = removed; "pruned old stored results");
     }

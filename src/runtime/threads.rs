@@ -6,7 +6,7 @@ use std::time::Instant;
 
 /// Why the main loop should act.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
+pub(crate) enum Control {
     /// SIGTERM / SIGINT, or an internal request.
     Shutdown(&'static str),
     /// SIGHUP: reload the log level.
@@ -15,8 +15,8 @@ pub enum Control {
     ThreadDied(String),
 }
 
-pub struct Thread {
-    pub name: String,
+pub(crate) struct Thread {
+    pub(crate) name: String,
     handle: Option<JoinHandle<()>>,
     done: Receiver<()>,
 }
@@ -40,7 +40,11 @@ impl Drop for Guard {
 
 /// Spawns a named thread. With `control`, a panic in it asks the agent to
 /// stop in order (systemd restarts it).
-pub fn spawn<F>(name: &str, control: Option<Sender<Control>>, f: F) -> std::io::Result<Thread>
+pub(crate) fn spawn<F>(
+    name: &str,
+    control: Option<Sender<Control>>,
+    f: F,
+) -> std::io::Result<Thread>
 where
     F: FnOnce() + Send + 'static,
 {
@@ -72,16 +76,20 @@ impl Thread {
 }
 
 /// What `join_all` saw.
-pub struct Joined {
+pub(crate) struct Joined {
     /// Threads still running at the deadline.
-    pub stuck: Vec<String>,
+    pub(crate) stuck: Vec<String>,
     /// A second shutdown request (a second Ctrl-C) cut the wait short.
-    pub interrupted: bool,
+    pub(crate) interrupted: bool,
 }
 
 /// Joins `threads` until `deadline`. A second shutdown request on `control`
 /// stops the wait at once.
-pub fn join_all(threads: &mut [Thread], deadline: Instant, control: &Receiver<Control>) -> Joined {
+pub(crate) fn join_all(
+    threads: &mut [Thread],
+    deadline: Instant,
+    control: &Receiver<Control>,
+) -> Joined {
     let mut interrupted = false;
     for t in threads.iter_mut() {
         while !interrupted && Instant::now() < deadline {

@@ -1,0 +1,176 @@
+//! The runtime: the state the local API and the coordination link share,
+//! and the one path every command takes.
+//!
+//! ```text
+//! submit (intake.rs) ─ dedupe by id (ledger) ─ policy ─▶ queue (bounded)
+//!   ─▶ worker (workers.rs) ─ dispatch.rs ─▶ provider
+//!   ─▶ complete: ledger, spool (for the server), metrics, event
+//! ```
+//!
+//! Owns: the [`Runtime`] (config, node identity, ledger, spool, provider
+//! registry, session table, events, link state, the job queue's sending
+//! end), the worker pool and the monitor loop.
+//!
+//! May not touch: HTTP, the coordination server's wire, signals. The API
+//! and the link call [`Runtime::submit`] and read the documents in
+//! [`status`]; they never call a provider themselves.
+
+pub(crate) mod dispatch;
+pub(crate) mod events;
+pub(crate) mod intake;
+pub(crate) mod monitor;
+pub(crate) mod sessions;
+pub(crate) mod status;
+pub(crate) mod threads;
+pub(crate) mod workers;
+
+use crate::config::{self, Config, Secret};
+use crate::metrics::Metrics;
+use crate::protocol::link::{LinkState, LinkStatus};
+use crate::providers::Registry;
+use crate::store::{ledger::Ledger, node, spool::Spool, StoreError};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use intake::Job;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+/// Everything the threads share. Immutable after start except through
+/// interior locks and atomics.
+pub(crate) struct Runtime {
+    pub(crate) config: Config,
+    pub(crate) config_source: config::Source,
+    pub(crate) node_id: String,
+    pub(crate) node_name: String,
+    /// The token the local API accepts.
+    pub(crate) api_token: Secret,
+    pub(crate) started: Instant,
+    pub(crate) started_at: SystemTime,
+    pub(crate) metrics: Metrics,
+    pub(crate) events: events::Events,
+    pub(crate) ledger: Ledger,
+    pub(crate) spool: Spool,
+    pub(crate) registry: Registry,
+    pub(crate) sessions: sessions::SessionTable,
+    link: Mutex<LinkState>,
+    queue: Sender<Job>,
+    /// Wakes the coordination reporter when a result is spooled.
+    pub(crate) report_wake: (Sender<()>, Receiver<()>),
+    accepting: AtomicBool,
+    busy: AtomicUsize,
+}
+
+/// What [`Runtime::open`] returns besides the runtime: the workers' end of
+/// the job queue, and the commands the ledger found unfinished (for
+/// [`intake::recover`] once the workers run).
+pub(crate) struct Opened {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) jobs: Receiver<Job>,
+    pub(crate) unfinished: Vec<crate::store::ledger::Unfinished>,
+}
+
+impl Runtime {
+    /// Opens the durable state (cache dir, node id, token, ledger, spool)
+    /// and builds the providers the config enables.
+    pub(crate) fn open(loaded: &config::Loaded) -> Result<Opened, StoreError> {
+        Runtime::with_registry(loaded, Registry::from_config)
+    }
+
+    /// Like [`Runtime::open`] with the providers `registry` makes from the
+    /// config and the node id: unit tests pass fakes here.
+    pub(crate) fn with_registry(
+        loaded: &config::Loaded,
+        registry: impl FnOnce(&Config, &str) -> Registry,
+    ) -> Result<Opened, StoreError> {
+        let config = loaded.config.clone();
+        let (cache_dir, node_id, node_name) = node::identity(&config)?;
+        let registry = registry(&config, &node_id);
+        let api_token = if !config.api_token.is_empty() {
+            config.api_token.clone()
+        } else if !config.auth_token.is_empty() {
+            config.auth_token.clone()
+        } else {
+            Secret(node::load_or_create_api_token(&cache_dir)?)
+        };
+        let (ledger, unfinished) = Ledger::open(
+            &cache_dir,
+            config.results.max_entries,
+            config.results.max_age,
+        )?;
+        let spool = Spool::open(&cache_dir)?;
+        let (queue_tx, queue_rx) = bounded(config.queue_size);
+        let link = LinkState::new(
+            &config.coordination_url,
+            if config.offline_mode {
+                Some("offline_mode is true")
+            } else if config.coordination_url.is_empty() {
+                Some("no coordination_url configured")
+            } else {
+                None
+            },
+        );
+        let runtime = Arc::new(Runtime {
+            config_source: loaded.source.clone(),
+            node_id,
+            node_name,
+            api_token,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            metrics: Metrics::default(),
+            events: events::Events::default(),
+            ledger,
+            spool,
+            registry,
+            sessions: sessions::SessionTable::default(),
+            link: Mutex::new(link),
+            queue: queue_tx,
+            report_wake: bounded(1),
+            accepting: AtomicBool::new(true),
+            busy: AtomicUsize::new(0),
+            config,
+        });
+        Ok(Opened {
+            runtime,
+            jobs: queue_rx,
+            unfinished,
+        })
+    }
+
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn queue_capacity(&self) -> usize {
+        self.config.queue_size
+    }
+
+    pub(crate) fn busy_workers(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// The first step of a shutdown: the API answers 503 and the poller
+    /// fetches nothing more.
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    pub(crate) fn link(&self) -> LinkState {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn link_status(&self) -> LinkStatus {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).state
+    }
+
+    pub(crate) fn update_link(&self, f: impl FnOnce(&mut LinkState)) {
+        f(&mut self.link.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
