@@ -29,6 +29,8 @@ test: images lint
 	$(CARGO) test --locked --all-targets -- --test-threads=4
 
 lint:
+	tests/layers.py --self-test
+	tests/layers.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	for page in man/*; do mandoc -T lint -W warning "$$page" || exit 1; done

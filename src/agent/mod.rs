@@ -28,10 +28,7 @@ use std::time::Instant;
 #[derive(Debug)]
 pub(crate) enum AgentError {
     Store(StoreError),
-    Listen {
-        addr: std::net::SocketAddr,
-        source: String,
-    },
+    Listen(crate::api::BindError),
     Spawn {
         thread: String,
         source: std::io::Error,
@@ -43,9 +40,7 @@ impl fmt::Display for AgentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AgentError::Store(e) => write!(f, "{e}"),
-            AgentError::Listen { addr, source } => {
-                write!(f, "cannot listen on {addr}: {source}; set `listen` to a free address or stop what uses it")
-            }
+            AgentError::Listen(e) => write!(f, "{e}"),
             AgentError::Spawn { thread, source } => {
                 write!(f, "cannot start thread {thread}: {source}")
             }
@@ -57,6 +52,12 @@ impl fmt::Display for AgentError {
 }
 
 impl std::error::Error for AgentError {}
+
+impl From<crate::api::BindError> for AgentError {
+    fn from(e: crate::api::BindError) -> Self {
+        AgentError::Listen(e)
+    }
+}
 
 impl From<StoreError> for AgentError {
     fn from(e: StoreError) -> Self {
@@ -91,8 +92,9 @@ pub(crate) fn run(loaded: config::Loaded) -> Result<(), AgentError> {
         move |source| AgentError::Spawn { thread, source }
     };
 
-    // The API binds first so that a port clash fails the start at once.
-    let server = crate::api::bind(&rt)?;
+    // The API binds first so that a port clash fails the start at once;
+    // it answers once the unfinished commands are recovered.
+    let listener = crate::api::bind(cfg.listen)?;
     // Not joined: it blocks in the signal iterator and dies with the process.
     let _signals = signals::spawn(control_tx.clone()).map_err(spawn_err("signals"))?;
     for t in
@@ -102,8 +104,7 @@ pub(crate) fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     }
     intake::recover(&rt, unfinished);
     threads.push(monitor::spawn(&rt, &shutdown_rx, &control_tx).map_err(spawn_err("monitor"))?);
-    let mut api_threads = crate::api::spawn(&rt, server.clone(), &shutdown_rx, &control_tx)
-        .map_err(spawn_err("api"))?;
+    let api = crate::api::serve(&rt, listener, &shutdown_rx)?;
     let link = crate::coord::spawn(&rt, &shutdown_rx, &control_tx);
 
     log::info!(
@@ -130,11 +131,10 @@ pub(crate) fn run(loaded: config::Loaded) -> Result<(), AgentError> {
 
     // 1. Stop intake: the API answers 503, the poller stops fetching.
     rt.stop_accepting();
-    // 2. Tell every loop; workers finish the command in hand, queued ones stay journaled.
+    // 2. Tell every loop; workers finish the command in hand, queued ones
+    //    stay journaled. Event streams end.
     drop(shutdown_tx);
-    crate::api::unblock_all(&server);
     let deadline = Instant::now() + cfg.shutdown_timeout;
-    threads.append(&mut api_threads);
     let joined = threads::join_all(&mut threads, deadline, &control_rx);
     let stuck = joined.stuck;
     // Jobs still queued stay journaled for the next start; dropping them
@@ -143,7 +143,7 @@ pub(crate) fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     if joined.interrupted {
         log::warn!("stopping now: no last delivery round, no unregister; spooled results go out after the restart");
     } else {
-        crate::api::routes::wait_for_waiters(std::time::Duration::from_secs(2));
+        api.wait_idle(std::time::Duration::from_secs(2));
         // 3. Deliver what the workers finished and say goodbye to the server.
         if let Some(link) = link {
             link.finish(
@@ -160,6 +160,8 @@ pub(crate) fn run(loaded: config::Loaded) -> Result<(), AgentError> {
         );
     }
     log::info!(uptime_s = rt.uptime().as_secs(); "agent stopped");
+    // The listening socket closes here, as the process ends.
+    drop(api);
     outcome
 }
 

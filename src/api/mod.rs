@@ -1,76 +1,128 @@
 //! The local HTTP API (tiny_http): health, metrics, commands, sessions and
-//! live events. See the route table in `routes`.
+//! live events. The route table is in [`routes`].
 //!
-//! A few `api-N` threads take requests off the server. A request never
-//! calls a provider: commands go through `Shared::submit` like the
-//! poller's, and a request that waits for its result hands the wait to a
-//! short-lived thread so that `/health` stays quick while execs run. Each
-//! event-stream client gets its own thread, bounded in number.
+//! One thread per request, end to end: tiny_http gives each connection a
+//! thread (`api-conn`, at most 256 at once, our patch) and we answer each
+//! request on it: read the body, check the caller, submit the command,
+//! wait for its result or stream it, write the answer. A request never
+//! calls a provider: commands go through [`Runtime::submit`] like the
+//! poller's, and sessions are listed through the runtime.
 //!
-//! Accepted sockets get 120 s read and write timeouts (in our tiny_http
+//! Owns: the listening socket, authentication, the mapping of outcomes to
+//! HTTP ([`reply`]). May not touch: providers, the store's files, the
+//! coordination link.
+//!
+//! Accepted sockets get 120 s read and write timeouts (our tiny_http
 //! patch, see vendor/README.md), so a client that stalls mid-request or
 //! stops reading cannot hold a thread.
 
 pub(crate) mod auth;
 pub(crate) mod jwt;
+pub(crate) mod reply;
 pub(crate) mod routes;
 pub(crate) mod sse;
 pub(crate) mod stream;
 
-use crate::agent::AgentError;
-use crate::runtime::threads::{self, Control, Thread};
 use crate::runtime::Runtime;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use std::net::TcpListener;
+use crossbeam_channel::Receiver;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-const API_THREADS: usize = 4;
-
-/// Binds the listen address. Done before any thread starts so that a busy
-/// port fails the start with a clear message.
-pub(crate) fn bind(rt: &Runtime) -> Result<Arc<tiny_http::Server>, AgentError> {
-    let addr = rt.config.listen;
-    let listen_error = |source: String| AgentError::Listen { addr, source };
-    let listener = TcpListener::bind(addr).map_err(|e| listen_error(e.to_string()))?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| listen_error(e.to_string()))?;
-    Ok(Arc::new(server))
+/// The API could not listen.
+#[derive(Debug)]
+pub(crate) struct BindError {
+    pub(crate) addr: SocketAddr,
+    pub(crate) source: String,
 }
 
-pub(crate) fn spawn(
-    rt: &Arc<Runtime>,
-    server: Arc<tiny_http::Server>,
-    shutdown: &Receiver<()>,
-    control: &Sender<Control>,
-) -> std::io::Result<Vec<Thread>> {
-    (0..API_THREADS)
-        .map(|i| {
-            let (rt, server, shutdown) = (rt.clone(), server.clone(), shutdown.clone());
-            threads::spawn(&format!("api-{i}"), Some(control.clone()), move || {
-                serve(&rt, &server, &shutdown)
-            })
-        })
-        .collect()
-}
-
-/// Wakes every API thread (each `unblock` releases one `recv`), so that
-/// they see the shutdown. They block without polling until then.
-pub(crate) fn unblock_all(server: &tiny_http::Server) {
-    for _ in 0..API_THREADS {
-        server.unblock();
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot listen on {}: {}; set `listen` to a free address or stop what uses it",
+            self.addr, self.source
+        )
     }
 }
 
-fn has_body(request: &tiny_http::Request) -> bool {
-    request.body_length().is_some_and(|n| n > 0)
-        || request
-            .headers()
-            .iter()
-            .any(|h| h.field.equiv("Transfer-Encoding"))
+impl std::error::Error for BindError {}
+
+/// The serving API. Dropping it closes the listening socket.
+pub(crate) struct Api {
+    _server: tiny_http::Server,
+    busy: Arc<AtomicUsize>,
 }
 
-/// Answers one request. A panic while answering must not take the thread
-/// down (tiny_http itself can panic when a client vanishes mid-response).
+/// Binds `listen`. Done before the other threads start, so that a busy
+/// port fails the start with a clear message; connections wait in the
+/// kernel's backlog until [`serve`].
+pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).map_err(|e| BindError {
+        addr,
+        source: e.to_string(),
+    })
+}
+
+/// Serves on `listener` until the returned [`Api`] is dropped.
+pub(crate) fn serve(
+    rt: &Arc<Runtime>,
+    listener: TcpListener,
+    shutdown: &Receiver<()>,
+) -> Result<Api, BindError> {
+    let addr = rt.config.listen;
+    let busy = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (rt, shutdown, busy) = (rt.clone(), shutdown.clone(), busy.clone());
+        Arc::new(move |request: tiny_http::Request| {
+            let _busy = Busy::enter(&busy);
+            answer(&rt, request, &shutdown)
+        })
+    };
+    let server =
+        tiny_http::Server::from_listener_with_handler(listener, "api", handler).map_err(|e| {
+            BindError {
+                addr,
+                source: e.to_string(),
+            }
+        })?;
+    Ok(Api {
+        _server: server,
+        busy,
+    })
+}
+
+impl Api {
+    /// At shutdown: gives requests still being answered (most wait for a
+    /// command that shutdown just dropped, and answer 503) up to `limit`.
+    pub(crate) fn wait_idle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Counts a request while it is answered, also when answering panics.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(n: &Arc<AtomicUsize>) -> Busy {
+        n.fetch_add(1, Ordering::SeqCst);
+        Busy(n.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers one request. A panic while answering must not take the
+/// connection's thread down without a word (tiny_http itself can panic
+/// when a client vanishes mid-response).
 fn answer(rt: &Arc<Runtime>, request: tiny_http::Request, shutdown: &Receiver<()>) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         routes::handle(rt, request, shutdown)
@@ -78,30 +130,5 @@ fn answer(rt: &Arc<Runtime>, request: tiny_http::Request, shutdown: &Receiver<()
     .is_err()
     {
         log::error!("a request handler panicked; the request was dropped, the API keeps serving");
-    }
-}
-
-fn serve(rt: &Arc<Runtime>, server: &tiny_http::Server, shutdown: &Receiver<()>) {
-    loop {
-        match server.recv() {
-            // A request with a body is read (and, if refused, its unread
-            // rest drained) on a thread of its own, so that a client
-            // trickling a body holds up no one else. There are at most as
-            // many as open connections (tiny_http patch: 256).
-            Ok(request) if has_body(&request) => {
-                let (rt, shutdown) = (rt.clone(), shutdown.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("api-body".into())
-                    .stack_size(256 * 1024)
-                    .spawn(move || answer(&rt, request, &shutdown));
-                if let Err(e) = spawned {
-                    log::warn!("cannot start a thread for a request: {e}; it is dropped");
-                }
-            }
-            Ok(request) => answer(rt, request, shutdown),
-            // Unblocked: the only wake-up without a request is shutdown.
-            Err(_) if matches!(shutdown.try_recv(), Err(TryRecvError::Disconnected)) => return,
-            Err(e) => log::debug!("API server woke without a request: {e}"),
-        }
     }
 }

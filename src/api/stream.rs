@@ -8,74 +8,77 @@
 //! character cut at a chunk edge is held back and joined with the next
 //! chunk, so every line is valid JSON text.
 
-use super::routes::{accepted, enter_waiter, send, spawn_holding};
 use crate::protocol::{CommandId, CommandResult};
 use crate::providers::output::{Chunk, Stream};
 use crate::runtime::Runtime;
-use crate::store::ledger::State;
 use crossbeam_channel::{select, Receiver};
 use serde_json::json;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tiny_http::Request;
 
 const ROUTE: &str = "/api/v1/commands";
 
-pub(crate) fn serve(
-    rt: Arc<Runtime>,
-    request: Request,
-    result: Receiver<CommandResult>,
-    chunks: Receiver<Chunk>,
-    timeout: Duration,
-    id: CommandId,
-) {
-    let Some(slot) = enter_waiter() else {
-        return send(&rt, request, ROUTE, accepted(&id, State::Queued));
-    };
-    spawn_holding(slot, "api-stream", move || {
-        rt.metrics.api_requests.inc(&[ROUTE, "200"]);
-        let mut w = request.into_writer();
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
-        let mut alive = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
-        let mut carry = Carry::default();
-        let deadline = Instant::now() + timeout + Duration::from_secs(10);
-        let last = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            select! {
-                recv(chunks) -> c => match c {
-                    Ok(c) => {
-                        if alive {
-                            alive = write_chunk(&mut w, &mut carry, c).is_ok();
-                        }
+/// A queued command whose output is to be streamed.
+pub(crate) struct Job {
+    pub(crate) result: Receiver<CommandResult>,
+    pub(crate) chunks: Receiver<Chunk>,
+    pub(crate) timeout: Duration,
+    pub(crate) id: CommandId,
+}
+
+/// Writes the NDJSON answer on the request's thread until the result (or
+/// the command's timeout) comes.
+pub(super) fn serve(rt: &Runtime, request: Request, job: Job) {
+    let Job {
+        result,
+        chunks,
+        timeout,
+        id,
+    } = job;
+    rt.metrics.api_requests.inc(&[ROUTE, "200"]);
+    let mut w = request.into_writer();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+    let mut alive = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
+    let mut carry = Carry::default();
+    let deadline = Instant::now() + timeout + Duration::from_secs(10);
+    let running =
+        || json!({"id": id, "status": "running", "location": format!("/api/v1/commands/{id}")});
+    let last = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        select! {
+            recv(chunks) -> c => match c {
+                Ok(c) => {
+                    if alive {
+                        alive = write_chunk(&mut w, &mut carry, c).is_ok();
                     }
-                    // The job ended; wait for its result alone.
-                    Err(_) => match result.recv_timeout(left) {
-                        Ok(r) => break json!({"result": r}),
-                        Err(_) => break json!({"id": id, "status": "running", "location": format!("/api/v1/commands/{id}")}),
-                    },
-                },
-                recv(result) -> r => {
-                    // Output sent before the result is still in the channel.
-                    while let Ok(c) = chunks.try_recv() {
-                        if alive {
-                            alive = write_chunk(&mut w, &mut carry, c).is_ok();
-                        }
-                    }
-                    break match r {
-                        Ok(r) => json!({"result": r}),
-                        Err(_) => json!({"error": "the agent is shutting down", "code": "shutting_down"}),
-                    };
                 }
-                default(left) => break json!({"id": id, "status": "running", "location": format!("/api/v1/commands/{id}")}),
+                // The job ended; wait for its result alone.
+                Err(_) => match result.recv_timeout(left) {
+                    Ok(r) => break json!({"result": r}),
+                    Err(_) => break running(),
+                },
+            },
+            recv(result) -> r => {
+                // Output sent before the result is still in the channel.
+                while let Ok(c) = chunks.try_recv() {
+                    if alive {
+                        alive = write_chunk(&mut w, &mut carry, c).is_ok();
+                    }
+                }
+                break match r {
+                    Ok(r) => json!({"result": r}),
+                    Err(_) => json!({"error": "the agent is shutting down", "code": "shutting_down"}),
+                };
             }
-        };
-        if alive {
-            let _ = flush_carry(&mut w, &mut carry)
-                .and_then(|_| writeln!(w, "{last}"))
-                .and_then(|_| w.flush());
+            default(left) => break running(),
         }
-    });
+    };
+    if alive {
+        let _ = flush_carry(&mut w, &mut carry)
+            .and_then(|_| writeln!(w, "{last}"))
+            .and_then(|_| w.flush());
+    }
 }
 
 /// Bytes of a UTF-8 character cut at a chunk edge, per stream.

@@ -917,7 +917,7 @@ impl Config {
                 ));
             }
         }
-        if !self.node_id.is_empty() && !crate::store::node::valid_node_id(&self.node_id) {
+        if !self.node_id.is_empty() && !crate::protocol::ids::valid_node_id(&self.node_id) {
             return Err(bad(
                 "node_id",
                 format!(

@@ -39,6 +39,16 @@ impl fmt::Display for IdError {
 
 impl std::error::Error for IdError {}
 
+/// Node ids travel in URL paths: `[A-Za-z0-9._-]{1,64}`.
+pub(crate) fn valid_node_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// A command id: 1-128 characters of `[A-Za-z0-9._:-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]

@@ -4,11 +4,13 @@
 
 pub(crate) mod command;
 pub(crate) mod duration;
+pub(crate) mod event;
 pub(crate) mod ids;
 pub(crate) mod link;
 pub(crate) mod result;
+pub(crate) mod session;
 pub(crate) mod size;
 
 pub(crate) use command::{Command, ProviderKind};
 pub(crate) use ids::{CommandId, SessionId};
-pub(crate) use result::{codes, CommandResult, Status};
+pub(crate) use result::{Code, CommandResult};

@@ -25,18 +25,59 @@ impl Status {
     }
 }
 
-/// Machine-readable error classes carried in `code`. The local API maps
-/// them to HTTP statuses in one place (`api::routes::status_for`).
-pub(crate) mod codes {
-    pub(crate) const INVALID: &str = "invalid_command";
-    pub(crate) const REJECTED: &str = "rejected";
-    pub(crate) const NOT_FOUND: &str = "not_found";
-    pub(crate) const CONFLICT: &str = "conflict";
-    pub(crate) const UNAVAILABLE: &str = "provider_unavailable";
-    pub(crate) const TIMEOUT: &str = "timeout";
-    pub(crate) const FAILED: &str = "failed";
-    pub(crate) const INTERNAL: &str = "internal_error";
-    pub(crate) const RESTARTED: &str = "agent_restarted";
+/// Machine-readable error classes carried in a result's `code`. The
+/// local API chooses its HTTP status from them in one place
+/// (`api::reply::ApiError::status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Code {
+    /// The command is malformed or a parameter is wrong.
+    #[serde(rename = "invalid_command")]
+    Invalid,
+    /// Policy (`allowed_commands`, `workspace_roots`, limits) refuses it.
+    Rejected,
+    NotFound,
+    Conflict,
+    #[serde(rename = "provider_unavailable")]
+    Unavailable,
+    Timeout,
+    Failed,
+    #[serde(rename = "internal_error")]
+    Internal,
+    /// It was running when the agent stopped; it was not run again.
+    #[serde(rename = "agent_restarted")]
+    Restarted,
+}
+
+impl Code {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Code::Invalid => "invalid_command",
+            Code::Rejected => "rejected",
+            Code::NotFound => "not_found",
+            Code::Conflict => "conflict",
+            Code::Unavailable => "provider_unavailable",
+            Code::Timeout => "timeout",
+            Code::Failed => "failed",
+            Code::Internal => "internal_error",
+            Code::Restarted => "agent_restarted",
+        }
+    }
+
+    /// The status a result with this code has: a code says which.
+    pub(crate) fn status(self) -> Status {
+        match self {
+            Code::Rejected => Status::Rejected,
+            Code::Timeout => Status::Timeout,
+            _ => Status::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +95,7 @@ pub(crate) struct CommandResult {
     #[serde(default)]
     pub(crate) error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) code: Option<String>,
+    pub(crate) code: Option<Code>,
     /// The exec's exit code; for other commands 0 on success, 1 otherwise.
     #[serde(default)]
     pub(crate) exit_code: i32,
@@ -115,16 +156,16 @@ impl CommandResult {
         r
     }
 
+    /// A failed result; its status follows from `code`.
     pub(crate) fn failure(
         cmd: &Command,
         node_id: &str,
         started: SystemTime,
-        status: Status,
-        code: &str,
+        code: Code,
         error: String,
     ) -> Self {
-        let mut r = Self::new(cmd.id.as_str(), &cmd.echo, node_id, status, started);
-        r.code = Some(code.to_string());
+        let mut r = Self::new(cmd.id.as_str(), &cmd.echo, node_id, code.status(), started);
+        r.code = Some(code);
         r.error = error;
         r
     }

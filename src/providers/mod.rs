@@ -10,6 +10,8 @@
 #[cfg(test)]
 pub(crate) mod canned;
 pub(crate) mod docker;
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod lxc;
 pub(crate) mod output;
 pub(crate) mod probe;
@@ -18,57 +20,15 @@ pub(crate) mod registry;
 
 use crate::protocol::command::{PortSpec, Resources};
 use crate::protocol::{ProviderKind, SessionId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub(crate) use crate::protocol::session::{Session, SessionStatus};
 pub(crate) use output::{Capture, OutputSink, Stream};
 pub(crate) use registry::Registry;
-
-/// A session as the provider sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Session {
-    pub(crate) id: String,
-    pub(crate) provider: ProviderKind,
-    pub(crate) status: SessionStatus,
-    pub(crate) image: String,
-    /// Container/guest port ("8080/tcp") -> host port.
-    #[serde(default)]
-    pub(crate) ports: BTreeMap<String, u16>,
-    pub(crate) created: String,
-    #[serde(default)]
-    pub(crate) labels: BTreeMap<String, String>,
-    /// Set when the main process has exited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) exit_code: Option<i32>,
-    /// Limits or settings the host could not apply, said plainly.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) warnings: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum SessionStatus {
-    Created,
-    Running,
-    Stopped,
-    Exited,
-    Lost,
-}
-
-impl SessionStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            SessionStatus::Created => "created",
-            SessionStatus::Running => "running",
-            SessionStatus::Stopped => "stopped",
-            SessionStatus::Exited => "exited",
-            SessionStatus::Lost => "lost",
-        }
-    }
-}
 
 /// What a create asks for, checked by the dispatcher (workspace exists and
 /// lies under an allowed root; image defaulted).

@@ -6,7 +6,8 @@
 
 use super::{status, Runtime};
 use crate::protocol::command::{CreateParams, ExecParams, ListParams, Request};
-use crate::protocol::{codes, Command, CommandResult, ProviderKind, SessionId, Status};
+use crate::protocol::event::{Event, SessionChange, SessionEvent, SessionState};
+use crate::protocol::{Code, Command, CommandResult, ProviderKind, SessionId};
 use crate::providers::{
     ExecSpec, OutputSink, Provider, ProviderError, Session, SessionSpec, SessionStatus,
 };
@@ -27,8 +28,7 @@ pub(crate) fn execute(rt: &Runtime, cmd: &Command, sink: &mut dyn OutputSink) ->
                 cmd,
                 &rt.node_id,
                 started,
-                Status::Failed,
-                codes::INVALID,
+                Code::Invalid,
                 field.to_string(),
             )
         }
@@ -38,17 +38,17 @@ pub(crate) fn execute(rt: &Runtime, cmd: &Command, sink: &mut dyn OutputSink) ->
         Request::SystemStatus => Ok(status::status(rt)),
         Request::SystemInfo => Ok(status::info(rt)),
         Request::SystemHealth => Ok(status::health(rt).1),
-        Request::SessionList(p) => list_sessions(rt, p).map(|s| json!(s)),
+        Request::SessionList(p) => rt.list_sessions(p.provider).map(|s| json!(s)),
         Request::SessionCreate(p) => create(rt, p, timeout),
         Request::SessionStart(p) => with_session(rt, &p.session_id, |prov| {
             let s = prov.start(&p.session_id)?;
-            Ok(session_changed(rt, s, "started"))
+            Ok(session_changed(rt, s, SessionChange::Started))
         }),
         Request::SessionStop(p) => {
             let grace = p.timeout.unwrap_or(DEFAULT_STOP_GRACE).min(timeout);
             with_session(rt, &p.session_id, |prov| {
                 let s = prov.stop(&p.session_id, grace)?;
-                Ok(session_changed(rt, s, "stopped"))
+                Ok(session_changed(rt, s, SessionChange::Stopped))
             })
         }
         Request::SessionDestroy(p) => destroy(rt, &p.session_id),
@@ -60,22 +60,21 @@ pub(crate) fn execute(rt: &Runtime, cmd: &Command, sink: &mut dyn OutputSink) ->
     };
     match outcome {
         Ok(data) => CommandResult::success(cmd, &rt.node_id, started, data),
-        Err(f) => CommandResult::failure(cmd, &rt.node_id, started, f.status, f.code, f.message),
+        Err(f) => CommandResult::failure(cmd, &rt.node_id, started, f.code, f.message),
     }
 }
 
-/// A failed outcome on its way to a result.
-#[derive(Debug)]
-struct Failure {
-    status: Status,
-    code: &'static str,
-    message: String,
+/// A failed outcome on its way to a result (its status follows from the
+/// code), or to an API error for `GET /api/v1/sessions`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failure {
+    pub(crate) code: Code,
+    pub(crate) message: String,
 }
 
 impl Failure {
-    fn new(code: &'static str, message: impl Into<String>) -> Failure {
+    fn new(code: Code, message: impl Into<String>) -> Failure {
         Failure {
-            status: Status::Failed,
             code,
             message: message.into(),
         }
@@ -90,28 +89,29 @@ impl From<ProviderError> for Failure {
 
 /// The one mapping from provider errors to result status and code.
 fn failure_for(e: ProviderError) -> Failure {
-    let (status, code) = match &e {
-        ProviderError::NotFound(_) => (Status::Failed, codes::NOT_FOUND),
-        ProviderError::Conflict(_) => (Status::Failed, codes::CONFLICT),
-        ProviderError::Invalid(_) => (Status::Failed, codes::INVALID),
-        ProviderError::Unavailable(_) => (Status::Failed, codes::UNAVAILABLE),
-        ProviderError::Timeout(_) => (Status::Timeout, codes::TIMEOUT),
-        ProviderError::Failed(_) => (Status::Failed, codes::FAILED),
+    let code = match &e {
+        ProviderError::NotFound(_) => Code::NotFound,
+        ProviderError::Conflict(_) => Code::Conflict,
+        ProviderError::Invalid(_) => Code::Invalid,
+        ProviderError::Unavailable(_) => Code::Unavailable,
+        ProviderError::Timeout(_) => Code::Timeout,
+        ProviderError::Failed(_) => Code::Failed,
     };
-    Failure {
-        status,
-        code,
-        message: e.to_string(),
-    }
+    Failure::new(code, e.to_string())
 }
 
 fn provider(rt: &Runtime, kind: ProviderKind) -> Result<Arc<dyn Provider>, Failure> {
     rt.registry.get(kind).ok_or_else(|| {
         Failure::new(
-            codes::UNAVAILABLE,
+            Code::Unavailable,
             format!(
-                "provider {kind} is not enabled on this node (providers: {:?})",
-                rt.registry.kinds()
+                "provider {kind} is not enabled on this node (providers: {})",
+                rt.registry
+                    .kinds()
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })
@@ -137,7 +137,7 @@ fn with_session(
     match owner(rt, id)? {
         Some(p) => f(&p).map_err(failure_for),
         None => Err(Failure::new(
-            codes::NOT_FOUND,
+            Code::NotFound,
             format!("no session {id} on this node; `session list` shows the ones there are"),
         )),
     }
@@ -151,7 +151,7 @@ fn refresh_sessions(rt: &Runtime, only: Option<ProviderKind>) -> (Vec<Session>, 
         if only.is_some_and(|k| k != p.kind()) {
             continue;
         }
-        match super::monitor::sync(rt, p.as_ref()) {
+        match rt.sync_sessions(p.as_ref()) {
             Ok(list) => all.extend(list),
             Err(e) => errors.push(format!("{}: {e}", p.kind())),
         }
@@ -159,19 +159,28 @@ fn refresh_sessions(rt: &Runtime, only: Option<ProviderKind>) -> (Vec<Session>, 
     (all, errors)
 }
 
-fn list_sessions(rt: &Runtime, p: &ListParams) -> Result<Vec<Session>, Failure> {
-    if let Some(kind) = p.provider {
-        provider(rt, kind)?;
+impl Runtime {
+    /// Every session (or one provider's), asked of the providers now; the
+    /// table follows. `session list` and `GET /api/v1/sessions` both come
+    /// here. A provider that cannot answer is an error only when it was
+    /// the one asked for.
+    pub(crate) fn list_sessions(
+        &self,
+        only: Option<ProviderKind>,
+    ) -> Result<Vec<Session>, Failure> {
+        if let Some(kind) = only {
+            provider(self, kind)?;
+        }
+        let (mut sessions, errors) = refresh_sessions(self, only);
+        if sessions.is_empty() && !errors.is_empty() && only.is_some() {
+            return Err(Failure::new(Code::Unavailable, errors.join("; ")));
+        }
+        for e in &errors {
+            log::warn!("session list: provider unavailable: {e}");
+        }
+        sessions.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(sessions)
     }
-    let (mut sessions, errors) = refresh_sessions(rt, p.provider);
-    if sessions.is_empty() && !errors.is_empty() && p.provider.is_some() {
-        return Err(Failure::new(codes::UNAVAILABLE, errors.join("; ")));
-    }
-    for e in &errors {
-        log::warn!("session list: provider unavailable: {e}");
-    }
-    sessions.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(sessions)
 }
 
 fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Failure> {
@@ -179,7 +188,7 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
     let prov = provider(rt, kind)?;
     if let Some(existing) = rt.sessions.get(p.session_id.as_str()) {
         return Err(Failure::new(
-            codes::CONFLICT,
+            Code::Conflict,
             format!(
                 "session {} already exists ({}, {}); destroy it first or pick another id",
                 existing.id,
@@ -190,14 +199,13 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
     }
     let (total, _) = rt.sessions.counts();
     if total >= rt.config.limits.max_sessions {
-        return Err(Failure {
-            status: Status::Rejected,
-            code: codes::REJECTED,
-            message: format!(
+        return Err(Failure::new(
+            Code::Rejected,
+            format!(
                 "limits.max_sessions ({}) reached; destroy a session or raise the limit",
                 rt.config.limits.max_sessions
             ),
-        });
+        ));
     }
     let workspace = match &p.workspace_path {
         Some(w) => Some(check_workspace(w, &rt.config.workspace_roots)?),
@@ -216,13 +224,13 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
         timeout,
     };
     let session = prov.create(&spec)?;
-    Ok(session_changed(rt, session, "created"))
+    Ok(session_changed(rt, session, SessionChange::Created))
 }
 
 /// The workspace must exist, be a directory, and (when roots are set) lie
 /// under one of them after resolving symlinks and `..`.
 fn check_workspace(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
-    let invalid = |m: String| Failure::new(codes::INVALID, format!("params.workspace_path: {m}"));
+    let invalid = |m: String| Failure::new(Code::Invalid, format!("params.workspace_path: {m}"));
     let real = std::fs::canonicalize(path)
         .map_err(|e| invalid(format!("{} cannot be used: {e}", path.display())))?;
     if !real.is_dir() {
@@ -233,10 +241,9 @@ fn check_workspace(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
             .iter()
             .any(|r| std::fs::canonicalize(r).is_ok_and(|root| real.starts_with(root)));
         if !inside {
-            return Err(Failure {
-                status: Status::Rejected,
-                code: codes::REJECTED,
-                message: format!(
+            return Err(Failure::new(
+                Code::Rejected,
+                format!(
                     "params.workspace_path: {} is not under workspace_roots ({})",
                     path.display(),
                     roots
@@ -245,7 +252,7 @@ fn check_workspace(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            });
+            ));
         }
     }
     Ok(real)
@@ -258,21 +265,27 @@ fn destroy(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
     };
     let existed = prov.destroy(id)?;
     if let Some(s) = rt.sessions.remove(id.as_str()) {
-        rt.events.publish("session", json!({"id": s.id, "provider": s.provider, "event": "destroyed", "status": "destroyed"}));
+        rt.events.publish(Event::Session(SessionEvent {
+            status: SessionState::Destroyed,
+            exit_code: None,
+            ..SessionEvent::of(&s, SessionChange::Destroyed)
+        }));
     }
     log::info!(session_id = id.as_str(); "session destroyed");
     Ok(json!({"id": id, "destroyed": existed, "existed": existed}))
 }
 
 /// Updates the table, publishes the event and returns the record.
-fn session_changed(rt: &Runtime, s: Session, what: &str) -> Value {
-    rt.sessions.upsert(s.clone());
-    rt.events.publish(
-        "session",
-        json!({"id": s.id, "provider": s.provider, "event": what, "status": s.status.as_str()}),
-    );
-    log::info!(session_id = s.id.as_str(), provider = s.provider.as_str(); "session {what}");
-    serde_json::to_value(&s).unwrap_or(Value::Null)
+fn session_changed(rt: &Runtime, s: Session, change: SessionChange) -> Value {
+    rt.events.publish(Event::Session(SessionEvent {
+        // A command's own event: the exit code belongs to status changes.
+        exit_code: None,
+        ..SessionEvent::of(&s, change)
+    }));
+    log::info!(session_id = s.id.as_str(), provider = s.provider.as_str(); "session {}", change.as_str());
+    let doc = serde_json::to_value(&s).unwrap_or(Value::Null);
+    rt.sessions.upsert(s);
+    doc
 }
 
 fn exec(
@@ -291,9 +304,9 @@ fn exec(
                 "no session {} on this node; `session list` shows the ones there are",
                 p.session_id
             );
-            return CommandResult::failure(cmd, node, started, Status::Failed, codes::NOT_FOUND, m);
+            return CommandResult::failure(cmd, node, started, Code::NotFound, m);
         }
-        Err(f) => return CommandResult::failure(cmd, node, started, f.status, f.code, f.message),
+        Err(f) => return CommandResult::failure(cmd, node, started, f.code, f.message),
     };
     let mut env = p.env.clone();
     env.insert(
@@ -327,8 +340,7 @@ fn exec(
                     cmd,
                     node,
                     started,
-                    Status::Timeout,
-                    codes::TIMEOUT,
+                    Code::Timeout,
                     format!(
                         "exec timed out after {} and was killed",
                         crate::protocol::duration::format(timeout)
@@ -345,13 +357,13 @@ fn exec(
         }
         Err(e) => {
             let f = failure_for(e);
-            CommandResult::failure(cmd, node, started, f.status, f.code, f.message)
+            CommandResult::failure(cmd, node, started, f.code, f.message)
         }
     }
 }
 
 fn service_list(rt: &Runtime, p: &ListParams) -> Result<Value, Failure> {
-    let sessions = list_sessions(rt, p)?;
+    let sessions = rt.list_sessions(p.provider)?;
     let services: Vec<Value> = sessions
         .iter()
         .filter(|s| s.status == SessionStatus::Running)
@@ -365,7 +377,7 @@ fn service_status(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
     let s = rt
         .sessions
         .get(id.as_str())
-        .ok_or_else(|| Failure::new(codes::NOT_FOUND, format!("no session {id} on this node")))?;
+        .ok_or_else(|| Failure::new(Code::NotFound, format!("no session {id} on this node")))?;
     Ok(service_doc(rt, &s))
 }
 

@@ -5,21 +5,32 @@
 //! the backlog). The last events are kept so that a reconnect misses
 //! nothing that is still in the window.
 
+use crate::protocol::event::Event as Change;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use serde_json::Value;
+use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 const BACKLOG: usize = 256;
 const SUBSCRIBER_BUFFER: usize = 256;
 
+/// An event as subscribers get it: serialised once for all of them.
 #[derive(Debug)]
 pub(crate) struct Event {
     pub(crate) seq: u64,
     /// `command` or `session`.
     pub(crate) kind: &'static str,
-    /// The JSON payload, serialized once for every subscriber.
+    /// The JSON payload, with `seq` and `time`.
     pub(crate) data: String,
+}
+
+/// The payload on the wire: the change, its sequence number and time.
+#[derive(Serialize)]
+struct Stamped<'a> {
+    #[serde(flatten)]
+    change: &'a Change,
+    seq: u64,
+    time: String,
 }
 
 #[derive(Default)]
@@ -53,18 +64,20 @@ impl Default for Events {
 
 impl Events {
     /// Publishes to every subscriber; returns how many were dropped as slow.
-    pub(crate) fn publish(&self, kind: &'static str, mut data: Value) -> usize {
+    pub(crate) fn publish(&self, change: Change) -> usize {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.seq += 1;
         let seq = inner.seq;
-        if let Value::Object(m) = &mut data {
-            m.insert("seq".into(), Value::from(seq));
-            m.insert("time".into(), Value::from(crate::util::now_rfc3339()));
-        }
+        let stamped = Stamped {
+            change: &change,
+            seq,
+            time: crate::util::now_rfc3339(),
+        };
         let event = Arc::new(Event {
             seq,
-            kind,
-            data: data.to_string(),
+            kind: change.kind(),
+            // Plain structs of strings and numbers: serialising cannot fail.
+            data: serde_json::to_string(&stamped).unwrap_or_default(),
         });
         if inner.backlog.len() >= BACKLOG {
             inner.backlog.pop_front();
@@ -112,19 +125,32 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::protocol::event::{CommandEvent, CommandState};
+
+    fn running(id: &str) -> Change {
+        Change::Command(CommandEvent {
+            id: id.into(),
+            kind: "system".into(),
+            action: "status".into(),
+            state: CommandState::Running,
+        })
+    }
 
     #[test]
     fn delivers_and_replays() {
         let ev = Events::default();
         let (_, rx) = ev.subscribe(None);
-        ev.publish("command", json!({"id": "a"}));
-        ev.publish("command", json!({"id": "b"}));
+        ev.publish(running("a"));
+        ev.publish(running("b"));
         let first = rx.try_recv().unwrap().seq;
         assert!(first > 1_700_000_000_000_000, "ids start at the start time");
         let (backlog, _) = ev.subscribe(Some(first));
         assert_eq!(backlog.len(), 1);
-        assert!(backlog[0].data.contains("\"b\""));
+        let b: serde_json::Value = serde_json::from_str(&backlog[0].data).unwrap();
+        assert_eq!(b["id"], "b");
+        assert_eq!(b["state"], "running");
+        assert_eq!(b["seq"], first + 1);
+        assert!(b["time"].as_str().unwrap().ends_with('Z'), "{b}");
     }
 
     #[test]
@@ -133,7 +159,7 @@ mod tests {
         let (_, _rx) = ev.subscribe(None);
         let mut dropped = 0;
         for i in 0..(SUBSCRIBER_BUFFER + 1) {
-            dropped += ev.publish("command", json!({"i": i}));
+            dropped += ev.publish(running(&i.to_string()));
         }
         assert_eq!(dropped, 1);
         assert_eq!(ev.subscribers(), 0);

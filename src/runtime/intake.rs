@@ -5,11 +5,11 @@
 
 use super::Runtime;
 use crate::protocol::command::Request;
-use crate::protocol::{codes, Command, CommandResult, Status};
+use crate::protocol::event::{CommandEvent, CommandState, Event};
+use crate::protocol::{Code, Command, CommandResult};
 use crate::providers::output::Chunk;
 use crate::store::ledger::{Begin, Origin, State, Unfinished};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use serde_json::json;
 use std::time::SystemTime;
 
 /// A command on its way to a worker, with where its result goes.
@@ -120,8 +120,7 @@ impl Runtime {
                     &command,
                     &self.node_id,
                     SystemTime::now(),
-                    Status::Failed,
-                    codes::INVALID,
+                    Code::Invalid,
                     field.to_string(),
                 ))
             }
@@ -146,16 +145,20 @@ impl Runtime {
         let id = command.id.clone();
         // Published before the job is handed over, so that a worker's
         // "running" can never come first; a refusal then says so.
-        self.events.publish(
-            "command",
-            json!({"id": id.as_str(), "type": kind, "action": action, "state": "queued", "origin": origin.as_str()}),
-        );
-        let refused = |reason: &str| {
+        self.events.publish(command_event(
+            id.as_str(),
+            &kind,
+            &action,
+            CommandState::Queued { origin },
+        ));
+        let refused = |reason: &'static str| {
             self.ledger.forget(&id);
-            self.events.publish(
-                "command",
-                json!({"id": id.as_str(), "type": kind, "action": action, "state": "refused", "reason": reason}),
-            );
+            self.events.publish(command_event(
+                id.as_str(),
+                &kind,
+                &action,
+                CommandState::Refused { reason },
+            ));
         };
         match self.queue.try_send(Job {
             command,
@@ -196,11 +199,16 @@ impl Runtime {
             &command.action,
             result.status.as_str(),
         ]);
-        self.events.publish(
-            "command",
-            json!({"id": result.id, "type": command.kind, "action": command.action, "state": "finished",
-                   "status": result.status, "error": result.error, "duration_ms": result.duration_ms}),
-        );
+        self.events.publish(command_event(
+            &result.id,
+            &command.kind,
+            &command.action,
+            CommandState::Finished {
+                status: result.status,
+                error: result.error.clone(),
+                duration_ms: result.duration_ms,
+            },
+        ));
     }
 
     /// Spools a result for the reporter. A spool failure is logged; the
@@ -212,8 +220,7 @@ impl Runtime {
                 command,
                 &self.node_id,
                 SystemTime::now(),
-                Status::Rejected,
-                codes::REJECTED,
+                Code::Rejected,
                 format!("{} is not in allowed_commands on this node", command.name()),
             )
         })
@@ -229,6 +236,17 @@ impl Runtime {
             }
         }
     }
+}
+
+/// An event about a command; `kind` and `action` are the command's
+/// cleaned labels.
+pub(crate) fn command_event(id: &str, kind: &str, action: &str, state: CommandState) -> Event {
+    Event::Command(CommandEvent {
+        id: id.to_string(),
+        kind: kind.to_string(),
+        action: action.to_string(),
+        state,
+    })
 }
 
 /// Stops what an interrupted exec left running in its session, so that
@@ -295,8 +313,7 @@ pub(crate) fn recover(rt: &Runtime, unfinished: Vec<Unfinished>) {
                         &command,
                         &rt.node_id,
                         SystemTime::now(),
-                        Status::Failed,
-                        codes::RESTARTED,
+                        Code::Restarted,
                         format!(
                             "agent restarted during execution; the command may have partly run and was not run again{}",
                             reap_interrupted(rt, &command)

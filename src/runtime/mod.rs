@@ -21,6 +21,8 @@ pub(crate) mod intake;
 pub(crate) mod monitor;
 pub(crate) mod sessions;
 pub(crate) mod status;
+#[cfg(test)]
+mod tests;
 pub(crate) mod threads;
 pub(crate) mod workers;
 

@@ -2,12 +2,9 @@
 //! every `monitor_interval`, publishes session changes it notices (a
 //! container that exited on its own), and prunes old results hourly.
 
-use super::sessions::Change;
 use super::threads::{self, Control, Thread};
 use super::Runtime;
-use crate::providers::{Provider, ProviderError, Session};
 use crossbeam_channel::{select, tick, Receiver, Sender};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,39 +47,10 @@ pub(crate) fn refresh(rt: &Runtime) {
         if !health.get(&p.kind()).is_some_and(|h| h.ok) {
             continue;
         }
-        if let Err(e) = sync(rt, p.as_ref()) {
+        if let Err(e) = rt.sync_sessions(p.as_ref()) {
             log::warn!(provider = p.kind().as_str(); "cannot list sessions: {e}");
         }
     }
-}
-
-/// Lists one provider's sessions, brings the table up to date and
-/// publishes what changed. Every listing goes through here, so a change is
-/// announced whoever noticed it first (the monitor or a `session list`).
-pub(crate) fn sync(rt: &Runtime, p: &dyn Provider) -> Result<Vec<Session>, ProviderError> {
-    let list = p.list()?;
-    for change in rt.sessions.replace(p.kind(), list.clone()) {
-        publish(rt, change);
-    }
-    Ok(list)
-}
-
-fn publish(rt: &Runtime, change: Change) {
-    let (s, event) = match change {
-        Change::Appeared(s) => (s, "discovered"),
-        Change::Status { session, from } => {
-            log::info!(session_id = session.id.as_str(); "session went from {} to {}", from.as_str(), session.status.as_str());
-            (session, "status")
-        }
-        Change::Vanished(s) => {
-            log::warn!(session_id = s.id.as_str(); "session disappeared from its provider");
-            (s, "vanished")
-        }
-    };
-    rt.events.publish(
-        "session",
-        json!({"id": s.id, "provider": s.provider, "event": event, "status": s.status.as_str(), "exit_code": s.exit_code}),
-    );
 }
 
 fn prune(rt: &Runtime) {

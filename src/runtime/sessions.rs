@@ -3,8 +3,10 @@
 //! every session command. It answers "which provider owns session X" and
 //! the session counts; `session list` still asks the providers live.
 
+use super::Runtime;
+use crate::protocol::event::{Event, SessionChange, SessionEvent};
 use crate::protocol::ProviderKind;
-use crate::providers::{Session, SessionStatus};
+use crate::providers::{Provider, ProviderError, Session, SessionStatus};
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
@@ -99,15 +101,28 @@ impl SessionTable {
     }
 }
 
-impl PartialOrd for SessionStatus {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for SessionStatus {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+/// Lists one provider's sessions, brings the table up to date and
+/// publishes what changed. Every listing goes through here, so a change is
+/// announced whoever noticed it first (the monitor or a `session list`).
+impl Runtime {
+    pub(crate) fn sync_sessions(&self, p: &dyn Provider) -> Result<Vec<Session>, ProviderError> {
+        let list = p.list()?;
+        for change in self.sessions.replace(p.kind(), list.clone()) {
+            let (s, event) = match change {
+                Change::Appeared(s) => (s, SessionChange::Discovered),
+                Change::Status { session, from } => {
+                    log::info!(session_id = session.id.as_str(); "session went from {} to {}", from.as_str(), session.status.as_str());
+                    (session, SessionChange::Status)
+                }
+                Change::Vanished(s) => {
+                    log::warn!(session_id = s.id.as_str(); "session disappeared from its provider");
+                    (s, SessionChange::Vanished)
+                }
+            };
+            self.events
+                .publish(Event::Session(SessionEvent::of(&s, event)));
+        }
+        Ok(list)
     }
 }
 

@@ -5,13 +5,14 @@
 //! after the restart. A panic inside a command becomes a `failed` result;
 //! the worker lives on.
 
+use super::intake::command_event;
 use super::intake::Job;
 use super::threads::{self, Control, Thread};
 use super::{dispatch, Runtime};
-use crate::protocol::{codes, CommandResult, Status};
+use crate::protocol::event::CommandState;
+use crate::protocol::{Code, CommandResult};
 use crate::providers::output::{Chunk, Discard, OutputSink, Stream};
 use crossbeam_channel::{select_biased, Receiver, Sender};
-use serde_json::json;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,16 +64,17 @@ pub(crate) fn run_job(rt: &Runtime, job: Job) {
                 cmd,
                 &rt.node_id,
                 started,
-                Status::Failed,
-                codes::INTERNAL,
+                Code::Internal,
                 format!("not run: the agent could not record it first ({e})"),
             )
         }
         Ok(()) => {
-            rt.events.publish(
-                "command",
-                json!({"id": id, "type": cmd.kind, "action": cmd.action, "state": "running"}),
-            );
+            rt.events.publish(command_event(
+                id,
+                &cmd.kind,
+                &cmd.action,
+                CommandState::Running,
+            ));
             log::debug!(command_id = id, command = cmd.name().as_str(); "command started");
             let run = || match &job.stream {
                 Some(tx) => dispatch::execute(
@@ -95,8 +97,7 @@ pub(crate) fn run_job(rt: &Runtime, job: Job) {
                     cmd,
                     &rt.node_id,
                     started,
-                    Status::Failed,
-                    codes::INTERNAL,
+                    Code::Internal,
                     format!("internal error while running the command ({what}); the agent keeps running, please report this"),
                 )
             })

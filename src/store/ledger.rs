@@ -17,6 +17,7 @@
 
 use super::StoreError;
 use crate::os::fs as fsutil;
+pub(crate) use crate::protocol::command::Origin;
 use crate::protocol::{CommandId, CommandResult};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,23 +43,6 @@ impl State {
             State::Queued => "queued",
             State::Running => "running",
             State::Done => "done",
-        }
-    }
-}
-
-/// Who sent a command, and so where its result goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Origin {
-    Api,
-    Coordination,
-}
-
-impl Origin {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Origin::Api => "api",
-            Origin::Coordination => "coordination",
         }
     }
 }
@@ -447,7 +431,7 @@ fn read_record(path: &Path) -> Result<Record, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Status;
+    use crate::protocol::result::Status;
     use serde_json::json;
 
     fn tmp() -> PathBuf {

@@ -3,17 +3,8 @@
 
 use super::StoreError;
 use crate::os::fs as fsutil;
+use crate::protocol::ids::valid_node_id;
 use std::path::Path;
-
-/// Node ids travel in URL paths: `[A-Za-z0-9._-]{1,64}`.
-pub(crate) fn valid_node_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 /// The cache directory (created if missing), the node id and the node name
 /// (the configured one, else the host name): what the agent and

@@ -130,7 +130,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Status;
+    use crate::protocol::result::Status;
 
     #[test]
     fn put_read_remove() {

@@ -398,7 +398,7 @@ fn debug_routes_only_when_enabled() {
         .iter()
         .filter_map(|v| v.as_str())
         .collect();
-    for t in ["worker-0", "api-0", "monitor", "signals"] {
+    for t in ["worker-0", "api-accept", "api-conn", "monitor", "signals"] {
         assert!(names.contains(&t), "{t} missing from {names:?}");
     }
     let (s, b) = a.get("/debug/memory");

@@ -243,7 +243,28 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Self::from_listener_inner(listener.into(), ssl_config, None)
+    }
+
+    /// vendetta patch: a server that answers every request on the thread
+    /// of the connection it came on, by calling `handler`, instead of
+    /// queueing it for `recv()`. One thread serves a request end to end
+    /// and requests of one connection are answered in order; the threads
+    /// are named `{name}-accept` and `{name}-conn`. `recv()` on such a
+    /// server only returns when unblocked.
+    pub fn from_listener_with_handler<L: Into<Listener>>(
+        listener: L,
+        name: &str,
+        handler: Arc<dyn Fn(Request) + Send + Sync + 'static>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_inner(listener.into(), None, Some((name.to_string(), handler)))
+    }
+
+    fn from_listener_inner(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        handler: Option<(String, Arc<dyn Fn(Request) + Send + Sync + 'static>)>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -285,9 +306,14 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
-        thread::spawn(move || {
+        let (accept_name, conn_name) = match &handler {
+            Some((name, _)) => (format!("{name}-accept"), Some(format!("{name}-conn"))),
+            None => ("tiny-http-accept".to_string(), None),
+        };
+        let handler = handler.map(|(_, h)| h);
+        thread::Builder::new().name(accept_name).spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
+            let tasks_pool = util::TaskPool::new(conn_name);
             // vendetta patch: connections open at once, each holding a
             // thread; beyond MAX_CONNECTIONS a new one is closed at once, so
             // a client opening connections cannot exhaust threads or fds.
@@ -335,6 +361,7 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let handler = handler.clone();
                         let mut client = Some(client);
                         // Counted until the task (and with it the guard) is
                         // dropped, whether it ran or could not be started.
@@ -349,8 +376,13 @@ impl Server {
                         tasks_pool.spawn(Box::new(move || {
                             let _open = &open;
                             if let Some(client) = client.take() {
+                                // vendetta patch: answered on this thread.
+                                if let Some(handler) = &handler {
+                                    for rq in client {
+                                        handler(rq);
+                                    }
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
+                                } else if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
                                         messages.push(rq.with_notify_sender(sender.clone()).into());
@@ -377,7 +409,7 @@ impl Server {
                 }
             }
             log::debug!("Terminating accept thread");
-        });
+        })?;
 
         // result
         Ok(Server {

@@ -1,0 +1,197 @@
+//! Events on `GET /api/v1/events`: what happened to a command or a
+//! session, typed here and serialised once, at the edge.
+//!
+//! Every event's JSON also carries `seq` (its SSE id, growing across
+//! restarts) and `time`; `runtime::events` adds both when it publishes.
+
+use super::command::{Origin, ProviderKind};
+use super::result::Status;
+use super::session::{Session, SessionStatus};
+use serde::Serialize;
+
+/// One event, named on the stream (`event: command` or `event: session`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Event {
+    Command(CommandEvent),
+    Session(SessionEvent),
+}
+
+impl Event {
+    /// The SSE event name.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Event::Command(_) => "command",
+            Event::Session(_) => "session",
+        }
+    }
+}
+
+/// A command moved along its path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct CommandEvent {
+    pub(crate) id: String,
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) action: String,
+    #[serde(flatten)]
+    pub(crate) state: CommandState,
+}
+
+/// Where the command is, with what that step adds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub(crate) enum CommandState {
+    /// Accepted and queued (published before a worker can take it).
+    Queued {
+        origin: Origin,
+    },
+    /// Not queued after all; `reason` is `queue_full` or `shutting_down`.
+    Refused {
+        reason: &'static str,
+    },
+    Running,
+    Finished {
+        status: Status,
+        error: String,
+        duration_ms: f64,
+    },
+}
+
+/// A session changed, by a command or behind the agent's back.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct SessionEvent {
+    pub(crate) id: String,
+    pub(crate) provider: ProviderKind,
+    pub(crate) event: SessionChange,
+    pub(crate) status: SessionState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) exit_code: Option<i32>,
+}
+
+impl SessionEvent {
+    /// `session` after `change`, in its own status.
+    pub(crate) fn of(session: &Session, change: SessionChange) -> SessionEvent {
+        SessionEvent {
+            id: session.id.clone(),
+            provider: session.provider,
+            event: change,
+            status: SessionState::Is(session.status),
+            exit_code: session.exit_code,
+        }
+    }
+}
+
+/// What happened to the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SessionChange {
+    Created,
+    Started,
+    Stopped,
+    Destroyed,
+    /// Found by a listing (e.g. after a restart) without a command of ours.
+    Discovered,
+    /// Its status changed without a command (a container exited).
+    Status,
+    /// Gone from its provider without a command.
+    Vanished,
+}
+
+impl SessionChange {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SessionChange::Created => "created",
+            SessionChange::Started => "started",
+            SessionChange::Stopped => "stopped",
+            SessionChange::Destroyed => "destroyed",
+            SessionChange::Discovered => "discovered",
+            SessionChange::Status => "status",
+            SessionChange::Vanished => "vanished",
+        }
+    }
+}
+
+/// A session's status in an event: one of a live session's, or
+/// `destroyed`, which no live session has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum SessionState {
+    Is(SessionStatus),
+    #[serde(serialize_with = "destroyed")]
+    Destroyed,
+}
+
+fn destroyed<S: serde::Serializer>(s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("destroyed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_keep_their_wire_shape() {
+        let queued = Event::Command(CommandEvent {
+            id: "c1".into(),
+            kind: "session".into(),
+            action: "exec".into(),
+            state: CommandState::Queued {
+                origin: Origin::Api,
+            },
+        });
+        assert_eq!(queued.kind(), "command");
+        assert_eq!(
+            serde_json::to_value(&queued).unwrap(),
+            json!({"id": "c1", "type": "session", "action": "exec", "state": "queued", "origin": "api"})
+        );
+        let finished = Event::Command(CommandEvent {
+            id: "c1".into(),
+            kind: "session".into(),
+            action: "exec".into(),
+            state: CommandState::Finished {
+                status: Status::Timeout,
+                error: "slow".into(),
+                duration_ms: 1.5,
+            },
+        });
+        assert_eq!(
+            serde_json::to_value(&finished).unwrap(),
+            json!({"id": "c1", "type": "session", "action": "exec", "state": "finished",
+                   "status": "timeout", "error": "slow", "duration_ms": 1.5})
+        );
+        let refused = CommandState::Refused {
+            reason: "queue_full",
+        };
+        assert_eq!(
+            serde_json::to_value(&refused).unwrap(),
+            json!({"state": "refused", "reason": "queue_full"})
+        );
+        let gone = Event::Session(SessionEvent {
+            id: "s1".into(),
+            provider: ProviderKind::Lxc,
+            event: SessionChange::Destroyed,
+            status: SessionState::Destroyed,
+            exit_code: None,
+        });
+        assert_eq!(gone.kind(), "session");
+        assert_eq!(
+            serde_json::to_value(&gone).unwrap(),
+            json!({"id": "s1", "provider": "lxc", "event": "destroyed", "status": "destroyed"})
+        );
+        let exited = SessionEvent {
+            status: SessionState::Is(SessionStatus::Exited),
+            event: SessionChange::Status,
+            exit_code: Some(3),
+            ..match gone {
+                Event::Session(s) => s,
+                Event::Command(_) => unreachable!(),
+            }
+        };
+        assert_eq!(
+            serde_json::to_value(&exited).unwrap(),
+            json!({"id": "s1", "provider": "lxc", "event": "status", "status": "exited", "exit_code": 3})
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! The command path end to end, in process: submit → dedupe → policy →
+//! queue → worker → provider → ledger/spool → events, with a fake
+//! provider (`providers::fake`) through the provider registry.
+
+use super::intake::{Refusal, Submitted};
+use super::threads::{self, Control, Thread};
+use super::{workers, Opened, Runtime};
+use crate::config::{self, Config};
+use crate::protocol::result::Status;
+use crate::protocol::{Code, Command, CommandResult};
+use crate::providers::fake::{Exec, FakeProvider};
+use crate::providers::Registry;
+use crate::store::ledger::{Found, Origin, State};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A runtime on a fresh cache dir with the fake as its only provider;
+/// workers run once `start` is called. Stops its workers and removes the
+/// dir on drop.
+struct Harness {
+    rt: Arc<Runtime>,
+    jobs: Receiver<super::intake::Job>,
+    unfinished: Vec<crate::store::ledger::Unfinished>,
+    fake: Arc<FakeProvider>,
+    dir: PathBuf,
+    shutdown: Option<Sender<()>>,
+    shutdown_rx: Receiver<()>,
+    control: (Sender<Control>, Receiver<Control>),
+    threads: Vec<Thread>,
+}
+
+impl Harness {
+    fn new(fake: FakeProvider, yaml: &str) -> Harness {
+        let dir = std::env::temp_dir().join(format!(
+            "vrt-{}-{}",
+            std::process::id(),
+            crate::util::random_hex(4)
+        ));
+        Harness::open(Arc::new(fake), yaml, dir)
+    }
+
+    /// Opens a runtime over `dir` (a second start over the same state).
+    fn open(fake: Arc<FakeProvider>, yaml: &str, dir: PathBuf) -> Harness {
+        let mut cfg: Config = config::parse_text(std::path::Path::new("t.yaml"), yaml).unwrap();
+        cfg.cache_dir = Some(dir.clone());
+        cfg.validate(std::path::Path::new("t.yaml")).unwrap();
+        let loaded = config::Loaded {
+            config: cfg,
+            source: config::Source::Defaults,
+            warnings: Vec::new(),
+        };
+        let provider = fake.clone();
+        let Opened {
+            runtime,
+            jobs,
+            unfinished,
+        } = Runtime::with_registry(&loaded, move |_, _| Registry::new(vec![provider])).unwrap();
+        let (shutdown, shutdown_rx) = bounded(0);
+        Harness {
+            rt: runtime,
+            jobs,
+            unfinished,
+            fake,
+            dir,
+            shutdown: Some(shutdown),
+            shutdown_rx,
+            control: bounded(16),
+            threads: Vec::new(),
+        }
+    }
+
+    fn start(&mut self) {
+        self.threads = workers::spawn(&self.rt, &self.jobs, &self.shutdown_rx, &self.control.0)
+            .expect("spawn workers");
+        let unfinished = std::mem::take(&mut self.unfinished);
+        super::intake::recover(&self.rt, unfinished);
+    }
+
+    /// The agent's shutdown, up to where the API answers: stop intake,
+    /// tell the workers, drop what is still queued.
+    fn shut_down(&mut self) {
+        self.rt.stop_accepting();
+        self.shutdown.take();
+        while self.jobs.try_recv().is_ok() {}
+    }
+
+    fn join(&mut self) {
+        self.shutdown.take();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let joined = threads::join_all(&mut self.threads, deadline, &self.control.1);
+        assert!(joined.stuck.is_empty(), "stuck: {:?}", joined.stuck);
+    }
+
+    fn execs(&self) -> usize {
+        self.fake.execs.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.join();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn command(v: serde_json::Value) -> Command {
+    crate::protocol::command::from_value(v).unwrap()
+}
+
+fn exec(id: &str, params: serde_json::Value) -> Command {
+    let mut p = json!({"session_id": "s1", "command": ["true"]});
+    if let (Some(p), Some(extra)) = (p.as_object_mut(), params.as_object()) {
+        p.extend(extra.clone());
+    }
+    command(json!({"id": id, "type": "session", "action": "exec", "params": p}))
+}
+
+fn queued(s: Submitted) -> Receiver<CommandResult> {
+    match s {
+        Submitted::Queued(Some(rx)) => rx,
+        other => panic!("expected queued with a reply, got {other:?}"),
+    }
+}
+
+fn result(rx: &Receiver<CommandResult>) -> CommandResult {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("a result within 10 s")
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_repeated_id_runs_once_and_answers_with_the_stored_result() {
+    let (release, gate) = bounded::<()>(0);
+    let mut h = Harness::new(FakeProvider::new(Exec::WaitFor(gate)), "workers: 2\n");
+    h.start();
+    let first = queued(h.rt.submit(exec("c1", json!({})), Origin::Api, true));
+    wait_until("the exec started", || h.execs() == 1);
+    match h.rt.submit(exec("c1", json!({})), Origin::Api, true) {
+        Submitted::InProgress(state) => assert_eq!(state, State::Running),
+        other => panic!("expected in progress, got {other:?}"),
+    }
+    drop(release);
+    let r = result(&first);
+    assert_eq!(
+        (r.status, r.exit_code, r.output.as_str()),
+        (Status::Success, 0, "ok\n")
+    );
+    match h.rt.submit(exec("c1", json!({})), Origin::Api, true) {
+        Submitted::Done { result, replayed } => {
+            assert!(replayed);
+            assert_eq!(*result, r);
+        }
+        other => panic!("expected the stored result, got {other:?}"),
+    }
+    assert_eq!(h.execs(), 1, "the provider ran it once");
+}
+
+#[test]
+fn policy_refuses_before_anything_runs_and_the_refusal_is_stored() {
+    let mut h = Harness::new(
+        FakeProvider::new(Exec::Succeed),
+        "allowed_commands: [\"system.*\"]\n",
+    );
+    h.start();
+    let r = match h.rt.submit(exec("p1", json!({})), Origin::Api, true) {
+        Submitted::Done { result, replayed } => {
+            assert!(!replayed);
+            result
+        }
+        other => panic!("expected an immediate refusal, got {other:?}"),
+    };
+    assert_eq!((r.status, r.code), (Status::Rejected, Some(Code::Rejected)));
+    assert_eq!(
+        r.error,
+        "session.exec is not in allowed_commands on this node"
+    );
+    assert_eq!(h.execs(), 0);
+    let id = crate::protocol::CommandId::parse("p1").unwrap();
+    assert!(matches!(h.rt.ledger.lookup(&id), Some(Found::Done(stored)) if *stored == *r));
+}
+
+#[test]
+fn a_full_queue_refuses_and_forgets_so_the_id_can_come_again() {
+    let (release, gate) = bounded::<()>(0);
+    let mut h = Harness::new(
+        FakeProvider::new(Exec::WaitFor(gate)),
+        "workers: 1\nqueue_size: 1\n",
+    );
+    h.start();
+    let (_, events) = h.rt.events.subscribe(None);
+    let a = queued(h.rt.submit(exec("a", json!({})), Origin::Api, true));
+    wait_until("a runs", || h.execs() == 1);
+    let b = queued(h.rt.submit(exec("b", json!({})), Origin::Api, true));
+    match h.rt.submit(exec("c", json!({})), Origin::Api, true) {
+        Submitted::Refused(why) => assert_eq!(why, Refusal::QueueFull),
+        other => panic!("expected queue full, got {other:?}"),
+    }
+    let c = crate::protocol::CommandId::parse("c").unwrap();
+    assert!(h.rt.ledger.lookup(&c).is_none(), "a refused id is not kept");
+    let refused: Vec<serde_json::Value> = events
+        .try_iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .filter(|e: &serde_json::Value| e["id"] == "c")
+        .collect();
+    assert_eq!(refused.len(), 2, "queued, then refused: {refused:?}");
+    assert_eq!(refused[1]["state"], "refused");
+    assert_eq!(refused[1]["reason"], "queue_full");
+    drop(release);
+    assert_eq!(result(&a).status, Status::Success);
+    assert_eq!(result(&b).status, Status::Success);
+    let c = queued(h.rt.submit(exec("c", json!({})), Origin::Api, true));
+    assert_eq!(
+        result(&c).status,
+        Status::Success,
+        "the id runs once there is room"
+    );
+}
+
+#[test]
+fn an_exec_past_its_timeout_is_a_timeout_result_and_timeouts_are_capped() {
+    let mut h = Harness::new(
+        FakeProvider::new(Exec::Hang),
+        "command_timeout: 1s\nmax_command_timeout: 2s\n",
+    );
+    h.start();
+    let rx = queued(h.rt.submit(exec("t1", json!({"timeout": "50ms"})), Origin::Api, true));
+    let r = result(&rx);
+    assert_eq!((r.status, r.code), (Status::Timeout, Some(Code::Timeout)));
+    assert_eq!(r.error, "exec timed out after 50ms and was killed");
+    assert_eq!(r.data["timed_out"], true);
+    *h.fake.exec.lock().unwrap() = Exec::Succeed;
+    let rx = queued(h.rt.submit(exec("t2", json!({"timeout": "1h"})), Origin::Api, true));
+    assert_eq!(result(&rx).status, Status::Success);
+    assert_eq!(
+        *h.fake.last_timeout.lock().unwrap(),
+        Some(Duration::from_secs(2)),
+        "an hour is capped at max_command_timeout"
+    );
+}
+
+#[test]
+fn a_panic_in_a_provider_is_a_failed_result_and_the_worker_lives_on() {
+    let mut h = Harness::new(
+        FakeProvider::new(Exec::Panic("fake provider bug")),
+        "workers: 1\n",
+    );
+    h.start();
+    let r = result(&queued(h.rt.submit(
+        exec("x1", json!({})),
+        Origin::Api,
+        true,
+    )));
+    assert_eq!((r.status, r.code), (Status::Failed, Some(Code::Internal)));
+    assert_eq!(
+        r.error,
+        "internal error while running the command (fake provider bug); the agent keeps running, please report this"
+    );
+    *h.fake.exec.lock().unwrap() = Exec::Succeed;
+    let r = result(&queued(h.rt.submit(
+        exec("x2", json!({})),
+        Origin::Api,
+        true,
+    )));
+    assert_eq!(r.status, Status::Success, "the one worker still serves");
+    assert!(h.control.1.try_recv().is_err(), "no thread died");
+}
+
+#[test]
+fn a_command_queued_at_shutdown_is_kept_and_runs_at_the_next_start() {
+    let (release, gate) = bounded::<()>(0);
+    let mut h = Harness::new(FakeProvider::new(Exec::WaitFor(gate)), "workers: 1\n");
+    h.start();
+    let a = queued(h.rt.submit(exec("a", json!({})), Origin::Api, true));
+    wait_until("a runs", || h.execs() == 1);
+    let b = queued(h.rt.submit(exec("b", json!({})), Origin::Coordination, true));
+    h.shut_down();
+    assert!(
+        matches!(
+            b.recv_timeout(Duration::from_secs(5)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        ),
+        "the waiter on a dropped job hears at once"
+    );
+    match h.rt.submit(exec("c", json!({})), Origin::Api, true) {
+        Submitted::Refused(why) => assert_eq!(why, Refusal::ShuttingDown),
+        other => panic!("expected shutting down, got {other:?}"),
+    }
+    drop(release);
+    assert_eq!(
+        result(&a).status,
+        Status::Success,
+        "the command in hand finishes"
+    );
+    h.join();
+    let b_id = crate::protocol::CommandId::parse("b").unwrap();
+    assert!(h.rt.ledger.journaled(&b_id));
+
+    // The next start over the same state runs b, once, and spools its
+    // result for the server it came from.
+    let (fake, dir) = (h.fake.clone(), h.dir.clone());
+    *fake.exec.lock().unwrap() = Exec::Succeed;
+    let mut next = Harness::open(fake, "workers: 1\n", dir);
+    assert_eq!(next.unfinished.len(), 1);
+    assert_eq!(next.unfinished[0].id, "b");
+    next.start();
+    // The spool is written after the ledger: once it has b, both do.
+    wait_until("b ran", || next.rt.spool.contains("b"));
+    let Some(Found::Done(r)) = next.rt.ledger.lookup(&b_id) else {
+        unreachable!()
+    };
+    assert_eq!(r.status, Status::Success);
+    assert_eq!(next.execs(), 2, "a before the stop, b after it");
+    assert_eq!(next.rt.spool.ids(), vec!["b".to_string()]);
+}
+
+#[test]
+fn an_unknown_session_and_a_bad_field_fail_with_their_codes() {
+    let mut h = Harness::new(FakeProvider::new(Exec::Succeed), "");
+    h.start();
+    let missing = exec("m1", json!({"session_id": "nope"}));
+    let r = result(&queued(h.rt.submit(missing, Origin::Api, true)));
+    assert_eq!((r.status, r.code), (Status::Failed, Some(Code::NotFound)));
+    assert_eq!(
+        r.error,
+        "no session nope on this node; `session list` shows the ones there are"
+    );
+    let bad = command(
+        json!({"id": "m2", "type": "session", "action": "exec", "params": {"session_id": "s1"}}),
+    );
+    match h.rt.submit(bad, Origin::Api, true) {
+        Submitted::Done { result, .. } => {
+            assert_eq!(result.code, Some(Code::Invalid));
+            assert_eq!(result.error, "params.command: is required");
+        }
+        other => panic!("expected an immediate failure, got {other:?}"),
+    }
+    assert_eq!(h.execs(), 0);
+}
