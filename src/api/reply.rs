@@ -251,6 +251,7 @@ impl fmt::Display for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::result::Status;
 
     #[test]
     fn every_error_has_its_status_code_and_headers() {
@@ -309,5 +310,79 @@ mod tests {
             "the command queue is full (2 queued, 1 workers busy); retry shortly"
         );
         assert_eq!(full.reply().headers, vec![("Retry-After", "1".to_string())]);
+    }
+
+    #[test]
+    fn the_contract_document_lists_every_error_status_and_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/protocol.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let id = CommandId::parse("c1").unwrap();
+        let failed = |code| {
+            let mut r = CommandResult::new(
+                "c1",
+                &Value::Null,
+                "n",
+                Status::Failed,
+                std::time::SystemTime::now(),
+            );
+            r.code = Some(code);
+            Box::new(r)
+        };
+        let every = [
+            ApiError::Forbidden,
+            ApiError::Unauthorized,
+            ApiError::NoRoute("/x".into()),
+            ApiError::MethodNotAllowed {
+                method: "PUT".into(),
+                route: "/health",
+                allow: "GET, HEAD".into(),
+            },
+            ApiError::BodyTooLarge(1),
+            ApiError::BodyUnreadable("reset".into()),
+            ApiError::BadCommand(CommandError::Malformed("eof".into())),
+            ApiError::BadCommand(CommandError::NotAnObject),
+            ApiError::BadCommand(CommandError::MissingId),
+            ApiError::BadId("x".into()),
+            ApiError::UnknownCommand(id),
+            ApiError::Refused {
+                why: Refusal::QueueFull,
+                queued: 1,
+                busy: 1,
+            },
+            ApiError::Refused {
+                why: Refusal::ShuttingDown,
+                queued: 0,
+                busy: 0,
+            },
+            ApiError::Refused {
+                why: Refusal::StoreFailed,
+                queued: 0,
+                busy: 0,
+            },
+            ApiError::Interrupted("stopping".into()),
+            ApiError::TooManyStreams(32),
+            ApiError::Sessions(Failure {
+                code: Code::Invalid,
+                message: "bad".into(),
+            }),
+            ApiError::Sessions(Failure {
+                code: Code::Unavailable,
+                message: "down".into(),
+            }),
+            ApiError::DebugOff,
+            ApiError::RefusedByResult(failed(Code::Invalid)),
+            ApiError::RefusedByResult(failed(Code::Rejected)),
+        ];
+        for e in every {
+            let (status, code) = e.status();
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| {status} |")))
+                .unwrap_or_else(|| panic!("docs/protocol.md has no row for HTTP {status}"));
+            assert!(
+                row.contains(&format!("`{code}`")),
+                "the HTTP {status} row does not name `{code}`: {row}"
+            );
+        }
     }
 }

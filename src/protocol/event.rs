@@ -99,6 +99,17 @@ pub(crate) enum SessionChange {
 }
 
 impl SessionChange {
+    #[cfg(test)]
+    pub(crate) const ALL: [SessionChange; 7] = [
+        SessionChange::Created,
+        SessionChange::Started,
+        SessionChange::Stopped,
+        SessionChange::Destroyed,
+        SessionChange::Discovered,
+        SessionChange::Status,
+        SessionChange::Vanished,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             SessionChange::Created => "created",

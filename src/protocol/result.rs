@@ -50,6 +50,19 @@ pub(crate) enum Code {
 }
 
 impl Code {
+    #[cfg(test)]
+    pub(crate) const ALL: [Code; 9] = [
+        Code::Invalid,
+        Code::Rejected,
+        Code::NotFound,
+        Code::Conflict,
+        Code::Unavailable,
+        Code::Timeout,
+        Code::Failed,
+        Code::Internal,
+        Code::Restarted,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Code::Invalid => "invalid_command",
