@@ -1,7 +1,56 @@
 //! vendetta node agent.
 //!
 //! One static binary: `vendetta agent start` runs the agent in the
-//! foreground; every other verb is a client of its local API.
+//! foreground; every other verb is a client of its local API (`cli`).
+//!
+//! # Threads and channels
+//!
+//! ```text
+//!              ┌──────────── control (bounded 16) ─────────────┐
+//!   signals ───┤  SIGTERM/SIGINT/SIGHUP; any core thread's panic ├──▶ main (agent::run)
+//!              └───────────────────────────────────────────────┘    owns: shutdown sender,
+//!                                                                         the Api, the link
+//!   api-accept ─▶ api-conn (one per connection, ≤ 256) ──┐
+//!   poller (coord) ─────────────────────────────────────┼─ Runtime::submit
+//!   recover at start (runtime::intake) ─────────────────┘      │ dedupe (ledger), policy
+//!                                                              ▼
+//!                                   jobs (bounded queue_size; sender in Runtime)
+//!                                                              ▼
+//!                                  worker-N ── provider (Docker, LXC, QEMU)
+//!                                     │ reply (bounded 1) ──▶ the api-conn waiting, if any
+//!                                     │ chunks (bounded 64) ─▶ the api-conn streaming, if any
+//!                                     ├─▶ ledger, spool ── report wake (bounded 1) ──▶ reporter
+//!                                     └─▶ events ── per subscriber (bounded 256) ──▶ api-conn (SSE)
+//!   monitor: provider health, session table (publishes changes), pruning
+//!   heartbeat (coord): every interval, on its own connection
+//! ```
+//!
+//! Shutdown is a channel whose sender `main` drops: the workers, the
+//! monitor, the link's threads and the event streams all select on it.
+//! Every join has a deadline (`shutdown_timeout`).
+//!
+//! # The path of one command
+//!
+//! 1. The API (`api::routes`) or the poller (`coord::poller`) parses the
+//!    body into a `protocol` `Command` (a bad field becomes a failed
+//!    result, never a crash) and calls `Runtime::submit`.
+//! 2. `runtime::intake`: a known id answers with the stored result; an
+//!    invalid or disallowed command gets its failed result at once; else
+//!    the ledger journals it (changes only) and it is queued, or refused
+//!    when the queue is full (429 / left with the server).
+//! 3. `runtime::workers`: a worker marks it running and runs it
+//!    (`runtime::dispatch` routes it to the provider that owns the
+//!    session); a panic becomes a failed result.
+//! 4. `Runtime::complete`: the ledger stores the result, the spool keeps it
+//!    for the server (commands from the server), an event goes out, and
+//!    the waiting request, if any, gets it.
+//! 5. `coord::reporter` delivers spooled results and removes each on a 2xx.
+//!
+//! # Layers
+//!
+//! `cli` > `agent` > `api`, `coord` > `runtime` > `providers`, `store`,
+//! `metrics`, `logging` > `config` > `protocol`, `os` > `util`: a module
+//! uses only modules below it (`tests/layers.py`, run by `make lint`).
 
 mod agent;
 mod api;

@@ -1,18 +1,16 @@
-//! The agent runtime: shared state, the threads, and the one shutdown
-//! sequence.
+//! The agent process: wires the runtime, the local API and the
+//! coordination link together, runs the main loop, and owns the one
+//! shutdown sequence (the thread diagram is in `lib.rs`).
 //!
-//! ```text
-//!  signals ──Control──▶ main loop (run)
-//!  api-N ──┐                                   ┌─▶ worker-N ─▶ providers
-//!  poller ─┴─ Shared::submit ─▶ job queue ─────┘      │
-//!            (ledger: dedupe by id)   (bounded)       ├─▶ ledger (result)
-//!                                                     ├─▶ spool ─▶ reporter
-//!  monitor: provider health, session table, pruning   └─▶ events ─▶ SSE clients
-//! ```
+//! Start: pid file, [`Runtime::open`], bind the API (a busy port fails
+//! here), signals, workers, recovery of unfinished commands, monitor, API
+//! serving, the link. Stop (SIGTERM/SIGINT): intake stops (the API answers
+//! 503), the shutdown channel closes, workers finish the command in hand
+//! within `shutdown_timeout`, queued commands stay journaled, a last
+//! delivery round and the unregister, exit 0.
 //!
-//! Every command, from the local API or the coordination server, enters
-//! through [`Shared::submit`] and runs on a worker; there is one path.
-//! Shutdown is a channel that is closed: every loop selects on it.
+//! Owns: the control channel and the shutdown sender. May not touch: the
+//! command path itself (that is `runtime`), HTTP, providers.
 
 pub(crate) mod signals;
 

@@ -5,6 +5,10 @@
 //! command failed; 2 usage or config error; 3 the agent is not running
 //! (LSB, for `agent status` and every client verb); `session exec` exits
 //! with the command's own code, 124 when it timed out.
+//!
+//! `agent.rs` runs and manages the agent on this host; `verbs.rs` holds the
+//! API client verbs, `client.rs` the HTTP client they share and
+//! `render.rs` how results are printed.
 
 mod agent;
 pub(crate) mod client;

@@ -4,6 +4,11 @@
 //! Every key is documented in vendetta-agent.yaml(5) and shown with its
 //! default in `packaging/agent.yaml`, which `vendetta agent config` prints
 //! and a test keeps equal to [`Config::default`].
+//!
+//! Values are parsed here, once, into what the agent uses (`listen` a
+//! `SocketAddr`, `allowed_ips` CIDR ranges, durations, sizes); an error
+//! names the file, the key and, where it can, the line. May not touch:
+//! anything but the config file and the environment it is given.
 
 pub(crate) mod cidr;
 

@@ -3,7 +3,7 @@
 //! results, per section 2 of the wire contract.
 //!
 //! ```text
-//! poller ── GET …/commands?wait=N ──▶ Shared::submit ──▶ workers ──▶ spool
+//! poller ── GET …/commands?wait=N ──▶ Runtime::submit ──▶ workers ──▶ spool
 //! heartbeat ── POST …/heartbeat every interval (own connection)      │
 //! reporter ◀─ wake (new result) ──────────────────────────────────────┘
 //!          ── POST …/commands/{id}/result, removed from the spool on 2xx
@@ -16,6 +16,10 @@
 //! After a 404 (the server forgot us, e.g. it restarted) re-registration
 //! waits a random part of the heartbeat interval so that a fleet does not
 //! arrive all at once.
+//!
+//! Owns: the connection to the server, registration, the link state.
+//! May not touch: providers, the local API; commands go through
+//! `Runtime::submit` like the API's.
 
 pub(crate) mod backoff;
 pub(crate) mod client;

@@ -10,8 +10,11 @@
 //!   corrupt/       damaged files moved aside, for inspection
 //! ```
 //!
-//! Every write is atomic (`fsutil::write_atomic`). Damaged files are moved
+//! Every write is atomic (`os::fs::write_atomic`). Damaged files are moved
 //! aside with a log line and never stop the agent from starting.
+//!
+//! Owns: the files under `cache_dir`. May not touch: threads, channels,
+//! providers, HTTP; callers decide what to store and when.
 
 pub(crate) mod ledger;
 pub(crate) mod node;
