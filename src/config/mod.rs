@@ -11,15 +11,20 @@
 //! anything but the config file and the environment it is given.
 
 pub(crate) mod cidr;
+mod env;
+mod load;
+mod validate;
 
 pub(crate) use cidr::Cidr;
+pub(crate) use env::apply_env;
+pub(crate) use load::{load, locate, parse_text, ConfigError, Loaded, Source};
 
 use crate::protocol::{duration, size, ProviderKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The commented default config, printed by `vendetta agent config`.
@@ -97,15 +102,9 @@ impl LogLevel {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Heartbeat {
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) interval: Duration,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) timeout: Duration,
     pub(crate) retries: u32,
 }
@@ -124,15 +123,9 @@ impl Default for Heartbeat {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RetryPolicy {
     pub(crate) max_retries: u32,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) backoff: Duration,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) max_backoff: Duration,
 }
 
@@ -151,34 +144,19 @@ impl Default for RetryPolicy {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Coordination {
     /// How long the server may hold a command fetch (`?wait=`).
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) poll_wait: Duration,
     /// Send `DELETE /api/v1/nodes/{id}` on a clean stop.
     pub(crate) unregister_on_stop: bool,
     /// Bounds for a heartbeat interval the server asks for.
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) min_heartbeat_interval: Duration,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) max_heartbeat_interval: Duration,
     /// Bounds for a poll wait the server asks for.
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) min_poll_wait: Duration,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) max_poll_wait: Duration,
 }
 
@@ -208,17 +186,11 @@ pub(crate) struct Tls {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Limits {
     /// Cap per output stream of an exec (stdout and stderr each).
-    #[serde(
-        deserialize_with = "size::deserialize",
-        serialize_with = "size::serialize"
-    )]
+    #[serde(with = "size")]
     pub(crate) max_output: u64,
     pub(crate) max_sessions: usize,
     /// Largest request body the local API reads.
-    #[serde(
-        deserialize_with = "size::deserialize",
-        serialize_with = "size::serialize"
-    )]
+    #[serde(with = "size")]
     pub(crate) max_body: u64,
 }
 
@@ -237,10 +209,7 @@ impl Default for Limits {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Results {
     pub(crate) max_entries: usize,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) max_age: Duration,
 }
 
@@ -269,10 +238,7 @@ pub(crate) struct Jwt {
     pub(crate) public_key_file: Option<PathBuf>,
     pub(crate) issuer: String,
     pub(crate) audience: String,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) leeway: Duration,
 }
 
@@ -298,10 +264,7 @@ pub(crate) struct Docker {
     pub(crate) image: String,
     /// Pull a missing image (needs a registry); otherwise fail naming it.
     pub(crate) pull: bool,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) api_timeout: Duration,
 }
 
@@ -333,10 +296,7 @@ pub(crate) struct Lxc {
     pub(crate) require_limits: bool,
     /// Extra template arguments a create may pass (e.g. `--dist`, `--release`).
     pub(crate) template_args: Vec<String>,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) tool_timeout: Duration,
 }
 
@@ -362,10 +322,7 @@ pub(crate) struct Qemu {
     pub(crate) image_roots: Vec<PathBuf>,
     /// Extra QEMU arguments added to every VM; only from here, never from commands.
     pub(crate) extra_args: Vec<String>,
-    #[serde(
-        deserialize_with = "size::deserialize",
-        serialize_with = "size::serialize"
-    )]
+    #[serde(with = "size")]
     pub(crate) memory: u64,
     pub(crate) cpus: u32,
     /// `-machine` type.
@@ -403,10 +360,7 @@ pub(crate) struct Config {
     pub(crate) providers: Vec<ProviderKind>,
     pub(crate) workers: usize,
     pub(crate) queue_size: usize,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) command_timeout: Duration,
     /// Longest timeout a command may ask for; unset = `command_timeout`.
     #[serde(
@@ -415,16 +369,10 @@ pub(crate) struct Config {
         serialize_with = "ser_opt_duration"
     )]
     pub(crate) max_command_timeout: Option<Duration>,
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) shutdown_timeout: Duration,
     /// How often provider health and the session table are refreshed.
-    #[serde(
-        deserialize_with = "duration::deserialize_config",
-        serialize_with = "duration::serialize_config"
-    )]
+    #[serde(with = "duration::config")]
     pub(crate) monitor_interval: Duration,
     pub(crate) limits: Limits,
     pub(crate) allowed_commands: Vec<String>,
@@ -527,456 +475,7 @@ impl Default for Config {
     }
 }
 
-/// A config that could not be loaded. Each names the file and the key.
-#[derive(Debug)]
-pub(crate) enum ConfigError {
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    Parse {
-        path: PathBuf,
-        key: String,
-        line: Option<usize>,
-        message: String,
-    },
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
-    Env {
-        var: &'static str,
-        message: String,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Read { path, source } => {
-                write!(f, "cannot read config file {}: {source}", path.display())
-            }
-            ConfigError::Parse {
-                path,
-                key,
-                line,
-                message,
-            } => {
-                write!(f, "config file {}", path.display())?;
-                if let Some(line) = line {
-                    write!(f, ", line {line}")?;
-                }
-                if key.is_empty() {
-                    write!(f, ": {message}")
-                } else {
-                    write!(f, ": key {key}: {message}")
-                }
-            }
-            ConfigError::Invalid { path, key, message } => {
-                write!(f, "config file {}: key {key}: {message}", path.display())
-            }
-            ConfigError::Env { var, message } => write!(f, "environment variable {var}: {message}"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Where a loaded config came from, for logs and `agent status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Source {
-    File(PathBuf),
-    Defaults,
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::File(p) => write!(f, "{}", p.display()),
-            Source::Defaults => f.write_str("embedded defaults"),
-        }
-    }
-}
-
-/// A validated config plus facts derived from it.
-#[derive(Debug, Clone)]
-pub(crate) struct Loaded {
-    pub(crate) config: Config,
-    pub(crate) source: Source,
-    /// Warnings to log once logging is up (e.g. a token in a world-readable file).
-    pub(crate) warnings: Vec<String>,
-}
-
-/// Picks the config file: `--config`, then `VENDETTA_CONFIG`, then
-/// [`SYSTEM_CONFIG`] if it exists; `None` means embedded defaults.
-pub(crate) fn locate(flag: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = flag {
-        return Some(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os("VENDETTA_CONFIG").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let system = Path::new(SYSTEM_CONFIG);
-    system.exists().then(|| system.to_path_buf())
-}
-
-/// Loads, applies environment overrides and validates.
-pub(crate) fn load(flag: Option<&Path>) -> Result<Loaded, ConfigError> {
-    let mut warnings = Vec::new();
-    let (mut config, source) = match locate(flag) {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let config = parse_text(&path, &text)?;
-            if config_holds_secret(&config) {
-                if let Some(w) = permission_warning(&path) {
-                    warnings.push(w);
-                }
-            }
-            (config, Source::File(path))
-        }
-        None => (Config::default(), Source::Defaults),
-    };
-    apply_env(&mut config, |k| std::env::var(k).ok())?;
-    let path = match &source {
-        Source::File(p) => p.clone(),
-        Source::Defaults => PathBuf::from("(defaults)"),
-    };
-    config.validate(&path)?;
-    Ok(Loaded {
-        config,
-        source,
-        warnings,
-    })
-}
-
-fn config_holds_secret(c: &Config) -> bool {
-    !c.auth_token.is_empty() || !c.api_token.is_empty() || !c.jwt.secret.is_empty()
-}
-
-fn permission_warning(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "config file {} holds a token and is readable by group or others (mode {:04o}); run: chmod 600 {}",
-            path.display(),
-            mode & 0o7777,
-            path.display()
-        )
-    })
-}
-
-/// Parses YAML. A `.json` file goes through the same parser, JSON being
-/// YAML's flow syntax: one deserializer (a smaller binary) and the same
-/// errors, which name the key path and the line for both formats.
-pub(crate) fn parse_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let is_json = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    if is_json {
-        // YAML forgives what JSON does not (trailing commas, comments): a
-        // .json file must be JSON first.
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
-            return Err(ConfigError::Parse {
-                path: path.to_path_buf(),
-                key: String::new(),
-                line: Some(e.line()),
-                message: format!("not valid JSON: {}", strip_position(&e.to_string())),
-            });
-        }
-    }
-    if text.trim().is_empty() {
-        return Ok(Config::default());
-    }
-    serde_yaml::from_str(text).map_err(|e| {
-        let line = e.location().map(|l| l.line());
-        let full = e.to_string();
-        // serde_yaml writes "path.to.key: message at line N column M".
-        let (key, _) = split_path(&full);
-        let message = strip_position(&full);
-        ConfigError::Parse {
-            path: path.to_path_buf(),
-            key: refine_key(&key, &message),
-            line,
-            message,
-        }
-    })
-}
-
-/// The key path serde_yaml puts before a message, if any.
-fn split_path(message: &str) -> (String, &str) {
-    match message.find(": ") {
-        Some(i) if i > 0 && !message[..i].contains(' ') => {
-            (message[..i].to_string(), &message[i + 2..])
-        }
-        _ => (String::new(), message),
-    }
-}
-
-/// serde reports an unknown key at its parent; name the key itself.
-fn refine_key(parent: &str, message: &str) -> String {
-    let named = message
-        .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next());
-    match named {
-        Some(name) if parent.is_empty() => name.to_string(),
-        Some(name) if !parent.ends_with(name) => format!("{parent}.{name}"),
-        _ => parent.to_string(),
-    }
-}
-
-/// Drops serde's "at line N column M" (the line is reported on its own) and
-/// a leading "path: " that serde_yaml repeats.
-fn strip_position(message: &str) -> String {
-    let m = match message.rfind(" at line ") {
-        Some(i) => &message[..i],
-        None => message,
-    };
-    let m = match m.find(": ") {
-        // serde_yaml repeats the key path first ("heartbeat: unknown field").
-        Some(i) if i > 0 && !m[..i].contains(' ') => &m[i + 2..],
-        _ => m,
-    };
-    m.to_string()
-}
-
-/// Applies the documented `VENDETTA_*` overrides. `get` reads a variable
-/// (injected so tests need not touch the process environment).
-pub(crate) fn apply_env(
-    c: &mut Config,
-    get: impl Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    if let Some(v) = get("VENDETTA_COORD_URL") {
-        c.coordination_url = v;
-    }
-    if let Some(v) = get("VENDETTA_AUTH_TOKEN") {
-        c.auth_token = Secret(v);
-    }
-    if let Some(v) = get("VENDETTA_PROVIDER").filter(|v| !v.is_empty()) {
-        c.provider = ProviderKind::parse(&v).ok_or_else(|| ConfigError::Env {
-            var: "VENDETTA_PROVIDER",
-            message: format!("unknown provider {v:?}; use docker, lxc or qemu"),
-        })?;
-    }
-    if let Some(v) = get("VENDETTA_LOG_LEVEL").filter(|v| !v.is_empty()) {
-        c.log_level = LogLevel::parse(&v).ok_or_else(|| ConfigError::Env {
-            var: "VENDETTA_LOG_LEVEL",
-            message: format!("unknown level {v:?}; use error, warn, info, debug or trace"),
-        })?;
-    }
-    if let Some(v) = get("VENDETTA_DEBUG_PPROF").filter(|v| !v.is_empty()) {
-        c.debug_pprof = match v.to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => true,
-            "0" | "false" | "no" | "off" => false,
-            _ => {
-                return Err(ConfigError::Env {
-                    var: "VENDETTA_DEBUG_PPROF",
-                    message: format!("{v:?} is not a boolean; use true or false"),
-                })
-            }
-        };
-    }
-    Ok(())
-}
-
 impl Config {
-    /// Checks what types cannot: ranges, formats, combinations.
-    pub(crate) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.into(),
-            message,
-        };
-        if !self.coordination_url.is_empty() {
-            let u = &self.coordination_url;
-            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
-                return Err(bad(
-                    "coordination_url",
-                    format!("{u:?} is not an http:// or https:// URL"),
-                ));
-            }
-            if crate::util::url_authority(u).contains('@') {
-                // It would show in /health and in logs; the token has its own key.
-                return Err(bad(
-                    "coordination_url",
-                    "must not carry credentials (user:password@); put the token in auth_token"
-                        .into(),
-                ));
-            }
-        }
-        if self.workers == 0 || self.workers > 256 {
-            return Err(bad(
-                "workers",
-                format!("{} is out of range; use 1 to 256", self.workers),
-            ));
-        }
-        if self.queue_size == 0 || self.queue_size > 100_000 {
-            return Err(bad(
-                "queue_size",
-                format!("{} is out of range; use 1 to 100000", self.queue_size),
-            ));
-        }
-        if self.command_timeout.is_zero() {
-            return Err(bad("command_timeout", "must be more than 0s".into()));
-        }
-        if let Some(max) = self.max_command_timeout {
-            if max < self.command_timeout {
-                return Err(bad(
-                    "max_command_timeout",
-                    "must not be less than command_timeout".into(),
-                ));
-            }
-        }
-        if self.monitor_interval < Duration::from_millis(100) {
-            return Err(bad("monitor_interval", "must be at least 100ms".into()));
-        }
-        if self.heartbeat.interval < Duration::from_millis(100) {
-            return Err(bad("heartbeat.interval", "must be at least 100ms".into()));
-        }
-        if self.heartbeat.timeout.is_zero() {
-            return Err(bad("heartbeat.timeout", "must be more than 0s".into()));
-        }
-        if self.retry_policy.backoff.is_zero() {
-            return Err(bad(
-                "retry_policy.backoff",
-                "must be more than 0s (a zero backoff would spin)".into(),
-            ));
-        }
-        if self.retry_policy.max_backoff < self.retry_policy.backoff {
-            return Err(bad(
-                "retry_policy.max_backoff",
-                "must not be less than retry_policy.backoff".into(),
-            ));
-        }
-        if self.coordination.min_heartbeat_interval > self.coordination.max_heartbeat_interval {
-            return Err(bad(
-                "coordination.min_heartbeat_interval",
-                "must not exceed max_heartbeat_interval".into(),
-            ));
-        }
-        if self.coordination.min_poll_wait > self.coordination.max_poll_wait {
-            return Err(bad(
-                "coordination.min_poll_wait",
-                "must not exceed max_poll_wait".into(),
-            ));
-        }
-        if self.providers.is_empty() {
-            return Err(bad(
-                "providers",
-                "must enable at least one of docker, lxc, qemu".into(),
-            ));
-        }
-        if !self.providers.contains(&self.provider) {
-            return Err(bad(
-                "provider",
-                format!(
-                    "{} is not in providers [{}]",
-                    self.provider,
-                    self.providers
-                        .iter()
-                        .map(|p| p.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        if self.limits.max_output < 1024 {
-            return Err(bad("limits.max_output", "must be at least 1k".into()));
-        }
-        if self.limits.max_body < 1024 {
-            return Err(bad("limits.max_body", "must be at least 1k".into()));
-        }
-        for pattern in &self.allowed_commands {
-            if !valid_command_pattern(pattern) {
-                return Err(bad(
-                    "allowed_commands",
-                    format!("{pattern:?} is not a command pattern; use *, session.*, or type.action such as system.status"),
-                ));
-            }
-        }
-        for (i, root) in self.workspace_roots.iter().enumerate() {
-            if !root.is_absolute() {
-                return Err(bad(
-                    &format!("workspace_roots[{i}]"),
-                    format!("{} is not an absolute path", root.display()),
-                ));
-            }
-        }
-        if let Some(d) = &self.cache_dir {
-            if !d.is_absolute() {
-                return Err(bad(
-                    "cache_dir",
-                    format!("{} is not an absolute path", d.display()),
-                ));
-            }
-        }
-        if let Some(p) = &self.pid_file {
-            if !p.is_absolute() {
-                return Err(bad(
-                    "pid_file",
-                    format!("{} is not an absolute path", p.display()),
-                ));
-            }
-        }
-        if !self.node_id.is_empty() && !crate::protocol::ids::valid_node_id(&self.node_id) {
-            return Err(bad(
-                "node_id",
-                format!(
-                    "{:?} is not a node id; use 1-64 characters of [A-Za-z0-9._-]",
-                    self.node_id
-                ),
-            ));
-        }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            return Err(bad(
-                "tls.cert_file",
-                "tls.cert_file and tls.key_file must be set together".into(),
-            ));
-        }
-        match self.jwt.algorithm {
-            Some(JwtAlgorithm::HS256) if self.jwt.secret.0.len() < 32 => {
-                return Err(bad(
-                    "jwt.secret",
-                    "HS256 needs a secret of at least 32 bytes".into(),
-                ))
-            }
-            Some(JwtAlgorithm::RS256 | JwtAlgorithm::EdDSA)
-                if self.jwt.public_key_file.is_none() =>
-            {
-                return Err(bad(
-                    "jwt.public_key_file",
-                    "RS256 and EdDSA need a public key file".into(),
-                ))
-            }
-            None if !self.jwt.secret.is_empty() || self.jwt.public_key_file.is_some() => {
-                return Err(bad(
-                    "jwt.algorithm",
-                    "set the one accepted algorithm: HS256, RS256 or EdDSA".into(),
-                ))
-            }
-            _ => {}
-        }
-        // After the rules above, so that a wrong key is named as such.
-        if self.jwt.algorithm.is_some() {
-            return Err(bad(
-                "jwt.algorithm",
-                "JWT authentication is not available in this build yet; use api_token".into(),
-            ));
-        }
-        validate_lxc(&self.lxc).map_err(|(key, m)| bad(key, m))?;
-        if self.docker.image.is_empty() {
-            return Err(bad("docker.image", "must name an image".into()));
-        }
-        if self.qemu.cpus == 0 {
-            return Err(bad("qemu.cpus", "must be at least 1".into()));
-        }
-        Ok(())
-    }
-
     /// Offline when asked to be, or when there is nothing to dial.
     pub(crate) fn offline(&self) -> bool {
         self.offline_mode || self.coordination_url.is_empty()
@@ -1029,74 +528,10 @@ impl Config {
     }
 }
 
-fn valid_command_pattern(p: &str) -> bool {
-    if p == "*" {
-        return true;
-    }
-    let Some((kind, action)) = p.split_once('.') else {
-        return false;
-    };
-    let Some((_, actions)) = crate::protocol::command::ACTIONS
-        .iter()
-        .find(|(k, _)| *k == kind)
-    else {
-        return false;
-    };
-    action == "*" || actions.contains(&action)
-}
-
-/// The lxc section: paths, names and timeouts the provider puts in argv.
-fn validate_lxc(lxc: &Lxc) -> Result<(), (&'static str, String)> {
-    if !lxc.lxcpath.is_absolute() {
-        return Err((
-            "lxc.lxcpath",
-            format!("{} is not an absolute path", lxc.lxcpath.display()),
-        ));
-    }
-    let name_ok = |s: &str| {
-        s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-    };
-    if !name_ok(&lxc.template) {
-        return Err((
-            "lxc.template",
-            format!(
-                "{:?} is not a template name such as busybox or download",
-                lxc.template
-            ),
-        ));
-    }
-    // Linux interface names: 1-15 bytes, no '/', ':' or whitespace.
-    let b = &lxc.bridge;
-    if b.is_empty() || b.len() > 15 || b.contains(['/', ':']) || b.chars().any(char::is_whitespace)
-    {
-        return Err((
-            "lxc.bridge",
-            format!(
-                "{b:?} is not a network interface name (1-15 characters, no '/', ':' or spaces)"
-            ),
-        ));
-    }
-    for a in &lxc.template_args {
-        if !a.starts_with('-') || a.contains('=') || a.chars().any(char::is_whitespace) {
-            return Err((
-                "lxc.template_args",
-                format!("{a:?} is not an option name such as --dist"),
-            ));
-        }
-    }
-    if lxc.tool_timeout < Duration::from_secs(1) {
-        return Err(("lxc.tool_timeout", "must be at least 1s".into()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
         let c = parse_text(Path::new(name), text)?;

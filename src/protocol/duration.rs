@@ -127,6 +127,11 @@ pub(crate) fn deserialize_wire_opt<'de, D: Deserializer<'de>>(
 }
 
 /// Deserializes a duration from a string only. For the config file.
+/// `#[serde(with = "duration::config")]`: the config's spelling both ways.
+pub(crate) mod config {
+    pub(crate) use super::{deserialize_config as deserialize, serialize_config as serialize};
+}
+
 pub(crate) fn deserialize_config<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(DurVisitor { allow_int: false })
 }

@@ -1,0 +1,265 @@
+//! What types cannot check: ranges, formats, combinations.
+
+use super::{Config, ConfigError, JwtAlgorithm, Lxc};
+use std::path::Path;
+use std::time::Duration;
+
+impl Config {
+    /// Checks what types cannot: ranges, formats, combinations.
+    pub(crate) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.into(),
+            message,
+        };
+        if !self.coordination_url.is_empty() {
+            let u = &self.coordination_url;
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                return Err(bad(
+                    "coordination_url",
+                    format!("{u:?} is not an http:// or https:// URL"),
+                ));
+            }
+            if crate::util::url_authority(u).contains('@') {
+                // It would show in /health and in logs; the token has its own key.
+                return Err(bad(
+                    "coordination_url",
+                    "must not carry credentials (user:password@); put the token in auth_token"
+                        .into(),
+                ));
+            }
+        }
+        if self.workers == 0 || self.workers > 256 {
+            return Err(bad(
+                "workers",
+                format!("{} is out of range; use 1 to 256", self.workers),
+            ));
+        }
+        if self.queue_size == 0 || self.queue_size > 100_000 {
+            return Err(bad(
+                "queue_size",
+                format!("{} is out of range; use 1 to 100000", self.queue_size),
+            ));
+        }
+        if self.command_timeout.is_zero() {
+            return Err(bad("command_timeout", "must be more than 0s".into()));
+        }
+        if let Some(max) = self.max_command_timeout {
+            if max < self.command_timeout {
+                return Err(bad(
+                    "max_command_timeout",
+                    "must not be less than command_timeout".into(),
+                ));
+            }
+        }
+        if self.monitor_interval < Duration::from_millis(100) {
+            return Err(bad("monitor_interval", "must be at least 100ms".into()));
+        }
+        if self.heartbeat.interval < Duration::from_millis(100) {
+            return Err(bad("heartbeat.interval", "must be at least 100ms".into()));
+        }
+        if self.heartbeat.timeout.is_zero() {
+            return Err(bad("heartbeat.timeout", "must be more than 0s".into()));
+        }
+        if self.retry_policy.backoff.is_zero() {
+            return Err(bad(
+                "retry_policy.backoff",
+                "must be more than 0s (a zero backoff would spin)".into(),
+            ));
+        }
+        if self.retry_policy.max_backoff < self.retry_policy.backoff {
+            return Err(bad(
+                "retry_policy.max_backoff",
+                "must not be less than retry_policy.backoff".into(),
+            ));
+        }
+        if self.coordination.min_heartbeat_interval > self.coordination.max_heartbeat_interval {
+            return Err(bad(
+                "coordination.min_heartbeat_interval",
+                "must not exceed max_heartbeat_interval".into(),
+            ));
+        }
+        if self.coordination.min_poll_wait > self.coordination.max_poll_wait {
+            return Err(bad(
+                "coordination.min_poll_wait",
+                "must not exceed max_poll_wait".into(),
+            ));
+        }
+        if self.providers.is_empty() {
+            return Err(bad(
+                "providers",
+                "must enable at least one of docker, lxc, qemu".into(),
+            ));
+        }
+        if !self.providers.contains(&self.provider) {
+            return Err(bad(
+                "provider",
+                format!(
+                    "{} is not in providers [{}]",
+                    self.provider,
+                    self.providers
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if self.limits.max_output < 1024 {
+            return Err(bad("limits.max_output", "must be at least 1k".into()));
+        }
+        if self.limits.max_body < 1024 {
+            return Err(bad("limits.max_body", "must be at least 1k".into()));
+        }
+        for pattern in &self.allowed_commands {
+            if !valid_command_pattern(pattern) {
+                return Err(bad(
+                    "allowed_commands",
+                    format!("{pattern:?} is not a command pattern; use *, session.*, or type.action such as system.status"),
+                ));
+            }
+        }
+        for (i, root) in self.workspace_roots.iter().enumerate() {
+            if !root.is_absolute() {
+                return Err(bad(
+                    &format!("workspace_roots[{i}]"),
+                    format!("{} is not an absolute path", root.display()),
+                ));
+            }
+        }
+        if let Some(d) = &self.cache_dir {
+            if !d.is_absolute() {
+                return Err(bad(
+                    "cache_dir",
+                    format!("{} is not an absolute path", d.display()),
+                ));
+            }
+        }
+        if let Some(p) = &self.pid_file {
+            if !p.is_absolute() {
+                return Err(bad(
+                    "pid_file",
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
+        if !self.node_id.is_empty() && !crate::protocol::ids::valid_node_id(&self.node_id) {
+            return Err(bad(
+                "node_id",
+                format!(
+                    "{:?} is not a node id; use 1-64 characters of [A-Za-z0-9._-]",
+                    self.node_id
+                ),
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(bad(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file must be set together".into(),
+            ));
+        }
+        match self.jwt.algorithm {
+            Some(JwtAlgorithm::HS256) if self.jwt.secret.0.len() < 32 => {
+                return Err(bad(
+                    "jwt.secret",
+                    "HS256 needs a secret of at least 32 bytes".into(),
+                ))
+            }
+            Some(JwtAlgorithm::RS256 | JwtAlgorithm::EdDSA)
+                if self.jwt.public_key_file.is_none() =>
+            {
+                return Err(bad(
+                    "jwt.public_key_file",
+                    "RS256 and EdDSA need a public key file".into(),
+                ))
+            }
+            None if !self.jwt.secret.is_empty() || self.jwt.public_key_file.is_some() => {
+                return Err(bad(
+                    "jwt.algorithm",
+                    "set the one accepted algorithm: HS256, RS256 or EdDSA".into(),
+                ))
+            }
+            _ => {}
+        }
+        // After the rules above, so that a wrong key is named as such.
+        if self.jwt.algorithm.is_some() {
+            return Err(bad(
+                "jwt.algorithm",
+                "JWT authentication is not available in this build yet; use api_token".into(),
+            ));
+        }
+        validate_lxc(&self.lxc).map_err(|(key, m)| bad(key, m))?;
+        if self.docker.image.is_empty() {
+            return Err(bad("docker.image", "must name an image".into()));
+        }
+        if self.qemu.cpus == 0 {
+            return Err(bad("qemu.cpus", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+fn valid_command_pattern(p: &str) -> bool {
+    if p == "*" {
+        return true;
+    }
+    let Some((kind, action)) = p.split_once('.') else {
+        return false;
+    };
+    let Some((_, actions)) = crate::protocol::command::ACTIONS
+        .iter()
+        .find(|(k, _)| *k == kind)
+    else {
+        return false;
+    };
+    action == "*" || actions.contains(&action)
+}
+
+/// The lxc section: paths, names and timeouts the provider puts in argv.
+fn validate_lxc(lxc: &Lxc) -> Result<(), (&'static str, String)> {
+    if !lxc.lxcpath.is_absolute() {
+        return Err((
+            "lxc.lxcpath",
+            format!("{} is not an absolute path", lxc.lxcpath.display()),
+        ));
+    }
+    let name_ok = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    };
+    if !name_ok(&lxc.template) {
+        return Err((
+            "lxc.template",
+            format!(
+                "{:?} is not a template name such as busybox or download",
+                lxc.template
+            ),
+        ));
+    }
+    // Linux interface names: 1-15 bytes, no '/', ':' or whitespace.
+    let b = &lxc.bridge;
+    if b.is_empty() || b.len() > 15 || b.contains(['/', ':']) || b.chars().any(char::is_whitespace)
+    {
+        return Err((
+            "lxc.bridge",
+            format!(
+                "{b:?} is not a network interface name (1-15 characters, no '/', ':' or spaces)"
+            ),
+        ));
+    }
+    for a in &lxc.template_args {
+        if !a.starts_with('-') || a.contains('=') || a.chars().any(char::is_whitespace) {
+            return Err((
+                "lxc.template_args",
+                format!("{a:?} is not an option name such as --dist"),
+            ));
+        }
+    }
+    if lxc.tool_timeout < Duration::from_secs(1) {
+        return Err(("lxc.tool_timeout", "must be at least 1s".into()));
+    }
+    Ok(())
+}
