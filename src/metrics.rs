@@ -322,26 +322,30 @@ impl Metrics {
             &["route", "code"],
             &self.api_requests,
         );
-        e.counter(
-            "vendetta_heartbeats_total",
-            "Heartbeats the server acknowledged.",
-            self.heartbeats_sent.get() as f64,
-        );
-        e.counter(
-            "vendetta_heartbeat_failures_total",
-            "Heartbeats that failed (network error or non-2xx answer).",
-            self.heartbeat_failures.get() as f64,
-        );
-        e.counter(
-            "vendetta_reconnects_total",
-            "Times the link to the coordination server came back after being down.",
-            self.reconnects.get() as f64,
-        );
-        e.counter(
-            "vendetta_registrations_total",
-            "Successful registrations with the server.",
-            self.registrations.get() as f64,
-        );
+        for (name, help, counter) in [
+            (
+                "vendetta_heartbeats_total",
+                "Heartbeats the server acknowledged.",
+                &self.heartbeats_sent,
+            ),
+            (
+                "vendetta_heartbeat_failures_total",
+                "Heartbeats that failed (network error or non-2xx answer).",
+                &self.heartbeat_failures,
+            ),
+            (
+                "vendetta_reconnects_total",
+                "Times the link to the coordination server came back after being down.",
+                &self.reconnects,
+            ),
+            (
+                "vendetta_registrations_total",
+                "Successful registrations with the server.",
+                &self.registrations,
+            ),
+        ] {
+            e.counter(name, help, counter.get() as f64);
+        }
         e.histogram_vec(
             "vendetta_poll_duration_seconds",
             "Duration of command fetches (long polls), by outcome.",

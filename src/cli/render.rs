@@ -43,45 +43,44 @@ fn ports_text(ports: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A table column: its header and how a cell is taken from an item.
+type Column = (&'static str, fn(&Value) -> String);
+
 pub(super) fn print_sessions(items: &[Value]) {
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|s| {
-            vec![
-                scalar(&s["id"]),
-                scalar(&s["provider"]),
-                scalar(&s["status"]),
-                scalar(&s["image"]),
-                ports_text(&s["ports"]),
-                scalar(&s["created"]),
-            ]
-        })
-        .collect();
     print_table(
-        &["ID", "PROVIDER", "STATUS", "IMAGE", "PORTS", "CREATED"],
-        &rows,
+        items,
+        &[
+            ("ID", |s| scalar(&s["id"])),
+            ("PROVIDER", |s| scalar(&s["provider"])),
+            ("STATUS", |s| scalar(&s["status"])),
+            ("IMAGE", |s| scalar(&s["image"])),
+            ("PORTS", |s| ports_text(&s["ports"])),
+            ("CREATED", |s| scalar(&s["created"])),
+        ],
     );
 }
 
 pub(super) fn print_services(items: &[Value]) {
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|s| {
-            vec![
-                scalar(&s["id"]),
-                scalar(&s["provider"]),
-                ports_text(&s["ports"]),
-                scalar(&s["health"]["status"]),
-                scalar(&s["health"]["detail"]),
-            ]
-        })
-        .collect();
-    print_table(&["ID", "PROVIDER", "PORTS", "HEALTH", "DETAIL"], &rows);
+    print_table(
+        items,
+        &[
+            ("ID", |s| scalar(&s["id"])),
+            ("PROVIDER", |s| scalar(&s["provider"])),
+            ("PORTS", |s| ports_text(&s["ports"])),
+            ("HEALTH", |s| scalar(&s["health"]["status"])),
+            ("DETAIL", |s| scalar(&s["health"]["detail"])),
+        ],
+    );
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+fn print_table(items: &[Value], columns: &[Column]) {
+    let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|item| columns.iter().map(|(_, cell)| cell(item)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }

@@ -260,55 +260,33 @@ mod tests {
     #[test]
     fn explains_the_common_failures() {
         use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let cert = E::InvalidCertificate;
+        let alert = E::AlertReceived;
         let cases = [
+            (cert(C::UnknownIssuer), false, "not signed by a trusted CA"),
+            (cert(C::Expired), false, "h:443 has expired"),
+            (cert(C::NotValidYet), false, "check the clocks"),
             (
-                E::InvalidCertificate(C::UnknownIssuer),
-                false,
-                "not signed by a trusted CA",
-            ),
-            (
-                E::InvalidCertificate(C::Expired),
-                false,
-                "h:443 has expired",
-            ),
-            (
-                E::InvalidCertificate(C::NotValidYet),
-                false,
-                "check the clocks",
-            ),
-            (
-                E::InvalidCertificate(C::NotValidForName),
+                cert(C::NotValidForName),
                 false,
                 "not valid for that host name",
             ),
+            (cert(C::BadSignature), false, "was rejected"),
             (
-                E::InvalidCertificate(C::BadSignature),
-                false,
-                "was rejected",
-            ),
-            (
-                E::AlertReceived(A::CertificateRequired),
+                alert(A::CertificateRequired),
                 false,
                 "requires a client certificate",
             ),
+            (alert(A::HandshakeFailure), false, "set tls.cert_file"),
+            (alert(A::HandshakeFailure), true, "TLS with h:443 failed"),
             (
-                E::AlertReceived(A::HandshakeFailure),
-                false,
-                "set tls.cert_file",
-            ),
-            (
-                E::AlertReceived(A::HandshakeFailure),
-                true,
-                "TLS with h:443 failed",
-            ),
-            (
-                E::AlertReceived(A::UnknownCA),
+                alert(A::UnknownCA),
                 true,
                 "did not accept the client certificate",
             ),
             // Our client certificate expired, not the server's.
             (
-                E::AlertReceived(A::CertificateExpired),
+                alert(A::CertificateExpired),
                 true,
                 "did not accept the client certificate",
             ),

@@ -49,6 +49,27 @@ pub(crate) fn valid_node_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Checks `s` against an id rule: not empty, at most `max` bytes, and
+/// `ok(position, char)` for every character.
+fn check(
+    s: &str,
+    max: usize,
+    what: &'static str,
+    rule: &'static str,
+    ok: impl Fn(usize, char) -> bool,
+) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if s.len() > max {
+        return Err(IdError::TooLong { max, len: s.len() });
+    }
+    match s.chars().enumerate().find(|&(i, c)| !ok(i, c)) {
+        Some((at, _)) => Err(IdError::BadChar { what, rule, at }),
+        None => Ok(()),
+    }
+}
+
 /// A command id: 1-128 characters of `[A-Za-z0-9._:-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -58,25 +79,9 @@ impl CommandId {
     pub(crate) const RULE: &'static str = "[A-Za-z0-9._:-]{1,128}";
 
     pub(crate) fn parse(s: &str) -> Result<Self, IdError> {
-        if s.is_empty() {
-            return Err(IdError::Empty);
-        }
-        if s.len() > 128 {
-            return Err(IdError::TooLong {
-                max: 128,
-                len: s.len(),
-            });
-        }
-        if let Some(at) = s
-            .chars()
-            .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-        {
-            return Err(IdError::BadChar {
-                what: "command id",
-                rule: Self::RULE,
-                at,
-            });
-        }
+        check(s, 128, "command id", Self::RULE, |_, c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+        })?;
         Ok(CommandId(s.to_string()))
     }
 
@@ -114,26 +119,9 @@ impl SessionId {
     pub(crate) const RULE: &'static str = "[a-z0-9][a-z0-9_.-]{0,62}";
 
     pub(crate) fn parse(s: &str) -> Result<Self, IdError> {
-        if s.is_empty() {
-            return Err(IdError::Empty);
-        }
-        if s.len() > 63 {
-            return Err(IdError::TooLong {
-                max: 63,
-                len: s.len(),
-            });
-        }
-        let bad = s.chars().enumerate().find(|&(i, c)| {
-            let first_ok = c.is_ascii_lowercase() || c.is_ascii_digit();
-            !(first_ok || (i > 0 && matches!(c, '_' | '.' | '-')))
-        });
-        if let Some((at, _)) = bad {
-            return Err(IdError::BadChar {
-                what: "session id",
-                rule: Self::RULE,
-                at,
-            });
-        }
+        check(s, 63, "session id", Self::RULE, |i, c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && matches!(c, '_' | '.' | '-'))
+        })?;
         Ok(SessionId(s.to_string()))
     }
 
