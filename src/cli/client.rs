@@ -120,15 +120,19 @@ impl Client {
         &self.base
     }
 
+    fn unreachable(&self, e: ureq::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            source: e.to_string(),
+        }
+    }
+
     fn read(
         &self,
         url: &str,
         resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Answer, ClientError> {
-        let mut resp = resp.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            source: e.to_string(),
-        })?;
+        let mut resp = resp.map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
@@ -226,10 +230,7 @@ impl Client {
     ) -> Result<Value, ClientError> {
         use std::io::BufRead;
         let (id, url, resp) = self.post_command("?stream=true", kind, action, params, None);
-        let mut resp = resp.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            source: e.to_string(),
-        })?;
+        let mut resp = resp.map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
         let ndjson = resp
             .headers()

@@ -127,21 +127,9 @@ pub(super) fn session(mut args: Arguments, help: bool, tail: Vec<String>) -> Res
                 });
             let resources = non_empty(Map::from_iter(
                 [
-                    (
-                        "memory",
-                        args.opt_value_from_str::<_, String>("--memory")?
-                            .map(Value::from),
-                    ),
-                    (
-                        "cpus",
-                        args.opt_value_from_str::<_, f64>("--cpus")?
-                            .map(Value::from),
-                    ),
-                    (
-                        "pids",
-                        args.opt_value_from_str::<_, i64>("--pids")?
-                            .map(Value::from),
-                    ),
+                    ("memory", opt::<String>(&mut args, "--memory")?),
+                    ("cpus", opt::<f64>(&mut args, "--cpus")?),
+                    ("pids", opt::<i64>(&mut args, "--pids")?),
                 ]
                 .into_iter()
                 .filter_map(|(k, v)| Some((k.to_string(), v?))),
@@ -149,16 +137,8 @@ pub(super) fn session(mut args: Arguments, help: bool, tail: Vec<String>) -> Res
             let ports: Vec<String> = args.values_from_str("--port")?;
             let mut params = Map::from_iter(
                 [
-                    (
-                        "provider",
-                        args.opt_value_from_str::<_, String>("--provider")?
-                            .map(Value::from),
-                    ),
-                    (
-                        "image",
-                        args.opt_value_from_str::<_, String>("--image")?
-                            .map(Value::from),
-                    ),
+                    ("provider", opt::<String>(&mut args, "--provider")?),
+                    ("image", opt::<String>(&mut args, "--image")?),
                     ("workspace_path", workspace.map(Value::from)),
                     ("env", non_empty(key_values(&mut args, "--env")?)),
                     ("labels", non_empty(key_values(&mut args, "--label")?)),
@@ -375,4 +355,13 @@ pub(super) fn system(mut args: Arguments, help: bool) -> Result<i32, CliError> {
     } else {
         code
     })
+}
+
+/// An optional flag's value as JSON, for a command's params.
+fn opt<T>(args: &mut Arguments, flag: &'static str) -> Result<Option<Value>, CliError>
+where
+    T: std::str::FromStr + Into<Value>,
+    T::Err: std::fmt::Display,
+{
+    Ok(args.opt_value_from_str::<_, T>(flag)?.map(Into::into))
 }

@@ -126,6 +126,22 @@ fn queued(s: Submitted) -> Receiver<CommandResult> {
     }
 }
 
+/// The result a submission answered with at once, and whether it was a
+/// stored one.
+fn done(s: Submitted) -> (CommandResult, bool) {
+    match s {
+        Submitted::Done { result, replayed } => (*result, replayed),
+        other => panic!("expected an answer at once, got {other:?}"),
+    }
+}
+
+fn refused(s: Submitted) -> Refusal {
+    match s {
+        Submitted::Refused(why) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 fn result(rx: &Receiver<CommandResult>) -> CommandResult {
     rx.recv_timeout(Duration::from_secs(10))
         .expect("a result within 10 s")
@@ -156,13 +172,9 @@ fn a_repeated_id_runs_once_and_answers_with_the_stored_result() {
         (r.status, r.exit_code, r.output.as_str()),
         (Status::Success, 0, "ok\n")
     );
-    match h.rt.submit(exec("c1", json!({})), Origin::Api, true) {
-        Submitted::Done { result, replayed } => {
-            assert!(replayed);
-            assert_eq!(*result, r);
-        }
-        other => panic!("expected the stored result, got {other:?}"),
-    }
+    let (stored, replayed) = done(h.rt.submit(exec("c1", json!({})), Origin::Api, true));
+    assert!(replayed);
+    assert_eq!(stored, r);
     assert_eq!(h.execs(), 1, "the provider ran it once");
 }
 
@@ -173,13 +185,8 @@ fn policy_refuses_before_anything_runs_and_the_refusal_is_stored() {
         "allowed_commands: [\"system.*\"]\n",
     );
     h.start();
-    let r = match h.rt.submit(exec("p1", json!({})), Origin::Api, true) {
-        Submitted::Done { result, replayed } => {
-            assert!(!replayed);
-            result
-        }
-        other => panic!("expected an immediate refusal, got {other:?}"),
-    };
+    let (r, replayed) = done(h.rt.submit(exec("p1", json!({})), Origin::Api, true));
+    assert!(!replayed);
     assert_eq!((r.status, r.code), (Status::Rejected, Some(Code::Rejected)));
     assert_eq!(
         r.error,
@@ -187,7 +194,7 @@ fn policy_refuses_before_anything_runs_and_the_refusal_is_stored() {
     );
     assert_eq!(h.execs(), 0);
     let id = crate::protocol::CommandId::parse("p1").unwrap();
-    assert!(matches!(h.rt.ledger.lookup(&id), Some(Found::Done(stored)) if *stored == *r));
+    assert!(matches!(h.rt.ledger.lookup(&id), Some(Found::Done(stored)) if *stored == r));
 }
 
 #[test]
@@ -202,10 +209,10 @@ fn a_full_queue_refuses_and_forgets_so_the_id_can_come_again() {
     let a = queued(h.rt.submit(exec("a", json!({})), Origin::Api, true));
     wait_until("a runs", || h.execs() == 1);
     let b = queued(h.rt.submit(exec("b", json!({})), Origin::Api, true));
-    match h.rt.submit(exec("c", json!({})), Origin::Api, true) {
-        Submitted::Refused(why) => assert_eq!(why, Refusal::QueueFull),
-        other => panic!("expected queue full, got {other:?}"),
-    }
+    assert_eq!(
+        refused(h.rt.submit(exec("c", json!({})), Origin::Api, true)),
+        Refusal::QueueFull
+    );
     let c = crate::protocol::CommandId::parse("c").unwrap();
     assert!(h.rt.ledger.lookup(&c).is_none(), "a refused id is not kept");
     let refused: Vec<serde_json::Value> = events
@@ -292,10 +299,10 @@ fn a_command_queued_at_shutdown_is_kept_and_runs_at_the_next_start() {
         ),
         "the waiter on a dropped job hears at once"
     );
-    match h.rt.submit(exec("c", json!({})), Origin::Api, true) {
-        Submitted::Refused(why) => assert_eq!(why, Refusal::ShuttingDown),
-        other => panic!("expected shutting down, got {other:?}"),
-    }
+    assert_eq!(
+        refused(h.rt.submit(exec("c", json!({})), Origin::Api, true)),
+        Refusal::ShuttingDown
+    );
     drop(release);
     assert_eq!(
         result(&a).status,
@@ -338,12 +345,8 @@ fn an_unknown_session_and_a_bad_field_fail_with_their_codes() {
     let bad = command(
         json!({"id": "m2", "type": "session", "action": "exec", "params": {"session_id": "s1"}}),
     );
-    match h.rt.submit(bad, Origin::Api, true) {
-        Submitted::Done { result, .. } => {
-            assert_eq!(result.code, Some(Code::Invalid));
-            assert_eq!(result.error, "params.command: is required");
-        }
-        other => panic!("expected an immediate failure, got {other:?}"),
-    }
+    let (r, _) = done(h.rt.submit(bad, Origin::Api, true));
+    assert_eq!(r.code, Some(Code::Invalid));
+    assert_eq!(r.error, "params.command: is required");
     assert_eq!(h.execs(), 0);
 }
