@@ -181,9 +181,7 @@ impl<'de> Deserialize<'de> for PortSpec {
 pub(crate) struct Resources {
     #[serde(default, deserialize_with = "super::size::deserialize_opt")]
     pub(crate) memory: Option<u64>,
-    #[serde(default)]
     pub(crate) cpus: Option<f64>,
-    #[serde(default)]
     pub(crate) pids: Option<i64>,
 }
 
@@ -191,11 +189,8 @@ pub(crate) struct Resources {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateParams {
     pub(crate) session_id: SessionId,
-    #[serde(default)]
     pub(crate) provider: Option<ProviderKind>,
-    #[serde(default)]
     pub(crate) image: Option<String>,
-    #[serde(default)]
     pub(crate) workspace_path: Option<PathBuf>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, String>,
@@ -205,7 +200,6 @@ pub(crate) struct CreateParams {
     pub(crate) resources: Resources,
     #[serde(default)]
     pub(crate) labels: BTreeMap<String, String>,
-    #[serde(default)]
     pub(crate) command: Option<Vec<String>>,
 }
 
@@ -227,7 +221,6 @@ pub(crate) struct StopParams {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListParams {
-    #[serde(default)]
     pub(crate) provider: Option<ProviderKind>,
 }
 
@@ -248,11 +241,8 @@ pub(crate) struct ExecParams {
     pub(crate) shell: bool,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, String>,
-    #[serde(default)]
     pub(crate) workdir: Option<String>,
-    #[serde(default)]
     pub(crate) user: Option<String>,
-    #[serde(default)]
     pub(crate) stdin: Option<String>,
     #[serde(default, deserialize_with = "duration::deserialize_wire_opt")]
     pub(crate) timeout: Option<Duration>,

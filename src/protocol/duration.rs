@@ -10,25 +10,15 @@ use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
 use std::time::Duration;
 
-/// Why a duration string was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DurationError(pub(crate) String);
-
-impl fmt::Display for DurationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid duration {:?}: use a number with a unit, e.g. \"250ms\", \"30s\", \"5m\", \"1h30m\"",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for DurationError {}
+use super::ValueError;
 
 /// Parses Go-style duration strings. `"0"` alone is allowed, as in Go.
-pub(crate) fn parse(s: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError(s.to_string());
+pub(crate) fn parse(s: &str) -> Result<Duration, ValueError> {
+    let err = || ValueError {
+        what: "duration",
+        value: s.to_string(),
+        hint: "use a number with a unit, e.g. \"250ms\", \"30s\", \"5m\", \"1h30m\"",
+    };
     let text = s.trim();
     if text == "0" {
         return Ok(Duration::ZERO);

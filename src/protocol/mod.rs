@@ -15,6 +15,22 @@ pub(crate) mod session;
 pub(crate) mod size;
 
 pub(crate) use command::{Command, ProviderKind};
+
+/// A duration or size that does not parse; says what is expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ValueError {
+    pub(crate) what: &'static str,
+    pub(crate) value: String,
+    pub(crate) hint: &'static str,
+}
+
+impl std::fmt::Display for ValueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid {} {:?}: {}", self.what, self.value, self.hint)
+    }
+}
+
+impl std::error::Error for ValueError {}
 pub(crate) use ids::{CommandId, SessionId};
 pub(crate) use result::{Code, CommandResult};
 

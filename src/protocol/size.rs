@@ -6,24 +6,14 @@
 use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
 
-/// Why a size was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SizeError(pub(crate) String);
+use super::ValueError;
 
-impl fmt::Display for SizeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid size {:?}: use bytes or a number with k, m, g or t (binary), e.g. \"512m\", \"1g\", \"64KiB\"",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for SizeError {}
-
-pub(crate) fn parse(s: &str) -> Result<u64, SizeError> {
-    let err = || SizeError(s.to_string());
+pub(crate) fn parse(s: &str) -> Result<u64, ValueError> {
+    let err = || ValueError {
+        what: "size",
+        value: s.to_string(),
+        hint: "use bytes or a number with k, m, g or t (binary), e.g. \"512m\", \"1g\", \"64KiB\"",
+    };
     let text = s.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
