@@ -752,7 +752,15 @@ mod tests {
         };
         assert_eq!(p.ports[0].to_string(), "8080/tcp");
         assert_eq!(p.ports[1].to_string(), "53/udp");
-        assert!(req(json!({"id":"c","type":"session","action":"create","params":{"session_id":"a","ports":[0]}})).is_err());
+        assert_eq!(
+            req(
+                json!({"id":"c","type":"session","action":"create","params":{"session_id":"a","ports":[0]}})
+            ),
+            Err(FieldError::new(
+                "params.ports[0]",
+                "\"0\" is not a port; use 1-65535 with an optional /tcp or /udp"
+            ))
+        );
     }
 
     #[test]

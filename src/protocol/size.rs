@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(parse("1.5k"), Ok(1536));
         assert_eq!(parse("4096"), Ok(4096));
         for bad in ["", "m", "12q", "-1m", "1.5"] {
-            assert!(parse(bad).is_err(), "{bad:?}");
+            assert_eq!(
+                parse(bad).unwrap_err().to_string(),
+                format!("invalid size {bad:?}: use bytes or a number with k, m, g or t (binary), e.g. \"512m\", \"1g\", \"64KiB\""),
+            );
         }
     }
 

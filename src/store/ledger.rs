@@ -485,7 +485,13 @@ mod tests {
         // The record cannot be written: the command must not look running
         // (a crash now would run it at the next start, not report it).
         std::fs::remove_dir_all(dir.join("results")).unwrap();
-        assert!(l.mark_running(&id, &json!({})).is_err());
+        assert_eq!(
+            l.mark_running(&id, &json!({})).unwrap_err().to_string(),
+            format!(
+                "cannot write a result record ({}): No such file or directory (os error 2)",
+                dir.join("results/r-r1.json").display()
+            )
+        );
         assert!(matches!(
             l.lookup(&id),
             Some(Found::InProgress(State::Queued))

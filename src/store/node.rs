@@ -97,7 +97,10 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.starts_with("node-"));
         assert_eq!(load_or_create_id(&dir, "edge-7").unwrap(), "edge-7");
-        assert!(load_or_create_id(&dir, "../etc").is_err());
+        assert_eq!(
+            load_or_create_id(&dir, "../etc").unwrap_err().to_string(),
+            "node_id: \"../etc\" is not a node id; use 1-64 characters of [A-Za-z0-9._-]"
+        );
         std::fs::write(dir.join("node_id"), "garbage/\n").unwrap();
         let c = load_or_create_id(&dir, "").unwrap();
         assert_ne!(c, a);
