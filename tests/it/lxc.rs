@@ -2,10 +2,9 @@
 //! driven through the agent's API.
 //!
 //! Every test first runs tests/setup/lxc-probe.sh (once per test binary):
-//! when this host cannot run containers, each test prints a line starting
-//! with `SKIPPED lxc::` and the probe's reason (past the output capture, so
-//! it shows in a passing run) and returns; with
-//! `VENDETTA_REQUIRE_LXC=1` a failed probe fails the tests instead.
+//! when this host cannot run containers, each test fails with the probe's
+//! reason (never skips), as the Docker and QEMU tests do when their runtime
+//! is missing.
 //!
 //! Each test gets its own lxcpath under /tmp and session ids holding the
 //! test process id, and a `Containers` guard destroys every container it
@@ -25,46 +24,26 @@ use std::time::{Duration, Instant};
 
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/setup/lxc-probe.sh");
 
-/// The probe's verdict: Ok(its line) or Err(the reason).
-fn probe() -> &'static Result<String, String> {
-    static VERDICT: OnceLock<Result<String, String>> = OnceLock::new();
-    VERDICT.get_or_init(|| {
-        let out = match Command::new("bash").arg(PROBE).output() {
-            Ok(o) => o,
-            Err(e) => return Err(format!("cannot run {PROBE}: {e}")),
-        };
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+/// Fails the test, with the probe's reason, when this host cannot run LXC
+/// containers. The probe runs once per test binary.
+fn require_lxc() {
+    static VERDICT: OnceLock<Result<(), String>> = OnceLock::new();
+    let verdict = VERDICT.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(PROBE)
+            .output()
+            .map_err(|e| format!("cannot run {PROBE}: {e}"))?;
         if out.status.success() {
-            loud(&line);
-            Ok(line)
-        } else {
-            Err(format!(
-                "{line}{}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            return Ok(());
         }
-    })
-}
-
-/// Writes a line straight to stderr: the test harness captures eprintln!,
-/// and a skip must show in the output of a passing run.
-fn loud(line: &str) {
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
-}
-
-/// True when containers can run here; otherwise says so loudly.
-fn lxc_ready(test: &str) -> bool {
-    match probe() {
-        Ok(_) => true,
-        Err(reason) => {
-            if std::env::var("VENDETTA_REQUIRE_LXC").as_deref() == Ok("1") {
-                panic!("lxc::{test}: VENDETTA_REQUIRE_LXC=1 but {reason}");
-            }
-            loud(&format!(
-                "SKIPPED lxc::{test}: this host cannot run LXC containers: {reason}"
-            ));
-            false
-        }
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    });
+    if let Err(reason) = verdict {
+        panic!("this host cannot run LXC containers, which these tests need: {reason}");
     }
 }
 
@@ -123,6 +102,7 @@ impl Lab {
     }
 
     fn with_providers(dir: TempDir, lxcpath: &Path, providers: &str, extra: &str) -> Lab {
+        require_lxc();
         let agent = Agent::start(&format!(
             "providers: {providers}\nprovider: lxc\nlxc:\n  lxcpath: {}\n  tool_timeout: 30s\n{extra}",
             lxcpath.display()
@@ -220,9 +200,6 @@ fn failed<'a>(r: &'a Value, code: &str) -> &'a str {
 
 #[test]
 fn lifecycle_create_start_stop_destroy_each_twice() {
-    if !lxc_ready("lifecycle_create_start_stop_destroy_each_twice") {
-        return;
-    }
     let mut lab = Lab::new("");
     let ws = TempDir::new("lxcws");
     std::fs::write(ws.path().join("hello.txt"), "from the host\n").unwrap();
@@ -242,13 +219,9 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
     assert_eq!(s["image"], "busybox");
     assert_eq!(s["labels"]["team"], "core");
     assert!(s["created"].as_str().unwrap().ends_with('Z'), "{s}");
-    let warnings: Vec<String> = s["warnings"]
-        .as_array()
-        .map(|w| w.iter().map(|x| x.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default();
-    for w in &warnings {
-        assert!(w.starts_with("not enforced: resources."), "{w}");
-    }
+    // This host has the memory, cpu and pids controllers: every limit is
+    // enforced, so the session carries no "not enforced" warning.
+    assert_eq!(s.get("warnings"), None, "{s}");
     let config = std::fs::read_to_string(lab.lxcpath().join(&name).join("config")).unwrap();
     assert!(config.contains("# vendetta.managed = true"), "{config}");
     assert!(config.contains("lxc.net.0.type = empty"), "{config}");
@@ -290,26 +263,17 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
     assert_eq!(ok(&r)["exit_code"], 0);
     assert!(ws.path().join("made-inside").exists());
 
-    // Limits: applied in the cgroup unless the session said they are not.
+    // Limits: applied in the cgroup.
+    let v2 = Command::new("stat")
+        .args(["-fc", "%T", "/sys/fs/cgroup"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "cgroup2fs")
+        .unwrap_or(false);
     for (limit, v1_key, v2_key, want) in [
         ("memory", "memory.limit_in_bytes", "memory.max", "67108864"),
         ("cpus", "cpu.cfs_quota_us", "cpu.max", "50000"),
         ("pids", "pids.max", "pids.max", "64"),
     ] {
-        if warnings
-            .iter()
-            .any(|w| w.contains(&format!("resources.{limit}")))
-        {
-            loud(&format!(
-                "lxc::lifecycle: {limit} is not enforced on this host, as the session says"
-            ));
-            continue;
-        }
-        let v2 = Command::new("stat")
-            .args(["-fc", "%T", "/sys/fs/cgroup"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "cgroup2fs")
-            .unwrap_or(false);
         let key = if v2 { v2_key } else { v1_key };
         let o = lab.lxc("lxc-cgroup", &["-n", &name, key]);
         let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -348,9 +312,6 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
 
 #[test]
 fn exec_codes_streams_stdin_cap_and_timeout() {
-    if !lxc_ready("exec_codes_streams_stdin_cap_and_timeout") {
-        return;
-    }
     let mut lab = Lab::new("limits:\n  max_output: 1k\n");
     let id = lab.create_started("exec", json!({}));
 
@@ -489,9 +450,6 @@ fn exec_codes_streams_stdin_cap_and_timeout() {
 
 #[test]
 fn sessions_are_readopted_after_kill_9() {
-    if !lxc_ready("sessions_are_readopted_after_kill_9") {
-        return;
-    }
     // Docker is enabled too, with its engine unreachable: that must not
     // keep the clean-up below from telling what it did in the LXC session.
     let dir = TempDir::new("lxc");
@@ -568,9 +526,6 @@ fn wait_event(
 
 #[test]
 fn a_container_that_stops_by_itself_is_reported_with_an_event() {
-    if !lxc_ready("a_container_that_stops_by_itself_is_reported_with_an_event") {
-        return;
-    }
     let mut lab = Lab::new("");
     let s = TcpStream::connect(("127.0.0.1", lab.agent.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
@@ -609,9 +564,6 @@ fn a_container_that_stops_by_itself_is_reported_with_an_event() {
 
 #[test]
 fn hostile_session_ids_are_refused() {
-    if !lxc_ready("hostile_session_ids_are_refused") {
-        return;
-    }
     let mut lab = Lab::new("");
     for bad in [
         "../../etc",
@@ -688,9 +640,6 @@ fn hostile_session_ids_are_refused() {
 
 #[test]
 fn a_create_that_times_out_is_reported_and_leaves_nothing() {
-    if !lxc_ready("a_create_that_times_out_is_reported_and_leaves_nothing") {
-        return;
-    }
     let mut lab = Lab::new("");
     let id = lab.sid("slow");
     // The busybox template takes a few hundred ms; 50 ms cuts it short.
@@ -723,9 +672,6 @@ fn a_create_that_times_out_is_reported_and_leaves_nothing() {
 
 #[test]
 fn foreign_containers_are_never_touched() {
-    if !lxc_ready("foreign_containers_are_never_touched") {
-        return;
-    }
     let mut lab = Lab::new("");
     let lxcpath = lab.lxcpath();
     std::fs::create_dir_all(&lxcpath).unwrap();
@@ -786,9 +732,6 @@ fn foreign_containers_are_never_touched() {
 
 #[test]
 fn health_reports_lxc_and_a_missing_bridge() {
-    if !lxc_ready("health_reports_lxc_and_a_missing_bridge") {
-        return;
-    }
     let lab = Lab::new("");
     let (status, h) = lab.agent.get_as("/health", None);
     assert_eq!(status, 200, "{h}");
@@ -838,6 +781,31 @@ fn health_reports_lxc_and_a_missing_bridge() {
 /// A Linux bridge for the veth test, deleted on drop.
 struct Bridge(String);
 
+impl Bridge {
+    /// Creates the bridge and sets it up; fails the test if it cannot.
+    fn create(name: &str) -> Bridge {
+        // A bridge left by a killed run of this test would make `add` fail.
+        let _ = Command::new("ip").args(["link", "del", name]).output();
+        let bridge = Bridge(name.to_string());
+        for args in [
+            &["link", "add", "name", name, "type", "bridge"][..],
+            &["link", "set", name, "up"],
+        ] {
+            let o = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                o.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        bridge
+    }
+}
+
 impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["link", "del", &self.0]).output();
@@ -846,23 +814,8 @@ impl Drop for Bridge {
 
 #[test]
 fn veth_networking_on_a_bridge() {
-    if !lxc_ready("veth_networking_on_a_bridge") {
-        return;
-    }
     let name = format!("vtbr{}", std::process::id() % 100_000);
-    let made = Command::new("ip")
-        .args(["link", "add", "name", &name, "type", "bridge"])
-        .output();
-    if !made.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED lxc::veth_networking_on_a_bridge: cannot create bridge {name}: {made:?}"
-        );
-        return;
-    }
-    let _bridge = Bridge(name.clone());
-    let _ = Command::new("ip")
-        .args(["link", "set", &name, "up"])
-        .output();
+    let _bridge = Bridge::create(&name);
     let mut lab = Lab::new(&format!("  network: veth\n  bridge: {name}\n"));
     let ws = TempDir::new("lxcws");
     std::fs::write(ws.path().join("keep"), "x").unwrap();
