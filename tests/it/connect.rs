@@ -4,39 +4,17 @@
 //! byte for byte, when the server refuses or cannot be reached.
 
 use crate::util::coord::{CoordServer, Fault};
-use crate::util::{wait_until, Agent, TempDir, BIN};
+use crate::util::{
+    agent_connect, connect_refused, file_mode, streams, wait_until, Agent, TempDir, BIN,
+};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 const TOKEN: &str = "connect-token-0123456789";
-
-fn connect(config: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(["agent", "connect"])
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("VENDETTA_CONFIG")
-        .env_remove("VENDETTA_COORD_URL")
-        .env_remove("VENDETTA_AUTH_TOKEN")
-        .output()
-        .expect("run vendetta agent connect")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
 
 fn write(p: &Path, text: &str, mode: u32) {
     std::fs::write(p, text).unwrap();
@@ -50,25 +28,6 @@ fn other_lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Runs connect expecting `code`, `want` on stderr, and the file as it
-/// was (bytes and mode).
-fn refused(config: &Path, args: &[&str], code: i32, want: &str) -> String {
-    let before = std::fs::read(config).unwrap();
-    let before_mode = mode(config);
-    let out = connect(config, args);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
-    assert!(stderr.contains(want), "stderr lacks {want:?}: {stderr}");
-    assert!(stdout.is_empty(), "nothing claimed on stdout: {stdout}");
-    assert_eq!(std::fs::read(config).unwrap(), before, "the file changed");
-    assert_eq!(mode(config), before_mode, "the file mode changed");
-    stderr
-}
-
 #[test]
 fn connect_registers_then_writes_the_url_and_token_keeping_the_rest() {
     let server = CoordServer::start();
@@ -79,8 +38,8 @@ fn connect_registers_then_writes_the_url_and_token_keeping_the_rest() {
     );
     write(&a.config, &original, 0o644);
 
-    let out = connect(&a.config, &[&server.url, "--token", TOKEN]);
-    let (stdout, stderr) = text(&out);
+    let out = agent_connect(&a.config, &[&server.url, "--token", TOKEN]);
+    let (stdout, stderr) = streams(&out);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -118,7 +77,7 @@ fn connect_registers_then_writes_the_url_and_token_keeping_the_rest() {
     // The key stays where it was.
     let pos = |t: &str| t.lines().position(|l| l.starts_with("coordination_url:"));
     assert_eq!(pos(&new), pos(&original));
-    assert_eq!(mode(&a.config), 0o600);
+    assert_eq!(file_mode(&a.config), 0o600);
     assert!(
         stdout.contains(&format!("registered node {node_id} with {}", server.url)),
         "{stdout}"
@@ -136,26 +95,21 @@ fn connect_registers_then_writes_the_url_and_token_keeping_the_rest() {
         .arg(&a.config)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", text(&check).1);
+    assert!(check.status.success(), "{}", streams(&check).1);
 
     // An agent started on that file registers with the token, same id.
     a.spawn();
     a.wait_ready();
-    assert!(
-        wait_until(Duration::from_secs(15), || server.count("register") >= 2),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(15), || server
+        .count("register")
+        >= 2));
     let reg = server.requests("register")[1].clone();
     assert_eq!(reg.body["id"], node_id.as_str());
     assert_eq!(
         reg.auth.as_deref(),
         Some(format!("Bearer {TOKEN}").as_str())
     );
-    assert!(wait_until(Duration::from_secs(10), || a
-        .get_as("/health", None)
-        .1["link"]["state"]
-        == "connected"));
+    a.wait_link("connected", Duration::from_secs(10));
 }
 
 #[test]
@@ -172,9 +126,19 @@ fn connect_refused_by_the_server_leaves_the_file_alone() {
         ),
         0o640,
     );
-    let err = refused(&config, &[&server.url, "--token", "wrong"], 1, "refused");
-    assert!(err.contains("401"), "{err}");
-    assert!(err.contains("--token"), "says what to do: {err}");
+    let err = connect_refused(
+        &config,
+        &[&server.url, "--token", "wrong"],
+        1,
+        &format!(
+            "the server refused the registration: the coordination server answered 401 to {}/api/v1/nodes",
+            server.url
+        ),
+    );
+    assert!(
+        err.contains("; pass the right token with --token"),
+        "says what to do: {err}"
+    );
     assert_eq!(server.count("register"), 1);
 }
 
@@ -188,14 +152,16 @@ fn connect_to_an_unreachable_server_leaves_the_file_alone() {
         &format!("cache_dir: {}\n", dir.path().join("cache").display()),
         0o644,
     );
-    let err = refused(
+    // It names the server.
+    connect_refused(
         &config,
         &[&server.url, "--token", TOKEN],
         1,
-        "cannot reach the coordination server",
+        &format!(
+            "registration failed, the config was not changed: cannot reach the coordination server at {}/api/v1/nodes: io: Connection refused",
+            server.url
+        ),
     );
-    assert!(err.contains(&server.url), "names the server: {err}");
-    assert!(err.contains("not changed"), "{err}");
 }
 
 #[test]
@@ -207,8 +173,15 @@ fn connect_rejects_a_url_that_is_not_http() {
         &format!("cache_dir: {}\n", dir.path().join("cache").display()),
         0o644,
     );
-    let err = refused(&config, &["ftp://x"], 2, "coordination_url");
-    assert!(err.contains("ftp://x"), "{err}");
+    connect_refused(
+        &config,
+        &["ftp://x"],
+        2,
+        &format!(
+            "config file {}: key coordination_url: \"ftp://x\" is not an http:// or https:// URL",
+            config.display()
+        ),
+    );
     assert!(
         !dir.path().join("cache").exists(),
         "nothing done before the URL was checked"
@@ -228,8 +201,8 @@ fn connect_updates_a_json_config() {
         ),
         0o644,
     );
-    let out = connect(&config, &[&server.url]);
-    let (stdout, stderr) = text(&out);
+    let out = agent_connect(&config, &[&server.url]);
+    let (stdout, stderr) = streams(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_eq!(server.count("register"), 1);
     assert_eq!(server.requests("register")[0].auth, None, "no token given");
@@ -238,7 +211,7 @@ fn connect_updates_a_json_config() {
     assert_eq!(v["labels"]["rack"], "r9");
     assert_eq!(v["workers"], 3);
     assert!(v.get("auth_token").is_none(), "{v}");
-    assert_eq!(mode(&config), 0o600);
+    assert_eq!(file_mode(&config), 0o600);
     assert!(
         stdout.contains("(mode 0600): set coordination_url\n"),
         "{stdout}"
@@ -275,9 +248,9 @@ fn connect_creates_a_missing_file() {
         cmd.uid(65534).gid(65534);
     }
     let out = cmd.output().expect("run vendetta agent connect");
-    let (stdout, stderr) = text(&out);
+    let (stdout, stderr) = streams(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert_eq!(mode(&config), 0o600);
+    assert_eq!(file_mode(&config), 0o600);
     let new = std::fs::read_to_string(&config).unwrap();
     assert_eq!(
         new,
@@ -301,27 +274,30 @@ fn connect_never_rewrites_a_config_file_it_cannot_read() {
     let cache = dir.path().join("cache");
     // A JSON file with a syntax error and one with an unknown key: neither
     // may be replaced by a file holding only coordination_url.
-    for (name, body) in [
+    for (name, body, why) in [
         (
             "broken.json",
             format!(
                 "{{\"cache_dir\": \"{}\", \"workers\": 3,}}",
                 cache.display()
             ),
+            "line 1: not valid JSON: trailing comma",
         ),
         (
             "unknown.json",
             format!("{{\"cache_dir\": \"{}\", \"wrokers\": 3}}", cache.display()),
+            "line 1: key wrokers: unknown field `wrokers`",
         ),
         (
             "broken.yaml",
             format!("cache_dir: {}\nlabels: [unclosed\n", cache.display()),
+            "line 2: key labels: invalid type: sequence, expected a map",
         ),
     ] {
         let config = dir.path().join(name);
         write(&config, &body, 0o644);
-        let err = refused(&config, &[&server.url, "--token", TOKEN], 2, name);
-        assert!(err.contains("config file"), "{err}");
+        let want = format!("config file {}, {why}", config.display());
+        connect_refused(&config, &[&server.url, "--token", TOKEN], 2, &want);
     }
     assert_eq!(server.count("register"), 0, "nothing sent");
 }

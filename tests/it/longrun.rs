@@ -3,22 +3,34 @@
 //! waiting, and a crash mid-command with a coordination server.
 
 use crate::coord::{link_yaml, registered};
-use crate::docker::{create_started, docker_agent, Sessions, IMAGE};
+use crate::docker::{docker_agent, Sessions, IMAGE};
 use crate::util::coord::CoordServer;
-use crate::util::{next_id, wait_until, Agent, Events, BIN, TOKEN};
+use crate::util::{
+    api_error, create_started, failed, next_id, ok, text, wait_until, Agent, Events, BIN, TOKEN,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn exec_body(id: &str, session: &str, script: &str) -> String {
+/// A session.exec of `sh -c SCRIPT` in `session`, with id `id`.
+fn exec_cmd(id: &str, session: &str, script: &str) -> Value {
     json!({"id": id, "type": "session", "action": "exec",
            "params": {"session_id": session, "command": ["sh", "-c", script]}})
-    .to_string()
 }
 
-fn state_of(a: &Agent, id: &str) -> (u16, Value) {
-    a.get(&format!("/api/v1/commands/{id}"))
+fn exec_body(id: &str, session: &str, script: &str) -> String {
+    exec_cmd(id, session, script).to_string()
+}
+
+/// Waits until command `id` is in `state` (queued, running) by its own
+/// record, `GET /api/v1/commands/{id}`.
+fn wait_state(a: &Agent, id: &str, state: &str, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || a.command(id).1["status"] == state),
+        "{id} never was {state}: {}",
+        a.command(id).1
+    );
 }
 
 #[test]
@@ -32,28 +44,18 @@ fn a_full_queue_answers_429_at_once_and_records_nothing() {
         format!("queued-{}", next_id()),
         format!("refused-{}", next_id()),
     );
-    let async_post = |id: &str| {
-        a.post_path(
-            "/api/v1/commands?async=true",
-            &exec_body(id, &sid, "sleep 4"),
-            Some(TOKEN),
-        )
-    };
-    assert_eq!(async_post(&busy).0, 202);
-    assert!(wait_until(Duration::from_secs(10), || state_of(&a, &busy)
-        .1["status"]
-        == "running"));
-    assert_eq!(async_post(&queued).0, 202);
+    a.submit(&exec_cmd(&busy, &sid, "sleep 4"));
+    wait_state(&a, &busy, "running", Duration::from_secs(10));
+    a.submit(&exec_cmd(&queued, &sid, "sleep 4"));
     let mut events = Events::open(&a);
     let t = Instant::now();
-    let (status, body) = a.post(&exec_body(&refused, &sid, "true"));
-    assert_eq!(status, 429, "{body}");
+    let answer = a.post(&exec_body(&refused, &sid, "true"));
     assert!(
         t.elapsed() < Duration::from_secs(1),
         "answered at once, took {:?}",
         t.elapsed()
     );
-    assert_eq!(body["code"], "queue_full");
+    api_error(answer, 429, "queue_full", "queue");
     // Watchers saw it queued, then refused: no command is left hanging.
     let refused_event = events
         .wait_for(Duration::from_secs(5), |e| {
@@ -61,22 +63,19 @@ fn a_full_queue_answers_429_at_once_and_records_nothing() {
         })
         .expect("a refused event");
     assert_eq!(refused_event["reason"], "queue_full");
-    assert_eq!(
-        state_of(&a, &refused).0,
+    // A refused command is not recorded.
+    api_error(
+        a.command(&refused),
         404,
-        "a refused command is not recorded"
+        "not_found",
+        &format!("no result stored for command {refused}"),
     );
-    let (_, m) = a.get_as("/metrics", None);
-    assert!(m
-        .as_str()
-        .unwrap()
+    assert!(a
+        .metrics()
         .contains("vendetta_commands_refused_total{reason=\"queue_full\"} 1"));
     // Both accepted commands still finish.
-    assert!(wait_until(Duration::from_secs(20), || state_of(
-        &a, &queued
-    )
-    .1["status"]
-        == "success"));
+    ok(&a.wait_result(&busy, Duration::from_secs(20)));
+    ok(&a.wait_result(&queued, Duration::from_secs(20)));
 }
 
 #[test]
@@ -157,17 +156,9 @@ fn shutdown_finishes_running_commands_and_answers_waiters() {
     let (running, waiting) = (format!("run-{}", next_id()), format!("wait-{}", next_id()));
     let (first, second) = std::thread::scope(|scope| {
         let first = scope.spawn(|| a.post(&exec_body(&running, &sid, "sleep 3; echo done")));
-        assert!(wait_until(Duration::from_secs(10), || state_of(
-            &a, &running
-        )
-        .1["status"]
-            == "running"));
+        wait_state(&a, &running, "running", Duration::from_secs(10));
         let second = scope.spawn(|| a.post(&exec_body(&waiting, &sid, "echo later")));
-        assert!(wait_until(Duration::from_secs(5), || state_of(
-            &a, &waiting
-        )
-        .1["status"]
-            == "queued"));
+        wait_state(&a, &waiting, "queued", Duration::from_secs(5));
         a.signal(libc::SIGTERM);
         (first.join().unwrap(), second.join().unwrap())
     });
@@ -176,31 +167,14 @@ fn shutdown_finishes_running_commands_and_answers_waiters() {
         first.1["data"]["stdout"], "done\n",
         "the running command finished"
     );
-    assert_eq!(second.0, 503, "{}", second.1);
-    assert!(
-        second.1["error"]
-            .as_str()
-            .unwrap()
-            .contains("will run after restart"),
-        "{}",
-        second.1
-    );
+    api_error(second, 503, "shutting_down", "will run after restart");
     let st = a.wait_exit(Duration::from_secs(25)).expect("exits");
     assert_eq!(st.code(), Some(0));
     a.restart();
-    assert!(
-        wait_until(Duration::from_secs(20), || state_of(&a, &waiting).1
-            ["status"]
-            == "success"),
-        "{}",
-        a.log()
-    );
-    assert_eq!(state_of(&a, &waiting).1["data"]["stdout"], "later\n");
-    assert_eq!(
-        state_of(&a, &running).1["status"],
-        "success",
-        "kept across the restart"
-    );
+    let later = a.wait_result(&waiting, Duration::from_secs(20));
+    assert_eq!(ok(&later)["stdout"], "later\n");
+    let (s, done) = a.command(&running);
+    assert_eq!((s, &done), (200, &first.1), "kept across the restart");
 }
 
 #[test]
@@ -243,17 +217,12 @@ fn a_crash_mid_command_is_reported_once_to_the_server_and_nothing_runs_twice() {
         json!({"id": quick, "type": "system", "action": "status"}),
     );
     a.restart();
-    assert!(
-        wait_until(Duration::from_secs(20), || !server
-            .results_for(&long)
-            .is_empty()
-            && !server.results_for(&quick).is_empty()),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(20), || !server
+        .results_for(&long)
+        .is_empty()
+        && !server.results_for(&quick).is_empty()));
     let r = &server.results_for(&long)[0];
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["code"], "agent_restarted");
+    failed(r, "agent_restarted", "agent restarted during execution");
     // The server keeps re-sending what it has no result for; none of it runs again.
     std::thread::sleep(Duration::from_secs(5));
     server.queue(
@@ -276,12 +245,7 @@ fn cli_session_verbs_round_trip() {
     let ws = crate::util::TempDir::new("clews");
     let cli = |args: &[&str]| {
         let o = a.cli(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status.code(), text)
+        (o.status.code(), text(&o))
     };
     let (code, out) = cli(&[
         "session",

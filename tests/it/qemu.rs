@@ -11,8 +11,8 @@
 
 use crate::util::qmp::Qmp;
 use crate::util::{
-    alive, assert_interrupted_and_reaped, host_pids, next_id, ok, start_sleep, wait_until, Agent,
-    Events, TempDir,
+    alive, assert_interrupted_and_reaped, create_started, destroy, exec, failed, find_session,
+    host_pids, next_id, ok, sessions, start_sleep, wait_until, Agent, Events, TempDir,
 };
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -114,12 +114,7 @@ fn qmp_status(dir: &Path) -> String {
 }
 
 fn session_status(a: &Agent, id: &str) -> Option<String> {
-    let r = a.cmd("session", "list", json!({"provider": "qemu"}));
-    r["data"]
-        .as_array()?
-        .iter()
-        .find(|s| s["id"] == id)
-        .map(|s| s["status"].as_str().unwrap_or("").to_string())
+    find_session(&sessions(a, "qemu"), id).map(|s| s["status"].as_str().unwrap_or("").to_string())
 }
 
 /// The real qemu-ga, run on the host on a session's qga.sock path: it
@@ -181,20 +176,6 @@ fn ping(sock: &Path) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n > 0 && buf[..n].starts_with(b"{\"return\""))
 }
 
-/// Runs a command and returns its result whatever the HTTP status (an
-/// invalid request answers 400 with the result).
-fn run(a: &Agent, kind: &str, action: &str, params: Value) -> Value {
-    let body =
-        json!({"id": format!("t-{}", next_id()), "type": kind, "action": action, "params": params});
-    a.post(&body.to_string()).1
-}
-
-fn exec(a: &Agent, id: &str, params: Value) -> Value {
-    let mut p = params;
-    p["session_id"] = json!(id);
-    a.cmd("session", "exec", p)
-}
-
 #[test]
 fn lifecycle_create_start_stop_destroy_twice() {
     let h = Host::start(&cfg("q35", ""));
@@ -228,8 +209,7 @@ fn lifecycle_create_start_stop_destroy_twice() {
         }
 
         let again = h.cmd("session", "create", json!({"session_id": id}));
-        assert_eq!(again["status"], "failed", "{again}");
-        assert_eq!(again["code"], "conflict", "{again}");
+        failed(&again, "conflict", &id);
 
         for _ in 0..2 {
             let r = h.cmd("session", "start", json!({"session_id": id}));
@@ -272,8 +252,7 @@ fn lifecycle_create_start_stop_destroy_twice() {
         assert_eq!(qmp_status(&dir), "running");
 
         for expected in [true, false] {
-            let r = h.cmd("session", "destroy", json!({"session_id": id}));
-            assert_eq!(ok(&r)["existed"], expected, "{r}");
+            assert_eq!(destroy(&h, &id)["existed"], expected);
         }
         assert!(!dir.exists(), "{} left behind", dir.display());
         assert!(procs_naming(&dir).is_empty());
@@ -304,14 +283,8 @@ fn machine_none_runs_without_devices_and_says_so() {
     assert_eq!(qmp_status(&dir), "running");
     // No virtio-serial, so no guest agent: said at once, not after a timeout.
     let t0 = Instant::now();
-    let r = run(
-        &h,
-        "session",
-        "exec",
-        json!({"session_id": id, "command": ["true"], "timeout": "30s"}),
-    );
-    assert_eq!(r["code"], "invalid_command", "{r}");
-    assert!(r["error"].as_str().unwrap().contains("machine none"), "{r}");
+    let r = exec(&h, &id, json!({"command": ["true"], "timeout": "30s"}));
+    failed(&r, "invalid_command", "machine none");
     assert!(t0.elapsed() < Duration::from_secs(5));
     let r = h.cmd(
         "session",
@@ -319,8 +292,7 @@ fn machine_none_runs_without_devices_and_says_so() {
         json!({"session_id": id, "timeout": "1s"}),
     );
     assert_eq!(ok(&r)["status"], "stopped");
-    let r = h.cmd("session", "destroy", json!({"session_id": id}));
-    assert_eq!(ok(&r)["existed"], true);
+    assert_eq!(destroy(&h, &id)["existed"], true);
 }
 
 #[test]
@@ -361,7 +333,7 @@ fn workspace_is_shared_with_mount_tag_workspace() {
         .unwrap();
     drop(q);
     assert!(tree.to_string().contains("virtio-9p"), "{tree}");
-    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    destroy(&h, &id);
 }
 
 #[test]
@@ -412,10 +384,7 @@ fn agent_kill9_and_restart_readopts_running_vms() {
     assert_eq!(ok(&r)["status"], "stopped");
     assert!(!alive(pr));
     for id in [&created, &running] {
-        assert_eq!(
-            ok(&h.cmd("session", "destroy", json!({"session_id": id})))["existed"],
-            true
-        );
+        assert_eq!(destroy(&h, id)["existed"], true);
     }
     assert!(procs_naming(&h.cache()).is_empty());
 }
@@ -426,8 +395,7 @@ fn vm_ended_behind_the_agents_back_is_lost_or_exited_with_an_event() {
     let killed = sid("killed");
     let quit = sid("quit");
     for id in [&killed, &quit] {
-        ok(&h.cmd("session", "create", json!({"session_id": id})));
-        ok(&h.cmd("session", "start", json!({"session_id": id})));
+        create_started(&h, id, json!({}));
     }
     let (dk, dq) = (vm_dir(&h, &killed).unwrap(), vm_dir(&h, &quit).unwrap());
     let mut events = Events::open(&h);
@@ -464,7 +432,7 @@ fn vm_ended_behind_the_agents_back_is_lost_or_exited_with_an_event() {
     assert_eq!(ok(&r)["status"], "running");
     assert_eq!(qmp_status(&dk), "running");
     for id in [&killed, &quit] {
-        ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+        destroy(&h, id);
     }
 }
 
@@ -474,8 +442,7 @@ fn a_stale_pidfile_naming_a_live_unrelated_pid_is_never_killed() {
     let reused = sid("reused");
     let pidfile_only = sid("pidfile");
     for id in [&reused, &pidfile_only] {
-        ok(&h.cmd("session", "create", json!({"session_id": id})));
-        ok(&h.cmd("session", "start", json!({"session_id": id})));
+        create_started(&h, id, json!({}));
     }
     let (dr, dp) = (
         vm_dir(&h, &reused).unwrap(),
@@ -519,8 +486,7 @@ fn a_stale_pidfile_naming_a_live_unrelated_pid_is_never_killed() {
             json!({"session_id": id, "timeout": "1s"}),
         );
         ok(&r);
-        let r = h.cmd("session", "destroy", json!({"session_id": id}));
-        assert_eq!(ok(&r)["existed"], true);
+        assert_eq!(destroy(&h, id)["existed"], true);
     }
     assert!(
         matches!(sleeper.0.try_wait(), Ok(None)),
@@ -548,14 +514,7 @@ fn the_agent_times_out_clearly_while_another_client_holds_qmp() {
         // the agent's start fails with a clear timeout and list does not hang.
         let t0 = Instant::now();
         let r = h.cmd("session", "start", json!({"session_id": id}));
-        assert_eq!(r["status"], "timeout", "{r}");
-        assert!(
-            r["error"]
-                .as_str()
-                .unwrap()
-                .contains("one client at a time"),
-            "{r}"
-        );
+        failed(&r, "timeout", "one client at a time");
         assert!(t0.elapsed() < Duration::from_secs(15));
         let t0 = Instant::now();
         assert_eq!(session_status(&h, &id).as_deref(), Some("created"));
@@ -563,7 +522,7 @@ fn the_agent_times_out_clearly_while_another_client_holds_qmp() {
     }
     let r = h.cmd("session", "start", json!({"session_id": id}));
     assert_eq!(ok(&r)["status"], "running");
-    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    destroy(&h, &id);
 }
 
 #[test]
@@ -575,11 +534,7 @@ fn exec_through_the_real_qemu_ga() {
 
     // Not running yet: a clear conflict, before any guest agent talk.
     let r = exec(&h, &id, json!({"command": ["true"]}));
-    assert_eq!(r["code"], "conflict", "{r}");
-    assert!(
-        r["error"].as_str().unwrap().contains("start it first"),
-        "{r}"
-    );
+    failed(&r, "conflict", "start it first");
     ok(&h.cmd("session", "start", json!({"session_id": id})));
 
     let _ga = GuestAgent::start(&dir.join("qga.sock"));
@@ -650,20 +605,11 @@ fn exec_through_the_real_qemu_ga() {
 
     // A missing program: the guest agent's own error, surfaced.
     let r = exec(&h, &id, json!({"command": ["/nonexistent/prog"]}));
-    assert_eq!(r["status"], "failed", "{r}");
-    assert!(
-        r["error"].as_str().unwrap().contains("/nonexistent/prog"),
-        "{r}"
-    );
+    failed(&r, "failed", "/nonexistent/prog");
     // user cannot be honoured by guest-exec.
-    let r = run(
-        &h,
-        "session",
-        "exec",
-        json!({"session_id": id, "command": ["id"], "user": "nobody"}),
-    );
-    assert_eq!(r["code"], "invalid_command", "{r}");
-    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    let r = exec(&h, &id, json!({"command": ["id"], "user": "nobody"}));
+    failed(&r, "invalid_command", "params.user");
+    destroy(&h, &id);
 }
 
 /// Kills host processes whose command line is `argv` on drop: what a test
@@ -684,8 +630,7 @@ impl Drop for KillOnDrop {
 fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
     let mut h = Host::start(&cfg("q35", ""));
     let id = sid("reap");
-    ok(&h.cmd("session", "create", json!({"session_id": id})));
-    ok(&h.cmd("session", "start", json!({"session_id": id})));
+    create_started(&h, &id, json!({}));
     let dir = vm_dir(&h, &id).unwrap();
     let mut ga = GuestAgent::start(&dir.join("qga.sock"));
 
@@ -726,7 +671,7 @@ fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
     );
     let _ = other.kill();
     let _ = other.wait();
-    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    destroy(&h, &id);
     drop(ga);
 }
 
@@ -734,28 +679,19 @@ fn an_exec_cut_off_by_an_agent_crash_is_killed_in_the_guest() {
 fn exec_with_nobody_answering_says_guest_agent_not_responding_in_time() {
     let h = Host::start(&cfg("q35", ""));
     let id = sid("noga");
-    ok(&h.cmd("session", "create", json!({"session_id": id})));
-    ok(&h.cmd("session", "start", json!({"session_id": id})));
+    create_started(&h, &id, json!({}));
     // QEMU accepts on qga.sock but no guest runs an agent behind it.
     let t0 = Instant::now();
     let r = exec(&h, &id, json!({"command": ["true"], "timeout": "2s"}));
     let took = t0.elapsed();
-    assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(r["code"], "provider_unavailable", "{r}");
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .contains("guest agent not responding"),
-        "{r}"
-    );
+    failed(&r, "provider_unavailable", "guest agent not responding");
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(4),
         "{took:?}"
     );
     // The agent keeps serving.
     assert!(h.is_alive());
-    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    destroy(&h, &id);
 }
 
 #[test]
@@ -796,7 +732,7 @@ fn image_overlay_and_image_roots() {
         "{info}"
     );
     assert_eq!(info["backing-filename-format"], "qcow2");
-    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    destroy(&h, &id);
 
     for (image, want) in [
         (
@@ -809,14 +745,12 @@ fn image_overlay_and_image_roots() {
             "cannot be used",
         ),
     ] {
-        let r = run(
-            &h,
+        let r = h.cmd(
             "session",
             "create",
             json!({"session_id": sid("badimg"), "image": image}),
         );
-        assert_eq!(r["code"], "invalid_command", "{r}");
-        assert!(r["error"].as_str().unwrap().contains(want), "{want}: {r}");
+        failed(&r, "invalid_command", want);
     }
     assert!(
         std::fs::read_dir(h.cache().join("qemu")).unwrap().count() == 0,
@@ -830,12 +764,8 @@ fn a_failed_launch_leaves_nothing_behind() {
         "provider: qemu\nproviders: [qemu]\nqemu:\n  memory: 64m\n  extra_args: [\"-accel\", \"tcg\", \"-no-such-flag\"]\n",
     );
     let r = h.cmd("session", "create", json!({"session_id": sid("badarg")}));
-    assert_eq!(r["status"], "failed", "{r}");
-    let e = r["error"].as_str().unwrap();
-    assert!(
-        e.contains("-no-such-flag") && e.contains("launching"),
-        "{e}"
-    );
+    let e = failed(&r, "failed", "-no-such-flag");
+    assert!(e.contains("launching"), "{e}");
     assert_eq!(
         std::fs::read_dir(h.cache().join("qemu")).unwrap().count(),
         0
@@ -876,13 +806,10 @@ fn health_reports_the_binary_and_kvm_and_a_missing_binary_is_clear() {
         "{m}"
     );
     let r = h.cmd("session", "create", json!({"session_id": sid("nobin")}));
-    assert_eq!(r["status"], "failed", "{r}");
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .contains("/nonexistent/qemu-system-x86_64"),
-        "{r}"
+    failed(
+        &r,
+        "provider_unavailable",
+        "/nonexistent/qemu-system-x86_64",
     );
 }
 
@@ -894,11 +821,7 @@ fn a_cache_dir_too_long_for_sockets_is_reported() {
     let m = body["providers"]["qemu"]["message"].as_str().unwrap();
     assert!(m.contains("shorter cache_dir"), "{m}");
     let r = h.cmd("session", "create", json!({"session_id": sid("long")}));
-    assert_eq!(r["status"], "failed", "{r}");
-    assert!(
-        r["error"].as_str().unwrap().contains("shorter cache_dir"),
-        "{r}"
-    );
+    failed(&r, "provider_unavailable", "shorter cache_dir");
     let _ = std::fs::remove_dir_all(format!("/tmp/vt-long-{}", std::process::id()));
 }
 
@@ -1043,5 +966,5 @@ fn real_guest_boots_and_runs_exec() {
         "status {:?}",
         session_status(&h, &id)
     );
-    ok(&h.cmd("session", "destroy", json!({"session_id": id})));
+    destroy(&h, &id);
 }

@@ -6,13 +6,16 @@
 //! connect` and for a running agent's /health; mutual TLS with and without
 //! a client certificate; `tls.insecure_skip_verify`; unusable TLS files.
 
-use crate::util::{wait_until, Agent, TempDir, BIN};
+use crate::util::coord::link_config;
+use crate::util::{agent_connect, connect_refused, wait_until, Agent, TempDir};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+const TOKEN: &str = "tls-test-token";
 
 /// `openssl ca` settings: one database for the three CAs of a test, and an
 /// extension section per kind of certificate. Nothing comes from the
@@ -390,43 +393,39 @@ impl Drop for TlsServer {
     }
 }
 
+/// The `tls:` section holding `lines` (indented by two), if any.
+fn tls_section(lines: &str) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("tls:\n{lines}")
+    }
+}
+
 /// Link settings with fast timings, plus `tls` lines (indented by two).
 fn link_yaml(url: &str, tls: &str) -> String {
-    format!(
-        "coordination_url: {url}\nauth_token: tls-test-token\nheartbeat:\n  interval: 500ms\n  timeout: 2s\n  retries: 1\nretry_policy:\n  max_retries: 2\n  backoff: 100ms\n  max_backoff: 1s\ncoordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n{}",
-        if tls.is_empty() {
-            String::new()
-        } else {
-            format!("tls:\n{tls}")
-        }
-    )
+    link_config(url, TOKEN, &tls_section(tls))
 }
 
 fn ca_line(pki: &Pki, ca: &str) -> String {
     format!("  ca_file: {}\n", pki.path(&format!("{ca}.pem")).display())
 }
 
-fn health(a: &Agent) -> Value {
-    a.get_as("/health", None).1
-}
-
 /// Waits until the running agent's link reports an error containing `want`.
 fn wait_link_error(a: &Agent, want: &str) -> Value {
     let ok = wait_until(Duration::from_secs(15), || {
-        health(a)["link"]["last_error"]
+        a.health()["link"]["last_error"]
             .as_str()
             .is_some_and(|e| e.contains(want))
     });
-    let h = health(a);
-    assert!(ok, "link.last_error never said {want:?}: {h}\n{}", a.log());
+    let h = a.health();
+    assert!(ok, "link.last_error never said {want:?}: {h}");
     h
 }
 
-/// A config file for `vendetta agent connect`, with comments, and what it
-/// held before the command ran.
+/// A config file for `vendetta agent connect`, with comments (mode 0640).
 struct ConnectFile {
     path: PathBuf,
-    before: Vec<u8>,
 }
 
 impl ConnectFile {
@@ -436,61 +435,21 @@ impl ConnectFile {
             "# my agent\nlisten: 127.0.0.1:{} # local API\ncache_dir: {}\n\n# coordination\ncoordination_url: \"\"\n{}",
             crate::util::free_port(),
             dir.join("cache").display(),
-            if tls.is_empty() {
-                String::new()
-            } else {
-                format!("tls:\n{tls}")
-            }
+            tls_section(tls)
         );
         std::fs::write(&path, &text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        ConnectFile {
-            path,
-            before: text.into_bytes(),
-        }
+        ConnectFile { path }
     }
 
     fn connect(&self, url: &str) -> Output {
-        Command::new(BIN)
-            .args([
-                "agent",
-                "connect",
-                url,
-                "--token",
-                "tls-test-token",
-                "--config",
-            ])
-            .arg(&self.path)
-            .env_remove("VENDETTA_CONFIG")
-            .env_remove("VENDETTA_COORD_URL")
-            .env_remove("VENDETTA_AUTH_TOKEN")
-            .output()
-            .expect("run vendetta agent connect")
-    }
-
-    fn mode(&self) -> u32 {
-        std::fs::metadata(&self.path).unwrap().permissions().mode() & 0o777
+        agent_connect(&self.path, &[url, "--token", TOKEN])
     }
 
     /// Runs connect, expects exit 1 with `want` on stderr and the file as
     /// it was (bytes and mode).
     fn refused(&self, url: &str, want: &str) -> String {
-        let out = self.connect(url);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "connect {url}: stdout {} stderr {stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(stderr.contains(want), "stderr lacks {want:?}: {stderr}");
-        assert_eq!(
-            std::fs::read(&self.path).unwrap(),
-            self.before,
-            "the config file was changed"
-        );
-        assert_eq!(self.mode(), 0o640, "the file mode was changed");
-        stderr
+        connect_refused(&self.path, &[url, "--token", TOKEN], 1, want)
     }
 }
 
@@ -508,11 +467,9 @@ fn a_good_chain_registers_and_connects() {
         a.log()
     );
     let reg = &server.registrations()[0];
-    assert_eq!(reg["auth"], "Bearer tls-test-token");
+    assert_eq!(reg["auth"], format!("Bearer {TOKEN}"));
     assert!(reg["body"]["id"].as_str().unwrap().starts_with("node-"));
-    assert!(wait_until(Duration::from_secs(10), || health(&a)["link"]
-        ["state"]
-        == "connected"));
+    a.wait_link("connected", Duration::from_secs(10));
     // The link keeps working: heartbeats and long polls over TLS.
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -566,7 +523,7 @@ fn an_expired_certificate_fails_and_says_so() {
     file.refused(&server.url(), "has expired");
     let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
     let h = wait_link_error(&a, "has expired");
-    assert_ne!(h["link"]["state"], "connected", "{h}");
+    assert_eq!(h["link"]["state"], "disconnected", "{h}");
     assert!(server.requests().is_empty(), "no request got through");
 }
 
@@ -607,9 +564,7 @@ fn mutual_tls_works_with_a_client_certificate_and_says_when_one_is_missing() {
         server.registrations()[0]["client_cn"],
         "vendetta test client"
     );
-    assert!(wait_until(Duration::from_secs(10), || health(&a)["link"]
-        ["state"]
-        == "connected"));
+    a.wait_link("connected", Duration::from_secs(10));
     drop(a);
 
     // Without a client certificate the server refuses the handshake.
@@ -662,22 +617,14 @@ fn insecure_skip_verify_connects_to_an_unknown_ca_with_a_loud_warning_at_every_s
     let pki = Pki::new();
     let server = pki.serve("wrong-ca", None);
     let mut a = Agent::start(&link_yaml(&server.url(), "  insecure_skip_verify: true\n"));
-    assert!(
-        wait_until(Duration::from_secs(15), || !server
-            .registrations()
-            .is_empty()),
-        "{}",
-        a.log()
-    );
-    assert!(wait_until(Duration::from_secs(10), || health(&a)["link"]
-        ["state"]
-        == "connected"));
+    assert!(wait_until(Duration::from_secs(15), || !server
+        .registrations()
+        .is_empty()));
+    a.wait_link("connected", Duration::from_secs(10));
     let warning = "tls.insecure_skip_verify is true";
-    assert!(
-        wait_until(Duration::from_secs(5), || a.log().contains(warning)),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(5), || a
+        .log()
+        .contains(warning)));
     a.stop();
     a.restart();
     let second = a.log_path();

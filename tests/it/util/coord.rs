@@ -226,10 +226,31 @@ impl CoordServer {
             .collect()
     }
 
+    /// Waits until `n` results for command `id` have come, and returns
+    /// them; fails after `timeout`.
+    pub(crate) fn wait_results(&self, id: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        let came = crate::util::wait_until(timeout, || self.results_for(id).len() >= n);
+        let results = self.results_for(id);
+        assert!(
+            came,
+            "{} of {n} results for {id} within {timeout:?}: {results:?}",
+            results.len()
+        );
+        results
+    }
+
     /// The first registered node.
     pub(crate) fn node_id(&self) -> Option<String> {
         self.lock().nodes.keys().next().cloned()
     }
+}
+
+/// Link settings for an agent of `url` with `token`, with timings fast
+/// enough that link tests take seconds, then `extra` (more config lines).
+pub(crate) fn link_config(url: &str, token: &str, extra: &str) -> String {
+    format!(
+        "coordination_url: {url}\nauth_token: {token}\nheartbeat:\n  interval: 500ms\n  timeout: 2s\n  retries: 1\nretry_policy:\n  max_retries: 2\n  backoff: 100ms\n  max_backoff: 1s\ncoordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n  min_heartbeat_interval: 100ms\n  max_heartbeat_interval: 10m\n{extra}"
+    )
 }
 
 impl Drop for CoordServer {
