@@ -376,7 +376,7 @@ fn exec_timeout_kills_the_whole_process_tree() {
     );
     let result = a.wait_result(&cmd_id, Duration::from_secs(20));
     let elapsed = started.elapsed();
-    failed(&result, "timeout", "");
+    failed(&result, "timeout", "exec timed out after 3s and was killed");
     assert_eq!(result["data"]["timed_out"], true);
     assert_eq!(result["data"]["exit_code"], Value::Null);
     assert!(
