@@ -10,7 +10,7 @@ use crate::util::{
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,6 +19,20 @@ const TOKEN: &str = "connect-token-0123456789";
 fn write(p: &Path, text: &str, mode: u32) {
     std::fs::write(p, text).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A temp dir holding the config file `name`, written with `mode`: `text`
+/// where `{cache}` stands for the temp dir's cache directory.
+fn config_file(name: &str, text: &str, mode: u32) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("conn");
+    let config = dir.path().join(name);
+    let cache = dir.path().join("cache");
+    write(
+        &config,
+        &text.replace("{cache}", cache.to_str().unwrap()),
+        mode,
+    );
+    (dir, config)
 }
 
 /// The lines of a YAML config other than the two keys connect sets.
@@ -116,14 +130,9 @@ fn connect_registers_then_writes_the_url_and_token_keeping_the_rest() {
 fn connect_refused_by_the_server_leaves_the_file_alone() {
     let server = CoordServer::start();
     server.fault("register", Fault::Status(401), u32::MAX);
-    let dir = TempDir::new("conn");
-    let config = dir.path().join("agent.yaml");
-    write(
-        &config,
-        &format!(
-            "# keep me\ncache_dir: {}\ncoordination_url: \"\" # later\n",
-            dir.path().join("cache").display()
-        ),
+    let (_dir, config) = config_file(
+        "agent.yaml",
+        "# keep me\ncache_dir: {cache}\ncoordination_url: \"\" # later\n",
         0o640,
     );
     let err = connect_refused(
@@ -145,13 +154,7 @@ fn connect_refused_by_the_server_leaves_the_file_alone() {
 #[test]
 fn connect_to_an_unreachable_server_leaves_the_file_alone() {
     let server = CoordServer::reserved();
-    let dir = TempDir::new("conn");
-    let config = dir.path().join("agent.yaml");
-    write(
-        &config,
-        &format!("cache_dir: {}\n", dir.path().join("cache").display()),
-        0o644,
-    );
+    let (_dir, config) = config_file("agent.yaml", "cache_dir: {cache}\n", 0o644);
     // It names the server.
     connect_refused(
         &config,
@@ -166,13 +169,7 @@ fn connect_to_an_unreachable_server_leaves_the_file_alone() {
 
 #[test]
 fn connect_rejects_a_url_that_is_not_http() {
-    let dir = TempDir::new("conn");
-    let config = dir.path().join("agent.yaml");
-    write(
-        &config,
-        &format!("cache_dir: {}\n", dir.path().join("cache").display()),
-        0o644,
-    );
+    let (dir, config) = config_file("agent.yaml", "cache_dir: {cache}\n", 0o644);
     connect_refused(
         &config,
         &["ftp://x"],
@@ -191,14 +188,9 @@ fn connect_rejects_a_url_that_is_not_http() {
 #[test]
 fn connect_updates_a_json_config() {
     let server = CoordServer::start();
-    let dir = TempDir::new("conn");
-    let config = dir.path().join("agent.json");
-    write(
-        &config,
-        &format!(
-            "{{\"cache_dir\": \"{}\", \"labels\": {{\"rack\": \"r9\"}}, \"workers\": 3}}",
-            dir.path().join("cache").display()
-        ),
+    let (_dir, config) = config_file(
+        "agent.json",
+        r#"{"cache_dir": "{cache}", "labels": {"rack": "r9"}, "workers": 3}"#,
         0o644,
     );
     let out = agent_connect(&config, &[&server.url]);
@@ -270,32 +262,26 @@ fn connect_creates_a_missing_file() {
 #[test]
 fn connect_never_rewrites_a_config_file_it_cannot_read() {
     let server = CoordServer::start();
-    let dir = TempDir::new("conn");
-    let cache = dir.path().join("cache");
     // A JSON file with a syntax error and one with an unknown key: neither
     // may be replaced by a file holding only coordination_url.
     for (name, body, why) in [
         (
             "broken.json",
-            format!(
-                "{{\"cache_dir\": \"{}\", \"workers\": 3,}}",
-                cache.display()
-            ),
+            r#"{"cache_dir": "{cache}", "workers": 3,}"#,
             "line 1: not valid JSON: trailing comma",
         ),
         (
             "unknown.json",
-            format!("{{\"cache_dir\": \"{}\", \"wrokers\": 3}}", cache.display()),
+            r#"{"cache_dir": "{cache}", "wrokers": 3}"#,
             "line 1: key wrokers: unknown field `wrokers`",
         ),
         (
             "broken.yaml",
-            format!("cache_dir: {}\nlabels: [unclosed\n", cache.display()),
+            "cache_dir: {cache}\nlabels: [unclosed\n",
             "line 2: key labels: invalid type: sequence, expected a map",
         ),
     ] {
-        let config = dir.path().join(name);
-        write(&config, &body, 0o644);
+        let (_dir, config) = config_file(name, body, 0o644);
         let want = format!("config file {}, {why}", config.display());
         connect_refused(&config, &[&server.url, "--token", TOKEN], 2, &want);
     }

@@ -31,6 +31,12 @@ fn wait_pending(a: &Agent, n: u64) {
     );
 }
 
+/// Asserts /health (`h`) holds a link error starting with `prefix`.
+fn assert_last_error(h: &Value, prefix: &str) {
+    let error = h["link"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.starts_with(prefix), "{h}");
+}
+
 fn destroy_cmd(id: &str) -> Value {
     json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "never-there"}})
 }
@@ -111,13 +117,12 @@ fn server_down_at_start_then_up() {
     a.wait_link("disconnected", Duration::from_secs(5));
     let h = a.health();
     assert!(h["link"]["offline_since"].is_string(), "{h}");
-    let error = h["link"]["last_error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with(&format!(
+    assert_last_error(
+        &h,
+        &format!(
             "cannot reach the coordination server at {}/api/v1/nodes: io: Connection refused",
             server.url
-        )),
-        "{h}"
+        ),
     );
     server.listen();
     let node = registered(&server);
@@ -406,13 +411,12 @@ fn refused_registration_stops_dialing_and_stays_up() {
     assert_eq!(server.count("register"), 1, "no retry after 401");
     let h = a.health();
     assert_eq!(h["link"]["state"], "refused", "{h}");
-    let error = h["link"]["last_error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with(&format!(
+    assert_last_error(
+        &h,
+        &format!(
             "the coordination server answered 401 to {}/api/v1/nodes",
             server.url
-        )),
-        "{h}"
+        ),
     );
     ok(&a.cmd("system", "status", json!({})));
     assert!(!a.log().contains(SERVER_TOKEN), "the token is never logged");

@@ -10,8 +10,8 @@
 //! an engine outage that cannot be staged on a shared engine.
 
 use crate::util::{
-    assert_interrupted_and_reaped, create_started, destroy, exec, failed, find_session, host_pids,
-    next_id, ok, sessions, start_sleep, wait_until, Agent, Events, TempDir,
+    assert_interrupted_and_reaped, create, create_started, destroy, exec, failed, find_session,
+    host_pids, next_id, ok, sessions, start_sleep, wait_until, Agent, Events, TempDir,
 };
 use serde_json::{json, Value};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -133,6 +133,16 @@ pub(crate) fn docker_agent(extra: &str) -> Agent {
     Agent::start(&format!("docker:\n  image: {IMAGE}\n{extra}"))
 }
 
+/// The set-up most Docker tests share: the session guard for `tag`, an
+/// agent with `extra` config, and one session created and started in it.
+pub(crate) fn running_session(tag: &str, extra: &str) -> (Sessions, Agent, String) {
+    let g = Sessions::new(tag);
+    let a = docker_agent(extra);
+    let id = g.id("a");
+    create_started(&a, &id, json!({}));
+    (g, a, id)
+}
+
 fn sh(a: &Agent, id: &str, script: &str) -> Value {
     exec(a, id, json!({"command": ["sh", "-c", script]}))
 }
@@ -236,10 +246,7 @@ fn create_with_workspace_env_ports_and_limits() {
 
 #[test]
 fn exec_codes_streams_stdin_env_workdir_user() {
-    let g = Sessions::new("exec");
-    let a = docker_agent("");
-    let id = g.id("a");
-    create_started(&a, &id, json!({}));
+    let (_g, a, id) = running_session("exec", "");
 
     let r = exec(&a, &id, json!({"command": ["true"]}));
     assert_eq!(ok(&r)["exit_code"], 0);
@@ -323,10 +330,7 @@ fn exec_codes_streams_stdin_env_workdir_user() {
 
 #[test]
 fn exec_output_is_cut_at_the_cap() {
-    let g = Sessions::new("cap");
-    let a = docker_agent("");
-    let id = g.id("a");
-    create_started(&a, &id, json!({}));
+    let (_g, a, id) = running_session("cap", "");
     // 5 MB on each stream; the default cap is 1 MiB per stream.
     let r = sh(
         &a,
@@ -349,10 +353,7 @@ fn exec_output_is_cut_at_the_cap() {
 
 #[test]
 fn exec_timeout_kills_the_whole_process_tree() {
-    let g = Sessions::new("timeout");
-    let a = docker_agent("");
-    let id = g.id("a");
-    create_started(&a, &id, json!({}));
+    let (_g, a, id) = running_session("timeout", "");
     // Durations unique to this run mark our processes on the host.
     let base = 200_000 + (std::process::id() % 100_000) * 3;
     let (n1, n2, n3) = (
@@ -407,7 +408,7 @@ fn lifecycle_is_idempotent() {
     let a = docker_agent("");
     let id = g.id("a");
     let name = format!("vendetta-{id}");
-    ok(&a.cmd("session", "create", json!({"session_id": id})));
+    create(&a, &id, json!({}));
     for _ in 0..2 {
         assert_eq!(
             ok(&a.cmd("session", "start", json!({"session_id": id})))["status"],
@@ -523,7 +524,7 @@ fn agent_crash_mid_exec_readopts_sessions_and_reports_the_command() {
         "stop",
         json!({"session_id": s2, "timeout": "1s"}),
     ));
-    ok(&a.cmd("session", "create", json!({"session_id": s3})));
+    create(&a, &s3, json!({}));
     let node = a.cmd("system", "status", json!({}))["data"]["node_id"].clone();
 
     let marker = (300_000 + std::process::id() % 100_000).to_string();

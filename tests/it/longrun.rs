@@ -3,14 +3,14 @@
 //! waiting, and a crash mid-command with a coordination server.
 
 use crate::coord::{link_yaml, registered};
-use crate::docker::{docker_agent, Sessions, IMAGE};
+use crate::docker::{docker_agent, running_session, Sessions, IMAGE};
 use crate::util::coord::CoordServer;
 use crate::util::{
-    api_error, create_started, failed, next_id, ok, text, wait_until, Agent, Events, BIN, TOKEN,
+    api_error, create_started, failed, next_id, ok, text, wait_until, Agent, Events,
 };
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A session.exec of `sh -c SCRIPT` in `session`, with id `id`.
@@ -35,10 +35,7 @@ fn wait_state(a: &Agent, id: &str, state: &str, timeout: Duration) {
 
 #[test]
 fn a_full_queue_answers_429_at_once_and_records_nothing() {
-    let s = Sessions::new("queue");
-    let a = docker_agent("workers: 1\nqueue_size: 1\n");
-    let sid = s.id("q");
-    create_started(&a, &sid, json!({}));
+    let (_s, a, sid) = running_session("queue", "workers: 1\nqueue_size: 1\n");
     let (busy, queued, refused) = (
         format!("busy-{}", next_id()),
         format!("queued-{}", next_id()),
@@ -80,12 +77,9 @@ fn a_full_queue_answers_429_at_once_and_records_nothing() {
 
 #[test]
 fn exec_output_streams_to_the_cli_as_it_arrives() {
-    let s = Sessions::new("stream");
-    let a = docker_agent("");
-    let sid = s.id("s");
-    create_started(&a, &sid, json!({}));
-    let mut child = Command::new(BIN)
-        .args([
+    let (_s, a, sid) = running_session("stream", "");
+    let mut child = a
+        .cli_command(&[
             "session",
             "exec",
             &sid,
@@ -94,8 +88,6 @@ fn exec_output_streams_to_the_cli_as_it_arrives() {
             "-c",
             "echo first; echo oops >&2; sleep 3; echo second; exit 7",
         ])
-        .env("VENDETTA_AGENT_URL", &a.url)
-        .env("VENDETTA_API_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -124,35 +116,27 @@ fn exec_output_streams_to_the_cli_as_it_arrives() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(err, "oops\n");
     // A timeout is exit 124.
-    let o = Command::new(BIN)
-        .args([
-            "session",
-            "exec",
-            "--timeout",
-            "1s",
-            &sid,
-            "--",
-            "sleep",
-            "30",
-        ])
-        .env("VENDETTA_AGENT_URL", &a.url)
-        .env("VENDETTA_API_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(124),
+    let o = a.cli(&[
+        "session",
+        "exec",
+        "--timeout",
+        "1s",
+        &sid,
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(o.status.code(), Some(124), "{}", text(&o));
+    assert!(
+        text(&o).contains("exec timed out after 1s and was killed"),
         "{}",
-        String::from_utf8_lossy(&o.stderr)
+        text(&o)
     );
 }
 
 #[test]
 fn shutdown_finishes_running_commands_and_answers_waiters() {
-    let s = Sessions::new("shutdown");
-    let mut a = docker_agent("workers: 1\nshutdown_timeout: 20s\n");
-    let sid = s.id("d");
-    create_started(&a, &sid, json!({}));
+    let (_s, mut a, sid) = running_session("shutdown", "workers: 1\nshutdown_timeout: 20s\n");
     let (running, waiting) = (format!("run-{}", next_id()), format!("wait-{}", next_id()));
     let (first, second) = std::thread::scope(|scope| {
         let first = scope.spawn(|| a.post(&exec_body(&running, &sid, "sleep 3; echo done")));

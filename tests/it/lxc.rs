@@ -12,7 +12,7 @@
 
 use crate::util::{
     assert_interrupted_and_reaped, create_started, destroy, exec, failed, find_session, host_pids,
-    next_id, ok, start_sleep, wait_until, Agent, Events, TempDir,
+    next_id, ok, run_ok, start_sleep, wait_until, Agent, Events, TempDir,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -157,13 +157,15 @@ impl Lab {
             .unwrap_or_else(|| panic!("{id} is not listed: {list}"))
     }
 
+    /// An lxc tool on this lab's lxcpath.
+    fn tool(&self, tool: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(tool);
+        c.arg("-P").arg(self.lxcpath()).args(args);
+        c
+    }
+
     fn lxc(&self, tool: &str, args: &[&str]) -> std::process::Output {
-        Command::new(tool)
-            .arg("-P")
-            .arg(self.lxcpath())
-            .args(args)
-            .output()
-            .expect("run an lxc tool")
+        self.tool(tool, args).output().expect("run an lxc tool")
     }
 
     fn state(&self, name: &str) -> String {
@@ -578,13 +580,9 @@ fn foreign_containers_are_never_touched() {
     lab.containers.raw(&name);
     let conf = lab.dir.path().join("foreign.conf");
     std::fs::write(&conf, "lxc.net.0.type = empty\n").unwrap();
-    let o = lab.lxc(
-        "lxc-create",
-        &["-n", &name, "-t", "busybox", "-f", conf.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = lab.lxc("lxc-start", &["-n", &name]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = conf.to_str().unwrap();
+    run_ok(&mut lab.tool("lxc-create", &["-n", &name, "-t", "busybox", "-f", conf]));
+    run_ok(&mut lab.tool("lxc-start", &["-n", &name]));
 
     let list = lab.cmd("list", json!({}));
     assert!(!ok(&list).to_string().contains(&id), "{list}");
@@ -664,21 +662,8 @@ impl Bridge {
         // A bridge left by a killed run of this test would make `add` fail.
         let _ = Command::new("ip").args(["link", "del", name]).output();
         let bridge = Bridge(name.to_string());
-        for args in [
-            &["link", "add", "name", name, "type", "bridge"][..],
-            &["link", "set", name, "up"],
-        ] {
-            let o = Command::new("ip")
-                .args(args)
-                .output()
-                .expect("run ip (iproute2)");
-            assert!(
-                o.status.success(),
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
+        run_ok(Command::new("ip").args(["link", "add", "name", name, "type", "bridge"]));
+        run_ok(Command::new("ip").args(["link", "set", name, "up"]));
         bridge
     }
 }

@@ -11,8 +11,9 @@
 
 use crate::util::qmp::Qmp;
 use crate::util::{
-    alive, assert_interrupted_and_reaped, create_started, destroy, exec, failed, find_session,
-    host_pids, next_id, ok, sessions, start_sleep, wait_until, Agent, Events, TempDir,
+    alive, assert_interrupted_and_reaped, create, create_started, destroy, exec, failed,
+    find_session, host_pids, next_id, ok, run_ok, sessions, start_sleep, wait_until, Agent, Events,
+    TempDir,
 };
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -181,12 +182,11 @@ fn lifecycle_create_start_stop_destroy_twice() {
     let h = Host::start(&cfg("q35", ""));
     let id = sid("life");
     for round in 0..2 {
-        let r = h.cmd(
-            "session",
-            "create",
-            json!({"session_id": id, "ports": ["8080/tcp"], "labels": {"round": round.to_string()}}),
+        let s = create(
+            &h,
+            &id,
+            json!({"ports": ["8080/tcp"], "labels": {"round": round.to_string()}}),
         );
-        let s = ok(&r);
         assert_eq!(s["status"], "created", "{s}");
         assert_eq!(s["provider"], "qemu");
         assert_eq!(s["labels"]["round"], round.to_string());
@@ -265,12 +265,11 @@ fn machine_none_runs_without_devices_and_says_so() {
     let h = Host::start(&cfg("none", ""));
     let ws = TempDir::new("qws");
     let id = sid("none");
-    let r = h.cmd(
-        "session",
-        "create",
-        json!({"session_id": id, "ports": ["80"], "workspace_path": ws.path(), "resources": {"cpus": 2, "pids": 10}}),
+    let s = create(
+        &h,
+        &id,
+        json!({"ports": ["80"], "workspace_path": ws.path(), "resources": {"cpus": 2, "pids": 10}}),
     );
-    let s = ok(&r);
     assert_eq!(s["status"], "created");
     assert_eq!(s["ports"], json!({}), "nothing is forwarded without a NIC");
     let warnings = s["warnings"].to_string();
@@ -300,12 +299,11 @@ fn workspace_is_shared_with_mount_tag_workspace() {
     let h = Host::start(&cfg("q35", ""));
     let ws = TempDir::new("q,ws");
     let id = sid("ws");
-    let r = h.cmd(
-        "session",
-        "create",
-        json!({"session_id": id, "workspace_path": ws.path(), "resources": {"memory": "96m", "cpus": 2}}),
+    create(
+        &h,
+        &id,
+        json!({"workspace_path": ws.path(), "resources": {"memory": "96m", "cpus": 2}}),
     );
-    ok(&r);
     let dir = vm_dir(&h, &id).unwrap();
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm_pid(&dir))).unwrap();
     let args: Vec<String> = cmdline
@@ -341,12 +339,8 @@ fn agent_kill9_and_restart_readopts_running_vms() {
     let mut h = Host::start(&cfg("q35", ""));
     let created = sid("adopt-c");
     let running = sid("adopt-r");
-    ok(&h.cmd("session", "create", json!({"session_id": created})));
-    ok(&h.cmd(
-        "session",
-        "create",
-        json!({"session_id": running, "ports": ["22"]}),
-    ));
+    create(&h, &created, json!({}));
+    create(&h, &running, json!({"ports": ["22"]}));
     ok(&h.cmd("session", "start", json!({"session_id": running})));
     let (dc, dr) = (vm_dir(&h, &created).unwrap(), vm_dir(&h, &running).unwrap());
     let (pc, pr) = (vm_pid(&dc), vm_pid(&dr));
@@ -499,7 +493,7 @@ fn a_stale_pidfile_naming_a_live_unrelated_pid_is_never_killed() {
 fn the_agent_times_out_clearly_while_another_client_holds_qmp() {
     let h = Host::start(&cfg("q35", ""));
     let id = sid("qmperr");
-    ok(&h.cmd("session", "create", json!({"session_id": id})));
+    create(&h, &id, json!({}));
     let dir = vm_dir(&h, &id).unwrap();
     {
         // The client's own error handling is tested against a real QEMU
@@ -529,7 +523,7 @@ fn the_agent_times_out_clearly_while_another_client_holds_qmp() {
 fn exec_through_the_real_qemu_ga() {
     let h = Host::start(&cfg("q35", "limits:\n  max_output: 1k\n"));
     let id = sid("exec");
-    ok(&h.cmd("session", "create", json!({"session_id": id})));
+    create(&h, &id, json!({}));
     let dir = vm_dir(&h, &id).unwrap();
 
     // Not running yet: a clear conflict, before any guest agent talk.
@@ -698,13 +692,12 @@ fn exec_with_nobody_answering_says_guest_agent_not_responding_in_time() {
 fn image_overlay_and_image_roots() {
     let images = TempDir::new("qimg");
     let base = images.path().join("base.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .expect("qemu-img is installed by tests/setup/deps.sh");
-    assert!(out.status.success(), "{out:?}");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("64M"),
+    );
     let outside = TempDir::new("qimgx");
     let stray = outside.path().join("other.qcow2");
     std::fs::copy(&base, &stray).unwrap();
@@ -713,12 +706,8 @@ fn image_overlay_and_image_roots() {
         &format!("  image_roots: [\"{}\"]\n", images.path().display()),
     ));
     let id = sid("img");
-    let r = h.cmd(
-        "session",
-        "create",
-        json!({"session_id": id, "image": base}),
-    );
-    assert_eq!(ok(&r)["image"], base.to_string_lossy().as_ref());
+    let s = create(&h, &id, json!({"image": base}));
+    assert_eq!(s["image"], base.to_string_lossy().as_ref());
     let dir = vm_dir(&h, &id).unwrap();
     let info = Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
@@ -879,12 +868,8 @@ fn real_guest_boots_and_runs_exec() {
         initrd.display()
     ));
     let id = sid("guest");
-    let r = h.cmd(
-        "session",
-        "create",
-        json!({"session_id": id, "ports": ["80"]}),
-    );
-    let port = ok(&r)["ports"]["80/tcp"].as_u64().unwrap() as u16;
+    let s = create(&h, &id, json!({"ports": ["80"]}));
+    let port = s["ports"]["80/tcp"].as_u64().unwrap() as u16;
     ok(&h.cmd("session", "start", json!({"session_id": id})));
     let dir = vm_dir(&h, &id).unwrap();
     let booted = Instant::now();

@@ -1,6 +1,6 @@
 //! The runtime: signals, shutdown, restarts, durable state, logs.
 
-use crate::util::{api_error, failed, next_id, ok, wait_until, Agent};
+use crate::util::{api_error, failed, next_id, ok, run_ok, wait_until, Agent};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -145,19 +145,14 @@ fn text_logs_carry_key_values() {
 struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
-    /// Mounts it, or fails the test with mount's own reason (never skips).
+    /// Mounts it, or fails the test with mount's own reason (never skips:
+    /// the test needs root).
     fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "cannot mount a {size} tmpfs on {} (this test needs root): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+        run_ok(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir),
         );
         SmallDisk(dir.to_path_buf())
     }

@@ -7,7 +7,7 @@
 //! a client certificate; `tls.insecure_skip_verify`; unusable TLS files.
 
 use crate::util::coord::link_config;
-use crate::util::{agent_connect, connect_refused, wait_until, Agent, TempDir};
+use crate::util::{agent_connect, connect_refused, ok, run_ok, wait_until, Agent, TempDir};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -167,17 +167,6 @@ print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
 
-fn run(mut cmd: Command) -> Output {
-    let out = cmd.output().expect("run a command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Three CAs (ours, an unrelated one, one for client certificates) and the
 /// certificates the cases need, made with the openssl CLI.
 struct Pki {
@@ -197,7 +186,7 @@ impl Pki {
         std::fs::write(d.join("server.py"), SERVER_PY).unwrap();
         for ca in ["ca", "other-ca", "client-ca"] {
             pki.key(ca);
-            run(pki.openssl(&[
+            run_ok(&mut pki.openssl(&[
                 "req",
                 "-config",
                 "openssl.cnf",
@@ -236,7 +225,7 @@ impl Pki {
     }
 
     fn key(&self, name: &str) {
-        run(self.openssl(&[
+        run_ok(&mut self.openssl(&[
             "genpkey",
             "-algorithm",
             "EC",
@@ -251,7 +240,7 @@ impl Pki {
     /// section `ext`; `dates` backdates it (which `openssl x509` cannot).
     fn issue(&self, name: &str, ca: &str, ext: &str, dates: Option<(&str, &str)>) {
         self.key(name);
-        run(self.openssl(&[
+        run_ok(&mut self.openssl(&[
             "req",
             "-config",
             "openssl.cnf",
@@ -290,7 +279,7 @@ impl Pki {
             Some((start, end)) => args.extend(["-startdate", start, "-enddate", end]),
             None => args.extend(["-days", "3650"]),
         }
-        run(self.openssl(&args));
+        run_ok(&mut self.openssl(&args));
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -367,6 +356,16 @@ impl TlsServer {
             .collect()
     }
 
+    /// Waits for the first registration that got through, and returns it.
+    fn wait_registered(&self) -> Value {
+        assert!(
+            wait_until(Duration::from_secs(15), || !self.registrations().is_empty()),
+            "no registration over TLS; failed handshakes: {:?}",
+            self.handshake_errors()
+        );
+        self.registrations()[0].clone()
+    }
+
     fn handshake_errors(&self) -> Vec<String> {
         self.entries()
             .into_iter()
@@ -423,6 +422,41 @@ fn wait_link_error(a: &Agent, want: &str) -> Value {
     h
 }
 
+/// `tls` lines with our CA and the client certificate `cert` with `key`.
+fn client_lines(pki: &Pki, cert: &str, key: &str) -> String {
+    format!(
+        "{}  cert_file: {}\n  key_file: {}\n",
+        ca_line(pki, "ca"),
+        pki.path(cert).display(),
+        pki.path(key).display()
+    )
+}
+
+/// How both sides failed to set up the link with the same `tls` lines.
+struct Refusal {
+    /// What `vendetta agent connect` said on stderr.
+    connect: String,
+    /// A running agent, which keeps serving.
+    agent: Agent,
+    /// Its /health once the link reported the reason.
+    health: Value,
+}
+
+/// `vendetta agent connect` to `server` with `tls` lines fails saying
+/// `want` and leaves its config file alone, and a running agent with the
+/// same lines reports `want` on /health.
+fn refused_by_both(server: &TlsServer, tls: &str, want: &str) -> Refusal {
+    let tmp = TempDir::new("tlsc");
+    let connect = ConnectFile::new(tmp.path(), tls).refused(&server.url(), want);
+    let agent = Agent::start(&link_yaml(&server.url(), tls));
+    let health = wait_link_error(&agent, want);
+    Refusal {
+        connect,
+        agent,
+        health,
+    }
+}
+
 /// A config file for `vendetta agent connect`, with comments (mode 0640).
 struct ConnectFile {
     path: PathBuf,
@@ -458,15 +492,7 @@ fn a_good_chain_registers_and_connects() {
     let pki = Pki::new();
     let server = pki.serve("server", None);
     let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    assert!(
-        wait_until(Duration::from_secs(15), || !server
-            .registrations()
-            .is_empty()),
-        "no registration over TLS: {:?}\n{}",
-        server.handshake_errors(),
-        a.log()
-    );
-    let reg = &server.registrations()[0];
+    let reg = server.wait_registered();
     assert_eq!(reg["auth"], format!("Bearer {TOKEN}"));
     assert!(reg["body"]["id"].as_str().unwrap().starts_with("node-"));
     a.wait_link("connected", Duration::from_secs(10));
@@ -504,25 +530,18 @@ fn a_good_chain_registers_and_connects() {
 fn a_wrong_ca_fails_and_says_so() {
     let pki = Pki::new();
     let server = pki.serve("wrong-ca", None);
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &ca_line(&pki, "ca"));
-    let err = file.refused(&server.url(), "not signed by a trusted CA");
+    let r = refused_by_both(&server, &ca_line(&pki, "ca"), "not signed by a trusted CA");
+    let err = &r.connect;
     assert!(err.contains("tls.ca_file"), "says what to do: {err}");
-    let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    wait_link_error(&a, "not signed by a trusted CA");
     assert!(server.requests().is_empty(), "no request got through");
-    assert!(a.is_alive());
+    assert!(r.agent.is_alive());
 }
 
 #[test]
 fn an_expired_certificate_fails_and_says_so() {
     let pki = Pki::new();
     let server = pki.serve("expired", None);
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &ca_line(&pki, "ca"));
-    file.refused(&server.url(), "has expired");
-    let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    let h = wait_link_error(&a, "has expired");
+    let h = refused_by_both(&server, &ca_line(&pki, "ca"), "has expired").health;
     assert_eq!(h["link"]["state"], "disconnected", "{h}");
     assert!(server.requests().is_empty(), "no request got through");
 }
@@ -531,13 +550,13 @@ fn an_expired_certificate_fails_and_says_so() {
 fn a_host_name_mismatch_fails_and_says_so() {
     let pki = Pki::new();
     let server = pki.serve("wrong-name", None);
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &ca_line(&pki, "ca"));
-    let err = file.refused(&server.url(), "not valid for that host name");
+    let r = refused_by_both(
+        &server,
+        &ca_line(&pki, "ca"),
+        "not valid for that host name",
+    );
     // It names what the certificate is valid for.
-    assert!(err.contains("coord.example.net"), "{err}");
-    let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    wait_link_error(&a, "not valid for that host name");
+    assert!(r.connect.contains("coord.example.net"), "{}", r.connect);
     assert!(server.requests().is_empty(), "no request got through");
 }
 
@@ -545,23 +564,10 @@ fn a_host_name_mismatch_fails_and_says_so() {
 fn mutual_tls_works_with_a_client_certificate_and_says_when_one_is_missing() {
     let pki = Pki::new();
     let server = pki.serve("server", Some("client-ca"));
-    let client = format!(
-        "{}  cert_file: {}\n  key_file: {}\n",
-        ca_line(&pki, "ca"),
-        pki.path("client.pem").display(),
-        pki.path("client.key").display()
-    );
+    let client = client_lines(&pki, "client.pem", "client.key");
     let a = Agent::start(&link_yaml(&server.url(), &client));
-    assert!(
-        wait_until(Duration::from_secs(15), || !server
-            .registrations()
-            .is_empty()),
-        "no registration with a client certificate: {:?}\n{}",
-        server.handshake_errors(),
-        a.log()
-    );
     assert_eq!(
-        server.registrations()[0]["client_cn"],
+        server.wait_registered()["client_cn"],
         "vendetta test client"
     );
     a.wait_link("connected", Duration::from_secs(10));
@@ -569,21 +575,17 @@ fn mutual_tls_works_with_a_client_certificate_and_says_when_one_is_missing() {
 
     // Without a client certificate the server refuses the handshake.
     let seen = server.requests().len();
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &ca_line(&pki, "ca"));
-    let err = file.refused(&server.url(), "requires a client certificate");
+    let r = refused_by_both(
+        &server,
+        &ca_line(&pki, "ca"),
+        "requires a client certificate",
+    );
+    let err = &r.connect;
     assert!(err.contains("tls.cert_file"), "says what to do: {err}");
-    let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    wait_link_error(&a, "requires a client certificate");
-    drop(a);
+    drop(r);
 
     // A client certificate from a CA the server does not trust.
-    let stranger = format!(
-        "{}  cert_file: {}\n  key_file: {}\n",
-        ca_line(&pki, "ca"),
-        pki.path("stranger.pem").display(),
-        pki.path("stranger.key").display()
-    );
+    let stranger = client_lines(&pki, "stranger.pem", "stranger.key");
     let tmp = TempDir::new("tlsc");
     let file = ConnectFile::new(tmp.path(), &stranger);
     file.refused(&server.url(), "did not accept the client certificate");
@@ -595,20 +597,11 @@ fn mutual_tls_works_with_a_client_certificate_and_says_when_one_is_missing() {
 fn a_key_that_does_not_match_the_client_certificate_is_named() {
     let pki = Pki::new();
     let server = pki.serve("server", Some("client-ca"));
-    let tls = format!(
-        "{}  cert_file: {}\n  key_file: {}\n",
-        ca_line(&pki, "ca"),
-        pki.path("client.pem").display(),
-        pki.path("server.key").display()
-    );
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &tls);
-    let err = file.refused(&server.url(), "tls.key_file");
-    assert!(err.contains("does not match tls.cert_file"), "{err}");
-    let a = Agent::start(&link_yaml(&server.url(), &tls));
-    let h = wait_link_error(&a, "does not match tls.cert_file");
-    assert_eq!(h["link"]["state"], "offline", "{h}");
-    assert!(a.is_alive());
+    let tls = client_lines(&pki, "client.pem", "server.key");
+    let r = refused_by_both(&server, &tls, "does not match tls.cert_file");
+    assert!(r.connect.contains("tls.key_file"), "{}", r.connect);
+    assert_eq!(r.health["link"]["state"], "offline", "{}", r.health);
+    assert!(r.agent.is_alive());
     assert!(server.requests().is_empty());
 }
 
@@ -617,9 +610,7 @@ fn insecure_skip_verify_connects_to_an_unknown_ca_with_a_loud_warning_at_every_s
     let pki = Pki::new();
     let server = pki.serve("wrong-ca", None);
     let mut a = Agent::start(&link_yaml(&server.url(), "  insecure_skip_verify: true\n"));
-    assert!(wait_until(Duration::from_secs(15), || !server
-        .registrations()
-        .is_empty()));
+    server.wait_registered();
     a.wait_link("connected", Duration::from_secs(10));
     let warning = "tls.insecure_skip_verify is true";
     assert!(wait_until(Duration::from_secs(5), || a
@@ -666,13 +657,12 @@ fn a_missing_or_garbage_ca_file_is_named() {
         (&bad_der, "tls.ca_file"),
     ] {
         let tls = format!("  ca_file: {}\n", file.display());
-        let tmp = TempDir::new("tlsc");
-        let cf = ConnectFile::new(tmp.path(), &tls);
-        let err = cf.refused(&server.url(), want);
+        let Refusal {
+            connect: err,
+            agent: a,
+            health: h,
+        } = refused_by_both(&server, &tls, want);
         assert!(err.contains(&file.display().to_string()), "{err}");
-
-        let a = Agent::start(&link_yaml(&server.url(), &tls));
-        let h = wait_link_error(&a, want);
         assert_eq!(h["link"]["state"], "offline", "{h}");
         assert_eq!(h["status"], "degraded", "{h}");
         assert!(h["problems"].to_string().contains("tls.ca_file"), "{h}");
@@ -684,10 +674,7 @@ fn a_missing_or_garbage_ca_file_is_named() {
             "{h}"
         );
         // The agent keeps serving its local API.
-        assert_eq!(
-            a.cmd("system", "status", serde_json::json!({}))["status"],
-            "success"
-        );
+        ok(&a.cmd("system", "status", serde_json::json!({})));
     }
     assert!(server.requests().is_empty());
 }

@@ -40,12 +40,17 @@ pub(crate) fn api_error(answer: (u16, Value), status: u16, code: &str, text: &st
     error.to_string()
 }
 
+/// session.create of `id` with `params`, which must succeed: the session.
+pub(crate) fn create(a: &Agent, id: &str, params: Value) -> Value {
+    let mut p = params;
+    p["session_id"] = json!(id);
+    ok(&a.cmd("session", "create", p)).clone()
+}
+
 /// session.create then session.start of `id` (with `params` added to the
 /// create); returns the started session.
 pub(crate) fn create_started(a: &Agent, id: &str, params: Value) -> Value {
-    let mut p = params;
-    p["session_id"] = json!(id);
-    ok(&a.cmd("session", "create", p));
+    create(a, id, params);
     let started = ok(&a.cmd("session", "start", json!({"session_id": id}))).clone();
     assert_eq!(started["status"], "running", "{started}");
     started

@@ -8,8 +8,8 @@ mod events;
 pub(crate) mod qmp;
 
 pub(crate) use cmd::{
-    api_error, assert_interrupted_and_reaped, create_started, destroy, exec, failed, find_session,
-    ok, sessions, start_sleep,
+    api_error, assert_interrupted_and_reaped, create, create_started, destroy, exec, failed,
+    find_session, ok, sessions, start_sleep,
 };
 pub(crate) use events::Events;
 
@@ -429,13 +429,17 @@ impl Agent {
 
     /// Runs the CLI against this agent.
     pub(crate) fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        self.cli_command(args).output().expect("run vendetta cli")
+    }
+
+    /// The CLI command line against this agent, to spawn as a test likes.
+    pub(crate) fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .env("VENDETTA_AGENT_URL", &self.url)
             .env("VENDETTA_API_TOKEN", TOKEN)
-            .env("VENDETTA_CONFIG", &self.config)
-            .output()
-            .expect("run vendetta cli")
+            .env("VENDETTA_CONFIG", &self.config);
+        c
     }
 
     /// Sends raw bytes and returns the raw answer (for hostile requests).
@@ -516,6 +520,21 @@ impl Drop for Agent {
         }
         self.kill9();
     }
+}
+
+/// Runs `cmd` and returns its output; fails the test, with what the
+/// command said, when it cannot be run or exits non-zero.
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (tests/setup/deps.sh installs what the tests need)")
+    });
+    let (stdout, stderr) = streams(&out);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {stdout}{stderr}",
+        out.status
+    );
+    out
 }
 
 /// A process's stdout and stderr, as text.
