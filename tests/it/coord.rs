@@ -161,23 +161,26 @@ fn a_long_poll_held_30s_does_not_stop_heartbeats() {
     let a = Agent::start(&link_yaml(&server, "coordination:\n  poll_wait: 30s\n").replace("coordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n  min_heartbeat_interval: 100ms\n  max_heartbeat_interval: 10m\n", ""));
     registered(&server);
     assert!(wait_until(Duration::from_secs(5), || server.count("fetch") >= 1));
-    let fetch = server.requests("fetch")[0].clone();
-    assert!(fetch.path.contains("/commands"));
-    let before = server.lock().heartbeats.len();
-    let t = Instant::now();
-    // The server holds the first fetch for its whole wait (30 s).
-    while t.elapsed() < Duration::from_secs(31) {
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let during = server.lock().heartbeats.len() - before;
+    let first = server.requests("fetch")[0].clone();
+    assert!(first.path.contains("/commands"));
+    // The server holds the first fetch for its whole wait (30 s); the
+    // next one starts when it ends.
+    assert!(
+        wait_until(Duration::from_secs(40), || server.count("fetch") >= 2),
+        "the held fetch never ended"
+    );
+    assert_eq!(server.count("fetch"), 2, "one more fetch, held in turn");
+    let second = server.requests("fetch")[1].clone();
+    let held = second.at - first.at;
+    assert!(held >= Duration::from_secs(29), "held only {held:?}");
+    let during = server
+        .requests("heartbeat")
+        .iter()
+        .filter(|r| r.at > first.at && r.at < second.at)
+        .count();
     assert!(
         during >= 30,
-        "only {during} heartbeats during a 30 s long poll"
-    );
-    assert_eq!(
-        server.count("fetch"),
-        2,
-        "the held fetch ended after its wait and one more started"
+        "only {during} heartbeats during a {held:?} long poll"
     );
     assert!(a.is_alive());
 }
@@ -204,8 +207,9 @@ fn heartbeat_404_reregisters_with_the_same_id_and_405_falls_back_to_put() {
     let put = server.requests("put").last().unwrap().clone();
     assert_eq!(put.path, format!("/api/v1/nodes/{node}"));
     assert_eq!(put.body["node_id"], node.as_str());
-    let posts = server.count("heartbeat");
-    std::thread::sleep(Duration::from_secs(2));
+    // Three more heartbeats go by: all as PUT.
+    let (posts, puts) = (server.count("heartbeat"), server.count("put"));
+    assert!(wait_until(Duration::from_secs(5), || server.count("put") >= puts + 3));
     assert_eq!(
         server.count("heartbeat"),
         posts,
@@ -376,6 +380,8 @@ fn no_request_storm_while_the_server_fails() {
     }
     let start = server.lock().requests.len();
     let t0 = Instant::now();
+    // The request rate over 10 s of outage is what is measured: a window,
+    // not a wait for a condition.
     std::thread::sleep(Duration::from_secs(10));
     let reqs: Vec<_> = server.lock().requests[start..].to_vec();
     // With backoff >= 100 ms, a 500 ms heartbeat and one retry, the poller
@@ -407,6 +413,8 @@ fn refused_registration_stops_dialing_and_stays_up() {
     assert!(wait_until(Duration::from_secs(5), || server
         .count("register")
         >= 1));
+    // No retry is the thing under test: 2 s leaves room for two at the
+    // largest backoff (1 s), and there is nothing else to wait for.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(server.count("register"), 1, "no retry after 401");
     let h = a.health();
@@ -447,7 +455,9 @@ fn sigterm_during_a_long_poll_exits_in_time_and_unregisters() {
 fn offline_mode_never_dials() {
     let server = CoordServer::start();
     let a = Agent::start(&link_yaml(&server, "offline_mode: true\n"));
-    a.cmd("system", "status", json!({}));
+    ok(&a.cmd("system", "status", json!({})));
+    // Never dialing is the thing under test: a window of two heartbeat
+    // intervals, with nothing else to wait for.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(server.lock().requests.len(), 0);
     assert_eq!(a.health()["link"]["state"], "offline");
@@ -466,6 +476,7 @@ fn the_server_can_steer_the_heartbeat_within_bounds() {
         .log()
         .contains("heartbeat interval to 250ms")));
     let n = server.lock().heartbeats.len();
+    // The heartbeat rate over 2 s is what is measured: a window.
     std::thread::sleep(Duration::from_secs(2));
     let rate = server.lock().heartbeats.len() - n;
     assert!(
@@ -525,6 +536,7 @@ fn a_server_that_answers_polls_at_once_is_not_hammered() {
     let _agent = Agent::start(&link_yaml(&server, ""));
     registered(&server);
     let before = server.count("fetch");
+    // The fetch rate over 3 s is what is measured: a window.
     std::thread::sleep(Duration::from_secs(3));
     let fetches = server.count("fetch") - before;
     assert!(

@@ -709,6 +709,7 @@ impl EngineProxy {
         self.thread = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
+                    // Nothing to accept: look at the stop flag again soon.
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };

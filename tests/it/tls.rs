@@ -116,6 +116,7 @@ class Handler(BaseHTTPRequestHandler):
             for kv in query.split("&"):
                 if kv.startswith("wait="):
                     wait = int(kv[5:] or 0)
+            # A long poll held (for at most 1 s): what a server does.
             time.sleep(min(wait, 1))
             self.answer(204)
         elif method == "POST" and len(p) == 5 and p[2] == "commands" and p[4] == "result":

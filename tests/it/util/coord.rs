@@ -146,6 +146,7 @@ impl CoordServer {
                         let shared = shared.clone();
                         std::thread::spawn(move || serve_conn(&shared, stream));
                     }
+                    // Nothing to accept: look at the stop flag again soon.
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -389,6 +390,7 @@ fn handle(
         }
         Some(Fault::Reset) => return Answer::Cut,
         Some(Fault::Body(bytes)) => return Answer::Send(200, bytes),
+        // A slow server is the fault under test.
         Some(Fault::Delay(d)) => std::thread::sleep(d),
         None => {}
     }

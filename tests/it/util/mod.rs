@@ -34,6 +34,7 @@ pub(crate) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> b
         if Instant::now() >= deadline {
             return false;
         }
+        // The polling interval: the one sleep every wait goes through.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
