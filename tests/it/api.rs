@@ -18,7 +18,6 @@ fn health_is_public_and_describes_providers() {
     let (status, body) = a.get_as("/health", None);
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["status"], "down", "{body}");
-    assert_eq!(body["problems"], json!([]), "{body}");
     for p in ["docker", "lxc", "qemu"] {
         assert!(body["providers"][p]["ok"].is_boolean(), "{body}");
     }

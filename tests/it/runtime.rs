@@ -47,21 +47,19 @@ fn node_id_and_results_survive_a_restart() {
     let mut a = Agent::start("");
     let node = a.cmd("system", "status", json!({}))["data"]["node_id"].clone();
     let id = format!("keep-{}", next_id());
-    let body =
-        json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "gone"}})
-            .to_string();
-    let (_, first) = a.post(&body);
+    let command =
+        json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "gone"}});
+    let first = a.run(command.clone());
+    ok(&first);
     a.kill9();
     a.restart();
     assert_eq!(
         a.cmd("system", "status", json!({}))["data"]["node_id"],
         node
     );
-    let (s, again) = a.post(&body);
-    assert_eq!(s, 200);
+    let again = a.run(command);
     assert_eq!(again, first, "answered from the store after a crash");
-    let (s, stored) = a.get(&format!("/api/v1/commands/{id}"));
-    assert_eq!((s, stored), (200, first));
+    assert_eq!(a.command(&id), (200, first));
 }
 
 #[test]
