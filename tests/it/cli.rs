@@ -1,11 +1,11 @@
 //! The command line: help, version, config checks, agent start/stop/status,
 //! and the API client verbs.
 
-use crate::util::{Agent, TempDir, BIN};
-use std::process::Command;
+use crate::util::{text, Agent, TempDir, BIN};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-fn run(args: &[&str]) -> std::process::Output {
+fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_remove("VENDETTA_CONFIG")
@@ -13,12 +13,11 @@ fn run(args: &[&str]) -> std::process::Output {
         .expect("run vendetta")
 }
 
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// Asserts the CLI exited with `code` and said `want` (stdout or stderr).
+fn exited(o: &Output, code: i32, want: &str) {
+    let t = text(o);
+    assert_eq!(o.status.code(), Some(code), "{t}");
+    assert!(t.contains(want), "the output lacks {want:?}: {t}");
 }
 
 #[test]
@@ -49,21 +48,27 @@ fn version_and_help_at_every_level() {
             "{args:?}"
         );
     }
-    let o = run(&[]);
-    assert_eq!(o.status.code(), Some(2), "no command is a usage error");
-    let o = run(&["frobnicate"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("unknown command"));
-    let o = run(&["agent", "start", "--bogus"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("--bogus"), "{}", text(&o));
+    // No command is a usage error: the usage, and exit 2.
+    exited(&run(&[]), 2, "Usage: vendetta <command> [options]");
+    exited(
+        &run(&["frobnicate"]),
+        2,
+        "unknown command \"frobnicate\"; run `vendetta --help` for the list",
+    );
+    exited(
+        &run(&["agent", "start", "--bogus"]),
+        2,
+        "unexpected argument(s): --bogus; see --help",
+    );
 }
 
 #[test]
 fn install_is_not_available_yet() {
-    let o = run(&["agent", "install", "root@host"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("not available yet"), "{}", text(&o));
+    exited(
+        &run(&["agent", "install", "root@host"]),
+        2,
+        "`vendetta agent install` is not available yet",
+    );
 }
 
 #[test]
@@ -76,37 +81,32 @@ fn config_prints_defaults_and_checks_files() {
     let o = run(&["agent", "config", "--check", default.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
 
+    // Each error names the file, the line, the key and what is wrong.
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "log_level: info\nheartbeat:\n  interval: 30s\n  intervl: 5s\n",
-    )
-    .unwrap();
-    let o = run(&["agent", "config", "--check", bad.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let t = text(&o);
-    assert!(
-        t.contains("bad.yaml") && t.contains("line 4") && t.contains("heartbeat.intervl"),
-        "{t}"
-    );
+    for (yaml, want) in [
+        (
+            "log_level: info\nheartbeat:\n  interval: 30s\n  intervl: 5s\n",
+            "line 4: key heartbeat.intervl: unknown field `intervl`, expected one of `interval`",
+        ),
+        (
+            "command_timeout: soon\n",
+            "line 1: key command_timeout: invalid duration \"soon\": use a number with a unit",
+        ),
+        (
+            "workers: [1, 2]\n",
+            "line 1: key workers: invalid type: sequence, expected usize",
+        ),
+    ] {
+        std::fs::write(&bad, yaml).unwrap();
+        let o = run(&["agent", "config", "--check", bad.to_str().unwrap()]);
+        exited(&o, 2, &format!("config file {}, {want}", bad.display()));
+    }
 
-    std::fs::write(&bad, "command_timeout: soon\n").unwrap();
-    let t = text(&run(&["agent", "config", "--check", bad.to_str().unwrap()]));
-    assert!(
-        t.contains("command_timeout") && t.contains("\"soon\""),
-        "{t}"
+    exited(
+        &run(&["agent", "config", "--check", "/nonexistent/agent.yaml"]),
+        2,
+        "cannot read config file /nonexistent/agent.yaml: No such file or directory",
     );
-
-    std::fs::write(&bad, "workers: [1, 2]\n").unwrap();
-    let t = text(&run(&["agent", "config", "--check", bad.to_str().unwrap()]));
-    assert!(
-        t.contains("key workers") && t.contains("invalid type"),
-        "{t}"
-    );
-
-    let o = run(&["agent", "config", "--check", "/nonexistent/agent.yaml"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("cannot read config file /nonexistent/agent.yaml"));
 
     let json = dir.path().join("agent.json");
     std::fs::write(&json, r#"{"listen": "127.0.0.1:1", "labels": {"a": "b"}}"#).unwrap();
@@ -121,31 +121,35 @@ fn start_with_a_bad_config_exits_2_without_panicking() {
     let cfg = dir.path().join("agent.yaml");
     std::fs::write(&cfg, "listen: 127.0.0.1:1\nunknown_key: 1\n").unwrap();
     let o = run(&["agent", "start", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let t = text(&o);
-    assert!(
-        t.contains("unknown_key") && t.contains("line 2") && !t.contains("panicked"),
-        "{t}"
+    let unknown = format!(
+        "config file {}, line 2: key unknown_key: unknown field `unknown_key`",
+        cfg.display()
     );
+    exited(&o, 2, &unknown);
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    // VENDETTA_CONFIG is honoured.
     let o = Command::new(BIN)
         .args(["agent", "start"])
         .env("VENDETTA_CONFIG", &cfg)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "VENDETTA_CONFIG is honoured");
-    let o = Command::new(BIN)
-        .args(["agent", "start", "--config", "/nonexistent.yaml"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    exited(&o, 2, &unknown);
+    exited(
+        &run(&["agent", "start", "--config", "/nonexistent.yaml"]),
+        2,
+        "cannot read config file /nonexistent.yaml: No such file or directory",
+    );
     std::fs::write(&cfg, "listen: 127.0.0.1:1\n").unwrap();
     let o = Command::new(BIN)
         .args(["agent", "start", "--config", cfg.to_str().unwrap()])
         .env("VENDETTA_PROVIDER", "vbox")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("VENDETTA_PROVIDER"));
+    exited(
+        &o,
+        2,
+        "environment variable VENDETTA_PROVIDER: unknown provider \"vbox\"; use docker, lxc or qemu",
+    );
 }
 
 #[test]
@@ -169,8 +173,7 @@ fn status_stop_and_the_pid_file() {
         .arg(&a.config)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("already running"), "{}", text(&o));
+    exited(&o, 1, "already running");
 
     let o = Command::new(BIN)
         .args(["agent", "stop", "--timeout", "30s", "--config"])
@@ -183,22 +186,31 @@ fn status_stop_and_the_pid_file() {
         .expect("stopped when `agent stop` returned");
     assert_eq!(st.code(), Some(0));
     assert!(!a.cache().join("vendetta.pid").exists(), "pid file removed");
-    let o = a.cli(&["agent", "status"]);
-    assert_eq!(o.status.code(), Some(3), "LSB: not running; {}", text(&o));
+    // LSB: not running is 3.
+    exited(
+        &a.cli(&["agent", "status"]),
+        3,
+        &format!(
+            "vendetta agent is not running (nothing answers at {})",
+            a.url
+        ),
+    );
     let o = Command::new(BIN)
         .args(["agent", "stop", "--config"])
         .arg(&a.config)
         .output()
         .unwrap();
     assert!(o.status.success(), "stopping a stopped agent succeeds");
-    let o = a.cli(&["system", "status"]);
-    assert_eq!(
-        o.status.code(),
-        Some(3),
-        "client verbs say not running: {}",
-        text(&o)
+    // Client verbs say not running too.
+    exited(
+        &a.cli(&["system", "status"]),
+        3,
+        &format!(
+            "cannot reach the agent at {} (io: Connection refused",
+            a.url
+        ),
     );
-    assert!(text(&o).contains("is it running"));
+    exited(&a.cli(&["system", "status"]), 3, "is it running?");
 }
 
 #[test]
@@ -220,20 +232,28 @@ fn client_verbs_print_tables_and_json() {
     );
     let o = a.cli(&["service", "list"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = a.cli(&["session", "start", "../nope"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("params.session_id"), "{}", text(&o));
+    exited(
+        &a.cli(&["session", "start", "../nope"]),
+        1,
+        "params.session_id: has a character not allowed in a session id at position 0",
+    );
     let o = a.cli(&["session", "destroy", "never-was"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("nothing to do"));
-    let o = a.cli(&["session", "exec", "s1"]);
-    assert_eq!(o.status.code(), Some(2), "exec needs a command after --");
+    exited(
+        &a.cli(&["session", "exec", "s1"]),
+        2,
+        "missing command: vendetta session exec ID -- COMMAND ARGS...",
+    );
     let o = Command::new(BIN)
         .args(["system", "status"])
         .env("VENDETTA_AGENT_URL", &a.url)
         .env("VENDETTA_API_TOKEN", "wrong")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("HTTP 401"), "{}", text(&o));
+    exited(
+        &o,
+        1,
+        "(HTTP 401, unauthorized); pass --token or set VENDETTA_API_TOKEN",
+    );
 }

@@ -4,43 +4,35 @@
 //! byte for byte, when the server refuses or cannot be reached.
 
 use crate::util::coord::{CoordServer, Fault};
-use crate::util::{wait_until, Agent, TempDir, BIN};
+use crate::util::{
+    agent_connect, connect_refused, file_mode, streams, wait_until, Agent, TempDir, BIN,
+};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 const TOKEN: &str = "connect-token-0123456789";
 
-fn connect(config: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(["agent", "connect"])
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("VENDETTA_CONFIG")
-        .env_remove("VENDETTA_COORD_URL")
-        .env_remove("VENDETTA_AUTH_TOKEN")
-        .output()
-        .expect("run vendetta agent connect")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
 fn write(p: &Path, text: &str, mode: u32) {
     std::fs::write(p, text).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A temp dir holding the config file `name`, written with `mode`: `text`
+/// where `{cache}` stands for the temp dir's cache directory.
+fn config_file(name: &str, text: &str, mode: u32) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("conn");
+    let config = dir.path().join(name);
+    let cache = dir.path().join("cache");
+    write(
+        &config,
+        &text.replace("{cache}", cache.to_str().unwrap()),
+        mode,
+    );
+    (dir, config)
 }
 
 /// The lines of a YAML config other than the two keys connect sets.
@@ -48,25 +40,6 @@ fn other_lines(text: &str) -> Vec<&str> {
     text.lines()
         .filter(|l| !l.starts_with("coordination_url:") && !l.starts_with("auth_token:"))
         .collect()
-}
-
-/// Runs connect expecting `code`, `want` on stderr, and the file as it
-/// was (bytes and mode).
-fn refused(config: &Path, args: &[&str], code: i32, want: &str) -> String {
-    let before = std::fs::read(config).unwrap();
-    let before_mode = mode(config);
-    let out = connect(config, args);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
-    assert!(stderr.contains(want), "stderr lacks {want:?}: {stderr}");
-    assert!(stdout.is_empty(), "nothing claimed on stdout: {stdout}");
-    assert_eq!(std::fs::read(config).unwrap(), before, "the file changed");
-    assert_eq!(mode(config), before_mode, "the file mode changed");
-    stderr
 }
 
 #[test]
@@ -79,8 +52,8 @@ fn connect_registers_then_writes_the_url_and_token_keeping_the_rest() {
     );
     write(&a.config, &original, 0o644);
 
-    let out = connect(&a.config, &[&server.url, "--token", TOKEN]);
-    let (stdout, stderr) = text(&out);
+    let out = agent_connect(&a.config, &[&server.url, "--token", TOKEN]);
+    let (stdout, stderr) = streams(&out);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -118,7 +91,7 @@ fn connect_registers_then_writes_the_url_and_token_keeping_the_rest() {
     // The key stays where it was.
     let pos = |t: &str| t.lines().position(|l| l.starts_with("coordination_url:"));
     assert_eq!(pos(&new), pos(&original));
-    assert_eq!(mode(&a.config), 0o600);
+    assert_eq!(file_mode(&a.config), 0o600);
     assert!(
         stdout.contains(&format!("registered node {node_id} with {}", server.url)),
         "{stdout}"
@@ -136,79 +109,76 @@ fn connect_registers_then_writes_the_url_and_token_keeping_the_rest() {
         .arg(&a.config)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", text(&check).1);
+    assert!(check.status.success(), "{}", streams(&check).1);
 
     // An agent started on that file registers with the token, same id.
     a.spawn();
     a.wait_ready();
-    assert!(
-        wait_until(Duration::from_secs(15), || server.count("register") >= 2),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(15), || server
+        .count("register")
+        >= 2));
     let reg = server.requests("register")[1].clone();
     assert_eq!(reg.body["id"], node_id.as_str());
     assert_eq!(
         reg.auth.as_deref(),
         Some(format!("Bearer {TOKEN}").as_str())
     );
-    assert!(wait_until(Duration::from_secs(10), || a
-        .get_as("/health", None)
-        .1["link"]["state"]
-        == "connected"));
+    a.wait_link("connected", Duration::from_secs(10));
 }
 
 #[test]
 fn connect_refused_by_the_server_leaves_the_file_alone() {
     let server = CoordServer::start();
     server.fault("register", Fault::Status(401), u32::MAX);
-    let dir = TempDir::new("conn");
-    let config = dir.path().join("agent.yaml");
-    write(
-        &config,
-        &format!(
-            "# keep me\ncache_dir: {}\ncoordination_url: \"\" # later\n",
-            dir.path().join("cache").display()
-        ),
+    let (_dir, config) = config_file(
+        "agent.yaml",
+        "# keep me\ncache_dir: {cache}\ncoordination_url: \"\" # later\n",
         0o640,
     );
-    let err = refused(&config, &[&server.url, "--token", "wrong"], 1, "refused");
-    assert!(err.contains("401"), "{err}");
-    assert!(err.contains("--token"), "says what to do: {err}");
+    let err = connect_refused(
+        &config,
+        &[&server.url, "--token", "wrong"],
+        1,
+        &format!(
+            "the server refused the registration: the coordination server answered 401 to {}/api/v1/nodes",
+            server.url
+        ),
+    );
+    assert!(
+        err.contains("; pass the right token with --token"),
+        "says what to do: {err}"
+    );
     assert_eq!(server.count("register"), 1);
 }
 
 #[test]
 fn connect_to_an_unreachable_server_leaves_the_file_alone() {
     let server = CoordServer::reserved();
-    let dir = TempDir::new("conn");
-    let config = dir.path().join("agent.yaml");
-    write(
-        &config,
-        &format!("cache_dir: {}\n", dir.path().join("cache").display()),
-        0o644,
-    );
-    let err = refused(
+    let (_dir, config) = config_file("agent.yaml", "cache_dir: {cache}\n", 0o644);
+    // It names the server.
+    connect_refused(
         &config,
         &[&server.url, "--token", TOKEN],
         1,
-        "cannot reach the coordination server",
+        &format!(
+            "registration failed, the config was not changed: cannot reach the coordination server at {}/api/v1/nodes: io: Connection refused",
+            server.url
+        ),
     );
-    assert!(err.contains(&server.url), "names the server: {err}");
-    assert!(err.contains("not changed"), "{err}");
 }
 
 #[test]
 fn connect_rejects_a_url_that_is_not_http() {
-    let dir = TempDir::new("conn");
-    let config = dir.path().join("agent.yaml");
-    write(
+    let (dir, config) = config_file("agent.yaml", "cache_dir: {cache}\n", 0o644);
+    connect_refused(
         &config,
-        &format!("cache_dir: {}\n", dir.path().join("cache").display()),
-        0o644,
+        &["ftp://x"],
+        2,
+        &format!(
+            "config file {}: key coordination_url: \"ftp://x\" is not an http:// or https:// URL",
+            config.display()
+        ),
     );
-    let err = refused(&config, &["ftp://x"], 2, "coordination_url");
-    assert!(err.contains("ftp://x"), "{err}");
     assert!(
         !dir.path().join("cache").exists(),
         "nothing done before the URL was checked"
@@ -218,18 +188,13 @@ fn connect_rejects_a_url_that_is_not_http() {
 #[test]
 fn connect_updates_a_json_config() {
     let server = CoordServer::start();
-    let dir = TempDir::new("conn");
-    let config = dir.path().join("agent.json");
-    write(
-        &config,
-        &format!(
-            "{{\"cache_dir\": \"{}\", \"labels\": {{\"rack\": \"r9\"}}, \"workers\": 3}}",
-            dir.path().join("cache").display()
-        ),
+    let (_dir, config) = config_file(
+        "agent.json",
+        r#"{"cache_dir": "{cache}", "labels": {"rack": "r9"}, "workers": 3}"#,
         0o644,
     );
-    let out = connect(&config, &[&server.url]);
-    let (stdout, stderr) = text(&out);
+    let out = agent_connect(&config, &[&server.url]);
+    let (stdout, stderr) = streams(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_eq!(server.count("register"), 1);
     assert_eq!(server.requests("register")[0].auth, None, "no token given");
@@ -238,7 +203,7 @@ fn connect_updates_a_json_config() {
     assert_eq!(v["labels"]["rack"], "r9");
     assert_eq!(v["workers"], 3);
     assert!(v.get("auth_token").is_none(), "{v}");
-    assert_eq!(mode(&config), 0o600);
+    assert_eq!(file_mode(&config), 0o600);
     assert!(
         stdout.contains("(mode 0600): set coordination_url\n"),
         "{stdout}"
@@ -275,9 +240,9 @@ fn connect_creates_a_missing_file() {
         cmd.uid(65534).gid(65534);
     }
     let out = cmd.output().expect("run vendetta agent connect");
-    let (stdout, stderr) = text(&out);
+    let (stdout, stderr) = streams(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert_eq!(mode(&config), 0o600);
+    assert_eq!(file_mode(&config), 0o600);
     let new = std::fs::read_to_string(&config).unwrap();
     assert_eq!(
         new,
@@ -297,31 +262,28 @@ fn connect_creates_a_missing_file() {
 #[test]
 fn connect_never_rewrites_a_config_file_it_cannot_read() {
     let server = CoordServer::start();
-    let dir = TempDir::new("conn");
-    let cache = dir.path().join("cache");
     // A JSON file with a syntax error and one with an unknown key: neither
     // may be replaced by a file holding only coordination_url.
-    for (name, body) in [
+    for (name, body, why) in [
         (
             "broken.json",
-            format!(
-                "{{\"cache_dir\": \"{}\", \"workers\": 3,}}",
-                cache.display()
-            ),
+            r#"{"cache_dir": "{cache}", "workers": 3,}"#,
+            "line 1: not valid JSON: trailing comma",
         ),
         (
             "unknown.json",
-            format!("{{\"cache_dir\": \"{}\", \"wrokers\": 3}}", cache.display()),
+            r#"{"cache_dir": "{cache}", "wrokers": 3}"#,
+            "line 1: key wrokers: unknown field `wrokers`",
         ),
         (
             "broken.yaml",
-            format!("cache_dir: {}\nlabels: [unclosed\n", cache.display()),
+            "cache_dir: {cache}\nlabels: [unclosed\n",
+            "line 2: key labels: invalid type: sequence, expected a map",
         ),
     ] {
-        let config = dir.path().join(name);
-        write(&config, &body, 0o644);
-        let err = refused(&config, &[&server.url, "--token", TOKEN], 2, name);
-        assert!(err.contains("config file"), "{err}");
+        let (_dir, config) = config_file(name, body, 0o644);
+        let want = format!("config file {}, {why}", config.display());
+        connect_refused(&config, &[&server.url, "--token", TOKEN], 2, &want);
     }
     assert_eq!(server.count("register"), 0, "nothing sent");
 }

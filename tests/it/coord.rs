@@ -1,8 +1,8 @@
 //! The coordination link against the recording test server
 //! (util::coord), with faults injected.
 
-use crate::util::coord::{CoordServer, Fault};
-use crate::util::{next_id, wait_until, Agent};
+use crate::util::coord::{link_config, CoordServer, Fault};
+use crate::util::{failed, next_id, ok, wait_until, Agent};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -10,10 +10,7 @@ const SERVER_TOKEN: &str = "server-token-123456";
 
 /// Fast timings so that tests take seconds, not minutes.
 pub(crate) fn link_yaml(server: &CoordServer, extra: &str) -> String {
-    format!(
-        "coordination_url: {}\nauth_token: {SERVER_TOKEN}\nheartbeat:\n  interval: 500ms\n  timeout: 2s\n  retries: 1\nretry_policy:\n  max_retries: 2\n  backoff: 100ms\n  max_backoff: 1s\ncoordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n  min_heartbeat_interval: 100ms\n  max_heartbeat_interval: 10m\n{extra}",
-        server.url
-    )
+    link_config(&server.url, SERVER_TOKEN, extra)
 }
 
 pub(crate) fn registered(server: &CoordServer) -> String {
@@ -22,6 +19,22 @@ pub(crate) fn registered(server: &CoordServer) -> String {
         "the agent never registered"
     );
     server.node_id().unwrap()
+}
+
+/// Waits until /health counts `n` results spooled for the server.
+fn wait_pending(a: &Agent, n: u64) {
+    assert!(
+        wait_until(Duration::from_secs(10), || a.health()["pending_results"]
+            == n),
+        "pending_results never became {n}: {}",
+        a.health()
+    );
+}
+
+/// Asserts /health (`h`) holds a link error starting with `prefix`.
+fn assert_last_error(h: &Value, prefix: &str) {
+    let error = h["link"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.starts_with(prefix), "{h}");
 }
 
 fn destroy_cmd(id: &str) -> Value {
@@ -83,19 +96,12 @@ fn registers_heartbeats_and_delivers_results() {
 
     let id = format!("c-{}", next_id());
     server.queue(&node, json!({"id": id, "type": "system", "action": "info"}));
-    assert!(wait_until(Duration::from_secs(10), || !server
-        .results_for(&id)
-        .is_empty()));
-    let r = server.results_for(&id)[0].clone();
-    assert_eq!(r["status"], "success");
+    let r = server.wait_results(&id, 1, Duration::from_secs(10))[0].clone();
+    assert!(ok(&r)["cpus"].as_u64().is_some(), "{r}");
     assert_eq!(r["node_id"], node.as_str());
-    assert!(r["data"]["cpus"].as_u64().is_some());
-    let (_, health) = a.get_as("/health", None);
+    let health = a.health();
     assert_eq!(health["link"]["state"], "connected", "{health}");
-    assert!(wait_until(Duration::from_secs(5), || a
-        .get_as("/health", None)
-        .1["pending_results"]
-        == 0));
+    wait_pending(&a, 0);
     assert!(
         server.connections() < server.lock().requests.len(),
         "connections are reused"
@@ -107,27 +113,21 @@ fn server_down_at_start_then_up() {
     let mut server = CoordServer::reserved();
     let a = Agent::start(&link_yaml(&server, ""));
     // The local API works without the server.
-    assert_eq!(a.cmd("system", "status", json!({}))["status"], "success");
-    assert!(wait_until(Duration::from_secs(5), || a
-        .get_as("/health", None)
-        .1["link"]["state"]
-        == "disconnected"));
-    let (_, h) = a.get_as("/health", None);
+    ok(&a.cmd("system", "status", json!({})));
+    a.wait_link("disconnected", Duration::from_secs(5));
+    let h = a.health();
     assert!(h["link"]["offline_since"].is_string(), "{h}");
-    assert!(
-        h["link"]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("cannot reach"),
-        "{h}"
+    assert_last_error(
+        &h,
+        &format!(
+            "cannot reach the coordination server at {}/api/v1/nodes: io: Connection refused",
+            server.url
+        ),
     );
     server.listen();
     let node = registered(&server);
     assert!(node.starts_with("node-"));
-    assert!(wait_until(Duration::from_secs(5), || a
-        .get_as("/health", None)
-        .1["link"]["state"]
-        == "connected"));
+    a.wait_link("connected", Duration::from_secs(5));
 }
 
 #[test]
@@ -150,14 +150,8 @@ fn faults_500_timeouts_and_resets_are_survived() {
     let id = format!("f-{}", next_id());
     server.queue(&node, destroy_cmd(&id));
     // The delayed delivery times out (30s cap per request); the result stays spooled and arrives.
-    assert!(
-        wait_until(Duration::from_secs(60), || !server
-            .results_for(&id)
-            .is_empty()),
-        "{}",
-        a.log()
-    );
-    assert_eq!(server.results_for(&id).last().unwrap()["status"], "success");
+    let results = server.wait_results(&id, 1, Duration::from_secs(60));
+    ok(results.last().unwrap());
     assert!(a.is_alive());
 }
 
@@ -167,23 +161,26 @@ fn a_long_poll_held_30s_does_not_stop_heartbeats() {
     let a = Agent::start(&link_yaml(&server, "coordination:\n  poll_wait: 30s\n").replace("coordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n  min_heartbeat_interval: 100ms\n  max_heartbeat_interval: 10m\n", ""));
     registered(&server);
     assert!(wait_until(Duration::from_secs(5), || server.count("fetch") >= 1));
-    let fetch = server.requests("fetch")[0].clone();
-    assert!(fetch.path.contains("/commands"));
-    let before = server.lock().heartbeats.len();
-    let t = Instant::now();
-    // The server holds the first fetch for its whole wait (30 s).
-    while t.elapsed() < Duration::from_secs(31) {
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let during = server.lock().heartbeats.len() - before;
+    let first = server.requests("fetch")[0].clone();
+    assert!(first.path.contains("/commands"));
+    // The server holds the first fetch for its whole wait (30 s); the
+    // next one starts when it ends.
+    assert!(
+        wait_until(Duration::from_secs(40), || server.count("fetch") >= 2),
+        "the held fetch never ended"
+    );
+    assert_eq!(server.count("fetch"), 2, "one more fetch, held in turn");
+    let second = server.requests("fetch")[1].clone();
+    let held = second.at - first.at;
+    assert!(held >= Duration::from_secs(29), "held only {held:?}");
+    let during = server
+        .requests("heartbeat")
+        .iter()
+        .filter(|r| r.at > first.at && r.at < second.at)
+        .count();
     assert!(
         during >= 30,
-        "only {during} heartbeats during a 30 s long poll"
-    );
-    assert_eq!(
-        server.count("fetch"),
-        2,
-        "the held fetch ended after its wait and one more started"
+        "only {during} heartbeats during a {held:?} long poll"
     );
     assert!(a.is_alive());
 }
@@ -191,14 +188,12 @@ fn a_long_poll_held_30s_does_not_stop_heartbeats() {
 #[test]
 fn heartbeat_404_reregisters_with_the_same_id_and_405_falls_back_to_put() {
     let mut server = CoordServer::start();
-    let a = Agent::start(&link_yaml(&server, ""));
+    let _agent = Agent::start(&link_yaml(&server, ""));
     let node = registered(&server);
     server.restart_forgetting();
-    assert!(
-        wait_until(Duration::from_secs(10), || server.node_id().is_some()),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(10), || server
+        .node_id()
+        .is_some()));
     assert_eq!(
         server.node_id().unwrap(),
         node,
@@ -208,16 +203,13 @@ fn heartbeat_404_reregisters_with_the_same_id_and_405_falls_back_to_put() {
 
     server.fault("heartbeat", Fault::Status(405), u32::MAX);
     let puts = server.count("put");
-    assert!(
-        wait_until(Duration::from_secs(5), || server.count("put") >= puts + 2),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(5), || server.count("put") >= puts + 2));
     let put = server.requests("put").last().unwrap().clone();
     assert_eq!(put.path, format!("/api/v1/nodes/{node}"));
     assert_eq!(put.body["node_id"], node.as_str());
-    let posts = server.count("heartbeat");
-    std::thread::sleep(Duration::from_secs(2));
+    // Three more heartbeats go by: all as PUT.
+    let (posts, puts) = (server.count("heartbeat"), server.count("put"));
+    assert!(wait_until(Duration::from_secs(5), || server.count("put") >= puts + 3));
     assert_eq!(
         server.count("heartbeat"),
         posts,
@@ -234,43 +226,23 @@ fn the_same_command_twice_and_after_a_restart_runs_once() {
     // Twice in one batch: the second finds the first in progress.
     server.queue(&node, destroy_cmd(&id));
     server.queue(&node, destroy_cmd(&id));
-    assert!(
-        wait_until(Duration::from_secs(10), || !server
-            .results_for(&id)
-            .is_empty()),
-        "{}",
-        a.log()
-    );
+    server.wait_results(&id, 1, Duration::from_secs(10));
     // Again once it is done: the stored result is sent again.
     server.queue(&node, destroy_cmd(&id));
-    assert!(
-        wait_until(Duration::from_secs(10), || server.results_for(&id).len()
-            >= 2),
-        "{}",
-        a.log()
-    );
-    let (_, m) = a.get_as("/metrics", None);
-    assert!(m.as_str().unwrap().contains("vendetta_commands_executed_total{type=\"session\",action=\"destroy\",status=\"success\"} 1\n"));
+    server.wait_results(&id, 2, Duration::from_secs(10));
+    assert!(a.metrics().contains("vendetta_commands_executed_total{type=\"session\",action=\"destroy\",status=\"success\"} 1\n"));
     a.stop();
     a.restart();
     server.queue(&node, destroy_cmd(&id));
-    assert!(
-        wait_until(Duration::from_secs(10), || server.results_for(&id).len()
-            >= 3),
-        "{}",
-        a.log()
-    );
-    let results = server.results_for(&id);
+    let results = server.wait_results(&id, 3, Duration::from_secs(10));
     assert!(
         results
             .iter()
             .all(|r| r["started"] == results[0]["started"]),
         "every delivery is the one stored result"
     );
-    let (_, m) = a.get_as("/metrics", None);
     assert!(
-        !m.as_str()
-            .unwrap()
+        !a.metrics()
             .contains("action=\"destroy\",status=\"success\"} 1"),
         "not executed again after the restart"
     );
@@ -308,11 +280,10 @@ fn a_batch_larger_than_the_queue_waits_for_room_instead_of_refusing() {
         wait_until(Duration::from_secs(10), || ids
             .iter()
             .all(|id| !server.results_for(id).is_empty())),
-        "missing results: {:?}\n{}",
+        "missing results: {:?}",
         ids.iter()
             .filter(|id| server.results_for(id).is_empty())
-            .collect::<Vec<_>>(),
-        a.log()
+            .collect::<Vec<_>>()
     );
     assert!(!a.log().contains("queue full"), "{}", a.log());
 }
@@ -327,33 +298,16 @@ fn spooled_results_survive_a_kill_and_arrive_once_the_server_accepts() {
     for id in &ids {
         server.queue(&node, destroy_cmd(id));
     }
-    assert!(
-        wait_until(Duration::from_secs(10), || a.get_as("/health", None).1
-            ["pending_results"]
-            == 3),
-        "{}",
-        a.log()
-    );
+    wait_pending(&a, 3);
     a.kill9();
     server.clear_faults();
     a.restart();
     for id in &ids {
-        assert!(
-            wait_until(Duration::from_secs(15), || !server
-                .results_for(id)
-                .is_empty()),
-            "{id} never arrived\n{}",
-            a.log()
-        );
+        server.wait_results(id, 1, Duration::from_secs(15));
     }
-    assert!(wait_until(Duration::from_secs(5), || a
-        .get_as("/health", None)
-        .1["pending_results"]
-        == 0));
-    let (_, m) = a.get_as("/metrics", None);
+    wait_pending(&a, 0);
     assert!(
-        !m.as_str()
-            .unwrap()
+        !a.metrics()
             .contains("action=\"destroy\",status=\"success\"}"),
         "nothing ran again after the restart"
     );
@@ -368,11 +322,9 @@ fn bad_batches_are_skipped_and_bad_commands_fail() {
     server.fault("fetch", Fault::Body(vec![b' '; 10 << 20]), 1);
     let a = Agent::start(&link_yaml(&server, ""));
     let node = registered(&server);
-    assert!(
-        wait_until(Duration::from_secs(10), || server.count("fetch") >= 4),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(10), || server
+        .count("fetch")
+        >= 4));
     let wrong = format!("wrong-{}", next_id());
     server.queue(
         &node,
@@ -384,21 +336,12 @@ fn bad_batches_are_skipped_and_bad_commands_fail() {
         &node,
         json!({"id": good, "type": "system", "action": "status"}),
     );
-    assert!(
-        wait_until(Duration::from_secs(15), || !server
-            .results_for(&good)
-            .is_empty()),
-        "{}",
-        a.log()
-    );
-    assert!(wait_until(Duration::from_secs(5), || !server
-        .results_for(&wrong)
-        .is_empty()));
-    let r = server.results_for(&wrong)[0].clone();
-    assert_eq!(r["status"], "failed");
-    assert!(
-        r["error"].as_str().unwrap().contains("params.session_id"),
-        "{r}"
+    server.wait_results(&good, 1, Duration::from_secs(15));
+    let r = server.wait_results(&wrong, 1, Duration::from_secs(5))[0].clone();
+    failed(
+        &r,
+        "invalid_command",
+        "params.session_id: invalid type: integer `5`",
     );
     let log = a.log();
     assert!(
@@ -437,6 +380,8 @@ fn no_request_storm_while_the_server_fails() {
     }
     let start = server.lock().requests.len();
     let t0 = Instant::now();
+    // The request rate over 10 s of outage is what is measured: a window,
+    // not a wait for a condition.
     std::thread::sleep(Duration::from_secs(10));
     let reqs: Vec<_> = server.lock().requests[start..].to_vec();
     // With backoff >= 100 ms, a 500 ms heartbeat and one retry, the poller
@@ -456,7 +401,7 @@ fn no_request_storm_while_the_server_fails() {
         "a second with more than 24 requests: {per_second:?}"
     );
     assert!(a.is_alive());
-    let (_, h) = a.get_as("/health", None);
+    let h = a.health();
     assert_eq!(h["link"]["state"], "disconnected", "{h}");
 }
 
@@ -468,12 +413,20 @@ fn refused_registration_stops_dialing_and_stays_up() {
     assert!(wait_until(Duration::from_secs(5), || server
         .count("register")
         >= 1));
+    // No retry is the thing under test: 2 s leaves room for two at the
+    // largest backoff (1 s), and there is nothing else to wait for.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(server.count("register"), 1, "no retry after 401");
-    let (_, h) = a.get_as("/health", None);
+    let h = a.health();
     assert_eq!(h["link"]["state"], "refused", "{h}");
-    assert!(h["link"]["last_error"].as_str().unwrap().contains("401"));
-    assert_eq!(a.cmd("system", "status", json!({}))["status"], "success");
+    assert_last_error(
+        &h,
+        &format!(
+            "the coordination server answered 401 to {}/api/v1/nodes",
+            server.url
+        ),
+    );
+    ok(&a.cmd("system", "status", json!({})));
     assert!(!a.log().contains(SERVER_TOKEN), "the token is never logged");
 }
 
@@ -502,10 +455,12 @@ fn sigterm_during_a_long_poll_exits_in_time_and_unregisters() {
 fn offline_mode_never_dials() {
     let server = CoordServer::start();
     let a = Agent::start(&link_yaml(&server, "offline_mode: true\n"));
-    a.cmd("system", "status", json!({}));
+    ok(&a.cmd("system", "status", json!({})));
+    // Never dialing is the thing under test: a window of two heartbeat
+    // intervals, with nothing else to wait for.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(server.lock().requests.len(), 0);
-    assert_eq!(a.get_as("/health", None).1["link"]["state"], "offline");
+    assert_eq!(a.health()["link"]["state"], "offline");
 }
 
 #[test]
@@ -517,14 +472,11 @@ fn the_server_can_steer_the_heartbeat_within_bounds() {
         "min_heartbeat_interval: 250ms",
     ));
     registered(&server);
-    assert!(
-        wait_until(Duration::from_secs(5), || a
-            .log()
-            .contains("heartbeat interval to 250ms")),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(5), || a
+        .log()
+        .contains("heartbeat interval to 250ms")));
     let n = server.lock().heartbeats.len();
+    // The heartbeat rate over 2 s is what is measured: a window.
     std::thread::sleep(Duration::from_secs(2));
     let rate = server.lock().heartbeats.len() - n;
     assert!(
@@ -544,12 +496,9 @@ fn link_metrics_are_exported() {
         &node,
         json!({"id": id, "type": "system", "action": "status"}),
     );
-    assert!(wait_until(Duration::from_secs(10), || !server
-        .results_for(&id)
-        .is_empty()));
+    server.wait_results(&id, 1, Duration::from_secs(10));
     assert!(wait_until(Duration::from_secs(5), || {
-        let (_, m) = a.get_as("/metrics", None);
-        let m = m.as_str().unwrap_or("").to_string();
+        let m = a.metrics();
         m.contains("vendetta_heartbeat_failures_total 1")
             && m.contains("vendetta_poll_duration_seconds_bucket{result=")
             && m.contains("vendetta_results_reported_total{outcome=\"acked\"} 1")
@@ -570,36 +519,24 @@ fn a_result_the_server_keeps_refusing_does_not_hold_up_the_others() {
     );
     server.lock().refuse_results_for.push(stuck.clone());
     server.queue(&node, destroy_cmd(&stuck));
-    assert!(
-        wait_until(Duration::from_secs(10), || server.count("result") >= 2),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(10), || server
+        .count("result")
+        >= 2));
     server.queue(&node, destroy_cmd(&fine));
-    assert!(
-        wait_until(Duration::from_secs(15), || !server
-            .results_for(&fine)
-            .is_empty()),
-        "{}",
-        a.log()
-    );
+    server.wait_results(&fine, 1, Duration::from_secs(15));
     assert!(server.results_for(&stuck).is_empty());
-    assert!(
-        wait_until(Duration::from_secs(5), || a.get_as("/health", None).1
-            ["pending_results"]
-            == 1),
-        "the refused one stays spooled, the other leaves: {}",
-        a.get_as("/health", None).1
-    );
+    // The refused one stays spooled, the other leaves.
+    wait_pending(&a, 1);
 }
 
 #[test]
 fn a_server_that_answers_polls_at_once_is_not_hammered() {
     let server = CoordServer::start();
     server.lock().max_hold = Some(Duration::ZERO);
-    let a = Agent::start(&link_yaml(&server, ""));
+    let _agent = Agent::start(&link_yaml(&server, ""));
     registered(&server);
     let before = server.count("fetch");
+    // The fetch rate over 3 s is what is measured: a window.
     std::thread::sleep(Duration::from_secs(3));
     let fetches = server.count("fetch") - before;
     assert!(
@@ -613,11 +550,5 @@ fn a_server_that_answers_polls_at_once_is_not_hammered() {
         &node,
         json!({"id": id, "type": "system", "action": "status"}),
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || !server
-            .results_for(&id)
-            .is_empty()),
-        "{}",
-        a.log()
-    );
+    server.wait_results(&id, 1, Duration::from_secs(5));
 }

@@ -10,12 +10,10 @@
 //! an engine outage that cannot be staged on a shared engine.
 
 use crate::util::{
-    assert_interrupted_and_reaped, host_pids, next_id, ok, start_sleep, wait_until, Agent, TempDir,
-    TOKEN,
+    assert_interrupted_and_reaped, create, create_started, destroy, exec, failed, find_session,
+    host_pids, next_id, ok, sessions, start_sleep, wait_until, Agent, Events, TempDir,
 };
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -135,17 +133,14 @@ pub(crate) fn docker_agent(extra: &str) -> Agent {
     Agent::start(&format!("docker:\n  image: {IMAGE}\n{extra}"))
 }
 
-pub(crate) fn create_started(a: &Agent, id: &str, params: Value) -> Value {
-    let mut p = params;
-    p["session_id"] = json!(id);
-    ok(&a.cmd("session", "create", p));
-    ok(&a.cmd("session", "start", json!({"session_id": id}))).clone()
-}
-
-fn exec(a: &Agent, id: &str, params: Value) -> Value {
-    let mut p = params;
-    p["session_id"] = json!(id);
-    a.cmd("session", "exec", p)
+/// The set-up most Docker tests share: the session guard for `tag`, an
+/// agent with `extra` config, and one session created and started in it.
+pub(crate) fn running_session(tag: &str, extra: &str) -> (Sessions, Agent, String) {
+    let g = Sessions::new(tag);
+    let a = docker_agent(extra);
+    let id = g.id("a");
+    create_started(&a, &id, json!({}));
+    (g, a, id)
 }
 
 fn sh(a: &Agent, id: &str, script: &str) -> Value {
@@ -153,10 +148,7 @@ fn sh(a: &Agent, id: &str, script: &str) -> Value {
 }
 
 fn session_list(a: &Agent) -> Vec<Value> {
-    ok(&a.cmd("session", "list", json!({"provider": "docker"})))
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    sessions(a, "docker")
 }
 
 #[test]
@@ -226,8 +218,7 @@ fn create_with_workspace_env_ports_and_limits() {
         assert!(host > 0);
         assert_eq!(started["ports"][port], host, "{started}");
     }
-    let listed = session_list(&a);
-    let mine = listed.iter().find(|s| s["id"] == id.as_str()).unwrap();
+    let mine = find_session(&session_list(&a), &id).unwrap();
     assert_eq!(mine["ports"], started["ports"]);
 
     // The workspace is the host directory, both ways; env and workdir apply.
@@ -250,15 +241,12 @@ fn create_with_workspace_env_ports_and_limits() {
         "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
     );
     assert_eq!(ok(&r)["stdout"], format!("{}\n", 64 << 20));
-    assert!(ok(&a.cmd("session", "destroy", json!({"session_id": id})))["existed"] == true);
+    assert_eq!(destroy(&a, &id)["existed"], true);
 }
 
 #[test]
 fn exec_codes_streams_stdin_env_workdir_user() {
-    let g = Sessions::new("exec");
-    let a = docker_agent("");
-    let id = g.id("a");
-    create_started(&a, &id, json!({}));
+    let (_g, a, id) = running_session("exec", "");
 
     let r = exec(&a, &id, json!({"command": ["true"]}));
     assert_eq!(ok(&r)["exit_code"], 0);
@@ -298,11 +286,12 @@ fn exec_codes_streams_stdin_env_workdir_user() {
 
     let r = exec(&a, &id, json!({"command": ["/no/such/binary"]}));
     let d = ok(&r);
-    assert!(
-        d["exit_code"] == 126 || d["exit_code"] == 127,
-        "a missing binary is 126/127: {d}"
-    );
     // The engine reports a start failure inside the stream, as for the CLI.
+    assert_eq!(d["exit_code"], 126, "{d}");
+    assert!(
+        d["stdout"].as_str().unwrap().contains("/no/such/binary"),
+        "{d}"
+    );
     let r = exec(
         &a,
         &id,
@@ -336,17 +325,12 @@ fn exec_codes_streams_stdin_env_workdir_user() {
         json!({"session_id": id, "timeout": "1s"}),
     ));
     let r = exec(&a, &id, json!({"command": ["true"]}));
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["code"], "conflict", "{r}");
-    assert!(r["error"].as_str().unwrap().contains("not running"), "{r}");
+    failed(&r, "conflict", "not running");
 }
 
 #[test]
 fn exec_output_is_cut_at_the_cap() {
-    let g = Sessions::new("cap");
-    let a = docker_agent("");
-    let id = g.id("a");
-    create_started(&a, &id, json!({}));
+    let (_g, a, id) = running_session("cap", "");
     // 5 MB on each stream; the default cap is 1 MiB per stream.
     let r = sh(
         &a,
@@ -369,10 +353,7 @@ fn exec_output_is_cut_at_the_cap() {
 
 #[test]
 fn exec_timeout_kills_the_whole_process_tree() {
-    let g = Sessions::new("timeout");
-    let a = docker_agent("");
-    let id = g.id("a");
-    create_started(&a, &id, json!({}));
+    let (_g, a, id) = running_session("timeout", "");
     // Durations unique to this run mark our processes on the host.
     let base = 200_000 + (std::process::id() % 100_000) * 3;
     let (n1, n2, n3) = (
@@ -383,14 +364,8 @@ fn exec_timeout_kills_the_whole_process_tree() {
     let script = format!("sleep {n1} & setsid sleep {n2} & sleep {n3}");
     let cmd_id = format!("to-{}", next_id());
     let started = Instant::now();
-    let (s, _) = a.post_path(
-        "/api/v1/commands?async=true",
-        &json!({"id": cmd_id, "type": "session", "action": "exec",
-                "params": {"session_id": id, "command": ["sh", "-c", script], "timeout": "3s"}})
-        .to_string(),
-        Some(TOKEN),
-    );
-    assert_eq!(s, 202);
+    a.submit(&json!({"id": cmd_id, "type": "session", "action": "exec",
+            "params": {"session_id": id, "command": ["sh", "-c", script], "timeout": "3s"}}));
     // All three exist on the host while the exec runs...
     assert!(
         wait_until(Duration::from_secs(3), || {
@@ -400,15 +375,9 @@ fn exec_timeout_kills_the_whole_process_tree() {
         }),
         "the exec's processes never showed up"
     );
-    let mut result = Value::Null;
-    assert!(wait_until(Duration::from_secs(20), || {
-        let (s, r) = a.get(&format!("/api/v1/commands/{cmd_id}"));
-        result = r;
-        s == 200
-    }));
+    let result = a.wait_result(&cmd_id, Duration::from_secs(20));
     let elapsed = started.elapsed();
-    assert_eq!(result["status"], "timeout", "{result}");
-    assert_eq!(result["code"], "timeout");
+    failed(&result, "timeout", "exec timed out after 3s and was killed");
     assert_eq!(result["data"]["timed_out"], true);
     assert_eq!(result["data"]["exit_code"], Value::Null);
     assert!(
@@ -439,7 +408,7 @@ fn lifecycle_is_idempotent() {
     let a = docker_agent("");
     let id = g.id("a");
     let name = format!("vendetta-{id}");
-    ok(&a.cmd("session", "create", json!({"session_id": id})));
+    create(&a, &id, json!({}));
     for _ in 0..2 {
         assert_eq!(
             ok(&a.cmd("session", "start", json!({"session_id": id})))["status"],
@@ -464,22 +433,13 @@ fn lifecycle_is_idempotent() {
         assert_eq!(inspect(&name).1["State"]["Running"], false);
     }
     // Still stopped (not exited) when listed: the stop was ours.
-    let listed = session_list(&a);
-    assert_eq!(
-        listed.iter().find(|s| s["id"] == id.as_str()).unwrap()["status"],
-        "stopped"
-    );
+    let status_of = |a: &Agent| find_session(&session_list(a), &id).unwrap();
+    assert_eq!(status_of(&a)["status"], "stopped");
     // Started and killed behind the agent's back: that exit is not ours.
     assert_eq!(
         engine("POST", &format!("/containers/{name}/start"), None).0,
         204
     );
-    let status_of = |a: &Agent| {
-        session_list(a)
-            .into_iter()
-            .find(|s| s["id"] == id.as_str())
-            .unwrap()
-    };
     assert_eq!(status_of(&a)["status"], "running");
     assert_eq!(
         engine("POST", &format!("/containers/{name}/kill"), None).0,
@@ -498,13 +458,11 @@ fn lifecycle_is_idempotent() {
         ok(&a.cmd("session", "start", json!({"session_id": id})))["status"],
         "running"
     );
-    let d = ok(&a.cmd("session", "destroy", json!({"session_id": id}))).clone();
-    assert_eq!(d["existed"], true);
+    assert_eq!(destroy(&a, &id)["existed"], true);
     assert_eq!(inspect(&name).0, 404);
-    let d = ok(&a.cmd("session", "destroy", json!({"session_id": id}))).clone();
-    assert_eq!(d["existed"], false);
+    assert_eq!(destroy(&a, &id)["existed"], false);
     let r = a.cmd("session", "start", json!({"session_id": id}));
-    assert_eq!(r["code"], "not_found", "{r}");
+    failed(&r, "not_found", &id);
 }
 
 #[test]
@@ -533,10 +491,8 @@ fn a_name_clash_with_a_foreign_container_is_refused() {
     assert_ne!(node, "node-elsewhere");
     for (sid, why) in [(&id, "vendetta.managed"), (&other, "node-elsewhere")] {
         let r = a.cmd("session", "create", json!({"session_id": sid}));
-        assert_eq!(r["status"], "failed", "{r}");
-        assert_eq!(r["code"], "conflict", "{r}");
-        let e = r["error"].as_str().unwrap();
-        assert!(e.contains("refusing") && e.contains(why), "{e}");
+        let e = failed(&r, "conflict", "refusing");
+        assert!(e.contains(why), "{e}");
     }
     // Not listed, not startable, not destroyable: untouched.
     assert!(session_list(&a).is_empty());
@@ -546,10 +502,9 @@ fn a_name_clash_with_a_foreign_container_is_refused() {
             p["command"] = json!(["true"]);
         }
         let r = a.cmd("session", action, p);
-        assert_eq!(r["status"], "failed", "{action}: {r}");
+        failed(&r, "not_found", &id);
     }
-    let r = a.cmd("session", "destroy", json!({"session_id": id}));
-    assert_eq!(ok(&r)["existed"], false);
+    assert_eq!(destroy(&a, &id)["existed"], false);
     let (s, c) = inspect(&name);
     assert_eq!(s, 200, "the foreign container must survive");
     assert_eq!(c["Config"]["Labels"], json!({}));
@@ -569,7 +524,7 @@ fn agent_crash_mid_exec_readopts_sessions_and_reports_the_command() {
         "stop",
         json!({"session_id": s2, "timeout": "1s"}),
     ));
-    ok(&a.cmd("session", "create", json!({"session_id": s3})));
+    create(&a, &s3, json!({}));
     let node = a.cmd("system", "status", json!({}))["data"]["node_id"].clone();
 
     let marker = (300_000 + std::process::id() % 100_000).to_string();
@@ -657,10 +612,9 @@ fn agent_crash_mid_exec_readopts_sessions_and_reports_the_command() {
     );
     // The re-adopted sessions work.
     assert_eq!(ok(&sh(&a, &s1, "echo back"))["stdout"], "back\n");
-    let listed = session_list(&a);
-    let s1_rec = listed.iter().find(|s| s["id"] == s1.as_str()).unwrap();
+    let s1_rec = find_session(&session_list(&a), &s1).unwrap();
     assert!(s1_rec["ports"]["80/tcp"].as_u64().unwrap() > 0);
-    ok(&a.cmd("session", "destroy", json!({"session_id": s3})));
+    destroy(&a, &s3);
 }
 
 #[test]
@@ -668,38 +622,15 @@ fn a_container_that_exits_on_its_own_is_exited_with_its_code_and_an_event() {
     let g = Sessions::new("exit");
     let a = docker_agent("");
     let id = g.id("a");
-    let mut events = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
-    events
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        events,
-        "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-    )
-    .unwrap();
-    let mut events = BufReader::new(events);
+    let mut events = Events::open(&a);
     create_started(&a, &id, json!({"command": ["sh", "-c", "sleep 1; exit 3"]}));
     // The monitor notices the exit and says so on /api/v1/events.
-    let mut line = String::new();
-    let mut seen = None;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        line.clear();
-        if events.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        if let Some(data) = line.strip_prefix("data: ") {
-            let v: Value = serde_json::from_str(data.trim()).unwrap();
-            if v["id"] == id.as_str() && v["status"] == "exited" {
-                seen = Some(v);
-                break;
-            }
-        }
-    }
+    let seen = events.wait_for(Duration::from_secs(20), |v| {
+        v["id"] == id.as_str() && v["status"] == "exited"
+    });
     let ev = seen.expect("no session event with status exited");
     assert_eq!(ev["exit_code"], 3, "{ev}");
-    let listed = session_list(&a);
-    let s = listed.iter().find(|s| s["id"] == id.as_str()).unwrap();
+    let s = find_session(&session_list(&a), &id).unwrap();
     assert_eq!(s["status"], "exited");
     assert_eq!(s["exit_code"], 3);
     // service list shows running sessions only.
@@ -739,7 +670,7 @@ fn twenty_sessions_created_concurrently() {
         for id in &ids {
             let a = &a;
             s.spawn(move || {
-                ok(&a.cmd("session", "destroy", json!({"session_id": id})));
+                destroy(a, id);
             });
         }
     });
@@ -778,6 +709,7 @@ impl EngineProxy {
         self.thread = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
+                    // Nothing to accept: look at the stop flag again soon.
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
@@ -837,39 +769,22 @@ fn engine_outage_turns_health_red_fails_clearly_and_recovers() {
     // An exec in flight when the engine goes fails at once, clearly.
     let marker = (400_000 + std::process::id() % 100_000).to_string();
     let cmd_id = format!("out-{}", next_id());
-    let (s, _) = a.post_path(
-        "/api/v1/commands?async=true",
-        &json!({"id": cmd_id, "type": "session", "action": "exec",
-                "params": {"session_id": id, "command": ["sleep", marker], "timeout": "60s"}})
-        .to_string(),
-        Some(TOKEN),
-    );
-    assert_eq!(s, 202);
+    a.submit(&json!({"id": cmd_id, "type": "session", "action": "exec",
+            "params": {"session_id": id, "command": ["sleep", marker], "timeout": "60s"}}));
     assert!(wait_until(Duration::from_secs(5), || !host_pids(&[
         "sleep", &marker
     ])
     .is_empty()));
     let cut = Instant::now();
     proxy.down();
-    let mut r = Value::Null;
-    assert!(wait_until(Duration::from_secs(20), || {
-        let (s, b) = a.get(&format!("/api/v1/commands/{cmd_id}"));
-        r = b;
-        s == 200
-    }));
+    let r = a.wait_result(&cmd_id, Duration::from_secs(20));
     assert!(
         cut.elapsed() < Duration::from_secs(10),
         "{:?}",
         cut.elapsed()
     );
-    assert_eq!(r["code"], "provider_unavailable", "{r}");
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .contains(sock.to_str().unwrap()),
-        "{r}"
-    );
+    let sock_name = sock.to_str().unwrap();
+    failed(&r, "provider_unavailable", sock_name);
     assert!(
         wait_until(Duration::from_secs(10), || !docker_ok(&a)),
         "health stayed green with the engine gone"
@@ -881,20 +796,13 @@ fn engine_outage_turns_health_red_fails_clearly_and_recovers() {
         msg.contains(sock.to_str().unwrap()) && msg.contains("is the engine running"),
         "{msg}"
     );
-    let r = sh(&a, &id, "echo during");
-    assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(r["code"], "provider_unavailable", "{r}");
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .contains(sock.to_str().unwrap()),
-        "{r}"
-    );
-    let r = a.cmd("session", "list", json!({"provider": "docker"}));
-    assert_eq!(r["code"], "provider_unavailable", "{r}");
-    let r = a.cmd("session", "create", json!({"session_id": g.id("b")}));
-    assert_eq!(r["code"], "provider_unavailable", "{r}");
+    for r in [
+        sh(&a, &id, "echo during"),
+        a.cmd("session", "list", json!({"provider": "docker"})),
+        a.cmd("session", "create", json!({"session_id": g.id("b")})),
+    ] {
+        failed(&r, "provider_unavailable", sock_name);
+    }
     assert!(a.is_alive());
 
     proxy.up();
@@ -919,10 +827,8 @@ fn a_missing_image_is_a_clear_error() {
         "create",
         json!({"session_id": id, "image": image}),
     );
-    assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(r["code"], "not_found", "{r}");
-    let e = r["error"].as_str().unwrap();
-    assert!(e.contains(&image) && e.contains("docker.pull: true"), "{e}");
+    let e = failed(&r, "not_found", &image);
+    assert!(e.contains("docker.pull: true"), "{e}");
     assert_eq!(inspect(&format!("vendetta-{id}")).0, 404);
 
     // With pull on, the pull is tried and its failure named (no registry
@@ -934,9 +840,8 @@ fn a_missing_image_is_a_clear_error() {
         "create",
         json!({"session_id": id, "image": image}),
     );
-    assert_eq!(r["status"], "failed", "{r}");
-    let e = r["error"].as_str().unwrap();
-    assert!(e.contains("pulling image") && e.contains(image), "{e}");
+    let e = failed(&r, "failed", "pulling image");
+    assert!(e.contains(image), "{e}");
     assert!(b.log().contains("pulling image"));
     assert_eq!(inspect(&format!("vendetta-{id}")).0, 404);
 }
@@ -956,13 +861,8 @@ fn hostile_input_never_reaches_the_engine() {
         "",
         &"a".repeat(64),
     ] {
-        let (s, b) = a.post(
-            &json!({"id": format!("h-{}", next_id()), "type": "session", "action": "create",
-                    "params": {"session_id": bad}})
-            .to_string(),
-        );
-        assert_eq!(s, 400, "{bad:?}: {b}");
-        assert!(b["error"].as_str().unwrap().contains("session_id"), "{b}");
+        let r = a.cmd("session", "create", json!({"session_id": bad}));
+        failed(&r, "invalid_command", "params.session_id");
     }
     let id = g.id("a");
     for (params, field) in [
@@ -981,14 +881,7 @@ fn hostile_input_never_reaches_the_engine() {
     ] {
         let mut p = params.clone();
         p["session_id"] = json!(id);
-        let (s, r) = a.post(
-            &json!({"id": format!("h-{}", next_id()), "type": "session", "action": "create", "params": p})
-                .to_string(),
-        );
-        assert_eq!(s, 400, "{params}: {r}");
-        assert_eq!(r["status"], "failed", "{params}: {r}");
-        assert_eq!(r["code"], "invalid_command", "{params}: {r}");
-        assert!(r["error"].as_str().unwrap().contains(field), "{r}");
+        failed(&a.cmd("session", "create", p), "invalid_command", field);
         assert_eq!(
             inspect(&format!("vendetta-{id}")).0,
             404,
@@ -1049,11 +942,6 @@ fn service_health_from_the_healthcheck_else_a_tcp_probe() {
         ids.contains(&hc.as_str()) && ids.contains(&web.as_str()),
         "{services}"
     );
-    let web_doc = services
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == web.as_str())
-        .unwrap();
+    let web_doc = find_session(services.as_array().unwrap(), &web).unwrap();
     assert!(web_doc["ports"]["8080/tcp"].as_u64().unwrap() > 0);
 }

@@ -1,5 +1,6 @@
 //! Man pages lint clean and document what the code has.
 
+use crate::util::run_ok;
 use std::process::Command;
 
 fn man_pages() -> Vec<std::path::PathBuf> {
@@ -18,17 +19,10 @@ fn man_pages_pass_mandoc_lint() {
     let pages = man_pages();
     assert!(pages.len() >= 3, "{pages:?}");
     for p in pages {
-        let out = Command::new("mandoc")
-            .args(["-T", "lint", "-W", "warning"])
-            .arg(&p)
-            .output()
-            .expect("mandoc is installed by tests/setup/deps.sh");
-        assert!(
-            out.status.success(),
-            "{}: {}{}",
-            p.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("mandoc")
+                .args(["-T", "lint", "-W", "warning"])
+                .arg(&p),
         );
     }
 }

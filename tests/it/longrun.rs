@@ -3,57 +3,56 @@
 //! waiting, and a crash mid-command with a coordination server.
 
 use crate::coord::{link_yaml, registered};
-use crate::docker::{create_started, docker_agent, Sessions, IMAGE};
+use crate::docker::{docker_agent, running_session, Sessions, IMAGE};
 use crate::util::coord::CoordServer;
-use crate::util::{next_id, wait_until, Agent, Events, BIN, TOKEN};
+use crate::util::{
+    api_error, create_started, failed, next_id, ok, text, wait_until, Agent, Events,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn exec_body(id: &str, session: &str, script: &str) -> String {
+/// A session.exec of `sh -c SCRIPT` in `session`, with id `id`.
+fn exec_cmd(id: &str, session: &str, script: &str) -> Value {
     json!({"id": id, "type": "session", "action": "exec",
            "params": {"session_id": session, "command": ["sh", "-c", script]}})
-    .to_string()
 }
 
-fn state_of(a: &Agent, id: &str) -> (u16, Value) {
-    a.get(&format!("/api/v1/commands/{id}"))
+fn exec_body(id: &str, session: &str, script: &str) -> String {
+    exec_cmd(id, session, script).to_string()
+}
+
+/// Waits until command `id` is in `state` (queued, running) by its own
+/// record, `GET /api/v1/commands/{id}`.
+fn wait_state(a: &Agent, id: &str, state: &str, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || a.command(id).1["status"] == state),
+        "{id} never was {state}: {}",
+        a.command(id).1
+    );
 }
 
 #[test]
 fn a_full_queue_answers_429_at_once_and_records_nothing() {
-    let s = Sessions::new("queue");
-    let a = docker_agent("workers: 1\nqueue_size: 1\n");
-    let sid = s.id("q");
-    create_started(&a, &sid, json!({}));
+    let (_s, a, sid) = running_session("queue", "workers: 1\nqueue_size: 1\n");
     let (busy, queued, refused) = (
         format!("busy-{}", next_id()),
         format!("queued-{}", next_id()),
         format!("refused-{}", next_id()),
     );
-    let async_post = |id: &str| {
-        a.post_path(
-            "/api/v1/commands?async=true",
-            &exec_body(id, &sid, "sleep 4"),
-            Some(TOKEN),
-        )
-    };
-    assert_eq!(async_post(&busy).0, 202);
-    assert!(wait_until(Duration::from_secs(10), || state_of(&a, &busy)
-        .1["status"]
-        == "running"));
-    assert_eq!(async_post(&queued).0, 202);
+    a.submit(&exec_cmd(&busy, &sid, "sleep 4"));
+    wait_state(&a, &busy, "running", Duration::from_secs(10));
+    a.submit(&exec_cmd(&queued, &sid, "sleep 4"));
     let mut events = Events::open(&a);
     let t = Instant::now();
-    let (status, body) = a.post(&exec_body(&refused, &sid, "true"));
-    assert_eq!(status, 429, "{body}");
+    let answer = a.post(&exec_body(&refused, &sid, "true"));
     assert!(
         t.elapsed() < Duration::from_secs(1),
         "answered at once, took {:?}",
         t.elapsed()
     );
-    assert_eq!(body["code"], "queue_full");
+    api_error(answer, 429, "queue_full", "queue");
     // Watchers saw it queued, then refused: no command is left hanging.
     let refused_event = events
         .wait_for(Duration::from_secs(5), |e| {
@@ -61,32 +60,26 @@ fn a_full_queue_answers_429_at_once_and_records_nothing() {
         })
         .expect("a refused event");
     assert_eq!(refused_event["reason"], "queue_full");
-    assert_eq!(
-        state_of(&a, &refused).0,
+    // A refused command is not recorded.
+    api_error(
+        a.command(&refused),
         404,
-        "a refused command is not recorded"
+        "not_found",
+        &format!("no result stored for command {refused}"),
     );
-    let (_, m) = a.get_as("/metrics", None);
-    assert!(m
-        .as_str()
-        .unwrap()
+    assert!(a
+        .metrics()
         .contains("vendetta_commands_refused_total{reason=\"queue_full\"} 1"));
     // Both accepted commands still finish.
-    assert!(wait_until(Duration::from_secs(20), || state_of(
-        &a, &queued
-    )
-    .1["status"]
-        == "success"));
+    ok(&a.wait_result(&busy, Duration::from_secs(20)));
+    ok(&a.wait_result(&queued, Duration::from_secs(20)));
 }
 
 #[test]
 fn exec_output_streams_to_the_cli_as_it_arrives() {
-    let s = Sessions::new("stream");
-    let a = docker_agent("");
-    let sid = s.id("s");
-    create_started(&a, &sid, json!({}));
-    let mut child = Command::new(BIN)
-        .args([
+    let (_s, a, sid) = running_session("stream", "");
+    let mut child = a
+        .cli_command(&[
             "session",
             "exec",
             &sid,
@@ -95,8 +88,6 @@ fn exec_output_streams_to_the_cli_as_it_arrives() {
             "-c",
             "echo first; echo oops >&2; sleep 3; echo second; exit 7",
         ])
-        .env("VENDETTA_AGENT_URL", &a.url)
-        .env("VENDETTA_API_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -125,49 +116,33 @@ fn exec_output_streams_to_the_cli_as_it_arrives() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(err, "oops\n");
     // A timeout is exit 124.
-    let o = Command::new(BIN)
-        .args([
-            "session",
-            "exec",
-            "--timeout",
-            "1s",
-            &sid,
-            "--",
-            "sleep",
-            "30",
-        ])
-        .env("VENDETTA_AGENT_URL", &a.url)
-        .env("VENDETTA_API_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(124),
+    let o = a.cli(&[
+        "session",
+        "exec",
+        "--timeout",
+        "1s",
+        &sid,
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(o.status.code(), Some(124), "{}", text(&o));
+    assert!(
+        text(&o).contains("exec timed out after 1s and was killed"),
         "{}",
-        String::from_utf8_lossy(&o.stderr)
+        text(&o)
     );
 }
 
 #[test]
 fn shutdown_finishes_running_commands_and_answers_waiters() {
-    let s = Sessions::new("shutdown");
-    let mut a = docker_agent("workers: 1\nshutdown_timeout: 20s\n");
-    let sid = s.id("d");
-    create_started(&a, &sid, json!({}));
+    let (_s, mut a, sid) = running_session("shutdown", "workers: 1\nshutdown_timeout: 20s\n");
     let (running, waiting) = (format!("run-{}", next_id()), format!("wait-{}", next_id()));
     let (first, second) = std::thread::scope(|scope| {
         let first = scope.spawn(|| a.post(&exec_body(&running, &sid, "sleep 3; echo done")));
-        assert!(wait_until(Duration::from_secs(10), || state_of(
-            &a, &running
-        )
-        .1["status"]
-            == "running"));
+        wait_state(&a, &running, "running", Duration::from_secs(10));
         let second = scope.spawn(|| a.post(&exec_body(&waiting, &sid, "echo later")));
-        assert!(wait_until(Duration::from_secs(5), || state_of(
-            &a, &waiting
-        )
-        .1["status"]
-            == "queued"));
+        wait_state(&a, &waiting, "queued", Duration::from_secs(5));
         a.signal(libc::SIGTERM);
         (first.join().unwrap(), second.join().unwrap())
     });
@@ -176,31 +151,14 @@ fn shutdown_finishes_running_commands_and_answers_waiters() {
         first.1["data"]["stdout"], "done\n",
         "the running command finished"
     );
-    assert_eq!(second.0, 503, "{}", second.1);
-    assert!(
-        second.1["error"]
-            .as_str()
-            .unwrap()
-            .contains("will run after restart"),
-        "{}",
-        second.1
-    );
+    api_error(second, 503, "shutting_down", "will run after restart");
     let st = a.wait_exit(Duration::from_secs(25)).expect("exits");
     assert_eq!(st.code(), Some(0));
     a.restart();
-    assert!(
-        wait_until(Duration::from_secs(20), || state_of(&a, &waiting).1
-            ["status"]
-            == "success"),
-        "{}",
-        a.log()
-    );
-    assert_eq!(state_of(&a, &waiting).1["data"]["stdout"], "later\n");
-    assert_eq!(
-        state_of(&a, &running).1["status"],
-        "success",
-        "kept across the restart"
-    );
+    let later = a.wait_result(&waiting, Duration::from_secs(20));
+    assert_eq!(ok(&later)["stdout"], "later\n");
+    let (s, done) = a.command(&running);
+    assert_eq!((s, &done), (200, &first.1), "kept across the restart");
 }
 
 #[test]
@@ -243,28 +201,21 @@ fn a_crash_mid_command_is_reported_once_to_the_server_and_nothing_runs_twice() {
         json!({"id": quick, "type": "system", "action": "status"}),
     );
     a.restart();
-    assert!(
-        wait_until(Duration::from_secs(20), || !server
-            .results_for(&long)
-            .is_empty()
-            && !server.results_for(&quick).is_empty()),
-        "{}",
-        a.log()
-    );
-    let r = &server.results_for(&long)[0];
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["code"], "agent_restarted");
-    // The server keeps re-sending what it has no result for; none of it runs again.
-    std::thread::sleep(Duration::from_secs(5));
+    let r = server.wait_results(&long, 1, Duration::from_secs(20))[0].clone();
+    failed(&r, "agent_restarted", "agent restarted during execution");
+    server.wait_results(&quick, 1, Duration::from_secs(20));
+    // The server sends it again, as it does with what it has no result
+    // for: it is answered with the stored result, not run again.
     server.queue(
         &node,
         json!({"id": long, "type": "session", "action": "exec",
         "params": {"session_id": sid, "command": ["sh", "-c", script]}}),
     );
-    assert!(wait_until(Duration::from_secs(10), || server
-        .results_for(&long)
-        .len()
-        >= 2));
+    let results = server.wait_results(&long, 2, Duration::from_secs(10));
+    for again in &results[1..] {
+        assert_eq!(again["started"], r["started"], "{again}");
+        failed(again, "agent_restarted", "agent restarted during execution");
+    }
     assert_eq!(ran(&a), 1, "the command ran once");
 }
 
@@ -276,12 +227,7 @@ fn cli_session_verbs_round_trip() {
     let ws = crate::util::TempDir::new("clews");
     let cli = |args: &[&str]| {
         let o = a.cli(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status.code(), text)
+        (o.status.code(), text(&o))
     };
     let (code, out) = cli(&[
         "session",

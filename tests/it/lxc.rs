@@ -2,22 +2,19 @@
 //! driven through the agent's API.
 //!
 //! Every test first runs tests/setup/lxc-probe.sh (once per test binary):
-//! when this host cannot run containers, each test prints a line starting
-//! with `SKIPPED lxc::` and the probe's reason (past the output capture, so
-//! it shows in a passing run) and returns; with
-//! `VENDETTA_REQUIRE_LXC=1` a failed probe fails the tests instead.
+//! when this host cannot run containers, each test fails with the probe's
+//! reason (never skips), as the Docker and QEMU tests do when their runtime
+//! is missing.
 //!
 //! Each test gets its own lxcpath under /tmp and session ids holding the
 //! test process id, and a `Containers` guard destroys every container it
 //! registered when the test ends, also when it fails.
 
 use crate::util::{
-    assert_interrupted_and_reaped, host_pids, next_id, ok, start_sleep, wait_until, Agent, TempDir,
-    TOKEN,
+    assert_interrupted_and_reaped, create_started, destroy, exec, failed, find_session, host_pids,
+    next_id, ok, run_ok, start_sleep, wait_until, Agent, Events, TempDir,
 };
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -25,46 +22,26 @@ use std::time::{Duration, Instant};
 
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/setup/lxc-probe.sh");
 
-/// The probe's verdict: Ok(its line) or Err(the reason).
-fn probe() -> &'static Result<String, String> {
-    static VERDICT: OnceLock<Result<String, String>> = OnceLock::new();
-    VERDICT.get_or_init(|| {
-        let out = match Command::new("bash").arg(PROBE).output() {
-            Ok(o) => o,
-            Err(e) => return Err(format!("cannot run {PROBE}: {e}")),
-        };
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+/// Fails the test, with the probe's reason, when this host cannot run LXC
+/// containers. The probe runs once per test binary.
+fn require_lxc() {
+    static VERDICT: OnceLock<Result<(), String>> = OnceLock::new();
+    let verdict = VERDICT.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(PROBE)
+            .output()
+            .map_err(|e| format!("cannot run {PROBE}: {e}"))?;
         if out.status.success() {
-            loud(&line);
-            Ok(line)
-        } else {
-            Err(format!(
-                "{line}{}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            return Ok(());
         }
-    })
-}
-
-/// Writes a line straight to stderr: the test harness captures eprintln!,
-/// and a skip must show in the output of a passing run.
-fn loud(line: &str) {
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
-}
-
-/// True when containers can run here; otherwise says so loudly.
-fn lxc_ready(test: &str) -> bool {
-    match probe() {
-        Ok(_) => true,
-        Err(reason) => {
-            if std::env::var("VENDETTA_REQUIRE_LXC").as_deref() == Ok("1") {
-                panic!("lxc::{test}: VENDETTA_REQUIRE_LXC=1 but {reason}");
-            }
-            loud(&format!(
-                "SKIPPED lxc::{test}: this host cannot run LXC containers: {reason}"
-            ));
-            false
-        }
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    });
+    if let Err(reason) = verdict {
+        panic!("this host cannot run LXC containers, which these tests need: {reason}");
     }
 }
 
@@ -123,6 +100,7 @@ impl Lab {
     }
 
     fn with_providers(dir: TempDir, lxcpath: &Path, providers: &str, extra: &str) -> Lab {
+        require_lxc();
         let agent = Agent::start(&format!(
             "providers: {providers}\nprovider: lxc\nlxc:\n  lxcpath: {}\n  tool_timeout: 30s\n{extra}",
             lxcpath.display()
@@ -144,39 +122,50 @@ impl Lab {
         self.containers.session(&id)
     }
 
+    /// Runs session.ACTION (see `Agent::run`).
     fn cmd(&self, action: &str, params: Value) -> Value {
-        call(&self.agent, action, params)
+        self.agent.cmd("session", action, params)
     }
 
     fn exec(&self, id: &str, params: Value) -> Value {
-        let mut p = params;
-        p["session_id"] = json!(id);
-        call(&self.agent, "exec", p)
+        exec(&self.agent, id, params)
     }
 
+    /// Creates and starts a busybox session (with `extra` params) with a
+    /// fresh id, registered for cleanup; returns the id.
     fn create_started(&mut self, tag: &str, extra: Value) -> String {
         let id = self.sid(tag);
-        let mut p = json!({"session_id": id, "image": "busybox"});
+        let mut p = json!({"image": "busybox"});
         if let Value::Object(m) = extra {
             for (k, v) in m {
                 p[k] = v;
             }
         }
-        let r = self.cmd("create", p);
-        assert_eq!(r["status"], "success", "{r}");
-        let r = self.cmd("start", json!({"session_id": id}));
-        assert_eq!(r["status"], "success", "{r}");
-        assert_eq!(r["data"]["status"], "running", "{r}");
+        create_started(&self.agent, &id, p);
         id
     }
 
+    /// Destroys session `id`, which must exist.
+    fn destroy(&self, id: &str) {
+        assert_eq!(destroy(&self.agent, id)["destroyed"], true);
+    }
+
+    /// The session `id` as session.list shows it.
+    fn listed(&self, id: &str) -> Value {
+        let list = self.cmd("list", json!({"provider": "lxc"}));
+        find_session(ok(&list).as_array().unwrap(), id)
+            .unwrap_or_else(|| panic!("{id} is not listed: {list}"))
+    }
+
+    /// An lxc tool on this lab's lxcpath.
+    fn tool(&self, tool: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(tool);
+        c.arg("-P").arg(self.lxcpath()).args(args);
+        c
+    }
+
     fn lxc(&self, tool: &str, args: &[&str]) -> std::process::Output {
-        Command::new(tool)
-            .arg("-P")
-            .arg(self.lxcpath())
-            .args(args)
-            .output()
-            .expect("run an lxc tool")
+        self.tool(tool, args).output().expect("run an lxc tool")
     }
 
     fn state(&self, name: &str) -> String {
@@ -185,44 +174,8 @@ impl Lab {
     }
 }
 
-/// Runs a session command and returns its result, whichever HTTP status
-/// carried it (invalid commands answer 400 with the result as body).
-fn call(agent: &Agent, action: &str, params: Value) -> Value {
-    call_within(agent, action, params, None)
-}
-
-/// `call` with the command's own `timeout`.
-fn call_within(agent: &Agent, action: &str, params: Value, timeout: Option<&str>) -> Value {
-    let id = format!("t-lxc-{action}-{}", next_id());
-    let mut cmd = json!({"id": id, "type": "session", "action": action, "params": params});
-    if let Some(t) = timeout {
-        cmd["timeout"] = json!(t);
-    }
-    let (status, body) = agent.post(&cmd.to_string());
-    let expected = match body["code"].as_str() {
-        Some("invalid_command") => 400,
-        Some("rejected") => 403,
-        _ => 200,
-    };
-    assert_eq!(
-        status, expected,
-        "session.{action} answered {status}: {body}"
-    );
-    body
-}
-
-fn failed<'a>(r: &'a Value, code: &str) -> &'a str {
-    assert!(r["error"].is_string(), "{r}");
-    assert_ne!(r["status"], "success", "{r}");
-    assert_eq!(r["code"], code, "{r}");
-    r["error"].as_str().unwrap_or_default()
-}
-
 #[test]
 fn lifecycle_create_start_stop_destroy_each_twice() {
-    if !lxc_ready("lifecycle_create_start_stop_destroy_each_twice") {
-        return;
-    }
     let mut lab = Lab::new("");
     let ws = TempDir::new("lxcws");
     std::fs::write(ws.path().join("hello.txt"), "from the host\n").unwrap();
@@ -242,20 +195,16 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
     assert_eq!(s["image"], "busybox");
     assert_eq!(s["labels"]["team"], "core");
     assert!(s["created"].as_str().unwrap().ends_with('Z'), "{s}");
-    let warnings: Vec<String> = s["warnings"]
-        .as_array()
-        .map(|w| w.iter().map(|x| x.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default();
-    for w in &warnings {
-        assert!(w.starts_with("not enforced: resources."), "{w}");
-    }
+    // This host has the memory, cpu and pids controllers: every limit is
+    // enforced, so the session carries no "not enforced" warning.
+    assert_eq!(s.get("warnings"), None, "{s}");
     let config = std::fs::read_to_string(lab.lxcpath().join(&name).join("config")).unwrap();
     assert!(config.contains("# vendetta.managed = true"), "{config}");
     assert!(config.contains("lxc.net.0.type = empty"), "{config}");
 
     // Create twice: the second is refused and the first is untouched.
     let again = lab.cmd("create", params);
-    assert!(failed(&again, "conflict").contains(&id), "{again}");
+    failed(&again, "conflict", &id);
     assert_eq!(lab.state(&name), "STOPPED");
 
     for round in 0..2 {
@@ -290,26 +239,17 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
     assert_eq!(ok(&r)["exit_code"], 0);
     assert!(ws.path().join("made-inside").exists());
 
-    // Limits: applied in the cgroup unless the session said they are not.
+    // Limits: applied in the cgroup.
+    let v2 = Command::new("stat")
+        .args(["-fc", "%T", "/sys/fs/cgroup"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "cgroup2fs")
+        .unwrap_or(false);
     for (limit, v1_key, v2_key, want) in [
         ("memory", "memory.limit_in_bytes", "memory.max", "67108864"),
         ("cpus", "cpu.cfs_quota_us", "cpu.max", "50000"),
         ("pids", "pids.max", "pids.max", "64"),
     ] {
-        if warnings
-            .iter()
-            .any(|w| w.contains(&format!("resources.{limit}")))
-        {
-            loud(&format!(
-                "lxc::lifecycle: {limit} is not enforced on this host, as the session says"
-            ));
-            continue;
-        }
-        let v2 = Command::new("stat")
-            .args(["-fc", "%T", "/sys/fs/cgroup"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "cgroup2fs")
-            .unwrap_or(false);
         let key = if v2 { v2_key } else { v1_key };
         let o = lab.lxc("lxc-cgroup", &["-n", &name, key]);
         let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -325,14 +265,10 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
         assert_eq!(lab.state(&name), "STOPPED");
     }
     let r = lab.exec(&id, json!({"command": ["true"]}));
-    let msg = failed(&r, "conflict");
-    assert!(
-        msg.contains("is not running") && msg.contains("start it first"),
-        "{msg}"
-    );
+    let msg = failed(&r, "conflict", "is not running");
+    assert!(msg.contains("start it first"), "{msg}");
 
-    let r = lab.cmd("destroy", json!({"session_id": id}));
-    assert_eq!(ok(&r)["destroyed"], true, "{r}");
+    lab.destroy(&id);
     assert!(!lab.lxcpath().join(&name).exists());
     // The workspace is the user's: destroying the session leaves it whole.
     assert_eq!(
@@ -340,17 +276,13 @@ fn lifecycle_create_start_stop_destroy_each_twice() {
         "from the host\n"
     );
     assert!(ws.path().join("made-inside").exists());
-    let r = lab.cmd("destroy", json!({"session_id": id}));
-    assert_eq!(ok(&r)["existed"], false, "{r}");
+    assert_eq!(destroy(&lab.agent, &id)["existed"], false);
     let list = lab.cmd("list", json!({"provider": "lxc"}));
     assert!(!list["data"].to_string().contains(&id), "{list}");
 }
 
 #[test]
 fn exec_codes_streams_stdin_cap_and_timeout() {
-    if !lxc_ready("exec_codes_streams_stdin_cap_and_timeout") {
-        return;
-    }
     let mut lab = Lab::new("limits:\n  max_output: 1k\n");
     let id = lab.create_started("exec", json!({}));
 
@@ -447,7 +379,7 @@ fn exec_codes_streams_stdin_cap_and_timeout() {
     let r = lab.exec(&id, json!({"command": ["id", "-u"], "user": "65534"}));
     assert_eq!(ok(&r)["stdout"], "65534\n", "{r}");
     let r = lab.exec(&id, json!({"command": ["id"], "user": "nobody"}));
-    assert!(failed(&r, "invalid_command").contains("numeric uid"), "{r}");
+    failed(&r, "invalid_command", "numeric uid");
 
     // Arguments are arguments: nothing is interpreted by a shell of ours.
     let r = lab.exec(
@@ -463,8 +395,7 @@ fn exec_codes_streams_stdin_cap_and_timeout() {
         &id,
         json!({"command": ["/bin/sh", "-c", "sleep 4321 & sleep 4322"], "timeout": "1s"}),
     );
-    assert_eq!(r["status"], "timeout", "{r}");
-    assert_eq!(r["code"], "timeout");
+    failed(&r, "timeout", "exec timed out after 1s and was killed");
     assert_eq!(r["data"]["timed_out"], true);
     assert!(r["data"]["exit_code"].is_null(), "{r}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
@@ -483,15 +414,11 @@ fn exec_codes_streams_stdin_cap_and_timeout() {
     let r = lab.exec(&id, json!({"command": ["true"]}));
     assert_eq!(ok(&r)["exit_code"], 0);
 
-    let r = lab.cmd("destroy", json!({"session_id": id}));
-    assert_eq!(ok(&r)["destroyed"], true, "{r}");
+    lab.destroy(&id);
 }
 
 #[test]
 fn sessions_are_readopted_after_kill_9() {
-    if !lxc_ready("sessions_are_readopted_after_kill_9") {
-        return;
-    }
     // Docker is enabled too, with its engine unreachable: that must not
     // keep the clean-up below from telling what it did in the LXC session.
     let dir = TempDir::new("lxc");
@@ -517,12 +444,12 @@ fn sessions_are_readopted_after_kill_9() {
 
     let list = lab.cmd("list", json!({}));
     let sessions = ok(&list).as_array().unwrap().clone();
-    let find = |sid: &str| sessions.iter().find(|s| s["id"] == sid).cloned();
-    let s = find(&id).unwrap_or_else(|| panic!("{id} not re-adopted: {list}"));
+    let s = find_session(&sessions, &id).unwrap_or_else(|| panic!("{id} not re-adopted: {list}"));
     assert_eq!(s["status"], "running");
     assert_eq!(s["provider"], "lxc");
     assert_eq!(s["labels"]["keep"], "me");
-    assert_eq!(find(&created).unwrap()["status"], "created", "{list}");
+    let idle = find_session(&sessions, &created).unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(idle["status"], "created", "{list}");
     // The restarted agent can use it: exec, stop, destroy.
     let r = lab.exec(&id, json!({"command": ["echo", "still here"]}));
     assert_eq!(ok(&r)["stdout"], "still here\n");
@@ -530,88 +457,32 @@ fn sessions_are_readopted_after_kill_9() {
         ok(&lab.cmd("stop", json!({"session_id": id, "timeout": "0s"})))["status"],
         "stopped"
     );
-    assert_eq!(
-        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
-        true
-    );
-    assert_eq!(
-        ok(&lab.cmd("destroy", json!({"session_id": created})))["destroyed"],
-        true
-    );
-}
-
-/// Reads SSE `data:` lines until `pred` matches one or `timeout` passes.
-fn wait_event(
-    stream: &mut BufReader<TcpStream>,
-    timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Option<Value> {
-    let deadline = Instant::now() + timeout;
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        match stream.read_line(&mut line) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(_) => continue, // read timeout: look at the clock again
-        }
-        if let Some(data) = line.strip_prefix("data: ") {
-            if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
-                if pred(&v) {
-                    return Some(v);
-                }
-            }
-        }
-    }
-    None
+    lab.destroy(&id);
+    lab.destroy(&created);
 }
 
 #[test]
 fn a_container_that_stops_by_itself_is_reported_with_an_event() {
-    if !lxc_ready("a_container_that_stops_by_itself_is_reported_with_an_event") {
-        return;
-    }
     let mut lab = Lab::new("");
-    let s = TcpStream::connect(("127.0.0.1", lab.agent.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut w = s.try_clone().unwrap();
-    write!(
-        w,
-        "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-    )
-    .unwrap();
-    let mut events = BufReader::new(s);
+    let mut events = Events::open(&lab.agent);
     // The session's main process ends after a few seconds, and with it the container.
     let id = lab.create_started("selfstop", json!({"command": ["/bin/sh", "-c", "sleep 3"]}));
-    let ev = wait_event(&mut events, Duration::from_secs(30), |v| {
-        v["id"] == id.as_str() && v["status"] == "stopped"
-    });
-    let ev = ev.unwrap_or_else(|| panic!("no stopped event for {id}; log:\n{}", lab.agent.log()));
+    let ev = events
+        .wait_for(Duration::from_secs(30), |v| {
+            v["id"] == id.as_str() && v["status"] == "stopped"
+        })
+        .unwrap_or_else(|| panic!("no stopped event for {id}"));
     assert_eq!(ev["event"], "status", "{ev}");
     assert_eq!(ev["provider"], "lxc");
-    let list = lab.cmd("list", json!({"provider": "lxc"}));
-    let s = ok(&list)
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id.as_str())
-        .cloned();
-    assert_eq!(s.unwrap()["status"], "stopped", "{list}");
+    assert_eq!(lab.listed(&id)["status"], "stopped");
     // It starts again (the main command runs again).
     let r = lab.cmd("start", json!({"session_id": id}));
     assert_eq!(ok(&r)["status"], "running", "{r}");
-    assert_eq!(
-        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
-        true
-    );
+    lab.destroy(&id);
 }
 
 #[test]
 fn hostile_session_ids_are_refused() {
-    if !lxc_ready("hostile_session_ids_are_refused") {
-        return;
-    }
     let mut lab = Lab::new("");
     for bad in [
         "../../etc",
@@ -630,8 +501,7 @@ fn hostile_session_ids_are_refused() {
                 p["command"] = json!(["true"]);
             }
             let r = lab.cmd(action, p);
-            let msg = failed(&r, "invalid_command");
-            assert!(msg.contains("params.session_id"), "{action} {bad:?}: {msg}");
+            failed(&r, "invalid_command", "params.session_id");
         }
     }
     // Valid for the protocol but too long for an LXC hostname: refused by
@@ -640,8 +510,7 @@ fn hostile_session_ids_are_refused() {
     let long = format!("l{}-{}", std::process::id(), "x".repeat(60))[..56].to_string();
     let long = &lab.containers.session(&long);
     let r = lab.cmd("create", json!({"session_id": long, "image": "busybox"}));
-    let msg = failed(&r, "invalid_command");
-    assert!(msg.contains("at most 55 characters"), "{msg}");
+    failed(&r, "invalid_command", "at most 55 characters");
     assert!(!lab.lxcpath().join(format!("vendetta-{long}")).exists());
     // Odd but valid ids work end to end.
     let odd = lab
@@ -654,10 +523,7 @@ fn hostile_session_ids_are_refused() {
         ok(&r)["stdout"].as_str().unwrap().trim(),
         format!("vendetta-{odd}")
     );
-    assert_eq!(
-        ok(&lab.cmd("destroy", json!({"session_id": odd})))["destroyed"],
-        true
-    );
+    lab.destroy(&odd);
     // Hostile images and ports are refused before anything is made.
     let id = lab.sid("img");
     for (image, why) in [
@@ -670,43 +536,28 @@ fn hostile_session_ids_are_refused() {
         ("download --dist debian", "lxc.template_args allows none"),
     ] {
         let r = lab.cmd("create", json!({"session_id": id, "image": image}));
-        assert!(failed(&r, "invalid_command").contains(why), "{image}: {r}");
+        failed(&r, "invalid_command", why);
     }
     let r = lab.cmd("create", json!({"session_id": id, "ports": ["8080"]}));
-    assert!(
-        failed(&r, "invalid_command").contains("does not publish ports"),
-        "{r}"
-    );
+    failed(&r, "invalid_command", "does not publish ports");
     let r = lab.cmd(
         "create",
         json!({"session_id": id, "env": {"A": "two\nlines"}}),
     );
-    assert!(failed(&r, "invalid_command").contains("line break"), "{r}");
+    failed(&r, "invalid_command", "line break");
     assert!(!lab.lxcpath().join(format!("vendetta-{id}")).exists());
     assert!(lab.agent.is_alive());
 }
 
 #[test]
 fn a_create_that_times_out_is_reported_and_leaves_nothing() {
-    if !lxc_ready("a_create_that_times_out_is_reported_and_leaves_nothing") {
-        return;
-    }
     let mut lab = Lab::new("");
     let id = lab.sid("slow");
     // The busybox template takes a few hundred ms; 50 ms cuts it short.
-    let r = call_within(
-        &lab.agent,
-        "create",
-        json!({"session_id": id}),
-        Some("50ms"),
-    );
-    assert_eq!(r["status"], "timeout", "{r}");
-    assert_eq!(r["code"], "timeout");
-    let msg = r["error"].as_str().unwrap();
-    assert!(
-        msg.contains("lxc-create -n vendetta-") && msg.contains("was killed"),
-        "{msg}"
-    );
+    let r = lab.agent.run(json!({"type": "session", "action": "create",
+        "params": {"session_id": id}, "timeout": "50ms"}));
+    let msg = failed(&r, "timeout", &format!("lxc-create -n vendetta-{id}"));
+    assert!(msg.contains("was killed"), "{msg}");
     assert!(
         !lab.lxcpath().join(format!("vendetta-{id}")).exists(),
         "the killed create left its directory behind"
@@ -715,17 +566,11 @@ fn a_create_that_times_out_is_reported_and_leaves_nothing() {
     // Nothing stale blocks the same id afterwards.
     let r = lab.cmd("create", json!({"session_id": id}));
     assert_eq!(ok(&r)["status"], "created", "{r}");
-    assert_eq!(
-        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
-        true
-    );
+    lab.destroy(&id);
 }
 
 #[test]
 fn foreign_containers_are_never_touched() {
-    if !lxc_ready("foreign_containers_are_never_touched") {
-        return;
-    }
     let mut lab = Lab::new("");
     let lxcpath = lab.lxcpath();
     std::fs::create_dir_all(&lxcpath).unwrap();
@@ -735,26 +580,22 @@ fn foreign_containers_are_never_touched() {
     lab.containers.raw(&name);
     let conf = lab.dir.path().join("foreign.conf");
     std::fs::write(&conf, "lxc.net.0.type = empty\n").unwrap();
-    let o = lab.lxc(
-        "lxc-create",
-        &["-n", &name, "-t", "busybox", "-f", conf.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = lab.lxc("lxc-start", &["-n", &name]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = conf.to_str().unwrap();
+    run_ok(&mut lab.tool("lxc-create", &["-n", &name, "-t", "busybox", "-f", conf]));
+    run_ok(&mut lab.tool("lxc-start", &["-n", &name]));
 
     let list = lab.cmd("list", json!({}));
     assert!(!ok(&list).to_string().contains(&id), "{list}");
     let r = lab.cmd("create", json!({"session_id": id}));
-    assert!(failed(&r, "conflict").contains("no marker"), "{r}");
-    for action in ["start", "stop"] {
-        let r = lab.cmd(action, json!({"session_id": id}));
-        failed(&r, "not_found");
+    failed(&r, "conflict", "no marker");
+    for r in [
+        lab.cmd("start", json!({"session_id": id})),
+        lab.cmd("stop", json!({"session_id": id})),
+        lab.exec(&id, json!({"command": ["true"]})),
+    ] {
+        failed(&r, "not_found", &id);
     }
-    let r = lab.exec(&id, json!({"command": ["true"]}));
-    failed(&r, "not_found");
-    let r = lab.cmd("destroy", json!({"session_id": id}));
-    assert_eq!(ok(&r)["existed"], false, "{r}");
+    assert_eq!(destroy(&lab.agent, &id)["existed"], false);
     assert_eq!(
         lab.state(&name),
         "RUNNING",
@@ -767,28 +608,18 @@ fn foreign_containers_are_never_touched() {
         "providers: [lxc]\nprovider: lxc\nlxc:\n  lxcpath: {}\n",
         lxcpath.display()
     ));
-    let list = call(&other, "list", json!({}));
+    let list = other.cmd("session", "list", json!({}));
     assert!(!ok(&list).to_string().contains(&mine), "{list}");
-    let r = call(&other, "create", json!({"session_id": mine}));
-    assert!(
-        failed(&r, "conflict").contains("belongs to vendetta node"),
-        "{r}"
-    );
-    let r = call(&other, "destroy", json!({"session_id": mine}));
-    assert_eq!(ok(&r)["existed"], false, "{r}");
+    let r = other.cmd("session", "create", json!({"session_id": mine}));
+    failed(&r, "conflict", "belongs to vendetta node");
+    assert_eq!(destroy(&other, &mine)["existed"], false);
     assert_eq!(lab.state(&format!("vendetta-{mine}")), "RUNNING");
-    assert_eq!(
-        ok(&lab.cmd("destroy", json!({"session_id": mine})))["destroyed"],
-        true
-    );
+    lab.destroy(&mine);
     assert_eq!(lab.state(&name), "RUNNING");
 }
 
 #[test]
 fn health_reports_lxc_and_a_missing_bridge() {
-    if !lxc_ready("health_reports_lxc_and_a_missing_bridge") {
-        return;
-    }
     let lab = Lab::new("");
     let (status, h) = lab.agent.get_as("/health", None);
     assert_eq!(status, 200, "{h}");
@@ -815,28 +646,27 @@ fn health_reports_lxc_and_a_missing_bridge() {
     let id = veth.sid("nobridge");
     ok(&veth.cmd("create", json!({"session_id": id})));
     let r = veth.cmd("start", json!({"session_id": id}));
-    let msg = failed(&r, "failed");
-    assert!(
-        msg.contains(&format!("bridge \"{bridge}\"")) && msg.contains("vendetta-start.log"),
-        "{msg}"
-    );
-    let list = veth.cmd("list", json!({}));
-    let s = ok(&list)
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id.as_str())
-        .cloned();
-    assert_eq!(s.unwrap()["status"], "stopped", "{list}");
-    assert_eq!(
-        ok(&veth.cmd("destroy", json!({"session_id": id})))["destroyed"],
-        true
-    );
+    let msg = failed(&r, "failed", &format!("bridge \"{bridge}\""));
+    assert!(msg.contains("vendetta-start.log"), "{msg}");
+    assert_eq!(veth.listed(&id)["status"], "stopped");
+    veth.destroy(&id);
     assert!(veth.agent.is_alive());
 }
 
 /// A Linux bridge for the veth test, deleted on drop.
 struct Bridge(String);
+
+impl Bridge {
+    /// Creates the bridge and sets it up; fails the test if it cannot.
+    fn create(name: &str) -> Bridge {
+        // A bridge left by a killed run of this test would make `add` fail.
+        let _ = Command::new("ip").args(["link", "del", name]).output();
+        let bridge = Bridge(name.to_string());
+        run_ok(Command::new("ip").args(["link", "add", "name", name, "type", "bridge"]));
+        run_ok(Command::new("ip").args(["link", "set", name, "up"]));
+        bridge
+    }
+}
 
 impl Drop for Bridge {
     fn drop(&mut self) {
@@ -846,23 +676,8 @@ impl Drop for Bridge {
 
 #[test]
 fn veth_networking_on_a_bridge() {
-    if !lxc_ready("veth_networking_on_a_bridge") {
-        return;
-    }
     let name = format!("vtbr{}", std::process::id() % 100_000);
-    let made = Command::new("ip")
-        .args(["link", "add", "name", &name, "type", "bridge"])
-        .output();
-    if !made.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED lxc::veth_networking_on_a_bridge: cannot create bridge {name}: {made:?}"
-        );
-        return;
-    }
-    let _bridge = Bridge(name.clone());
-    let _ = Command::new("ip")
-        .args(["link", "set", &name, "up"])
-        .output();
+    let _bridge = Bridge::create(&name);
     let mut lab = Lab::new(&format!("  network: veth\n  bridge: {name}\n"));
     let ws = TempDir::new("lxcws");
     std::fs::write(ws.path().join("keep"), "x").unwrap();
@@ -876,10 +691,7 @@ fn veth_networking_on_a_bridge() {
         .unwrap()
         .count();
     assert_eq!(brif, 1, "the container's veth is on the bridge");
-    assert_eq!(
-        ok(&lab.cmd("destroy", json!({"session_id": id})))["destroyed"],
-        true
-    );
+    lab.destroy(&id);
     // Destroyed while running, with the workspace mounted: the workspace stays.
     assert!(ws.path().join("keep").exists());
 }

@@ -1,6 +1,6 @@
 //! The runtime: signals, shutdown, restarts, durable state, logs.
 
-use crate::util::{next_id, wait_until, Agent};
+use crate::util::{api_error, failed, next_id, ok, run_ok, wait_until, Agent};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -32,13 +32,9 @@ fn sighup_reloads_the_log_level() {
         .replace("log_level: info", "log_level: debug");
     std::fs::write(&a.config, text).unwrap();
     a.signal(libc::SIGHUP);
-    assert!(
-        wait_until(Duration::from_secs(5), || a
-            .log()
-            .contains("log level is now Debug")),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(5), || a
+        .log()
+        .contains("log level is now Debug")));
     a.cmd("system", "status", json!({}));
     assert!(wait_until(Duration::from_secs(5), || a
         .log()
@@ -51,21 +47,19 @@ fn node_id_and_results_survive_a_restart() {
     let mut a = Agent::start("");
     let node = a.cmd("system", "status", json!({}))["data"]["node_id"].clone();
     let id = format!("keep-{}", next_id());
-    let body =
-        json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "gone"}})
-            .to_string();
-    let (_, first) = a.post(&body);
+    let command =
+        json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "gone"}});
+    let first = a.run(command.clone());
+    ok(&first);
     a.kill9();
     a.restart();
     assert_eq!(
         a.cmd("system", "status", json!({}))["data"]["node_id"],
         node
     );
-    let (s, again) = a.post(&body);
-    assert_eq!(s, 200);
+    let again = a.run(command);
     assert_eq!(again, first, "answered from the store after a crash");
-    let (s, stored) = a.get(&format!("/api/v1/commands/{id}"));
-    assert_eq!((s, stored), (200, first));
+    assert_eq!(a.command(&id), (200, first));
 }
 
 #[test]
@@ -83,24 +77,11 @@ fn interrupted_and_queued_commands_are_recovered() {
     std::fs::write(results.join("r-garbled.json"), "{\"state\": \"do").unwrap();
     a.spawn();
     a.wait_ready();
-    let mut q = serde_json::Value::Null;
-    assert!(wait_until(Duration::from_secs(5), || {
-        let (s, b) = a.get("/api/v1/commands/was-queued");
-        q = b;
-        s == 200
-    }));
-    assert_eq!(
-        q["status"], "success",
-        "a queued command never ran, so it runs now: {q}"
-    );
-    let (s, r) = a.get("/api/v1/commands/was-running");
-    assert_eq!(s, 200);
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["code"], "agent_restarted");
-    assert!(r["error"]
-        .as_str()
-        .unwrap()
-        .contains("agent restarted during execution"));
+    // A queued command never ran, so it runs now.
+    ok(&a.wait_result("was-queued", Duration::from_secs(5)));
+    let (s, r) = a.command("was-running");
+    assert_eq!(s, 200, "{r}");
+    failed(&r, "agent_restarted", "agent restarted during execution");
     assert!(
         a.cache().join("corrupt").read_dir().unwrap().count() >= 1,
         "garbled record moved aside"
@@ -119,11 +100,9 @@ fn a_token_in_a_readable_config_is_warned_about() {
     std::fs::set_permissions(&a.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     a.spawn();
     a.wait_ready();
-    assert!(
-        wait_until(Duration::from_secs(5), || a.log().contains("chmod 600")),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(5), || a
+        .log()
+        .contains("chmod 600")));
     assert!(!a.log().contains("s3cret-value-do-not-log"));
 }
 
@@ -154,11 +133,9 @@ fn logs_are_json_lines_shaped_like_the_seed() {
 fn text_logs_carry_key_values() {
     let a = Agent::start("log_format: text\n");
     a.cmd("system", "status", json!({}));
-    assert!(
-        wait_until(Duration::from_secs(5), || a.log().contains("command_id=")),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(5), || a
+        .log()
+        .contains("command_id=")));
     assert!(a.log().contains("INFO"));
 }
 
@@ -166,14 +143,16 @@ fn text_logs_carry_key_values() {
 struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+    /// Mounts it, or fails the test with mount's own reason (never skips:
+    /// the test needs root).
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(dir.to_path_buf()))
+        run_ok(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir),
+        );
+        SmallDisk(dir.to_path_buf())
     }
 }
 
@@ -202,10 +181,7 @@ fn fill_but_a_page(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn a_full_disk_never_makes_a_command_run_later() {
     let mut a = Agent::configure("full", "");
-    let Some(disk) = SmallDisk::mount(&a.cache(), "512k") else {
-        eprintln!("SKIPPED runtime::a_full_disk_never_makes_a_command_run_later: cannot mount a tmpfs (not root?)");
-        return;
-    };
+    let disk = SmallDisk::mount(&a.cache(), "512k");
     a.spawn();
     a.wait_ready();
     a.cmd("system", "status", json!({}));
@@ -216,24 +192,22 @@ fn a_full_disk_never_makes_a_command_run_later() {
             .to_string();
     let (s, r) = a.post(&body);
     assert_eq!(s, 200, "{r}");
-    assert_eq!(r["status"], "failed", "{r}");
-    assert!(r["error"].as_str().unwrap().contains("not run"), "{r}");
-    assert_eq!(
-        a.get(&format!("/api/v1/commands/{id}")).1["status"],
-        "failed",
-        "this run remembers it"
-    );
+    failed(&r, "internal_error", "not run");
+    let (s, stored) = a.command(&id);
+    assert_eq!((s, &stored), (200, &r), "this run remembers it");
     std::fs::remove_file(filler).unwrap();
     a.stop();
     a.restart();
     // It did not run, and it does not run now that there is room.
-    assert!(
-        !a.log()
-            .contains("running a command accepted before the restart"),
-        "{}",
-        a.log()
+    assert!(!a
+        .log()
+        .contains("running a command accepted before the restart"));
+    // Nothing recorded that could run it.
+    api_error(
+        a.command(&id),
+        404,
+        "not_found",
+        &format!("no result stored for command {id}"),
     );
-    let (s, _) = a.get(&format!("/api/v1/commands/{id}"));
-    assert_eq!(s, 404, "nothing recorded that could run it");
     assert!(a.is_alive());
 }

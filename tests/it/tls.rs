@@ -6,13 +6,16 @@
 //! connect` and for a running agent's /health; mutual TLS with and without
 //! a client certificate; `tls.insecure_skip_verify`; unusable TLS files.
 
-use crate::util::{wait_until, Agent, TempDir, BIN};
+use crate::util::coord::link_config;
+use crate::util::{agent_connect, connect_refused, ok, run_ok, wait_until, Agent, TempDir};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+const TOKEN: &str = "tls-test-token";
 
 /// `openssl ca` settings: one database for the three CAs of a test, and an
 /// extension section per kind of certificate. Nothing comes from the
@@ -113,6 +116,7 @@ class Handler(BaseHTTPRequestHandler):
             for kv in query.split("&"):
                 if kv.startswith("wait="):
                     wait = int(kv[5:] or 0)
+            # A long poll held (for at most 1 s): what a server does.
             time.sleep(min(wait, 1))
             self.answer(204)
         elif method == "POST" and len(p) == 5 and p[2] == "commands" and p[4] == "result":
@@ -164,17 +168,6 @@ print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
 
-fn run(mut cmd: Command) -> Output {
-    let out = cmd.output().expect("run a command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Three CAs (ours, an unrelated one, one for client certificates) and the
 /// certificates the cases need, made with the openssl CLI.
 struct Pki {
@@ -194,7 +187,7 @@ impl Pki {
         std::fs::write(d.join("server.py"), SERVER_PY).unwrap();
         for ca in ["ca", "other-ca", "client-ca"] {
             pki.key(ca);
-            run(pki.openssl(&[
+            run_ok(&mut pki.openssl(&[
                 "req",
                 "-config",
                 "openssl.cnf",
@@ -233,7 +226,7 @@ impl Pki {
     }
 
     fn key(&self, name: &str) {
-        run(self.openssl(&[
+        run_ok(&mut self.openssl(&[
             "genpkey",
             "-algorithm",
             "EC",
@@ -248,7 +241,7 @@ impl Pki {
     /// section `ext`; `dates` backdates it (which `openssl x509` cannot).
     fn issue(&self, name: &str, ca: &str, ext: &str, dates: Option<(&str, &str)>) {
         self.key(name);
-        run(self.openssl(&[
+        run_ok(&mut self.openssl(&[
             "req",
             "-config",
             "openssl.cnf",
@@ -287,7 +280,7 @@ impl Pki {
             Some((start, end)) => args.extend(["-startdate", start, "-enddate", end]),
             None => args.extend(["-days", "3650"]),
         }
-        run(self.openssl(&args));
+        run_ok(&mut self.openssl(&args));
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -364,6 +357,16 @@ impl TlsServer {
             .collect()
     }
 
+    /// Waits for the first registration that got through, and returns it.
+    fn wait_registered(&self) -> Value {
+        assert!(
+            wait_until(Duration::from_secs(15), || !self.registrations().is_empty()),
+            "no registration over TLS; failed handshakes: {:?}",
+            self.handshake_errors()
+        );
+        self.registrations()[0].clone()
+    }
+
     fn handshake_errors(&self) -> Vec<String> {
         self.entries()
             .into_iter()
@@ -390,43 +393,74 @@ impl Drop for TlsServer {
     }
 }
 
+/// The `tls:` section holding `lines` (indented by two), if any.
+fn tls_section(lines: &str) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("tls:\n{lines}")
+    }
+}
+
 /// Link settings with fast timings, plus `tls` lines (indented by two).
 fn link_yaml(url: &str, tls: &str) -> String {
-    format!(
-        "coordination_url: {url}\nauth_token: tls-test-token\nheartbeat:\n  interval: 500ms\n  timeout: 2s\n  retries: 1\nretry_policy:\n  max_retries: 2\n  backoff: 100ms\n  max_backoff: 1s\ncoordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n{}",
-        if tls.is_empty() {
-            String::new()
-        } else {
-            format!("tls:\n{tls}")
-        }
-    )
+    link_config(url, TOKEN, &tls_section(tls))
 }
 
 fn ca_line(pki: &Pki, ca: &str) -> String {
     format!("  ca_file: {}\n", pki.path(&format!("{ca}.pem")).display())
 }
 
-fn health(a: &Agent) -> Value {
-    a.get_as("/health", None).1
-}
-
 /// Waits until the running agent's link reports an error containing `want`.
 fn wait_link_error(a: &Agent, want: &str) -> Value {
     let ok = wait_until(Duration::from_secs(15), || {
-        health(a)["link"]["last_error"]
+        a.health()["link"]["last_error"]
             .as_str()
             .is_some_and(|e| e.contains(want))
     });
-    let h = health(a);
-    assert!(ok, "link.last_error never said {want:?}: {h}\n{}", a.log());
+    let h = a.health();
+    assert!(ok, "link.last_error never said {want:?}: {h}");
     h
 }
 
-/// A config file for `vendetta agent connect`, with comments, and what it
-/// held before the command ran.
+/// `tls` lines with our CA and the client certificate `cert` with `key`.
+fn client_lines(pki: &Pki, cert: &str, key: &str) -> String {
+    format!(
+        "{}  cert_file: {}\n  key_file: {}\n",
+        ca_line(pki, "ca"),
+        pki.path(cert).display(),
+        pki.path(key).display()
+    )
+}
+
+/// How both sides failed to set up the link with the same `tls` lines.
+struct Refusal {
+    /// What `vendetta agent connect` said on stderr.
+    connect: String,
+    /// A running agent, which keeps serving.
+    agent: Agent,
+    /// Its /health once the link reported the reason.
+    health: Value,
+}
+
+/// `vendetta agent connect` to `server` with `tls` lines fails saying
+/// `want` and leaves its config file alone, and a running agent with the
+/// same lines reports `want` on /health.
+fn refused_by_both(server: &TlsServer, tls: &str, want: &str) -> Refusal {
+    let tmp = TempDir::new("tlsc");
+    let connect = ConnectFile::new(tmp.path(), tls).refused(&server.url(), want);
+    let agent = Agent::start(&link_yaml(&server.url(), tls));
+    let health = wait_link_error(&agent, want);
+    Refusal {
+        connect,
+        agent,
+        health,
+    }
+}
+
+/// A config file for `vendetta agent connect`, with comments (mode 0640).
 struct ConnectFile {
     path: PathBuf,
-    before: Vec<u8>,
 }
 
 impl ConnectFile {
@@ -436,61 +470,21 @@ impl ConnectFile {
             "# my agent\nlisten: 127.0.0.1:{} # local API\ncache_dir: {}\n\n# coordination\ncoordination_url: \"\"\n{}",
             crate::util::free_port(),
             dir.join("cache").display(),
-            if tls.is_empty() {
-                String::new()
-            } else {
-                format!("tls:\n{tls}")
-            }
+            tls_section(tls)
         );
         std::fs::write(&path, &text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        ConnectFile {
-            path,
-            before: text.into_bytes(),
-        }
+        ConnectFile { path }
     }
 
     fn connect(&self, url: &str) -> Output {
-        Command::new(BIN)
-            .args([
-                "agent",
-                "connect",
-                url,
-                "--token",
-                "tls-test-token",
-                "--config",
-            ])
-            .arg(&self.path)
-            .env_remove("VENDETTA_CONFIG")
-            .env_remove("VENDETTA_COORD_URL")
-            .env_remove("VENDETTA_AUTH_TOKEN")
-            .output()
-            .expect("run vendetta agent connect")
-    }
-
-    fn mode(&self) -> u32 {
-        std::fs::metadata(&self.path).unwrap().permissions().mode() & 0o777
+        agent_connect(&self.path, &[url, "--token", TOKEN])
     }
 
     /// Runs connect, expects exit 1 with `want` on stderr and the file as
     /// it was (bytes and mode).
     fn refused(&self, url: &str, want: &str) -> String {
-        let out = self.connect(url);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "connect {url}: stdout {} stderr {stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(stderr.contains(want), "stderr lacks {want:?}: {stderr}");
-        assert_eq!(
-            std::fs::read(&self.path).unwrap(),
-            self.before,
-            "the config file was changed"
-        );
-        assert_eq!(self.mode(), 0o640, "the file mode was changed");
-        stderr
+        connect_refused(&self.path, &[url, "--token", TOKEN], 1, want)
     }
 }
 
@@ -499,20 +493,10 @@ fn a_good_chain_registers_and_connects() {
     let pki = Pki::new();
     let server = pki.serve("server", None);
     let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    assert!(
-        wait_until(Duration::from_secs(15), || !server
-            .registrations()
-            .is_empty()),
-        "no registration over TLS: {:?}\n{}",
-        server.handshake_errors(),
-        a.log()
-    );
-    let reg = &server.registrations()[0];
-    assert_eq!(reg["auth"], "Bearer tls-test-token");
+    let reg = server.wait_registered();
+    assert_eq!(reg["auth"], format!("Bearer {TOKEN}"));
     assert!(reg["body"]["id"].as_str().unwrap().starts_with("node-"));
-    assert!(wait_until(Duration::from_secs(10), || health(&a)["link"]
-        ["state"]
-        == "connected"));
+    a.wait_link("connected", Duration::from_secs(10));
     // The link keeps working: heartbeats and long polls over TLS.
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -547,26 +531,19 @@ fn a_good_chain_registers_and_connects() {
 fn a_wrong_ca_fails_and_says_so() {
     let pki = Pki::new();
     let server = pki.serve("wrong-ca", None);
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &ca_line(&pki, "ca"));
-    let err = file.refused(&server.url(), "not signed by a trusted CA");
+    let r = refused_by_both(&server, &ca_line(&pki, "ca"), "not signed by a trusted CA");
+    let err = &r.connect;
     assert!(err.contains("tls.ca_file"), "says what to do: {err}");
-    let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    wait_link_error(&a, "not signed by a trusted CA");
     assert!(server.requests().is_empty(), "no request got through");
-    assert!(a.is_alive());
+    assert!(r.agent.is_alive());
 }
 
 #[test]
 fn an_expired_certificate_fails_and_says_so() {
     let pki = Pki::new();
     let server = pki.serve("expired", None);
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &ca_line(&pki, "ca"));
-    file.refused(&server.url(), "has expired");
-    let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    let h = wait_link_error(&a, "has expired");
-    assert_ne!(h["link"]["state"], "connected", "{h}");
+    let h = refused_by_both(&server, &ca_line(&pki, "ca"), "has expired").health;
+    assert_eq!(h["link"]["state"], "disconnected", "{h}");
     assert!(server.requests().is_empty(), "no request got through");
 }
 
@@ -574,13 +551,13 @@ fn an_expired_certificate_fails_and_says_so() {
 fn a_host_name_mismatch_fails_and_says_so() {
     let pki = Pki::new();
     let server = pki.serve("wrong-name", None);
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &ca_line(&pki, "ca"));
-    let err = file.refused(&server.url(), "not valid for that host name");
+    let r = refused_by_both(
+        &server,
+        &ca_line(&pki, "ca"),
+        "not valid for that host name",
+    );
     // It names what the certificate is valid for.
-    assert!(err.contains("coord.example.net"), "{err}");
-    let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    wait_link_error(&a, "not valid for that host name");
+    assert!(r.connect.contains("coord.example.net"), "{}", r.connect);
     assert!(server.requests().is_empty(), "no request got through");
 }
 
@@ -588,47 +565,28 @@ fn a_host_name_mismatch_fails_and_says_so() {
 fn mutual_tls_works_with_a_client_certificate_and_says_when_one_is_missing() {
     let pki = Pki::new();
     let server = pki.serve("server", Some("client-ca"));
-    let client = format!(
-        "{}  cert_file: {}\n  key_file: {}\n",
-        ca_line(&pki, "ca"),
-        pki.path("client.pem").display(),
-        pki.path("client.key").display()
-    );
+    let client = client_lines(&pki, "client.pem", "client.key");
     let a = Agent::start(&link_yaml(&server.url(), &client));
-    assert!(
-        wait_until(Duration::from_secs(15), || !server
-            .registrations()
-            .is_empty()),
-        "no registration with a client certificate: {:?}\n{}",
-        server.handshake_errors(),
-        a.log()
-    );
     assert_eq!(
-        server.registrations()[0]["client_cn"],
+        server.wait_registered()["client_cn"],
         "vendetta test client"
     );
-    assert!(wait_until(Duration::from_secs(10), || health(&a)["link"]
-        ["state"]
-        == "connected"));
+    a.wait_link("connected", Duration::from_secs(10));
     drop(a);
 
     // Without a client certificate the server refuses the handshake.
     let seen = server.requests().len();
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &ca_line(&pki, "ca"));
-    let err = file.refused(&server.url(), "requires a client certificate");
+    let r = refused_by_both(
+        &server,
+        &ca_line(&pki, "ca"),
+        "requires a client certificate",
+    );
+    let err = &r.connect;
     assert!(err.contains("tls.cert_file"), "says what to do: {err}");
-    let a = Agent::start(&link_yaml(&server.url(), &ca_line(&pki, "ca")));
-    wait_link_error(&a, "requires a client certificate");
-    drop(a);
+    drop(r);
 
     // A client certificate from a CA the server does not trust.
-    let stranger = format!(
-        "{}  cert_file: {}\n  key_file: {}\n",
-        ca_line(&pki, "ca"),
-        pki.path("stranger.pem").display(),
-        pki.path("stranger.key").display()
-    );
+    let stranger = client_lines(&pki, "stranger.pem", "stranger.key");
     let tmp = TempDir::new("tlsc");
     let file = ConnectFile::new(tmp.path(), &stranger);
     file.refused(&server.url(), "did not accept the client certificate");
@@ -640,20 +598,11 @@ fn mutual_tls_works_with_a_client_certificate_and_says_when_one_is_missing() {
 fn a_key_that_does_not_match_the_client_certificate_is_named() {
     let pki = Pki::new();
     let server = pki.serve("server", Some("client-ca"));
-    let tls = format!(
-        "{}  cert_file: {}\n  key_file: {}\n",
-        ca_line(&pki, "ca"),
-        pki.path("client.pem").display(),
-        pki.path("server.key").display()
-    );
-    let tmp = TempDir::new("tlsc");
-    let file = ConnectFile::new(tmp.path(), &tls);
-    let err = file.refused(&server.url(), "tls.key_file");
-    assert!(err.contains("does not match tls.cert_file"), "{err}");
-    let a = Agent::start(&link_yaml(&server.url(), &tls));
-    let h = wait_link_error(&a, "does not match tls.cert_file");
-    assert_eq!(h["link"]["state"], "offline", "{h}");
-    assert!(a.is_alive());
+    let tls = client_lines(&pki, "client.pem", "server.key");
+    let r = refused_by_both(&server, &tls, "does not match tls.cert_file");
+    assert!(r.connect.contains("tls.key_file"), "{}", r.connect);
+    assert_eq!(r.health["link"]["state"], "offline", "{}", r.health);
+    assert!(r.agent.is_alive());
     assert!(server.requests().is_empty());
 }
 
@@ -662,22 +611,12 @@ fn insecure_skip_verify_connects_to_an_unknown_ca_with_a_loud_warning_at_every_s
     let pki = Pki::new();
     let server = pki.serve("wrong-ca", None);
     let mut a = Agent::start(&link_yaml(&server.url(), "  insecure_skip_verify: true\n"));
-    assert!(
-        wait_until(Duration::from_secs(15), || !server
-            .registrations()
-            .is_empty()),
-        "{}",
-        a.log()
-    );
-    assert!(wait_until(Duration::from_secs(10), || health(&a)["link"]
-        ["state"]
-        == "connected"));
+    server.wait_registered();
+    a.wait_link("connected", Duration::from_secs(10));
     let warning = "tls.insecure_skip_verify is true";
-    assert!(
-        wait_until(Duration::from_secs(5), || a.log().contains(warning)),
-        "{}",
-        a.log()
-    );
+    assert!(wait_until(Duration::from_secs(5), || a
+        .log()
+        .contains(warning)));
     a.stop();
     a.restart();
     let second = a.log_path();
@@ -719,13 +658,12 @@ fn a_missing_or_garbage_ca_file_is_named() {
         (&bad_der, "tls.ca_file"),
     ] {
         let tls = format!("  ca_file: {}\n", file.display());
-        let tmp = TempDir::new("tlsc");
-        let cf = ConnectFile::new(tmp.path(), &tls);
-        let err = cf.refused(&server.url(), want);
+        let Refusal {
+            connect: err,
+            agent: a,
+            health: h,
+        } = refused_by_both(&server, &tls, want);
         assert!(err.contains(&file.display().to_string()), "{err}");
-
-        let a = Agent::start(&link_yaml(&server.url(), &tls));
-        let h = wait_link_error(&a, want);
         assert_eq!(h["link"]["state"], "offline", "{h}");
         assert_eq!(h["status"], "degraded", "{h}");
         assert!(h["problems"].to_string().contains("tls.ca_file"), "{h}");
@@ -737,10 +675,7 @@ fn a_missing_or_garbage_ca_file_is_named() {
             "{h}"
         );
         // The agent keeps serving its local API.
-        assert_eq!(
-            a.cmd("system", "status", serde_json::json!({}))["status"],
-            "success"
-        );
+        ok(&a.cmd("system", "status", serde_json::json!({})));
     }
     assert!(server.requests().is_empty());
 }

@@ -8,8 +8,9 @@
 #   lxc probe: ok (lxc 5.0.2, cgroup hybrid, start 25 ms)
 # or exits 1 with the reason:
 #   lxc probe: FAILED: <what failed and what it said>
-# The lxc integration tests (tests/it/lxc.rs) run it once and skip loudly on
-# failure; `tests/setup/lxc-probe.sh` can also be run by hand or from CI.
+# The lxc integration tests (tests/it/lxc.rs) run it once and fail with its
+# reason when it fails; `tests/setup/lxc-probe.sh` can also be run by hand or
+# from CI.
 set -u
 
 fail() {

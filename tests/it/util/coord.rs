@@ -146,6 +146,7 @@ impl CoordServer {
                         let shared = shared.clone();
                         std::thread::spawn(move || serve_conn(&shared, stream));
                     }
+                    // Nothing to accept: look at the stop flag again soon.
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -226,10 +227,31 @@ impl CoordServer {
             .collect()
     }
 
+    /// Waits until `n` results for command `id` have come, and returns
+    /// them; fails after `timeout`.
+    pub(crate) fn wait_results(&self, id: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        let came = crate::util::wait_until(timeout, || self.results_for(id).len() >= n);
+        let results = self.results_for(id);
+        assert!(
+            came,
+            "{} of {n} results for {id} within {timeout:?}: {results:?}",
+            results.len()
+        );
+        results
+    }
+
     /// The first registered node.
     pub(crate) fn node_id(&self) -> Option<String> {
         self.lock().nodes.keys().next().cloned()
     }
+}
+
+/// Link settings for an agent of `url` with `token`, with timings fast
+/// enough that link tests take seconds, then `extra` (more config lines).
+pub(crate) fn link_config(url: &str, token: &str, extra: &str) -> String {
+    format!(
+        "coordination_url: {url}\nauth_token: {token}\nheartbeat:\n  interval: 500ms\n  timeout: 2s\n  retries: 1\nretry_policy:\n  max_retries: 2\n  backoff: 100ms\n  max_backoff: 1s\ncoordination:\n  poll_wait: 2s\n  unregister_on_stop: true\n  min_heartbeat_interval: 100ms\n  max_heartbeat_interval: 10m\n{extra}"
+    )
 }
 
 impl Drop for CoordServer {
@@ -368,6 +390,7 @@ fn handle(
         }
         Some(Fault::Reset) => return Answer::Cut,
         Some(Fault::Body(bytes)) => return Answer::Send(200, bytes),
+        // A slow server is the fault under test.
         Some(Fault::Delay(d)) => std::thread::sleep(d),
         None => {}
     }

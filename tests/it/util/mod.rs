@@ -2,8 +2,16 @@
 //! to it over HTTP and its CLI, and cleans up (processes, dirs) on drop,
 //! also when a test fails. On failure the agent's log is printed.
 
+mod cmd;
 pub(crate) mod coord;
+mod events;
 pub(crate) mod qmp;
+
+pub(crate) use cmd::{
+    api_error, assert_interrupted_and_reaped, create, create_started, destroy, exec, failed,
+    find_session, ok, sessions, start_sleep,
+};
+pub(crate) use events::Events;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -26,6 +34,7 @@ pub(crate) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> b
         if Instant::now() >= deadline {
             return false;
         }
+        // The polling interval: the one sleep every wait goes through.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -235,17 +244,15 @@ impl Agent {
     /// Waits for the process to exit, up to `timeout`.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                self.child = None;
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
         }
+        status
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -331,29 +338,109 @@ impl Agent {
         self.call("POST", path, Some(body), token)
     }
 
-    /// Runs a command through the API and returns its result (asserting 200).
-    pub(crate) fn cmd(&self, kind: &str, action: &str, params: Value) -> Value {
-        let id = format!("t-{kind}-{action}-{}", next_id());
-        let (status, body) = self
-            .post(&json!({"id": id, "type": kind, "action": action, "params": params}).to_string());
+    /// Runs `command` through the API (an `id` is added when it has none)
+    /// and returns its result, asserting the HTTP status the agent gives
+    /// that result: 400 for `invalid_command`, 403 for `rejected`, else 200.
+    pub(crate) fn run(&self, mut command: Value) -> Value {
+        if command.get("id").is_none() {
+            command["id"] = json!(format!(
+                "t-{}-{}-{}",
+                command["type"].as_str().unwrap_or("x"),
+                command["action"].as_str().unwrap_or("x"),
+                next_id()
+            ));
+        }
+        let (status, body) = self.post(&command.to_string());
+        let expected = match body["code"].as_str() {
+            Some("invalid_command") => 400,
+            Some("rejected") => 403,
+            _ => 200,
+        };
         assert_eq!(
-            status,
-            200,
-            "{kind}.{action} answered {status}: {body}\nlog:\n{}",
-            self.log()
+            status, expected,
+            "{}.{} answered {status}: {body}",
+            command["type"], command["action"]
         );
         body
     }
 
+    /// Runs a command of `kind` and `action` (see `run`).
+    pub(crate) fn cmd(&self, kind: &str, action: &str, params: Value) -> Value {
+        self.run(json!({"type": kind, "action": action, "params": params}))
+    }
+
+    /// Posts `command` with `?async=true`: asserts 202 and where its result
+    /// will be.
+    pub(crate) fn submit(&self, command: &Value) {
+        let id = command["id"].as_str().expect("the command has an id");
+        let (s, b) = self.post_path(
+            "/api/v1/commands?async=true",
+            &command.to_string(),
+            Some(TOKEN),
+        );
+        assert_eq!(s, 202, "{b}");
+        assert_eq!(b["location"], format!("/api/v1/commands/{id}"), "{b}");
+    }
+
+    /// `GET /api/v1/commands/{id}`: 200 and the stored result, 202 and the
+    /// state while queued or running, 404.
+    pub(crate) fn command(&self, id: &str) -> (u16, Value) {
+        self.get(&format!("/api/v1/commands/{id}"))
+    }
+
+    /// Polls `GET /api/v1/commands/{id}` until the result is stored (200)
+    /// and returns it; fails on any answer but 202 meanwhile, or after
+    /// `timeout`.
+    pub(crate) fn wait_result(&self, id: &str, timeout: Duration) -> Value {
+        let mut last = (0, Value::Null);
+        let done = wait_until(timeout, || {
+            last = self.command(id);
+            assert!(
+                matches!(last.0, 200 | 202),
+                "GET /api/v1/commands/{id} answered {}: {}",
+                last.0,
+                last.1
+            );
+            last.0 == 200
+        });
+        assert!(done, "no result for {id} within {timeout:?}: {}", last.1);
+        last.1
+    }
+
+    /// The body of `GET /health` (no token needed).
+    pub(crate) fn health(&self) -> Value {
+        self.get_as("/health", None).1
+    }
+
+    /// Waits until /health says the coordination link is in `state`.
+    pub(crate) fn wait_link(&self, state: &str, timeout: Duration) {
+        assert!(
+            wait_until(timeout, || self.health()["link"]["state"] == state),
+            "the link never reached {state:?}: {}",
+            self.health()
+        );
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub(crate) fn metrics(&self) -> String {
+        let (s, m) = self.get_as("/metrics", None);
+        assert_eq!(s, 200, "{m}");
+        m.as_str().expect("metrics are text").to_string()
+    }
+
     /// Runs the CLI against this agent.
     pub(crate) fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        self.cli_command(args).output().expect("run vendetta cli")
+    }
+
+    /// The CLI command line against this agent, to spawn as a test likes.
+    pub(crate) fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .env("VENDETTA_AGENT_URL", &self.url)
             .env("VENDETTA_API_TOKEN", TOKEN)
-            .env("VENDETTA_CONFIG", &self.config)
-            .output()
-            .expect("run vendetta cli")
+            .env("VENDETTA_CONFIG", &self.config);
+        c
     }
 
     /// Sends raw bytes and returns the raw answer (for hostile requests).
@@ -380,6 +467,18 @@ impl Agent {
         let (status, _) = self.call("GET", "/health", None, None);
         status == 200 || status == 503
     }
+}
+
+/// The status and JSON body (or text) of a raw HTTP answer.
+pub(crate) fn parse_raw(raw: &str) -> (u16, Value) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {raw:?}"));
+    let v = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    (status, v)
 }
 
 fn body_complete(resp: &[u8]) -> bool {
@@ -424,6 +523,75 @@ impl Drop for Agent {
     }
 }
 
+/// Runs `cmd` and returns its output; fails the test, with what the
+/// command said, when it cannot be run or exits non-zero.
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (tests/setup/deps.sh installs what the tests need)")
+    });
+    let (stdout, stderr) = streams(&out);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {stdout}{stderr}",
+        out.status
+    );
+    out
+}
+
+/// A process's stdout and stderr, as text.
+pub(crate) fn streams(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A process's stdout then stderr, as one text.
+pub(crate) fn text(o: &Output) -> String {
+    let (out, err) = streams(o);
+    out + &err
+}
+
+/// The permission bits of a file.
+pub(crate) fn file_mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Runs `vendetta agent connect ARGS --config CONFIG`, with no
+/// coordination settings from the environment.
+pub(crate) fn agent_connect(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["agent", "connect"])
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("VENDETTA_CONFIG")
+        .env_remove("VENDETTA_COORD_URL")
+        .env_remove("VENDETTA_AUTH_TOKEN")
+        .output()
+        .expect("run vendetta agent connect")
+}
+
+/// Runs `agent_connect` expecting exit `code`, `want` on stderr, nothing on
+/// stdout, and the file as it was (bytes and mode); returns stderr.
+pub(crate) fn connect_refused(config: &Path, args: &[&str], code: i32, want: &str) -> String {
+    let before = std::fs::read(config).unwrap();
+    let before_mode = file_mode(config);
+    let out = agent_connect(config, args);
+    let (stdout, stderr) = streams(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains(want), "stderr lacks {want:?}: {stderr}");
+    assert!(stdout.is_empty(), "nothing claimed on stdout: {stdout}");
+    assert_eq!(std::fs::read(config).unwrap(), before, "the file changed");
+    assert_eq!(file_mode(config), before_mode, "the file mode changed");
+    stderr
+}
+
 /// Host processes whose command line is exactly `argv`.
 pub(crate) fn host_pids(argv: &[&str]) -> Vec<u32> {
     let want: Vec<u8> = argv
@@ -445,104 +613,4 @@ pub(crate) fn alive(pid: u32) -> bool {
         let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
         !matches!(state, Some("Z") | Some("X"))
     })
-}
-
-/// The `data` of a command result that must have succeeded.
-pub(crate) fn ok(r: &Value) -> &Value {
-    assert_eq!(r["status"], "success", "{r:#}");
-    &r["data"]
-}
-
-/// Starts `sleep MARKER` in session `id` as an async command and waits
-/// until its process shows on the host. Returns the command's id.
-pub(crate) fn start_sleep(a: &Agent, id: &str, marker: &str) -> String {
-    let cmd_id = format!("crash-{}", next_id());
-    let (s, r) = a.post_path(
-        "/api/v1/commands?async=true",
-        &serde_json::json!({"id": cmd_id, "type": "session", "action": "exec",
-                "params": {"session_id": id, "command": ["sleep", marker], "timeout": "10m"}})
-        .to_string(),
-        Some(TOKEN),
-    );
-    assert_eq!(s, 202, "{r}");
-    assert!(
-        wait_until(Duration::from_secs(10), || !host_pids(&["sleep", marker])
-            .is_empty()),
-        "sleep {marker} did not start"
-    );
-    cmd_id
-}
-
-/// After a crash during `start_sleep`'s command and a restart: the command
-/// is reported as interrupted with its process killed, and that process is
-/// gone (so the server may run the command again safely).
-pub(crate) fn assert_interrupted_and_reaped(a: &Agent, cmd_id: &str, marker: &str) {
-    let (s, r) = a.get(&format!("/api/v1/commands/{cmd_id}"));
-    assert_eq!(s, 200, "{r}");
-    assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(r["code"], "agent_restarted", "{r}");
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("has been killed"),
-        "{r}"
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || host_pids(&["sleep", marker])
-            .is_empty()),
-        "the process the crash left behind still runs"
-    );
-}
-
-/// A live `/api/v1/events` stream. Once `open` returns, the agent has
-/// subscribed it: events published after that are all seen.
-pub(crate) struct Events(std::io::BufReader<TcpStream>);
-
-impl Events {
-    pub(crate) fn open(a: &Agent) -> Events {
-        use std::io::BufRead;
-        let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = std::io::BufReader::new(s);
-        let mut status = String::new();
-        r.read_line(&mut status).unwrap();
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        r.get_ref()
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Events(r)
-    }
-
-    /// The first event whose JSON data matches `pred` within `timeout`.
-    pub(crate) fn wait_for(
-        &mut self,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
-        use std::io::BufRead;
-        let deadline = Instant::now() + timeout;
-        let mut line = String::new();
-        while Instant::now() < deadline {
-            line.clear();
-            match self.0.read_line(&mut line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(_) => continue,
-            }
-            if let Some(data) = line.strip_prefix("data: ") {
-                if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
-                    if pred(&v) {
-                        return Some(v);
-                    }
-                }
-            }
-        }
-        None
-    }
 }
