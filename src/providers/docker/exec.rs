@@ -18,7 +18,7 @@
 
 use super::engine::{api_error, call_name, message_of, parse_json, Engine};
 use super::DockerError;
-use crate::os::proctree;
+use crate::os::process::{self as proctree, KillTreeError};
 use crate::providers::docker::http::{self as http, Hijack, Request};
 use crate::providers::{Capture, ExecOutput, ExecSpec, OutputSink, Stream};
 use serde_json::{json, Value};
@@ -251,8 +251,10 @@ fn kill_exec(engine: &Engine, exec_id: &str, container: &str) -> Result<(), Dock
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let killed =
-        kill_tree(pid, container).map_err(|detail| DockerError::KillFailed { pid, detail })?;
+    let killed = kill_tree(pid, container).map_err(|e| DockerError::KillFailed {
+        pid,
+        detail: e.to_string(),
+    })?;
     log::info!(pid = pid, killed = killed; "exec timed out; killed its processes");
     Ok(())
 }
@@ -282,8 +284,10 @@ pub(crate) fn reap(
         if v["Running"] != true || pid == 0 || !proctree::environ_has(pid, &tag) {
             continue;
         }
-        let killed =
-            kill_tree(pid, container).map_err(|detail| DockerError::KillFailed { pid, detail })?;
+        let killed = kill_tree(pid, container).map_err(|e| DockerError::KillFailed {
+            pid,
+            detail: e.to_string(),
+        })?;
         log::info!(command_id = command_id, pid = pid, killed = killed; "stopped an exec left running by the agent's restart");
         reaped += 1;
     }
@@ -293,7 +297,7 @@ pub(crate) fn reap(
 /// Kills `root` (a pid in the host namespace) and its session and
 /// descendants, all inside `container`'s cgroup. Returns how many signals
 /// it sent.
-pub(crate) fn kill_tree(root: u32, container: &str) -> Result<usize, String> {
+pub(crate) fn kill_tree(root: u32, container: &str) -> Result<usize, KillTreeError> {
     proctree::kill_tree(root, &|pid| proctree::cgroup_contains(pid, container))
 }
 
@@ -421,7 +425,8 @@ mod tests {
         // Our own pid is in no container of that id.
         let me = std::process::id();
         let e = kill_tree(me, "0123456789abcdef0123456789abcdef").unwrap_err();
-        assert!(e.contains("pid namespace"), "{e}");
+        assert_eq!(e, KillTreeError::Outside { pid: me });
+        assert!(e.to_string().contains("pid namespace"), "{e}");
         assert_eq!(
             kill_tree(u32::MAX - 1, "x").unwrap(),
             0,

@@ -39,7 +39,7 @@ use super::{
     SessionStatus,
 };
 use crate::config::{self, Config, LxcNetwork};
-use crate::os::proctree;
+use crate::os::process as proctree;
 use crate::protocol::command::Resources;
 use crate::protocol::{ProviderKind, SessionId};
 use process::{Outcome, ProcessError};
@@ -512,16 +512,7 @@ pub(crate) fn v1_controllers(proc_cgroups: &str) -> Vec<String> {
 }
 
 fn statfs_type(path: &Path) -> Option<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs is plain old data; all zeroes is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statfs fills the struct we own; c is a valid C string.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    #[allow(clippy::unnecessary_cast)]
-    Some(st.f_type as i64)
+    crate::os::fs::statfs_type(path).ok()
 }
 
 /// The config lines for the requested limits and, plainly, the limits the
@@ -1489,8 +1480,7 @@ impl Provider for LxcProvider {
                 missing.join(", ")
             ));
         }
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if crate::os::process::euid() != 0 {
             return Health::down(
                 "the lxc provider runs privileged containers and needs root; run the agent as root or disable lxc in providers",
             );

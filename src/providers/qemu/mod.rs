@@ -51,6 +51,7 @@ use super::{
 };
 use crate::config::{self, Config};
 use crate::os::fs as fsutil;
+use crate::os::process::{self, PidFd, Signal};
 use crate::protocol::{ProviderKind, SessionId};
 use qmp::{ms, Qmp, QmpError};
 use serde::{Deserialize, Serialize};
@@ -321,7 +322,7 @@ fn identify(p: &ProcId) -> Identity {
     if state == 'Z' || state == 'X' {
         return Identity::Gone;
     }
-    match proc_cmdline(p.pid) {
+    match process::cmdline(p.pid) {
         Some(c) if c == p.cmdline => Identity::Ours,
         Some(_) => Identity::Other,
         None => Identity::Gone,
@@ -330,51 +331,21 @@ fn identify(p: &ProcId) -> Identity {
 
 /// (state, start time) from /proc/PID/stat.
 fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let p = crate::os::proctree::read_proc(pid)?;
+    let p = process::read_proc(pid)?;
     Some((p.state, p.start_time?))
-}
-
-fn proc_cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-    )
 }
 
 /// Sends `sig` to the process if, and only if, it is still our VM. The
 /// pidfd pins the process between the identity check and the signal.
-fn signal_ours(p: &ProcId, sig: i32) -> bool {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid as libc::pid_t, 0) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOSYS) && identify(p) == Identity::Ours {
-            // Kernels before 5.3: the check and the kill are not atomic.
-            // SAFETY: kill(2) with a checked pid.
-            return unsafe { libc::kill(p.pid as libc::pid_t, sig) } == 0;
+fn signal_ours(p: &ProcId, sig: Signal) -> bool {
+    match PidFd::open(p.pid) {
+        Ok(pidfd) => identify(p) == Identity::Ours && pidfd.send_signal(sig).is_ok(),
+        // Kernels before 5.3: the check and the kill are not atomic.
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            identify(p) == Identity::Ours && process::kill(p.pid, sig).is_ok()
         }
-        return false;
+        Err(_) => false,
     }
-    // SAFETY: fd is a fresh pidfd we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    if identify(p) != Identity::Ours {
-        return false;
-    }
-    // SAFETY: pidfd_send_signal(2) on our pidfd, no siginfo, no flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    rc == 0
 }
 
 /// Polls until the process is no longer our live VM.
@@ -677,7 +648,7 @@ impl QemuProvider {
             .parse()
             .ok()?;
         let (state, start_time) = proc_stat(pid)?;
-        let cmdline = proc_cmdline(pid)?;
+        let cmdline = process::cmdline(pid)?;
         let qmp = format!("path={},server=on", opt_path(&dir.join(QMP_SOCK)).ok()?);
         if state == 'Z' || !cmdline.iter().any(|a| a.contains(&qmp)) {
             return None;
@@ -846,7 +817,7 @@ impl QemuProvider {
                     pidfile.display()
                 ),
             })?;
-        let identity = proc_stat(pid).zip(proc_cmdline(pid));
+        let identity = proc_stat(pid).zip(process::cmdline(pid));
         let Some(((state, start_time), cmdline)) = identity else {
             return Err(QemuError::ToolFailed {
                 step: format!("launching session {}", rec.id),
@@ -883,7 +854,7 @@ impl QemuProvider {
                 p.pid,
                 dir.display()
             );
-            signal_ours(&p, libc::SIGKILL);
+            signal_ours(&p, Signal::Kill);
             wait_gone(&p, KILL_WAIT);
         }
         clean_stale(dir);
@@ -930,11 +901,11 @@ impl QemuProvider {
             }
         }
         log::warn!(session_id = rec.id.as_str(); "QEMU pid {} did not quit; sending SIGTERM", p.pid);
-        if signal_ours(&p, libc::SIGTERM) && wait_gone(&p, TERM_WAIT) {
+        if signal_ours(&p, Signal::Term) && wait_gone(&p, TERM_WAIT) {
             return Ok(());
         }
         log::warn!(session_id = rec.id.as_str(); "QEMU pid {} ignored SIGTERM; sending SIGKILL", p.pid);
-        signal_ours(&p, libc::SIGKILL);
+        signal_ours(&p, Signal::Kill);
         if wait_gone(&p, KILL_WAIT) {
             return Ok(());
         }
@@ -1312,7 +1283,7 @@ impl Provider for QemuProvider {
         if let Err(e) = self.create_in(&dir, &mut rec, base.as_deref(), spec.timeout) {
             // Leave nothing behind: no VM, no directory.
             if let Some(p) = &rec.process {
-                signal_ours(p, libc::SIGKILL);
+                signal_ours(p, Signal::Kill);
                 wait_gone(p, KILL_WAIT);
             }
             self.kill_strays(&dir);
@@ -1675,7 +1646,7 @@ mod tests {
         let me = ProcId {
             pid,
             start_time: start,
-            cmdline: proc_cmdline(pid).unwrap(),
+            cmdline: process::cmdline(pid).unwrap(),
         };
         assert_eq!(identify(&me), Identity::Ours);
         let other = ProcId {
@@ -1689,8 +1660,8 @@ mod tests {
         };
         assert_eq!(identify(&reused), Identity::Other);
         // Never signalled: signal 0 would succeed on ourselves if it were sent.
-        assert!(!signal_ours(&reused, 0));
-        assert!(signal_ours(&me, 0));
+        assert!(!signal_ours(&reused, Signal::Probe));
+        assert!(signal_ours(&me, Signal::Probe));
     }
 
     #[test]

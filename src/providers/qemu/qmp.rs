@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -245,74 +244,11 @@ impl<S: Read + Write> Wire<S> {
     }
 }
 
-/// Connects to a Unix socket without ever blocking past `deadline`.
-///
-/// A plain `connect()` blocks when the listener's backlog is full, and
-/// QEMU listens with a backlog of one while it serves another client; so
-/// the socket is non-blocking during connect and retried until the
-/// deadline. The stream returned blocks, with `READ_SLICE` read timeouts.
+/// Connects to a Unix socket without ever blocking past `deadline` (see
+/// [`crate::os::socket::connect_unix`]). The stream returned blocks, with
+/// `READ_SLICE` read timeouts.
 pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; zeroed is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "socket path is {} bytes; Unix sockets allow at most {}",
-                bytes.len(),
-                addr.sun_path.len() - 1
-            ),
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: socket(2) with constant arguments; the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len()) as libc::socklen_t;
-    loop {
-        // SAFETY: addr is a valid sockaddr_un and len does not exceed it.
-        let rc = unsafe {
-            libc::connect(
-                fd,
-                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-                len,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            // Backlog full: the listener is busy with another client.
-            Some(libc::EAGAIN) | Some(libc::EINTR) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Some(libc::EAGAIN) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the listener's backlog stayed full (another client is connected)",
-                ))
-            }
-            _ => return Err(e),
-        }
-    }
-    let stream = UnixStream::from(owned);
-    stream.set_nonblocking(false)?;
+    let stream = crate::os::socket::connect_unix(path, deadline)?;
     stream.set_read_timeout(Some(READ_SLICE))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     Ok(stream)
