@@ -28,6 +28,7 @@
 
 pub(crate) mod qga;
 pub(crate) mod qmp;
+pub(crate) mod wire;
 
 use qga::{ExecRequest, Qga, QgaError};
 
@@ -53,7 +54,7 @@ use crate::config::{self, Config};
 use crate::os::fs as fsutil;
 use crate::os::process::{self, PidFd, Signal};
 use crate::protocol::{ProviderKind, SessionId};
-use qmp::{ms, Qmp, QmpError};
+use qmp::{Qmp, QmpError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -63,6 +64,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use wire::{ms, WireError};
 
 const STATE_FILE: &str = "vm.json";
 const QMP_SOCK: &str = "qmp.sock";
@@ -212,7 +214,7 @@ impl From<QemuError> for ProviderError {
             QemuError::PathTooLong { .. } | QemuError::Tool { .. } => ProviderError::Unavailable(m),
             QemuError::ToolTimeout { .. } | QemuError::ExecBusy { .. } => ProviderError::Timeout(m),
             QemuError::Qmp { source, .. } => match source {
-                QmpError::Timeout { .. } => ProviderError::Timeout(m),
+                QmpError::Wire(WireError::Timeout { .. }) => ProviderError::Timeout(m),
                 QmpError::Connect { .. } => ProviderError::Unavailable(m),
                 _ => ProviderError::Failed(m),
             },
@@ -220,7 +222,7 @@ impl From<QemuError> for ProviderError {
                 QgaError::NotResponding { .. } | QgaError::Connect { .. } => {
                     ProviderError::Unavailable(m)
                 }
-                QgaError::Timeout { .. } => ProviderError::Timeout(m),
+                QgaError::Wire(WireError::Timeout { .. }) => ProviderError::Timeout(m),
                 _ => ProviderError::Failed(m),
             },
             QemuError::ToolFailed { .. }
