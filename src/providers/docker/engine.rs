@@ -302,4 +302,19 @@ mod tests {
         assert!(e.contains("1.30") && e.contains("upgrade"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn connect_errors_name_the_socket_and_the_fix() {
+        use std::io::{Error, ErrorKind};
+        let p = Path::new("/run/d.sock");
+        let e = connect_error(p, Error::from(ErrorKind::PermissionDenied)).to_string();
+        assert!(
+            e.contains("permission denied") && e.contains("/run/d.sock"),
+            "{e}"
+        );
+        let e = connect_error(p, Error::from(ErrorKind::ConnectionRefused)).to_string();
+        assert!(e.contains("is the engine running"), "{e}");
+        let e = connect_error(p, Error::from(ErrorKind::NotFound)).to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
 }

@@ -361,6 +361,9 @@ impl Demuxer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::SessionId;
+    use crate::providers::docker::DockerProvider;
+    use crate::providers::{Provider, SessionSpec};
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![kind, 0, 0, 0];
@@ -432,5 +435,86 @@ mod tests {
             0,
             "a gone pid is fine"
         );
+    }
+
+    /// Records when each chunk came.
+    struct Timed(Vec<(Instant, Stream, Vec<u8>)>);
+
+    impl OutputSink for Timed {
+        fn chunk(&mut self, stream: Stream, data: &[u8]) {
+            self.0.push((Instant::now(), stream, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn exec_output_reaches_the_sink_as_it_arrives_from_the_real_engine() {
+        let dir = std::env::temp_dir().join(format!("vdsink-{}", crate::util::random_hex(4)));
+        let mut config = crate::config::Config {
+            cache_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        // Built offline by tests/setup/images.sh (`make test` runs it).
+        config.docker.image = "vendetta-test/busybox:latest".into();
+        let node = format!("node-vu{}sink", std::process::id());
+        let p = DockerProvider::new(&config, &node);
+        let id = SessionId::parse(&format!("vu{}-sink", std::process::id())).unwrap();
+        // Removes the container and the cache dir, also when the test fails.
+        struct Cleanup<'a>(&'a DockerProvider, &'a SessionId, std::path::PathBuf);
+        impl Drop for Cleanup<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.destroy(self.1);
+                let _ = std::fs::remove_dir_all(&self.2);
+            }
+        }
+        let _cleanup = Cleanup(&p, &id, dir.clone());
+        p.create(&SessionSpec {
+            id: id.clone(),
+            node_id: node.clone(),
+            image: None,
+            workspace: None,
+            env: Default::default(),
+            ports: vec![],
+            resources: Default::default(),
+            labels: Default::default(),
+            command: None,
+            timeout: Duration::from_secs(30),
+        })
+        .unwrap();
+        p.start(&id).unwrap();
+        let spec = ExecSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo first; echo oops >&2; sleep 2; echo second".into(),
+            ],
+            env: Default::default(),
+            workdir: None,
+            user: None,
+            stdin: None,
+            timeout: Duration::from_secs(20),
+            max_output: 1 << 20,
+        };
+        let mut sink = Timed(Vec::new());
+        let t0 = Instant::now();
+        let out = p.exec(&id, &spec, &mut sink).unwrap();
+        let done = t0.elapsed();
+        assert_eq!(out.exit_code, Some(0));
+        assert_eq!(out.stdout, b"first\nsecond\n");
+        let first = sink
+            .0
+            .iter()
+            .find(|(_, s, d)| *s == Stream::Stdout && d.starts_with(b"first"))
+            .expect("a chunk with the first line");
+        assert!(
+            first.0 - t0 < Duration::from_millis(1500) && done >= Duration::from_secs(2),
+            "the first line came {:?} in, the exec took {done:?}: output was held back",
+            first.0 - t0
+        );
+        assert!(sink
+            .0
+            .iter()
+            .any(|(_, s, d)| *s == Stream::Stderr && d == b"oops\n"));
+        assert!(p.destroy(&id).unwrap());
+        assert!(!p.destroy(&id).unwrap());
     }
 }
