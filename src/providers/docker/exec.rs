@@ -420,7 +420,10 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("bad stream frame header"), "{e}");
         let mut d = Demuxer::default();
-        assert!(d.feed(&frame(9, b"x"), &mut |_, _| {}).is_err());
+        assert_eq!(
+            d.feed(&frame(9, b"x"), &mut |_, _| {}),
+            Err("bad stream frame header [09, 00, 00, 00, 00, 00, 00, 01]: the exec output is not a multiplexed stream".to_string())
+        );
     }
 
     #[test]

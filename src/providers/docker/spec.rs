@@ -343,6 +343,15 @@ mod tests {
     use crate::protocol::command::{PortSpec, Resources};
     use std::time::Duration;
 
+    /// The message of a refusal, which must be `Invalid`: the request's
+    /// fault, never the engine's.
+    fn invalid<T: std::fmt::Debug>(r: Result<T, DockerError>) -> String {
+        match r {
+            Err(DockerError::Invalid(m)) => m,
+            other => panic!("expected DockerError::Invalid, got {other:?}"),
+        }
+    }
+
     fn spec() -> SessionSpec {
         SessionSpec {
             id: SessionId::parse("s1").unwrap(),
@@ -419,13 +428,22 @@ mod tests {
             .contains("6 MiB"));
         let mut s = spec();
         s.resources.cpus = Some(f64::NAN);
-        assert!(create_body(&s, "i", "n").is_err());
+        assert_eq!(
+            invalid(create_body(&s, "i", "n")),
+            "params.resources.cpus: NaN is out of range; use 0.01 or more, e.g. 1.5"
+        );
         let mut s = spec();
         s.resources.pids = Some(0);
-        assert!(create_body(&s, "i", "n").is_err());
+        assert_eq!(
+            invalid(create_body(&s, "i", "n")),
+            "params.resources.pids: 0 is out of range; use 1 or more (leave it out for no limit)"
+        );
         let mut s = spec();
         s.command = Some(vec![]);
-        assert!(create_body(&s, "i", "n").is_err());
+        assert_eq!(
+            invalid(create_body(&s, "i", "n")),
+            "params.command: is empty; leave it out for the default"
+        );
     }
 
     #[test]
@@ -437,22 +455,29 @@ mod tests {
             "registry.local:5000/team/app:1.2",
             "alpine@sha256:0123abcd",
         ] {
-            assert!(check_image(ok).is_ok(), "{ok}");
+            check_image(ok).unwrap();
         }
-        for bad in [
-            "",
-            "../../containers/json",
-            "a/../../b",
-            "a b",
-            "img?x=1",
-            "img#frag",
-            "/abs",
-            "a//b",
-            "img:",
-            "x@y@z",
-            "%2e%2e",
+        let length = "it must be 1 to 255 characters";
+        let chars = "only letters, digits and . _ - / : @ are allowed";
+        let ends = "it must start and end with a letter or digit";
+        let paths = "empty or dot-dot path component";
+        for (bad, why) in [
+            ("", length),
+            ("../../containers/json", ends),
+            ("a/../../b", paths),
+            ("a b", chars),
+            ("img?x=1", chars),
+            ("img#frag", chars),
+            ("/abs", ends),
+            ("a//b", paths),
+            ("img:", ends),
+            ("x@y@z", paths),
+            ("%2e%2e", chars),
         ] {
-            assert!(check_image(bad).is_err(), "{bad}");
+            assert_eq!(
+                invalid(check_image(bad)),
+                format!("params.image: {bad:?} is not an image reference ({why}); use e.g. debian:stable-slim or registry:5000/team/app:1.2")
+            );
         }
     }
 
@@ -513,7 +538,10 @@ mod tests {
             json!({"vendetta.managed": "true", "vendetta.session": "s1", "vendetta.node": "n"});
         assert!(foreign(&ours, "s1", "n").is_none());
         assert!(foreign(&json!({}), "s1", "n").unwrap().contains("managed"));
-        assert!(foreign(&ours, "s2", "n").is_some());
+        assert_eq!(
+            foreign(&ours, "s2", "n"),
+            Some("its vendetta.session label is \"s1\"".to_string())
+        );
         assert!(foreign(&ours, "s1", "m").unwrap().contains("node"));
     }
 }

@@ -309,7 +309,12 @@ mod tests {
         assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
         assert_eq!(parse_user("1000:50").unwrap(), (1000, 50));
         for bad in ["nobody", "1:x", "-1", ""] {
-            assert!(parse_user(bad).is_err(), "{bad}");
+            let e = parse_user(bad).unwrap_err();
+            assert!(matches!(e, LxcError::Spec { field: "user", .. }), "{e:?}");
+            assert_eq!(
+                e.to_string(),
+                format!("params.user: {bad:?} is not a numeric uid or uid:gid (the lxc provider takes numbers, or root)")
+            );
         }
     }
 

@@ -353,7 +353,12 @@ mod tests {
         let wrong = parse_marker(
             "# vendetta.managed = true\n# vendetta.node = n\n# vendetta.meta = {\"session\":\"y\"}\n",
         );
-        assert!(ownership(&wrong, "n", "x", "vendetta-x").is_err());
+        let e = ownership(&wrong, "n", "x", "vendetta-x").unwrap_err();
+        assert!(matches!(e, LxcError::Foreign { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "lxc container vendetta-x is marked for session \"y\", not \"x\"; vendetta leaves it alone (pick another session id, or remove it by hand if it is stale)"
+        );
         let garbled = parse_marker(
             "# vendetta.managed = true\n# vendetta.node = n\n# vendetta.meta = {oops\n",
         );
@@ -374,7 +379,7 @@ mod tests {
     #[test]
     fn env_that_cannot_be_carried_is_refused() {
         let ok: BTreeMap<String, String> = [("A_1".to_string(), " x = y ".to_string())].into();
-        assert!(check_env("env", &ok).is_ok());
+        check_env("env", &ok).unwrap();
         for (k, v) in [
             ("A B", "x"),
             ("A\n", "x"),

@@ -318,7 +318,18 @@ mod tests {
         for hostile in [
             "../etc", "a/b", "", "-x", ".x", "A", "a b", "a;reboot", "a\n",
         ] {
-            assert!(container_name(hostile).is_err(), "{hostile:?}");
+            let e = container_name(hostile).unwrap_err();
+            assert!(
+                matches!(&e, LxcError::Name { id, .. } if id == hostile),
+                "{e:?}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "session id {hostile:?} cannot name an lxc container: it must match {}",
+                    SessionId::RULE
+                )
+            );
         }
     }
 }

@@ -543,9 +543,17 @@ mod tests {
         for want in ["rounded up to 2", "pids", "env", "command", "machine none"] {
             assert!(w.contains(want), "{want} in {w}");
         }
-        spec.resources.cpus = Some(0.0);
-        assert!(matches!(p.launch_spec(&spec), Err(QemuError::Invalid(_))));
-        spec.resources.cpus = Some(f64::NAN);
-        assert!(matches!(p.launch_spec(&spec), Err(QemuError::Invalid(_))));
+        for (cpus, shown) in [(0.0, "0"), (f64::NAN, "NaN"), (2000.0, "2000")] {
+            spec.resources.cpus = Some(cpus);
+            match p.launch_spec(&spec) {
+                Err(QemuError::Invalid(m)) => assert_eq!(
+                    m,
+                    format!(
+                        "params.resources.cpus: {shown} is not a vCPU count between 0 and 1024"
+                    )
+                ),
+                other => panic!("{cpus}: expected Invalid, got {other:?}"),
+            }
+        }
     }
 }
