@@ -173,11 +173,17 @@ pub(crate) fn statvfs(path: &Path) -> io::Result<Statvfs> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn atomic_write_replaces() {
+    /// A fresh directory under the temp dir, for one test.
+    fn scratch() -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("vendetta-fsutil-{}", crate::util::random_hex(4)));
         ensure_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = scratch();
         let p = dir.join("f.json");
         write_atomic(&p, b"one", 0o600).unwrap();
         write_atomic(&p, b"two", 0o600).unwrap();
@@ -190,9 +196,7 @@ mod tests {
 
     #[test]
     fn staged_file_is_invisible_until_commit_and_gone_if_dropped() {
-        let dir =
-            std::env::temp_dir().join(format!("vendetta-fsutil-{}", crate::util::random_hex(4)));
-        ensure_dir(&dir).unwrap();
+        let dir = scratch();
         let p = dir.join("f.json");
         let dropped = stage(&p, b"never", 0o600).unwrap();
         assert!(!p.exists());
@@ -204,5 +208,28 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"kept");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp files left");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn file_system_facts_and_their_failures() {
+        const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+        assert_eq!(statfs_type(Path::new("/proc")).unwrap(), PROC_SUPER_MAGIC);
+        let root = statvfs(Path::new("/")).unwrap();
+        assert!(
+            root.fragment_size > 0 && root.blocks >= root.blocks_available,
+            "{root:?}"
+        );
+        let missing = Path::new("/nonexistent/vendetta");
+        assert_eq!(
+            statfs_type(missing).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            statvfs(missing).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        let e = statvfs(Path::new("/a\0b")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), "/a\0b holds a NUL byte");
     }
 }

@@ -75,6 +75,7 @@ pub(crate) fn run(
 
     // Start on a connection of its own, hijacked.
     let start_path = format!("/exec/{exec_id}/start");
+    let start_call = call_name("POST", &start_path);
     let target = engine.target(&start_path)?;
     let stream = engine.connect(engine.timeout)?;
     let writer = stream.try_clone().map_err(|e| DockerError::Connect {
@@ -85,7 +86,7 @@ pub(crate) fn run(
         .json(br#"{"Detach":false,"Tty":false}"#)
         .upgrade();
     let mut conn = match http::hijack(stream, &req, 1 << 20)
-        .map_err(|e| engine.http_error(&call_name("POST", &start_path), engine.timeout, e))?
+        .map_err(|e| engine.http_error(&start_call, engine.timeout, e))?
     {
         Hijack::Stream(head, conn) => {
             log::trace!(
@@ -96,13 +97,20 @@ pub(crate) fn run(
         }
         Hijack::Answer(resp) => {
             return Err(DockerError::Api {
-                call: call_name("POST", &start_path),
+                call: start_call,
                 status: resp.status(),
                 message: message_of(&resp),
             })
         }
     };
 
+    let io_failed = |step: &'static str, source: std::io::Error| {
+        engine.http_error(
+            &start_call,
+            spec.timeout,
+            http::HttpError::Io { step, source },
+        )
+    };
     let mut out = Capture::new(spec.max_output);
     let mut err = Capture::new(spec.max_output);
     let mut demux = Demuxer::default();
@@ -137,14 +145,7 @@ pub(crate) fn run(
                 continue;
             }
             if let Err(e) = conn.get_ref().set_read_timeout(Some(limit - now)) {
-                break Err(engine.http_error(
-                    &call_name("POST", &start_path),
-                    spec.timeout,
-                    http::HttpError::Io {
-                        step: "setting the read timeout",
-                        source: e,
-                    },
-                ));
+                break Err(io_failed("setting the read timeout", e));
             }
             match conn.read(&mut buf) {
                 Ok(0) => break Ok(()),
@@ -158,7 +159,7 @@ pub(crate) fn run(
                     });
                     if let Err(detail) = fed {
                         break Err(DockerError::BadAnswer {
-                            call: call_name("POST", &start_path),
+                            call: start_call.clone(),
                             detail,
                         });
                     }
@@ -170,16 +171,7 @@ pub(crate) fn run(
                             | std::io::ErrorKind::TimedOut
                             | std::io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) => {
-                    break Err(engine.http_error(
-                        &call_name("POST", &start_path),
-                        spec.timeout,
-                        http::HttpError::Io {
-                            step: "reading the exec output",
-                            source: e,
-                        },
-                    ))
-                }
+                Err(e) => break Err(io_failed("reading the exec output", e)),
             }
         };
         // Unblocks the stdin writer if the command never read it.

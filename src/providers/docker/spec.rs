@@ -408,42 +408,43 @@ mod tests {
 
     #[test]
     fn refuses_bad_input() {
-        let mut s = spec();
-        s.labels.insert("vendetta.session".into(), "other".into());
-        assert!(create_body(&s, "i", "n")
-            .unwrap_err()
-            .to_string()
-            .contains("reserved"));
-        let mut s = spec();
-        s.env.insert("A=B".into(), "x".into());
-        assert!(create_body(&s, "i", "n")
-            .unwrap_err()
-            .to_string()
-            .contains("params.env"));
-        let mut s = spec();
-        s.resources.memory = Some(1 << 20);
-        assert!(create_body(&s, "i", "n")
-            .unwrap_err()
-            .to_string()
-            .contains("6 MiB"));
-        let mut s = spec();
-        s.resources.cpus = Some(f64::NAN);
-        assert_eq!(
-            invalid(create_body(&s, "i", "n")),
-            "params.resources.cpus: NaN is out of range; use 0.01 or more, e.g. 1.5"
-        );
-        let mut s = spec();
-        s.resources.pids = Some(0);
-        assert_eq!(
-            invalid(create_body(&s, "i", "n")),
-            "params.resources.pids: 0 is out of range; use 1 or more (leave it out for no limit)"
-        );
-        let mut s = spec();
-        s.command = Some(vec![]);
-        assert_eq!(
-            invalid(create_body(&s, "i", "n")),
-            "params.command: is empty; leave it out for the default"
-        );
+        /// Spoils a good spec in one way.
+        type Spoil = fn(&mut SessionSpec);
+        let cases: [(Spoil, &str); 6] = [
+            (
+                |s| {
+                    s.labels.insert("vendetta.session".into(), "other".into());
+                },
+                "params.labels: \"vendetta.session\" uses the reserved prefix \"vendetta.\"; pick another key",
+            ),
+            (
+                |s| {
+                    s.env.insert("A=B".into(), "x".into());
+                },
+                "params.env: \"A=B\" is not a usable variable name (empty, or holds '=' or NUL)",
+            ),
+            (
+                |s| s.resources.memory = Some(1 << 20),
+                "params.resources.memory: 1048576 bytes is below docker's minimum of 6 MiB",
+            ),
+            (
+                |s| s.resources.cpus = Some(f64::NAN),
+                "params.resources.cpus: NaN is out of range; use 0.01 or more, e.g. 1.5",
+            ),
+            (
+                |s| s.resources.pids = Some(0),
+                "params.resources.pids: 0 is out of range; use 1 or more (leave it out for no limit)",
+            ),
+            (
+                |s| s.command = Some(vec![]),
+                "params.command: is empty; leave it out for the default",
+            ),
+        ];
+        for (spoil, want) in cases {
+            let mut s = spec();
+            spoil(&mut s);
+            assert_eq!(invalid(create_body(&s, "i", "n")), want);
+        }
     }
 
     #[test]

@@ -126,35 +126,49 @@ pub(crate) fn limit_lines(r: &Resources, host: &CgroupHost) -> (Vec<String>, Vec
         m => format!("this {} cgroup host has no v1 {controller} controller mounted", m.as_str()),
     }
     };
-    if let Some(mem) = r.memory {
-        if !host.memory {
-            missing.push(format!("resources.memory ({})", why("memory")));
-        } else if v2 {
-            lines.push(format!("lxc.cgroup2.memory.max = {mem}"));
+    // One requested limit: its lines in the host's key family, or why not.
+    let mut limit = |resource: &str,
+                     controller: &str,
+                     enforced: bool,
+                     v2_keys: Vec<String>,
+                     v1_keys: Vec<String>| {
+        if !enforced {
+            missing.push(format!("resources.{resource} ({})", why(controller)));
         } else {
-            lines.push(format!("lxc.cgroup.memory.limit_in_bytes = {mem}"));
+            lines.extend(if v2 { v2_keys } else { v1_keys });
         }
+    };
+    if let Some(mem) = r.memory {
+        limit(
+            "memory",
+            "memory",
+            host.memory,
+            vec![format!("lxc.cgroup2.memory.max = {mem}")],
+            vec![format!("lxc.cgroup.memory.limit_in_bytes = {mem}")],
+        );
     }
     if let Some(cpus) = r.cpus {
         // The kernel refuses quotas under 1 ms.
         let quota = ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000);
-        if !host.cpu {
-            missing.push(format!("resources.cpus ({})", why("cpu")));
-        } else if v2 {
-            lines.push(format!("lxc.cgroup2.cpu.max = {quota} {CPU_PERIOD_US}"));
-        } else {
-            lines.push(format!("lxc.cgroup.cpu.cfs_period_us = {CPU_PERIOD_US}"));
-            lines.push(format!("lxc.cgroup.cpu.cfs_quota_us = {quota}"));
-        }
+        limit(
+            "cpus",
+            "cpu",
+            host.cpu,
+            vec![format!("lxc.cgroup2.cpu.max = {quota} {CPU_PERIOD_US}")],
+            vec![
+                format!("lxc.cgroup.cpu.cfs_period_us = {CPU_PERIOD_US}"),
+                format!("lxc.cgroup.cpu.cfs_quota_us = {quota}"),
+            ],
+        );
     }
     if let Some(pids) = r.pids {
-        if !host.pids {
-            missing.push(format!("resources.pids ({})", why("pids")));
-        } else if v2 {
-            lines.push(format!("lxc.cgroup2.pids.max = {pids}"));
-        } else {
-            lines.push(format!("lxc.cgroup.pids.max = {pids}"));
-        }
+        limit(
+            "pids",
+            "pids",
+            host.pids,
+            vec![format!("lxc.cgroup2.pids.max = {pids}")],
+            vec![format!("lxc.cgroup.pids.max = {pids}")],
+        );
     }
     (lines, missing)
 }

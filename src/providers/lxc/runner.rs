@@ -362,6 +362,11 @@ mod tests {
         command("/bin/sh", ["-c", script])
     }
 
+    /// Runs `script` in sh with no stdin, output capped at `cap`.
+    fn run_sh(script: &str, timeout: Duration, cap: usize) -> Outcome {
+        run(&mut sh(script), None, timeout, cap, &mut Discard).unwrap()
+    }
+
     struct Collect(Vec<(Stream, Vec<u8>)>);
     impl OutputSink for Collect {
         fn chunk(&mut self, s: Stream, d: &[u8]) {
@@ -390,14 +395,7 @@ mod tests {
 
     #[test]
     fn signals_become_128_plus() {
-        let o = run(
-            &mut sh("kill -9 $$"),
-            None,
-            Duration::from_secs(10),
-            64,
-            &mut Discard,
-        )
-        .unwrap();
+        let o = run_sh("kill -9 $$", Duration::from_secs(10), 64);
         assert_eq!(o.code(), Some(137));
     }
 
@@ -420,14 +418,7 @@ mod tests {
 
     #[test]
     fn caps_output_but_counts_it() {
-        let o = run(
-            &mut sh("head -c 100000 /dev/zero"),
-            None,
-            Duration::from_secs(10),
-            1000,
-            &mut Discard,
-        )
-        .unwrap();
+        let o = run_sh("head -c 100000 /dev/zero", Duration::from_secs(10), 1000);
         assert_eq!(o.stdout.data.len(), 1000);
         assert_eq!(o.stdout.total, 100_000);
         assert!(o.stdout.truncated());
@@ -436,15 +427,8 @@ mod tests {
     #[test]
     fn timeout_kills_the_whole_group() {
         let t = Instant::now();
-        let mut cmd = sh("sleep 1013 & sleep 1017 & echo started; wait");
-        let o = run(
-            &mut cmd,
-            None,
-            Duration::from_millis(300),
-            1024,
-            &mut Discard,
-        )
-        .unwrap();
+        let script = "sleep 1013 & sleep 1017 & echo started; wait";
+        let o = run_sh(script, Duration::from_millis(300), 1024);
         assert!(o.timed_out);
         assert_eq!(o.code(), None);
         assert_eq!(o.stdout.data, b"started\n");
@@ -463,14 +447,7 @@ mod tests {
     #[test]
     fn returns_when_the_child_exits_even_if_a_grandchild_holds_the_pipe() {
         let t = Instant::now();
-        let o = run(
-            &mut sh("sleep 3 & echo done"),
-            None,
-            Duration::from_secs(20),
-            1024,
-            &mut Discard,
-        )
-        .unwrap();
+        let o = run_sh("sleep 3 & echo done", Duration::from_secs(20), 1024);
         assert_eq!(o.code(), Some(0));
         assert_eq!(o.stdout.data, b"done\n");
         // The background sleep (gone by itself in 3 s) did not hold us up.
@@ -487,6 +464,7 @@ mod tests {
             &mut Discard,
         )
         .unwrap_err();
+        assert!(matches!(e, ProcessError::Spawn { .. }), "{e:?}");
         assert!(e.is_not_found());
         assert_eq!(
             e.to_string(),

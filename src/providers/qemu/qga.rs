@@ -18,7 +18,7 @@
 //! [`Capture`]: a 16 MiB guest output (a ~22 MB JSON line) never sits in
 //! memory, only the first `max_output` bytes of it do.
 
-use super::wire::{self, clip, ms, Fault, Peer, Wire, WireError};
+use super::wire::{self, clip, ms, Fault, Peer, Refusal, Wire, WireError};
 use super::ExecOutput;
 use crate::providers::output::{Capture, OutputSink, Stream};
 use base64::Engine;
@@ -63,11 +63,7 @@ pub(crate) enum QgaError {
     /// The exchange broke: closed, timed out, garbled or failed I/O.
     Wire(WireError),
     /// The agent answered with an error.
-    Command {
-        command: String,
-        class: String,
-        desc: String,
-    },
+    Command(Refusal),
 }
 
 impl fmt::Display for QgaError {
@@ -85,19 +81,19 @@ impl fmt::Display for QgaError {
                 ms(*after)
             ),
             QgaError::Wire(e) => e.fmt(f),
-            QgaError::Command {
+            QgaError::Command(Refusal {
                 command,
                 class,
                 desc,
-            } if class == "CommandNotFound" => write!(
+            }) if class == "CommandNotFound" => write!(
                 f,
                 "the guest agent does not offer {command}: {desc}; it may be blocked in qemu-ga's configuration (--block-rpcs)"
             ),
-            QgaError::Command {
+            QgaError::Command(Refusal {
                 command,
                 class,
                 desc,
-            } => write!(f, "the guest agent refused {command}: {desc} ({class})"),
+            }) => write!(f, "the guest agent refused {command}: {desc} ({class})"),
         }
     }
 }
@@ -246,12 +242,7 @@ impl<S: Read + Write> Qga<S> {
                 return Ok(r);
             }
             if let Some(e) = reply.remove("error") {
-                let (class, desc) = wire::refusal(&e);
-                return Err(QgaError::Command {
-                    command: command.to_string(),
-                    class,
-                    desc,
-                });
+                return Err(QgaError::Command(wire::refusal(command, &e)));
             }
             let detail = "a reply with neither return nor error";
             return Err(self.wire.garbage(command, detail).into());

@@ -11,7 +11,7 @@
 //! QMP serves one client at a time: the provider connects per operation
 //! and drops the connection when done.
 
-use super::wire::{self, clip, Peer, Wire, WireError};
+use super::wire::{self, clip, Peer, Refusal, Wire, WireError};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::fmt;
@@ -33,11 +33,7 @@ pub(crate) enum QmpError {
     /// The first message was not a QMP greeting.
     Greeting { got: String },
     /// QEMU answered the command with an error.
-    Command {
-        command: String,
-        class: String,
-        desc: String,
-    },
+    Command(Refusal),
 }
 
 impl fmt::Display for QmpError {
@@ -59,11 +55,11 @@ impl fmt::Display for QmpError {
                 "expected a QMP greeting, got {}; is this a QMP socket?",
                 clip(got)
             ),
-            QmpError::Command {
+            QmpError::Command(Refusal {
                 command,
                 class,
                 desc,
-            } => match class.as_str() {
+            }) => match class.as_str() {
                 "CommandNotFound" => write!(
                     f,
                     "QEMU does not know or allow the QMP command {command}: {desc} (CommandNotFound)"
@@ -128,7 +124,8 @@ enum Message {
     Event(Event),
     Reply {
         id: Option<Value>,
-        result: Result<Value, (String, String)>,
+        /// The `return` value, or the `error` object.
+        result: Result<Value, Value>,
     },
 }
 
@@ -213,11 +210,7 @@ impl<S: Read + Write> Qmp<S> {
                 // Without OOB, commands answer in order; a reply with no id
                 // is a parse error of our own request.
                 Message::Reply { result, .. } => {
-                    return result.map_err(|(class, desc)| QmpError::Command {
-                        command: command.to_string(),
-                        class,
-                        desc,
-                    })
+                    return result.map_err(|e| QmpError::Command(wire::refusal(command, &e)))
                 }
                 Message::Greeting(_) => {
                     return Err(self.wire.garbage(&step, "a second greeting").into())
@@ -315,10 +308,7 @@ fn parse_message(line: &[u8]) -> Result<Message, String> {
         return Ok(Message::Reply { id, result: Ok(r) });
     }
     if let Some(e) = m.remove("error") {
-        return Ok(Message::Reply {
-            id,
-            result: Err(wire::refusal(&e)),
-        });
+        return Ok(Message::Reply { id, result: Err(e) });
     }
     Err(format!(
         "{} is neither a reply nor an event",
@@ -389,7 +379,7 @@ mod tests {
         let t = Duration::from_secs(1);
         let e = q.execute("nope", None, t).unwrap_err();
         assert!(
-            matches!(&e, QmpError::Command { class, .. } if class == "CommandNotFound"),
+            matches!(&e, QmpError::Command(r) if r.class == "CommandNotFound"),
             "{e:?}"
         );
         assert_eq!(
@@ -544,7 +534,7 @@ mod tests {
         let mut q = Qmp::connect(&vm.dir.join("qmp.sock"), t).unwrap();
         let e = q.execute("no-such-command", None, t).unwrap_err();
         assert!(
-            matches!(&e, QmpError::Command { class, .. } if class == "CommandNotFound"),
+            matches!(&e, QmpError::Command(r) if r.class == "CommandNotFound"),
             "{e:?}"
         );
         assert!(e.to_string().contains("no-such-command"), "{e}");
@@ -557,7 +547,7 @@ mod tests {
             .execute("device_del", Some(json!({"id": "nope"})), t)
             .unwrap_err();
         assert!(
-            matches!(&e, QmpError::Command { class, .. } if class == "DeviceNotFound"),
+            matches!(&e, QmpError::Command(r) if r.class == "DeviceNotFound"),
             "{e:?}"
         );
         let e = q.execute("qmp_capabilities", None, t).unwrap_err();

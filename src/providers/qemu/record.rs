@@ -121,25 +121,13 @@ impl QemuProvider {
     /// to disk: status and pid are re-derived after a power cut anyway (it
     /// ends every VM); see [`Self::write_record_durable`].
     pub(crate) fn write_record(&self, dir: &Path, rec: &VmRecord) -> Result<(), QemuError> {
-        let path = dir.join(STATE_FILE);
-        let bytes = serde_json::to_vec_pretty(rec).unwrap_or_default();
-        fsutil::replace(&path, &bytes, 0o600).map_err(|source| QemuError::State {
-            step: "write the VM record",
-            path,
-            source,
-        })
+        store(dir, rec, fsutil::replace)
     }
 
     /// Like [`Self::write_record`], and synced: for what must survive a
     /// power cut (that the session exists, with its image and settings).
     pub(crate) fn write_record_durable(&self, dir: &Path, rec: &VmRecord) -> Result<(), QemuError> {
-        let path = dir.join(STATE_FILE);
-        let bytes = serde_json::to_vec_pretty(rec).unwrap_or_default();
-        fsutil::write_atomic(&path, &bytes, 0o600).map_err(|source| QemuError::State {
-            step: "write the VM record",
-            path,
-            source,
-        })
+        store(dir, rec, fsutil::write_atomic)
     }
 
     /// Every VM directory of this node with its record.
@@ -192,6 +180,22 @@ impl QemuProvider {
             }
         }
     }
+}
+
+/// Writes `rec` as `dir/vm.json` with `write` (one of the atomic writers
+/// of [`crate::os::fs`]), readable by us alone.
+fn store(
+    dir: &Path,
+    rec: &VmRecord,
+    write: fn(&Path, &[u8], u32) -> io::Result<()>,
+) -> Result<(), QemuError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = serde_json::to_vec_pretty(rec).unwrap_or_default();
+    write(&path, &bytes, 0o600).map_err(|source| QemuError::State {
+        step: "write the VM record",
+        path,
+        source,
+    })
 }
 
 /// Removes sockets and the pidfile a dead QEMU left behind.

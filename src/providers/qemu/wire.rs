@@ -46,6 +46,16 @@ pub(crate) enum Peer {
     Qga,
 }
 
+impl Peer {
+    /// The protocol as messages name it.
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Qmp => "QMP",
+            Peer::Qga => "guest agent",
+        }
+    }
+}
+
 /// Why an exchange failed, in the step named.
 #[derive(Debug)]
 pub(crate) enum WireError {
@@ -111,16 +121,9 @@ impl fmt::Display for WireError {
                 step,
                 detail,
             } => write!(f, "the guest agent sent an unreadable reply to {step}: {detail}"),
-            WireError::Io {
-                peer: Qmp,
-                step,
-                source,
-            } => write!(f, "QMP {step} failed: {source}"),
-            WireError::Io {
-                peer: Qga,
-                step,
-                source,
-            } => write!(f, "guest agent {step} failed: {source}"),
+            WireError::Io { peer, step, source } => {
+                write!(f, "{} {step} failed: {source}", peer.name())
+            }
         }
     }
 }
@@ -304,12 +307,30 @@ impl<S: Read + Write> Wire<S> {
     }
 }
 
-/// The class and description of an `error` reply, with the protocol's own
-/// defaults for what a peer left out.
-pub(crate) fn refusal(error: &Value) -> (String, String) {
-    let class = error["class"].as_str().unwrap_or("GenericError");
-    let desc = error["desc"].as_str().unwrap_or("(no description)");
-    (class.to_string(), desc.to_string())
+/// A command the peer answered with an `error` reply. Each protocol words
+/// it in its own error's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) command: String,
+    /// QEMU's error class, e.g. `CommandNotFound`, `GenericError`.
+    pub(crate) class: String,
+    pub(crate) desc: String,
+}
+
+/// The refusal of `command` that `error` (the reply's `error` object)
+/// says, with the protocols' defaults for what a peer left out.
+pub(crate) fn refusal(command: &str, error: &Value) -> Refusal {
+    Refusal {
+        command: command.to_string(),
+        class: error["class"]
+            .as_str()
+            .unwrap_or("GenericError")
+            .to_string(),
+        desc: error["desc"]
+            .as_str()
+            .unwrap_or("(no description)")
+            .to_string(),
+    }
 }
 
 /// A duration for people, to the millisecond ("1500ms", "2s").
@@ -451,13 +472,18 @@ mod tests {
 
     #[test]
     fn refusals_have_defaults() {
+        let refused = |class: &str, desc: &str| Refusal {
+            command: "cont".into(),
+            class: class.into(),
+            desc: desc.into(),
+        };
         assert_eq!(
-            refusal(&json!({"class": "CommandNotFound", "desc": "no"})),
-            ("CommandNotFound".to_string(), "no".to_string())
+            refusal("cont", &json!({"class": "CommandNotFound", "desc": "no"})),
+            refused("CommandNotFound", "no")
         );
         assert_eq!(
-            refusal(&json!({})),
-            ("GenericError".to_string(), "(no description)".to_string())
+            refusal("cont", &json!({})),
+            refused("GenericError", "(no description)")
         );
     }
 }
