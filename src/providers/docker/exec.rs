@@ -18,7 +18,7 @@
 
 use super::engine::{api_error, call_name, message_of, parse_json, Engine};
 use super::DockerError;
-use crate::os::process::{self as proctree, KillTreeError};
+use crate::os::process::{self, KillTreeError};
 use crate::providers::docker::http::{self as http, Hijack, Request};
 use crate::providers::{Capture, ExecOutput, ExecSpec, OutputSink, Stream};
 use serde_json::{json, Value};
@@ -273,7 +273,7 @@ pub(crate) fn reap(
         let Some(pid) = v["Pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
             continue;
         };
-        if v["Running"] != true || pid == 0 || !proctree::environ_has(pid, &tag) {
+        if v["Running"] != true || pid == 0 || !process::environ_has(pid, &tag) {
             continue;
         }
         let killed = kill_tree(pid, container).map_err(|e| DockerError::KillFailed {
@@ -290,7 +290,7 @@ pub(crate) fn reap(
 /// descendants, all inside `container`'s cgroup. Returns how many signals
 /// it sent.
 pub(crate) fn kill_tree(root: u32, container: &str) -> Result<usize, KillTreeError> {
-    proctree::kill_tree(root, &|pid| proctree::cgroup_contains(pid, container))
+    process::kill_tree(root, &|pid| process::cgroup_contains(pid, container))
 }
 
 /// Takes apart Docker's multiplexed stream: 8-byte headers (stream type,

@@ -96,10 +96,12 @@ pub(crate) fn parse_image(image: &str, allowed: &[String]) -> Result<Template, L
     })
 }
 
+/// One argument.
 pub(crate) fn os(s: impl AsRef<std::ffi::OsStr>) -> OsString {
     s.as_ref().to_os_string()
 }
 
+/// `-P path -n name`: every tool but lxc-ls names its container so.
 pub(crate) fn base_args(lxcpath: &Path, name: &str) -> Vec<OsString> {
     vec![os("-P"), os(lxcpath), os("-n"), os(name)]
 }

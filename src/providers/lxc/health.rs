@@ -149,6 +149,8 @@ impl LxcProvider {
         )
     }
 
+    /// The version and `lxc-checkconfig` findings, run at most once per
+    /// CHECKCONFIG_TTL: the monitor asks often, the answers rarely change.
     fn probe_host(&self) -> HostProbe {
         let mut cache = self.host_probe.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, probe)) = cache.as_ref() {

@@ -56,7 +56,7 @@ pub(crate) mod tool;
 use super::{
     ExecOutput, ExecSpec, Health, OutputSink, Provider, ProviderError, Session, SessionSpec,
 };
-use crate::config::{self as agent_config, Config};
+use crate::config::Config;
 use crate::os::process::KillTreeError;
 use crate::protocol::{ProviderKind, SessionId};
 use health::HostProbe;
@@ -91,7 +91,7 @@ pub(crate) const TOOLS: [&str; 8] = [
 /// The LXC provider: containers under `lxc.lxcpath`, marked with this
 /// node's id.
 pub(crate) struct LxcProvider {
-    cfg: agent_config::Lxc,
+    cfg: crate::config::Lxc,
     node_id: String,
     /// `lxc-checkconfig` and version findings, refreshed every CHECKCONFIG_TTL.
     host_probe: Mutex<Option<(Instant, HostProbe)>>,
