@@ -285,17 +285,20 @@ fn get_command(rt: &Runtime, path: &str) -> Result<Reply, ApiError> {
 
 /// `GET /api/v1/sessions[?provider=]`: the live list, through the runtime.
 fn sessions(rt: &Runtime, query: &str) -> Result<Reply, ApiError> {
+    // The same deserializer as `session list`'s params, so the same words.
     let provider = match query_value(query, "provider") {
         None => None,
-        Some(p) => Some(wire::ProviderKind::parse(p).ok_or_else(|| {
-            ApiError::Sessions(crate::runtime::dispatch::Failure {
-                code: crate::protocol::Code::Invalid,
-                message: format!(
-                    "params.provider: unknown provider {:?}; use docker, lxc or qemu",
-                    wire::clip(p)
-                ),
-            })
-        })?),
+        Some(p) => {
+            use serde::de::{value::Error, IntoDeserializer};
+            let kind: Result<wire::ProviderKind, Error> =
+                serde::Deserialize::deserialize(wire::clip(p).into_deserializer());
+            Some(kind.map_err(|e| {
+                ApiError::Sessions(crate::runtime::dispatch::Failure {
+                    code: crate::protocol::Code::Invalid,
+                    message: format!("params.provider: {e}"),
+                })
+            })?)
+        }
     };
     let sessions = rt.list_sessions(provider).map_err(ApiError::Sessions)?;
     Ok(Reply::json(200, &json!({"sessions": sessions})))

@@ -230,10 +230,8 @@ fn stop(path: Option<PathBuf>, timeout: Duration) -> Result<i32, CliError> {
         );
         return Ok(EXIT_OK);
     };
-    // SAFETY: kill has no memory-safety preconditions; the pid comes from a
-    // pid file whose lock is held, so it is the agent and not a reused pid.
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
-        let e = std::io::Error::last_os_error();
+    // The pid comes from a pid file whose lock is held: the agent, not a reused pid.
+    if let Err(e) = crate::os::process::kill(pid, crate::os::process::Signal::Term) {
         return Err(CliError::Failed(format!(
             "cannot signal agent pid {pid}: {e}; run as the agent's user or root"
         )));

@@ -487,8 +487,7 @@ impl Config {
         if let Some(d) = &self.cache_dir {
             return d.clone();
         }
-        // SAFETY: getuid has no preconditions and cannot fail.
-        if unsafe { libc::getuid() } == 0 {
+        if crate::os::process::uid() == 0 {
             return PathBuf::from("/var/lib/vendetta");
         }
         if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {

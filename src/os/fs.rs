@@ -1,9 +1,13 @@
-//! Durable file writes: temp file, fsync, rename, fsync of the directory.
+//! Files and file systems: durable writes (temp file, fsync, rename, fsync
+//! of the directory) and what statfs/statvfs say about a mount.
+//!
 //! A reader sees the old file or the new one, never a torn one, and after
 //! `write_atomic` returns the new one survives a power cut.
 
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -113,15 +117,73 @@ pub(crate) fn clean_temp_files(dir: &Path) {
     }
 }
 
+/// A path as the C calls take it; a NUL byte inside cannot be passed.
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} holds a NUL byte", path.display()),
+        )
+    })
+}
+
+/// The type of the file system holding `path` (statfs(2) `f_type`, a magic
+/// number such as 0x63677270 for cgroup2).
+pub(crate) fn statfs_type(path: &Path) -> io::Result<i64> {
+    let c = c_path(path)?;
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs(2) fills the struct we own; `c` is a NUL-terminated
+    // string that outlives the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64)
+}
+
+/// Size and free space of a file system, in blocks of `fragment_size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Statvfs {
+    pub(crate) fragment_size: u64,
+    pub(crate) blocks: u64,
+    /// Free blocks an unprivileged user may take.
+    pub(crate) blocks_available: u64,
+}
+
+/// What statvfs(3) says about the file system holding `path`.
+pub(crate) fn statvfs(path: &Path) -> io::Result<Statvfs> {
+    let c = c_path(path)?;
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs(3) fills the struct we own; `c` is a NUL-terminated
+    // string that outlives the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(Statvfs {
+        fragment_size: s.f_frsize as u64,
+        blocks: s.f_blocks as u64,
+        blocks_available: s.f_bavail as u64,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn atomic_write_replaces() {
+    /// A fresh directory under the temp dir, for one test.
+    fn scratch() -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("vendetta-fsutil-{}", crate::util::random_hex(4)));
         ensure_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = scratch();
         let p = dir.join("f.json");
         write_atomic(&p, b"one", 0o600).unwrap();
         write_atomic(&p, b"two", 0o600).unwrap();
@@ -134,9 +196,7 @@ mod tests {
 
     #[test]
     fn staged_file_is_invisible_until_commit_and_gone_if_dropped() {
-        let dir =
-            std::env::temp_dir().join(format!("vendetta-fsutil-{}", crate::util::random_hex(4)));
-        ensure_dir(&dir).unwrap();
+        let dir = scratch();
         let p = dir.join("f.json");
         let dropped = stage(&p, b"never", 0o600).unwrap();
         assert!(!p.exists());
@@ -148,5 +208,28 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"kept");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp files left");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn file_system_facts_and_their_failures() {
+        const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+        assert_eq!(statfs_type(Path::new("/proc")).unwrap(), PROC_SUPER_MAGIC);
+        let root = statvfs(Path::new("/")).unwrap();
+        assert!(
+            root.fragment_size > 0 && root.blocks >= root.blocks_available,
+            "{root:?}"
+        );
+        let missing = Path::new("/nonexistent/vendetta");
+        assert_eq!(
+            statfs_type(missing).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            statvfs(missing).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        let e = statvfs(Path::new("/a\0b")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), "/a\0b holds a NUL byte");
     }
 }

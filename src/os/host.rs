@@ -97,27 +97,25 @@ pub(crate) struct Disk {
 
 /// Space on the file system holding `path`.
 pub(crate) fn disk(path: &Path) -> Option<Disk> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statvfs writes into the struct we own; c is a valid C string.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return None;
-    }
-    let frsize = s.f_frsize as u64;
+    let s = super::fs::statvfs(path).ok()?;
     Some(Disk {
-        total_bytes: s.f_blocks as u64 * frsize,
-        available_bytes: s.f_bavail as u64 * frsize,
+        total_bytes: s.blocks * s.fragment_size,
+        available_bytes: s.blocks_available * s.fragment_size,
     })
+}
+
+/// A sysconf(3) value; None when the system does not say.
+fn sysconf(name: libc::c_int) -> Option<i64> {
+    // SAFETY: sysconf takes an int and no pointers, and has no preconditions.
+    let v = unsafe { libc::sysconf(name) };
+    (v > 0).then_some(v as i64)
 }
 
 /// Resident set size of this process in bytes.
 pub(crate) fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = sysconf(libc::_SC_PAGESIZE).unwrap_or(4096);
     Some(pages * page.max(4096) as u64)
 }
 
@@ -129,8 +127,7 @@ pub(crate) fn cpu_seconds() -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let tick = sysconf(libc::_SC_CLK_TCK).unwrap_or(1) as f64;
     Some((utime + stime) / tick)
 }
 

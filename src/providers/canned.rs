@@ -1,5 +1,6 @@
-//! A test double for the socket clients (QMP, QGA): the peer's bytes are
-//! canned, what the client writes is recorded. Unit tests only.
+//! A test double for the socket clients (Docker's HTTP, QMP, QGA): the
+//! peer's bytes are canned, what the client writes is recorded. Unit tests
+//! only.
 
 use std::io::{self, Cursor, Read, Write};
 use std::time::Duration;
@@ -10,6 +11,9 @@ pub(crate) struct Canned {
     /// After the input runs out: block (WouldBlock) instead of EOF, like a
     /// peer that says nothing more.
     pub(crate) hang: bool,
+    /// The most one read returns, to split heads, chunk sizes and frames
+    /// across reads.
+    pub(crate) step: usize,
 }
 
 impl Canned {
@@ -18,6 +22,15 @@ impl Canned {
             input: Cursor::new(input.into()),
             written: Vec::new(),
             hang: false,
+            step: usize::MAX,
+        }
+    }
+
+    /// Serves `input` at most `step` bytes per read, then EOF.
+    pub(crate) fn in_pieces(input: impl Into<Vec<u8>>, step: usize) -> Canned {
+        Canned {
+            step,
+            ..Canned::new(input)
         }
     }
 
@@ -31,7 +44,8 @@ impl Canned {
 
 impl Read for Canned {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.input.read(buf)?;
+        let max = buf.len().min(self.step);
+        let n = self.input.read(&mut buf[..max])?;
         if n == 0 && self.hang {
             std::thread::sleep(Duration::from_millis(5));
             return Err(io::ErrorKind::WouldBlock.into());

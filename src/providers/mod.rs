@@ -1,11 +1,18 @@
 //! Where sessions live: Docker containers, LXC containers, QEMU VMs.
 //!
 //! Every provider implements [`Provider`]; the dispatcher never knows which
-//! one it talks to. Providers own no threads and touch no channels: they
-//! are called from worker threads (and the monitor) and block until done,
-//! bounded by the timeouts they are given. Each has its own error enum and
-//! converts it into [`ProviderError`], whose kind the dispatcher maps to a
-//! result code.
+//! one it talks to. Providers own no threads: they are called from worker
+//! threads (and the monitor) and block until done, bounded by the timeouts
+//! they are given. Each has its own error enum and converts it into
+//! [`ProviderError`], whose kind the dispatcher maps to a result code.
+//!
+//! Owns: the sessions on this host and the files that record them; the
+//! shared probes ([`probe`]), output capture ([`output`]) and the registry
+//! of enabled providers ([`registry`]). Each provider's folder says what its
+//! files own.
+//!
+//! May not touch: channels, HTTP requests of the local API, the runtime or
+//! the coordination link. Syscalls go through [`crate::os`].
 
 #[cfg(test)]
 pub(crate) mod canned;

@@ -78,52 +78,11 @@ mod tests {
         assert!(which("definitely-not-a-tool-xyz").is_none());
     }
 
-    /// A loopback port that is bound (so no one else gets it while the
-    /// test runs) but not listening: connecting to it is refused.
-    struct ClosedPort(i32, u16);
-
-    impl ClosedPort {
-        fn new() -> ClosedPort {
-            // SAFETY: plain socket calls on a fd this struct owns; sockaddr_in
-            // is zeroed and filled before use.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-                assert!(fd >= 0);
-                let mut addr: libc::sockaddr_in = std::mem::zeroed();
-                addr.sin_family = libc::AF_INET as libc::sa_family_t;
-                addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-                let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                assert_eq!(
-                    libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len),
-                    0
-                );
-                let mut got: libc::sockaddr_in = std::mem::zeroed();
-                let mut got_len = len;
-                assert_eq!(
-                    libc::getsockname(
-                        fd,
-                        (&mut got as *mut libc::sockaddr_in).cast(),
-                        &mut got_len
-                    ),
-                    0
-                );
-                ClosedPort(fd, u16::from_be(got.sin_port))
-            }
-        }
-    }
-
-    impl Drop for ClosedPort {
-        fn drop(&mut self) {
-            // SAFETY: closing the fd this struct owns.
-            unsafe { libc::close(self.0) };
-        }
-    }
-
     #[test]
     fn probes_ports() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listener.local_addr().unwrap().port();
-        let closed = ClosedPort::new();
+        let closed = crate::os::socket::closed_tcp_port().unwrap();
         let mut s = Session {
             id: "s".into(),
             provider: ProviderKind::Docker,
@@ -136,10 +95,10 @@ mod tests {
             warnings: vec![],
         };
         assert_eq!(tcp_ports(&s).status, "healthy");
-        s.ports.insert("81/tcp".into(), closed.1);
+        s.ports.insert("81/tcp".into(), closed.port);
         let h = tcp_ports(&s);
         assert_eq!(h.status, "unhealthy");
-        assert!(h.detail.contains(&closed.1.to_string()), "{h:?}");
+        assert!(h.detail.contains(&closed.port.to_string()), "{h:?}");
         s.ports.clear();
         assert_eq!(tcp_ports(&s).status, "unknown");
     }

@@ -307,7 +307,7 @@ fn garbage_on_the_socket_does_not_hurt() {
 }
 
 #[test]
-fn sessions_route_lists_through_the_command_path() {
+fn sessions_route_lists_live_through_the_runtime() {
     let a = Agent::start("providers: [lxc]\nprovider: lxc\n");
     let (s, b) = a.get("/api/v1/sessions");
     assert_eq!(s, 200, "{b}");

@@ -271,8 +271,18 @@ mod tests {
         assert_eq!(negotiate(Some("2.0")).unwrap(), MAX_API);
         let e = negotiate(Some("1.39")).unwrap_err().to_string();
         assert!(e.contains("1.39") && e.contains("1.40"), "{e}");
-        assert!(negotiate(None).is_err());
-        assert!(negotiate(Some("one.two")).is_err());
+        let e = negotiate(None).unwrap_err();
+        assert!(matches!(e, DockerError::ApiTooOld { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("docker engine API unknown (no Api-Version header) is older than {MIN_API}, the oldest this agent speaks: upgrade the Docker Engine to 19.03 or newer")
+        );
+        let e = negotiate(Some("one.two")).unwrap_err();
+        assert!(matches!(e, DockerError::BadAnswer { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "unexpected answer from the docker engine to GET /_ping: Api-Version \"one.two\" is not a version"
+        );
         assert!(
             ApiVersion(1, 9) < ApiVersion(1, 10),
             "numeric, not text, order"
@@ -301,5 +311,20 @@ mod tests {
         server.join().unwrap();
         assert!(e.contains("1.30") && e.contains("upgrade"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn connect_errors_name_the_socket_and_the_fix() {
+        use std::io::{Error, ErrorKind};
+        let p = Path::new("/run/d.sock");
+        let e = connect_error(p, Error::from(ErrorKind::PermissionDenied)).to_string();
+        assert!(
+            e.contains("permission denied") && e.contains("/run/d.sock"),
+            "{e}"
+        );
+        let e = connect_error(p, Error::from(ErrorKind::ConnectionRefused)).to_string();
+        assert!(e.contains("is the engine running"), "{e}");
+        let e = connect_error(p, Error::from(ErrorKind::NotFound)).to_string();
+        assert!(e.contains("does not exist"), "{e}");
     }
 }

@@ -18,7 +18,7 @@
 
 use super::engine::{api_error, call_name, message_of, parse_json, Engine};
 use super::DockerError;
-use crate::os::proctree;
+use crate::os::process::{self, KillTreeError};
 use crate::providers::docker::http::{self as http, Hijack, Request};
 use crate::providers::{Capture, ExecOutput, ExecSpec, OutputSink, Stream};
 use serde_json::{json, Value};
@@ -75,6 +75,7 @@ pub(crate) fn run(
 
     // Start on a connection of its own, hijacked.
     let start_path = format!("/exec/{exec_id}/start");
+    let start_call = call_name("POST", &start_path);
     let target = engine.target(&start_path)?;
     let stream = engine.connect(engine.timeout)?;
     let writer = stream.try_clone().map_err(|e| DockerError::Connect {
@@ -85,7 +86,7 @@ pub(crate) fn run(
         .json(br#"{"Detach":false,"Tty":false}"#)
         .upgrade();
     let mut conn = match http::hijack(stream, &req, 1 << 20)
-        .map_err(|e| engine.http_error(&call_name("POST", &start_path), engine.timeout, e))?
+        .map_err(|e| engine.http_error(&start_call, engine.timeout, e))?
     {
         Hijack::Stream(head, conn) => {
             log::trace!(
@@ -96,13 +97,20 @@ pub(crate) fn run(
         }
         Hijack::Answer(resp) => {
             return Err(DockerError::Api {
-                call: call_name("POST", &start_path),
+                call: start_call,
                 status: resp.status(),
                 message: message_of(&resp),
             })
         }
     };
 
+    let io_failed = |step: &'static str, source: std::io::Error| {
+        engine.http_error(
+            &start_call,
+            spec.timeout,
+            http::HttpError::Io { step, source },
+        )
+    };
     let mut out = Capture::new(spec.max_output);
     let mut err = Capture::new(spec.max_output);
     let mut demux = Demuxer::default();
@@ -137,14 +145,7 @@ pub(crate) fn run(
                 continue;
             }
             if let Err(e) = conn.get_ref().set_read_timeout(Some(limit - now)) {
-                break Err(engine.http_error(
-                    &call_name("POST", &start_path),
-                    spec.timeout,
-                    http::HttpError::Io {
-                        step: "setting the read timeout",
-                        source: e,
-                    },
-                ));
+                break Err(io_failed("setting the read timeout", e));
             }
             match conn.read(&mut buf) {
                 Ok(0) => break Ok(()),
@@ -158,7 +159,7 @@ pub(crate) fn run(
                     });
                     if let Err(detail) = fed {
                         break Err(DockerError::BadAnswer {
-                            call: call_name("POST", &start_path),
+                            call: start_call.clone(),
                             detail,
                         });
                     }
@@ -170,16 +171,7 @@ pub(crate) fn run(
                             | std::io::ErrorKind::TimedOut
                             | std::io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) => {
-                    break Err(engine.http_error(
-                        &call_name("POST", &start_path),
-                        spec.timeout,
-                        http::HttpError::Io {
-                            step: "reading the exec output",
-                            source: e,
-                        },
-                    ))
-                }
+                Err(e) => break Err(io_failed("reading the exec output", e)),
             }
         };
         // Unblocks the stdin writer if the command never read it.
@@ -251,8 +243,10 @@ fn kill_exec(engine: &Engine, exec_id: &str, container: &str) -> Result<(), Dock
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let killed =
-        kill_tree(pid, container).map_err(|detail| DockerError::KillFailed { pid, detail })?;
+    let killed = kill_tree(pid, container).map_err(|e| DockerError::KillFailed {
+        pid,
+        detail: e.to_string(),
+    })?;
     log::info!(pid = pid, killed = killed; "exec timed out; killed its processes");
     Ok(())
 }
@@ -279,11 +273,13 @@ pub(crate) fn reap(
         let Some(pid) = v["Pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
             continue;
         };
-        if v["Running"] != true || pid == 0 || !proctree::environ_has(pid, &tag) {
+        if v["Running"] != true || pid == 0 || !process::environ_has(pid, &tag) {
             continue;
         }
-        let killed =
-            kill_tree(pid, container).map_err(|detail| DockerError::KillFailed { pid, detail })?;
+        let killed = kill_tree(pid, container).map_err(|e| DockerError::KillFailed {
+            pid,
+            detail: e.to_string(),
+        })?;
         log::info!(command_id = command_id, pid = pid, killed = killed; "stopped an exec left running by the agent's restart");
         reaped += 1;
     }
@@ -293,8 +289,8 @@ pub(crate) fn reap(
 /// Kills `root` (a pid in the host namespace) and its session and
 /// descendants, all inside `container`'s cgroup. Returns how many signals
 /// it sent.
-pub(crate) fn kill_tree(root: u32, container: &str) -> Result<usize, String> {
-    proctree::kill_tree(root, &|pid| proctree::cgroup_contains(pid, container))
+pub(crate) fn kill_tree(root: u32, container: &str) -> Result<usize, KillTreeError> {
+    process::kill_tree(root, &|pid| process::cgroup_contains(pid, container))
 }
 
 /// Takes apart Docker's multiplexed stream: 8-byte headers (stream type,
@@ -357,6 +353,9 @@ impl Demuxer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::SessionId;
+    use crate::providers::docker::DockerProvider;
+    use crate::providers::{Provider, SessionSpec};
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![kind, 0, 0, 0];
@@ -413,7 +412,10 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("bad stream frame header"), "{e}");
         let mut d = Demuxer::default();
-        assert!(d.feed(&frame(9, b"x"), &mut |_, _| {}).is_err());
+        assert_eq!(
+            d.feed(&frame(9, b"x"), &mut |_, _| {}),
+            Err("bad stream frame header [09, 00, 00, 00, 00, 00, 00, 01]: the exec output is not a multiplexed stream".to_string())
+        );
     }
 
     #[test]
@@ -421,11 +423,93 @@ mod tests {
         // Our own pid is in no container of that id.
         let me = std::process::id();
         let e = kill_tree(me, "0123456789abcdef0123456789abcdef").unwrap_err();
-        assert!(e.contains("pid namespace"), "{e}");
+        assert_eq!(e, KillTreeError::Outside { pid: me });
+        assert!(e.to_string().contains("pid namespace"), "{e}");
         assert_eq!(
             kill_tree(u32::MAX - 1, "x").unwrap(),
             0,
             "a gone pid is fine"
         );
+    }
+
+    /// Records when each chunk came.
+    struct Timed(Vec<(Instant, Stream, Vec<u8>)>);
+
+    impl OutputSink for Timed {
+        fn chunk(&mut self, stream: Stream, data: &[u8]) {
+            self.0.push((Instant::now(), stream, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn exec_output_reaches_the_sink_as_it_arrives_from_the_real_engine() {
+        let dir = std::env::temp_dir().join(format!("vdsink-{}", crate::util::random_hex(4)));
+        let mut config = crate::config::Config {
+            cache_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        // Built offline by tests/setup/images.sh (`make test` runs it).
+        config.docker.image = "vendetta-test/busybox:latest".into();
+        let node = format!("node-vu{}sink", std::process::id());
+        let p = DockerProvider::new(&config, &node);
+        let id = SessionId::parse(&format!("vu{}-sink", std::process::id())).unwrap();
+        // Removes the container and the cache dir, also when the test fails.
+        struct Cleanup<'a>(&'a DockerProvider, &'a SessionId, std::path::PathBuf);
+        impl Drop for Cleanup<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.destroy(self.1);
+                let _ = std::fs::remove_dir_all(&self.2);
+            }
+        }
+        let _cleanup = Cleanup(&p, &id, dir.clone());
+        p.create(&SessionSpec {
+            id: id.clone(),
+            node_id: node.clone(),
+            image: None,
+            workspace: None,
+            env: Default::default(),
+            ports: vec![],
+            resources: Default::default(),
+            labels: Default::default(),
+            command: None,
+            timeout: Duration::from_secs(30),
+        })
+        .unwrap();
+        p.start(&id).unwrap();
+        let spec = ExecSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo first; echo oops >&2; sleep 2; echo second".into(),
+            ],
+            env: Default::default(),
+            workdir: None,
+            user: None,
+            stdin: None,
+            timeout: Duration::from_secs(20),
+            max_output: 1 << 20,
+        };
+        let mut sink = Timed(Vec::new());
+        let t0 = Instant::now();
+        let out = p.exec(&id, &spec, &mut sink).unwrap();
+        let done = t0.elapsed();
+        assert_eq!(out.exit_code, Some(0));
+        assert_eq!(out.stdout, b"first\nsecond\n");
+        let first = sink
+            .0
+            .iter()
+            .find(|(_, s, d)| *s == Stream::Stdout && d.starts_with(b"first"))
+            .expect("a chunk with the first line");
+        assert!(
+            first.0 - t0 < Duration::from_millis(1500) && done >= Duration::from_secs(2),
+            "the first line came {:?} in, the exec took {done:?}: output was held back",
+            first.0 - t0
+        );
+        assert!(sink
+            .0
+            .iter()
+            .any(|(_, s, d)| *s == Stream::Stderr && d == b"oops\n"));
+        assert!(p.destroy(&id).unwrap());
+        assert!(!p.destroy(&id).unwrap());
     }
 }

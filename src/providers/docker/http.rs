@@ -567,52 +567,13 @@ pub(crate) fn encode(s: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A test double of a socket: serves canned bytes at most `step` at a
-    /// time (to split heads, chunk sizes and frames across reads) and
-    /// records what was written.
-    pub(crate) struct Canned {
-        pub(crate) input: Vec<u8>,
-        pub(crate) pos: usize,
-        pub(crate) step: usize,
-        pub(crate) written: Vec<u8>,
-    }
-
-    impl Canned {
-        pub(crate) fn new(input: &[u8], step: usize) -> Canned {
-            Canned {
-                input: input.to_vec(),
-                pos: 0,
-                step,
-                written: Vec::new(),
-            }
-        }
-    }
-
-    impl Read for Canned {
-        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            let n = out.len().min(self.step).min(self.input.len() - self.pos);
-            out[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
-            self.pos += n;
-            Ok(n)
-        }
-    }
-
-    impl Write for Canned {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.written.extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::providers::canned::Canned;
 
     fn get(input: &[u8], step: usize) -> Result<Response, HttpError> {
         request(
-            Canned::new(input, step),
+            Canned::in_pieces(input, step),
             &Request::new("GET", "/v1.41/info"),
             1 << 20,
         )
@@ -620,7 +581,7 @@ pub(crate) mod tests {
 
     #[test]
     fn writes_host_length_and_close() {
-        let mut c = Canned::new(b"HTTP/1.1 204 No Content\r\n\r\n", 100);
+        let mut c = Canned::in_pieces(b"HTTP/1.1 204 No Content\r\n\r\n", 100);
         let r = request(
             &mut c,
             &Request::new("POST", "/v1.41/containers/x/start"),
@@ -636,7 +597,7 @@ pub(crate) mod tests {
         assert!(sent.contains("Connection: close\r\n"), "{sent}");
         assert!(sent.ends_with("Content-Length: 0\r\n\r\n"), "{sent}");
 
-        let mut c = Canned::new(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}", 100);
+        let mut c = Canned::in_pieces(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}", 100);
         request(&mut c, &Request::new("POST", "/c").json(br#"{"a":1}"#), 10).unwrap();
         let sent = String::from_utf8(c.written).unwrap();
         assert!(
@@ -716,7 +677,7 @@ pub(crate) mod tests {
     #[test]
     fn body_limit_is_enforced() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world";
-        let e = request(Canned::new(raw, 100), &Request::new("GET", "/"), 5).unwrap_err();
+        let e = request(Canned::in_pieces(raw, 100), &Request::new("GET", "/"), 5).unwrap_err();
         assert!(matches!(e, HttpError::TooLarge { limit: 5, .. }), "{e}");
         let mut huge = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
@@ -727,7 +688,7 @@ pub(crate) mod tests {
     #[test]
     fn hijack_keeps_bytes_read_past_the_head() {
         let raw = b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n\x01\x00\x00\x00\x00\x00\x00\x02hi";
-        let mut c = Canned::new(raw, 4096);
+        let mut c = Canned::in_pieces(raw, 4096);
         let req = Request::new("POST", "/exec/x/start").json(b"{}").upgrade();
         let Hijack::Stream(head, mut conn) = hijack(&mut c, &req, 100).unwrap() else {
             panic!("expected a stream")
@@ -742,7 +703,7 @@ pub(crate) mod tests {
             "{sent}"
         );
         let raw = b"HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 25\r\n\r\n{\"message\":\"not running\"}";
-        match hijack(Canned::new(raw, 3), &req, 100).unwrap() {
+        match hijack(Canned::in_pieces(raw, 3), &req, 100).unwrap() {
             Hijack::Answer(r) => {
                 assert_eq!(r.status(), 409);
                 assert_eq!(r.body, br#"{"message":"not running"}"#);

@@ -343,6 +343,15 @@ mod tests {
     use crate::protocol::command::{PortSpec, Resources};
     use std::time::Duration;
 
+    /// The message of a refusal, which must be `Invalid`: the request's
+    /// fault, never the engine's.
+    fn invalid<T: std::fmt::Debug>(r: Result<T, DockerError>) -> String {
+        match r {
+            Err(DockerError::Invalid(m)) => m,
+            other => panic!("expected DockerError::Invalid, got {other:?}"),
+        }
+    }
+
     fn spec() -> SessionSpec {
         SessionSpec {
             id: SessionId::parse("s1").unwrap(),
@@ -399,33 +408,43 @@ mod tests {
 
     #[test]
     fn refuses_bad_input() {
-        let mut s = spec();
-        s.labels.insert("vendetta.session".into(), "other".into());
-        assert!(create_body(&s, "i", "n")
-            .unwrap_err()
-            .to_string()
-            .contains("reserved"));
-        let mut s = spec();
-        s.env.insert("A=B".into(), "x".into());
-        assert!(create_body(&s, "i", "n")
-            .unwrap_err()
-            .to_string()
-            .contains("params.env"));
-        let mut s = spec();
-        s.resources.memory = Some(1 << 20);
-        assert!(create_body(&s, "i", "n")
-            .unwrap_err()
-            .to_string()
-            .contains("6 MiB"));
-        let mut s = spec();
-        s.resources.cpus = Some(f64::NAN);
-        assert!(create_body(&s, "i", "n").is_err());
-        let mut s = spec();
-        s.resources.pids = Some(0);
-        assert!(create_body(&s, "i", "n").is_err());
-        let mut s = spec();
-        s.command = Some(vec![]);
-        assert!(create_body(&s, "i", "n").is_err());
+        /// Spoils a good spec in one way.
+        type Spoil = fn(&mut SessionSpec);
+        let cases: [(Spoil, &str); 6] = [
+            (
+                |s| {
+                    s.labels.insert("vendetta.session".into(), "other".into());
+                },
+                "params.labels: \"vendetta.session\" uses the reserved prefix \"vendetta.\"; pick another key",
+            ),
+            (
+                |s| {
+                    s.env.insert("A=B".into(), "x".into());
+                },
+                "params.env: \"A=B\" is not a usable variable name (empty, or holds '=' or NUL)",
+            ),
+            (
+                |s| s.resources.memory = Some(1 << 20),
+                "params.resources.memory: 1048576 bytes is below docker's minimum of 6 MiB",
+            ),
+            (
+                |s| s.resources.cpus = Some(f64::NAN),
+                "params.resources.cpus: NaN is out of range; use 0.01 or more, e.g. 1.5",
+            ),
+            (
+                |s| s.resources.pids = Some(0),
+                "params.resources.pids: 0 is out of range; use 1 or more (leave it out for no limit)",
+            ),
+            (
+                |s| s.command = Some(vec![]),
+                "params.command: is empty; leave it out for the default",
+            ),
+        ];
+        for (spoil, want) in cases {
+            let mut s = spec();
+            spoil(&mut s);
+            assert_eq!(invalid(create_body(&s, "i", "n")), want);
+        }
     }
 
     #[test]
@@ -437,22 +456,29 @@ mod tests {
             "registry.local:5000/team/app:1.2",
             "alpine@sha256:0123abcd",
         ] {
-            assert!(check_image(ok).is_ok(), "{ok}");
+            check_image(ok).unwrap();
         }
-        for bad in [
-            "",
-            "../../containers/json",
-            "a/../../b",
-            "a b",
-            "img?x=1",
-            "img#frag",
-            "/abs",
-            "a//b",
-            "img:",
-            "x@y@z",
-            "%2e%2e",
+        let length = "it must be 1 to 255 characters";
+        let chars = "only letters, digits and . _ - / : @ are allowed";
+        let ends = "it must start and end with a letter or digit";
+        let paths = "empty or dot-dot path component";
+        for (bad, why) in [
+            ("", length),
+            ("../../containers/json", ends),
+            ("a/../../b", paths),
+            ("a b", chars),
+            ("img?x=1", chars),
+            ("img#frag", chars),
+            ("/abs", ends),
+            ("a//b", paths),
+            ("img:", ends),
+            ("x@y@z", paths),
+            ("%2e%2e", chars),
         ] {
-            assert!(check_image(bad).is_err(), "{bad}");
+            assert_eq!(
+                invalid(check_image(bad)),
+                format!("params.image: {bad:?} is not an image reference ({why}); use e.g. debian:stable-slim or registry:5000/team/app:1.2")
+            );
         }
     }
 
@@ -513,7 +539,10 @@ mod tests {
             json!({"vendetta.managed": "true", "vendetta.session": "s1", "vendetta.node": "n"});
         assert!(foreign(&ours, "s1", "n").is_none());
         assert!(foreign(&json!({}), "s1", "n").unwrap().contains("managed"));
-        assert!(foreign(&ours, "s2", "n").is_some());
+        assert_eq!(
+            foreign(&ours, "s2", "n"),
+            Some("its vendetta.session label is \"s1\"".to_string())
+        );
         assert!(foreign(&ours, "s1", "m").unwrap().contains("node"));
     }
 }

@@ -18,7 +18,7 @@
 //! [`Capture`]: a 16 MiB guest output (a ~22 MB JSON line) never sits in
 //! memory, only the first `max_output` bytes of it do.
 
-use super::qmp::{clip, connect_unix, ms, Wire, WireError};
+use super::wire::{self, clip, ms, Fault, Peer, Refusal, Wire, WireError};
 use super::ExecOutput;
 use crate::providers::output::{Capture, OutputSink, Stream};
 use base64::Engine;
@@ -57,39 +57,13 @@ const KILL_TREE: &str = r#"t() { kill -STOP "$1" 2>/dev/null; for c in $(cat /pr
 #[derive(Debug)]
 pub(crate) enum QgaError {
     /// The host side socket could not be reached (the VM is not running).
-    Connect {
-        path: PathBuf,
-        source: io::Error,
-    },
+    Connect { path: PathBuf, source: io::Error },
     /// The handshake got no answer: no agent in the guest.
-    NotResponding {
-        path: PathBuf,
-        after: Duration,
-    },
-    /// A command got no (complete) answer in time.
-    Timeout {
-        step: String,
-        after: Duration,
-    },
-    /// The connection closed.
-    Closed {
-        step: String,
-    },
-    Io {
-        step: String,
-        source: io::Error,
-    },
-    /// Something that is not a guest agent reply.
-    Garbage {
-        step: String,
-        detail: String,
-    },
+    NotResponding { path: PathBuf, after: Duration },
+    /// The exchange broke: closed, timed out, garbled or failed I/O.
+    Wire(WireError),
     /// The agent answered with an error.
-    Command {
-        command: String,
-        class: String,
-        desc: String,
-    },
+    Command(Refusal),
 }
 
 impl fmt::Display for QgaError {
@@ -106,37 +80,31 @@ impl fmt::Display for QgaError {
                 path.display(),
                 ms(*after)
             ),
-            QgaError::Timeout { step, after } => write!(
-                f,
-                "the guest agent did not finish answering {step} within {}",
-                ms(*after)
-            ),
-            QgaError::Closed { step } => write!(
-                f,
-                "the guest agent connection closed during {step}; the VM may have stopped"
-            ),
-            QgaError::Io { step, source } => write!(f, "guest agent {step} failed: {source}"),
-            QgaError::Garbage { step, detail } => {
-                write!(f, "the guest agent sent an unreadable reply to {step}: {detail}")
-            }
-            QgaError::Command {
+            QgaError::Wire(e) => e.fmt(f),
+            QgaError::Command(Refusal {
                 command,
                 class,
                 desc,
-            } if class == "CommandNotFound" => write!(
+            }) if class == "CommandNotFound" => write!(
                 f,
                 "the guest agent does not offer {command}: {desc}; it may be blocked in qemu-ga's configuration (--block-rpcs)"
             ),
-            QgaError::Command {
+            QgaError::Command(Refusal {
                 command,
                 class,
                 desc,
-            } => write!(f, "the guest agent refused {command}: {desc} ({class})"),
+            }) => write!(f, "the guest agent refused {command}: {desc} ({class})"),
         }
     }
 }
 
 impl std::error::Error for QgaError {}
+
+impl From<WireError> for QgaError {
+    fn from(e: WireError) -> QgaError {
+        QgaError::Wire(e)
+    }
+}
 
 /// One command to run in the guest.
 #[derive(Debug, Clone)]
@@ -157,7 +125,6 @@ pub(crate) struct ExecRequest<'a> {
 /// A guest agent connection, synchronised.
 pub(crate) struct Qga<S> {
     wire: Wire<S>,
-    next_id: u64,
     path: PathBuf,
 }
 
@@ -165,7 +132,7 @@ impl Qga<UnixStream> {
     /// Connects to the guest agent socket at `path` and synchronises, by
     /// `deadline`. No answer by then is [`QgaError::NotResponding`].
     pub(crate) fn connect(path: &Path, deadline: Instant) -> Result<Qga<UnixStream>, QgaError> {
-        let stream = connect_unix(path, deadline).map_err(|source| QgaError::Connect {
+        let stream = wire::connect(path, deadline).map_err(|source| QgaError::Connect {
             path: path.to_path_buf(),
             source,
         })?;
@@ -187,8 +154,7 @@ impl<S: Read + Write> Qga<S> {
     /// Wraps a connected stream; `path` names it in errors.
     pub(crate) fn new(stream: S, path: &Path) -> Qga<S> {
         Qga {
-            wire: Wire::new(stream),
-            next_id: 1,
+            wire: Wire::new(stream, Peer::Qga),
             path: path.to_path_buf(),
         }
     }
@@ -216,7 +182,7 @@ impl<S: Read + Write> Qga<S> {
             path: path.to_path_buf(),
             after: started.elapsed(),
         };
-        self.write(&msg, "guest-sync-delimited")?;
+        self.wire.send(&msg, "guest-sync-delimited")?;
         loop {
             // Everything before the agent's 0xFF is stale: the error reply
             // our own 0xFF provokes, or output meant for an earlier client.
@@ -224,12 +190,16 @@ impl<S: Read + Write> Qga<S> {
                 match self.wire.byte(deadline) {
                     Ok(0xFF) => break,
                     Ok(_) => {}
-                    Err(WireError::Timeout) => return Err(not_responding(&self.path)),
-                    Err(e) => return Err(wire_error(e, "guest-sync-delimited", started)),
+                    Err(Fault::Timeout) => return Err(not_responding(&self.path)),
+                    Err(f) => {
+                        return Err(self.wire.error(f, "guest-sync-delimited", started).into())
+                    }
                 }
             }
             let reply = match self.parse_reply(deadline, "guest-sync-delimited", None) {
-                Err(QgaError::Timeout { .. }) => return Err(not_responding(&self.path)),
+                Err(QgaError::Wire(WireError::Timeout { .. })) => {
+                    return Err(not_responding(&self.path))
+                }
                 other => other?,
             };
             if reply.get("return") == Some(&json!(id)) {
@@ -256,15 +226,7 @@ impl<S: Read + Write> Qga<S> {
         deadline: Instant,
         mut hook: Option<&mut Hook<'_>>,
     ) -> Result<Value, QgaError> {
-        let id = format!("vd-{}", self.next_id);
-        self.next_id += 1;
-        let mut msg = json!({"execute": command, "id": id});
-        if let Some(a) = args {
-            msg["arguments"] = a;
-        }
-        let mut bytes = msg.to_string().into_bytes();
-        bytes.push(b'\n');
-        self.write(&bytes, command)?;
+        let id = self.wire.send_command(command, args, command)?;
         loop {
             let mut reply = self.parse_reply(deadline, command, hook.as_deref_mut())?;
             match reply.remove("id") {
@@ -280,16 +242,10 @@ impl<S: Read + Write> Qga<S> {
                 return Ok(r);
             }
             if let Some(e) = reply.remove("error") {
-                return Err(QgaError::Command {
-                    command: command.to_string(),
-                    class: e["class"].as_str().unwrap_or("GenericError").to_string(),
-                    desc: e["desc"].as_str().unwrap_or("(no description)").to_string(),
-                });
+                return Err(QgaError::Command(wire::refusal(command, &e)));
             }
-            return Err(QgaError::Garbage {
-                step: command.to_string(),
-                detail: "a reply with neither return nor error".into(),
-            });
+            let detail = "a reply with neither return nor error";
+            return Err(self.wire.garbage(command, detail).into());
         }
     }
 
@@ -317,9 +273,9 @@ impl<S: Read + Write> Qga<S> {
             Some(args),
             req.deadline.max(started) + REPLY_GRACE,
         )?;
-        let pid = reply["pid"].as_i64().ok_or_else(|| QgaError::Garbage {
-            step: "guest-exec".into(),
-            detail: format!("no pid in {}", clip(&reply.to_string())),
+        let pid = reply["pid"].as_i64().ok_or_else(|| {
+            let detail = format!("no pid in {}", clip(&reply.to_string()));
+            self.wire.garbage("guest-exec", detail)
         })?;
         let mut out = Capture::new(req.max_output);
         let mut err = Capture::new(req.max_output);
@@ -418,18 +374,6 @@ impl<S: Read + Write> Qga<S> {
         }
     }
 
-    fn write(&mut self, bytes: &[u8], step: &str) -> Result<(), QgaError> {
-        self.wire.write_all(bytes).map_err(|e| match e.kind() {
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => QgaError::Closed {
-                step: step.to_string(),
-            },
-            _ => QgaError::Io {
-                step: step.to_string(),
-                source: e,
-            },
-        })
-    }
-
     /// Reads one reply object. Stray `0xFF` and whitespace before it are
     /// skipped.
     fn parse_reply(
@@ -446,38 +390,16 @@ impl<S: Read + Write> Qga<S> {
             hook,
         };
         let result = p.skip_blank().and_then(|_| p.value(0, Ctx::Top));
-        match result {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(other) => Err(QgaError::Garbage {
-                step: step.to_string(),
-                detail: format!("{} is not a JSON object", clip(&other.to_string())),
-            }),
-            Err(ParseError::Wire(e)) => Err(wire_error(e, step, started)),
-            Err(ParseError::Syntax(detail)) => Err(QgaError::Garbage {
-                step: step.to_string(),
-                detail,
-            }),
-        }
-    }
-}
-
-fn wire_error(e: WireError, step: &str, started: Instant) -> QgaError {
-    match e {
-        WireError::Timeout => QgaError::Timeout {
-            step: step.to_string(),
-            after: started.elapsed(),
-        },
-        WireError::Closed => QgaError::Closed {
-            step: step.to_string(),
-        },
-        WireError::TooLong => QgaError::Garbage {
-            step: step.to_string(),
-            detail: "reply too long".into(),
-        },
-        WireError::Io(source) => QgaError::Io {
-            step: step.to_string(),
-            source,
-        },
+        let e = match result {
+            Ok(Value::Object(m)) => return Ok(m),
+            Ok(other) => {
+                let detail = format!("{} is not a JSON object", clip(&other.to_string()));
+                self.wire.garbage(step, detail)
+            }
+            Err(ParseError::Wire(fault)) => self.wire.error(fault, step, started),
+            Err(ParseError::Syntax(detail)) => self.wire.garbage(step, detail),
+        };
+        Err(e.into())
     }
 }
 
@@ -504,12 +426,12 @@ fn finish(status: &Value, out: Capture, err: Capture, timed_out: bool) -> ExecOu
 
 #[derive(Debug)]
 enum ParseError {
-    Wire(WireError),
+    Wire(Fault),
     Syntax(String),
 }
 
-impl From<WireError> for ParseError {
-    fn from(e: WireError) -> Self {
+impl From<Fault> for ParseError {
+    fn from(e: Fault) -> Self {
         ParseError::Wire(e)
     }
 }
@@ -880,7 +802,10 @@ mod tests {
             let e = q
                 .exec_status(1, &mut out, &mut err, &mut Discard)
                 .unwrap_err();
-            assert!(matches!(e, QgaError::Garbage { .. }), "{e:?}");
+            assert!(
+                matches!(e, QgaError::Wire(WireError::Garbage { .. })),
+                "{e:?}"
+            );
         }
     }
 

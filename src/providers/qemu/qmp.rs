@@ -1,31 +1,24 @@
-//! A small QMP (QEMU Machine Protocol) client, and the deadline-bounded
-//! byte reader and Unix-socket connect it shares with the guest agent
-//! client ([`super::qga`]).
+//! A small QMP (QEMU Machine Protocol) client over the line transport it
+//! shares with the guest agent client ([`super::wire`]).
 //!
 //! The client is generic over `Read + Write` so unit tests feed it canned
 //! bytes; the provider uses a `UnixStream`. It reads the greeting, sends
 //! `qmp_capabilities`, tags every command with an id and matches the reply
 //! by it, and keeps the events that arrive while it waits (QEMU may send an
 //! event *before* the reply to the command that caused it). Every read is
-//! bounded by a deadline: a stream that reports `WouldBlock`/`TimedOut`
-//! (a socket with a short read timeout) is polled until the deadline, so a
-//! silent peer costs at most the deadline, never a hang.
+//! bounded by a deadline.
 //!
 //! QMP serves one client at a time: the provider connects per operation
 //! and drops the connection when done.
 
-use serde_json::{json, Value};
+use super::wire::{self, clip, Peer, Refusal, Wire, WireError};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// How long one blocking socket read may sleep before the deadline is
-/// checked again.
-pub(crate) const READ_SLICE: Duration = Duration::from_millis(50);
 
 /// The longest QMP message we accept (query-qmp-schema is ~200 KiB).
 const MAX_LINE: usize = 8 << 20;
@@ -35,22 +28,12 @@ const MAX_LINE: usize = 8 << 20;
 pub(crate) enum QmpError {
     /// The socket could not be reached.
     Connect { path: PathBuf, source: io::Error },
-    /// Reading or writing failed.
-    Io { step: String, source: io::Error },
-    /// Nothing (or not enough) arrived before the deadline.
-    Timeout { step: String, after: Duration },
-    /// QEMU closed the connection.
-    Closed { step: String },
+    /// The exchange broke: closed, timed out, garbled or failed I/O.
+    Wire(WireError),
     /// The first message was not a QMP greeting.
     Greeting { got: String },
-    /// A message that is not a JSON object, or too long.
-    Garbage { step: String, detail: String },
     /// QEMU answered the command with an error.
-    Command {
-        command: String,
-        class: String,
-        desc: String,
-    },
+    Command(Refusal),
 }
 
 impl fmt::Display for QmpError {
@@ -66,29 +49,17 @@ impl fmt::Display for QmpError {
                     ""
                 }
             ),
-            QmpError::Io { step, source } => write!(f, "QMP {step} failed: {source}"),
-            QmpError::Timeout { step, after } => write!(
-                f,
-                "QMP {step} got no answer within {}; QEMU is busy or another client holds its monitor (QMP serves one client at a time)",
-                ms(*after)
-            ),
-            QmpError::Closed { step } => write!(
-                f,
-                "QEMU closed the QMP connection during {step}; the VM has probably exited"
-            ),
+            QmpError::Wire(e) => e.fmt(f),
             QmpError::Greeting { got } => write!(
                 f,
                 "expected a QMP greeting, got {}; is this a QMP socket?",
                 clip(got)
             ),
-            QmpError::Garbage { step, detail } => {
-                write!(f, "QEMU sent something that is not QMP during {step}: {detail}")
-            }
-            QmpError::Command {
+            QmpError::Command(Refusal {
                 command,
                 class,
                 desc,
-            } => match class.as_str() {
+            }) => match class.as_str() {
                 "CommandNotFound" => write!(
                     f,
                     "QEMU does not know or allow the QMP command {command}: {desc} (CommandNotFound)"
@@ -112,11 +83,17 @@ impl fmt::Display for QmpError {
 
 impl std::error::Error for QmpError {}
 
+impl From<WireError> for QmpError {
+    fn from(e: WireError) -> QmpError {
+        QmpError::Wire(e)
+    }
+}
+
 impl QmpError {
     /// Whether the error means QEMU went away (EOF, reset, refused).
     pub(crate) fn is_gone(&self) -> bool {
         match self {
-            QmpError::Closed { .. } => true,
+            QmpError::Wire(WireError::Closed { .. }) => true,
             QmpError::Connect { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
@@ -133,196 +110,10 @@ pub(crate) struct Event {
     pub(crate) data: Value,
 }
 
-/// What went wrong while reading, before the caller adds its step.
-#[derive(Debug)]
-pub(crate) enum WireError {
-    Timeout,
-    Closed,
-    TooLong,
-    Io(io::Error),
-}
-
-/// A buffered reader whose every read is bounded by a deadline.
-pub(crate) struct Wire<S> {
-    pub(crate) stream: S,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl<S: Read + Write> Wire<S> {
-    pub(crate) fn new(stream: S) -> Wire<S> {
-        Wire {
-            stream,
-            buf: Vec::with_capacity(8192),
-            pos: 0,
-        }
-    }
-
-    /// Reads more bytes into the buffer, waiting until `deadline`.
-    fn fill(&mut self, deadline: Instant) -> Result<(), WireError> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
-        let mut chunk = [0u8; 8192];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(WireError::Closed),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(());
-                }
-                Err(e) => match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                        if Instant::now() >= deadline {
-                            return Err(WireError::Timeout);
-                        }
-                    }
-                    io::ErrorKind::Interrupted => {}
-                    // QEMU may reset the connection right after `quit`.
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
-                        return Err(WireError::Closed)
-                    }
-                    _ => return Err(WireError::Io(e)),
-                },
-            }
-            if Instant::now() >= deadline {
-                return Err(WireError::Timeout);
-            }
-        }
-    }
-
-    /// The next byte.
-    pub(crate) fn byte(&mut self, deadline: Instant) -> Result<u8, WireError> {
-        if self.pos == self.buf.len() {
-            self.fill(deadline)?;
-        }
-        let b = self.buf[self.pos];
-        self.pos += 1;
-        Ok(b)
-    }
-
-    /// The next byte without consuming it.
-    pub(crate) fn peek(&mut self, deadline: Instant) -> Result<u8, WireError> {
-        if self.pos == self.buf.len() {
-            self.fill(deadline)?;
-        }
-        Ok(self.buf[self.pos])
-    }
-
-    /// The next line without its CR/LF, at most `max` bytes long.
-    pub(crate) fn line(&mut self, deadline: Instant, max: usize) -> Result<Vec<u8>, WireError> {
-        // Bytes after `pos` already searched: each is scanned once.
-        let mut searched = 0;
-        loop {
-            if let Some(i) = self.buf[self.pos + searched..]
-                .iter()
-                .position(|b| *b == b'\n')
-            {
-                let i = searched + i;
-                let mut line = self.buf[self.pos..self.pos + i].to_vec();
-                self.pos += i + 1;
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(line);
-            }
-            searched = self.buf.len() - self.pos;
-            if searched > max {
-                return Err(WireError::TooLong);
-            }
-            if self.pos > 0 {
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            }
-            self.fill(deadline)?;
-        }
-    }
-
-    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
-    }
-}
-
-/// Connects to a Unix socket without ever blocking past `deadline`.
-///
-/// A plain `connect()` blocks when the listener's backlog is full, and
-/// QEMU listens with a backlog of one while it serves another client; so
-/// the socket is non-blocking during connect and retried until the
-/// deadline. The stream returned blocks, with `READ_SLICE` read timeouts.
-pub(crate) fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; zeroed is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "socket path is {} bytes; Unix sockets allow at most {}",
-                bytes.len(),
-                addr.sun_path.len() - 1
-            ),
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: socket(2) with constant arguments; the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len()) as libc::socklen_t;
-    loop {
-        // SAFETY: addr is a valid sockaddr_un and len does not exceed it.
-        let rc = unsafe {
-            libc::connect(
-                fd,
-                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-                len,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            // Backlog full: the listener is busy with another client.
-            Some(libc::EAGAIN) | Some(libc::EINTR) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Some(libc::EAGAIN) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the listener's backlog stayed full (another client is connected)",
-                ))
-            }
-            _ => return Err(e),
-        }
-    }
-    let stream = UnixStream::from(owned);
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(READ_SLICE))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(stream)
-}
-
 /// A QMP connection past capabilities negotiation.
 pub(crate) struct Qmp<S> {
     wire: Wire<S>,
     events: VecDeque<Event>,
-    next_id: u64,
     /// QEMU's version from the greeting, e.g. "10.0.2".
     pub(crate) version: String,
 }
@@ -333,7 +124,8 @@ enum Message {
     Event(Event),
     Reply {
         id: Option<Value>,
-        result: Result<Value, (String, String)>,
+        /// The `return` value, or the `error` object.
+        result: Result<Value, Value>,
     },
 }
 
@@ -342,13 +134,14 @@ impl Qmp<UnixStream> {
     pub(crate) fn connect(path: &Path, timeout: Duration) -> Result<Qmp<UnixStream>, QmpError> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let stream = connect_unix(path, deadline).map_err(|source| {
+        let stream = wire::connect(path, deadline).map_err(|source| {
             if source.kind() == io::ErrorKind::TimedOut {
                 // The listener is busy with another client.
-                QmpError::Timeout {
+                QmpError::Wire(WireError::Timeout {
+                    peer: Peer::Qmp,
                     step: "connect".into(),
                     after: started.elapsed(),
-                }
+                })
             } else {
                 QmpError::Connect {
                     path: path.to_path_buf(),
@@ -364,9 +157,8 @@ impl<S: Read + Write> Qmp<S> {
     /// Reads the greeting and sends `qmp_capabilities`, by `deadline`.
     pub(crate) fn handshake(stream: S, deadline: Instant) -> Result<Qmp<S>, QmpError> {
         let mut q = Qmp {
-            wire: Wire::new(stream),
+            wire: Wire::new(stream, Peer::Qmp),
             events: VecDeque::new(),
-            next_id: 1,
             version: String::new(),
         };
         match q.read_message(deadline, "the greeting")? {
@@ -406,24 +198,8 @@ impl<S: Read + Write> Qmp<S> {
         args: Option<Value>,
         deadline: Instant,
     ) -> Result<Value, QmpError> {
-        let id = format!("vd-{}", self.next_id);
-        self.next_id += 1;
-        let mut msg = json!({"execute": command, "id": id});
-        if let Some(a) = args {
-            msg["arguments"] = a;
-        }
-        let mut bytes = msg.to_string().into_bytes();
-        bytes.push(b'\n');
         let step = format!("command {command}");
-        self.wire.write_all(&bytes).map_err(|e| match e.kind() {
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
-                QmpError::Closed { step: step.clone() }
-            }
-            _ => QmpError::Io {
-                step: step.clone(),
-                source: e,
-            },
-        })?;
+        let id = self.wire.send_command(command, args, &step)?;
         loop {
             match self.read_message(deadline, &step)? {
                 Message::Event(e) => self.events.push_back(e),
@@ -434,17 +210,10 @@ impl<S: Read + Write> Qmp<S> {
                 // Without OOB, commands answer in order; a reply with no id
                 // is a parse error of our own request.
                 Message::Reply { result, .. } => {
-                    return result.map_err(|(class, desc)| QmpError::Command {
-                        command: command.to_string(),
-                        class,
-                        desc,
-                    })
+                    return result.map_err(|e| QmpError::Command(wire::refusal(command, &e)))
                 }
                 Message::Greeting(_) => {
-                    return Err(QmpError::Garbage {
-                        step,
-                        detail: "a second greeting".into(),
-                    })
+                    return Err(self.wire.garbage(&step, "a second greeting").into())
                 }
             }
         }
@@ -454,7 +223,7 @@ impl<S: Read + Write> Qmp<S> {
     /// connection (the reply "is not guaranteed").
     pub(crate) fn quit(&mut self, timeout: Duration) -> Result<(), QmpError> {
         match self.execute("quit", None, timeout) {
-            Ok(_) | Err(QmpError::Closed { .. }) => Ok(()),
+            Ok(_) | Err(QmpError::Wire(WireError::Closed { .. })) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -480,7 +249,7 @@ impl<S: Read + Write> Qmp<S> {
                 Ok(Message::Event(e)) if names.contains(&e.name.as_str()) => return Ok(Some(e)),
                 Ok(Message::Event(e)) => self.events.push_back(e),
                 Ok(_) => {}
-                Err(QmpError::Timeout { .. }) => return Ok(None),
+                Err(QmpError::Wire(WireError::Timeout { .. })) => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
@@ -495,42 +264,23 @@ impl<S: Read + Write> Qmp<S> {
     /// `query-status`: the run state, e.g. "prelaunch", "running".
     pub(crate) fn status(&mut self, timeout: Duration) -> Result<String, QmpError> {
         let v = self.execute("query-status", None, timeout)?;
-        v["status"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| QmpError::Garbage {
-                step: "query-status".into(),
-                detail: format!("no status in {}", clip(&v.to_string())),
-            })
+        v["status"].as_str().map(str::to_string).ok_or_else(|| {
+            let detail = format!("no status in {}", clip(&v.to_string()));
+            self.wire.garbage("query-status", detail).into()
+        })
     }
 
     fn read_message(&mut self, deadline: Instant, step: &str) -> Result<Message, QmpError> {
         let started = Instant::now();
         loop {
-            let line = self.wire.line(deadline, MAX_LINE).map_err(|e| match e {
-                WireError::Timeout => QmpError::Timeout {
-                    step: step.to_string(),
-                    after: started.elapsed(),
-                },
-                WireError::Closed => QmpError::Closed {
-                    step: step.to_string(),
-                },
-                WireError::TooLong => QmpError::Garbage {
-                    step: step.to_string(),
-                    detail: format!("a message longer than {MAX_LINE} bytes"),
-                },
-                WireError::Io(source) => QmpError::Io {
-                    step: step.to_string(),
-                    source,
-                },
-            })?;
+            let line = match self.wire.line(deadline, MAX_LINE) {
+                Ok(line) => line,
+                Err(fault) => return Err(self.wire.error(fault, step, started).into()),
+            };
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return parse_message(&line).map_err(|detail| QmpError::Garbage {
-                step: step.to_string(),
-                detail,
-            });
+            return parse_message(&line).map_err(|detail| self.wire.garbage(step, detail).into());
         }
     }
 }
@@ -558,12 +308,7 @@ fn parse_message(line: &[u8]) -> Result<Message, String> {
         return Ok(Message::Reply { id, result: Ok(r) });
     }
     if let Some(e) = m.remove("error") {
-        let class = e["class"].as_str().unwrap_or("GenericError").to_string();
-        let desc = e["desc"].as_str().unwrap_or("(no description)").to_string();
-        return Ok(Message::Reply {
-            id,
-            result: Err((class, desc)),
-        });
+        return Ok(Message::Reply { id, result: Err(e) });
     }
     Err(format!(
         "{} is neither a reply nor an event",
@@ -571,24 +316,10 @@ fn parse_message(line: &[u8]) -> Result<Message, String> {
     ))
 }
 
-/// A duration for people, to the millisecond ("1500ms", "2s").
-pub(crate) fn ms(d: Duration) -> String {
-    crate::protocol::duration::format(Duration::from_millis(d.as_millis() as u64))
-}
-
-/// At most 200 characters of peer text, for error messages.
-pub(crate) fn clip(s: &str) -> String {
-    if s.chars().count() <= 200 {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(200).collect();
-    out.push('…');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     use crate::providers::canned::Canned;
 
@@ -648,7 +379,7 @@ mod tests {
         let t = Duration::from_secs(1);
         let e = q.execute("nope", None, t).unwrap_err();
         assert!(
-            matches!(&e, QmpError::Command { class, .. } if class == "CommandNotFound"),
+            matches!(&e, QmpError::Command(r) if r.class == "CommandNotFound"),
             "{e:?}"
         );
         assert_eq!(
@@ -684,7 +415,10 @@ mod tests {
         let server = format!("{GREETING}{{\"return\": {{}}, \"id\": \"vd-1\"}}\r\n");
         let mut q = Qmp::handshake(Canned::new(server.clone()), soon()).unwrap();
         let e = q.execute("cont", None, Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(e, QmpError::Closed { .. }), "{e:?}");
+        assert!(
+            matches!(e, QmpError::Wire(WireError::Closed { .. })),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("during command cont"), "{e}");
     }
 
@@ -696,7 +430,10 @@ mod tests {
         let e = Qmp::handshake(c, Instant::now() + Duration::from_millis(150))
             .err()
             .unwrap();
-        assert!(matches!(e, QmpError::Timeout { .. }), "{e:?}");
+        assert!(
+            matches!(e, QmpError::Wire(WireError::Timeout { .. })),
+            "{e:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(e.to_string().contains("one client at a time"), "{e}");
     }
@@ -706,7 +443,10 @@ mod tests {
         let e = Qmp::handshake(Canned::new("hello there\r\n"), soon())
             .err()
             .unwrap();
-        assert!(matches!(e, QmpError::Garbage { .. }), "{e:?}");
+        assert!(
+            matches!(e, QmpError::Wire(WireError::Garbage { .. })),
+            "{e:?}"
+        );
         let e = Qmp::handshake(Canned::new("[1,2]\n"), soon())
             .err()
             .unwrap();
@@ -794,7 +534,7 @@ mod tests {
         let mut q = Qmp::connect(&vm.dir.join("qmp.sock"), t).unwrap();
         let e = q.execute("no-such-command", None, t).unwrap_err();
         assert!(
-            matches!(&e, QmpError::Command { class, .. } if class == "CommandNotFound"),
+            matches!(&e, QmpError::Command(r) if r.class == "CommandNotFound"),
             "{e:?}"
         );
         assert!(e.to_string().contains("no-such-command"), "{e}");
@@ -807,7 +547,7 @@ mod tests {
             .execute("device_del", Some(json!({"id": "nope"})), t)
             .unwrap_err();
         assert!(
-            matches!(&e, QmpError::Command { class, .. } if class == "DeviceNotFound"),
+            matches!(&e, QmpError::Command(r) if r.class == "DeviceNotFound"),
             "{e:?}"
         );
         let e = q.execute("qmp_capabilities", None, t).unwrap_err();

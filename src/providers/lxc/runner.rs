@@ -12,11 +12,13 @@
 //! outlives the deadline. Processes that leave the group on purpose
 //! (`setsid`, daemons) are out of reach, as they are for `timeout(1)`.
 
+use crate::os::fd::{self, Interest};
+use crate::os::process::{self as host, PidFd, Signal};
 use crate::providers::output::{Capture, OutputSink, Stream};
 use std::ffi::OsString;
 use std::fmt;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, PipeReader, PipeWriter, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -145,21 +147,39 @@ pub(crate) fn run(
         source,
     };
     let mut run = Running {
-        stdout: child.stdout.take().map(OwnedFd::from),
-        stderr: child.stderr.take().map(OwnedFd::from),
-        stdin: child.stdin.take().map(OwnedFd::from),
+        stdout: child
+            .stdout
+            .take()
+            .map(|p| PipeReader::from(OwnedFd::from(p))),
+        stderr: child
+            .stderr
+            .take()
+            .map(|p| PipeReader::from(OwnedFd::from(p))),
+        stdin: child
+            .stdin
+            .take()
+            .map(|p| PipeWriter::from(OwnedFd::from(p))),
         input: stdin.unwrap_or_default(),
         written: 0,
         out: Capture::new(max_output),
         err: Capture::new(max_output),
     };
-    for fd in [&run.stdout, &run.stderr, &run.stdin].into_iter().flatten() {
-        set_nonblocking(fd.as_raw_fd()).map_err(|e| io_err("setting up the pipes", e))?;
+    let fds = [
+        run.stdout.as_ref().map(AsFd::as_fd),
+        run.stderr.as_ref().map(AsFd::as_fd),
+    ];
+    for fd in fds
+        .into_iter()
+        .chain([run.stdin.as_ref().map(AsFd::as_fd)])
+        .flatten()
+    {
+        fd::set_nonblocking(fd).map_err(|e| io_err("setting up the pipes", e))?;
     }
     if run.input.is_empty() {
         run.stdin = None; // closing it is the EOF the child reads
     }
-    let pidfd = pidfd_open(child.id());
+    // Without pidfd_open (kernels before 5.3) the loop ticks instead.
+    let pidfd = PidFd::open(child.id()).ok();
     let status = match run.pump(&mut child, pidfd.as_ref(), deadline, sink) {
         Ok(status) => status,
         Err(e) => {
@@ -182,9 +202,9 @@ pub(crate) fn run(
 
 /// The parent's ends of a running child's pipes and what came out of them.
 struct Running<'a> {
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-    stdin: Option<OwnedFd>,
+    stdout: Option<PipeReader>,
+    stderr: Option<PipeReader>,
+    stdin: Option<PipeWriter>,
     input: &'a [u8],
     written: usize,
     out: Capture,
@@ -197,7 +217,7 @@ impl Running<'_> {
     fn pump(
         &mut self,
         child: &mut Child,
-        pidfd: Option<&OwnedFd>,
+        pidfd: Option<&PidFd>,
         deadline: Instant,
         sink: &mut dyn OutputSink,
     ) -> io::Result<Option<ExitStatus>> {
@@ -217,36 +237,23 @@ impl Running<'_> {
             if pidfd.is_none() || (self.stdout.is_none() && self.stderr.is_none()) {
                 wait = wait.min(TICK);
             }
-            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
-            let mut push = |fd: RawFd, events: libc::c_short| {
-                fds.push(libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                })
-            };
-            push(raw(&self.stdout), libc::POLLIN);
-            push(raw(&self.stderr), libc::POLLIN);
-            push(raw(&self.stdin), libc::POLLOUT);
-            push(pidfd.map_or(-1, |p| p.as_raw_fd()), libc::POLLIN);
-            let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: fds is a valid array of pollfd; negative fds are ignored.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let ready = |i: usize| fds[i].revents != 0;
-            if ready(0) {
+            // The pidfd only wakes us: the exit is read by try_wait above.
+            let [out, err, input, _exited] = fd::poll(
+                [
+                    (self.stdout.as_ref().map(AsFd::as_fd), Interest::Read),
+                    (self.stderr.as_ref().map(AsFd::as_fd), Interest::Read),
+                    (self.stdin.as_ref().map(AsFd::as_fd), Interest::Write),
+                    (pidfd.map(AsFd::as_fd), Interest::Read),
+                ],
+                wait,
+            )?;
+            if out {
                 self.read_some(Stream::Stdout, &mut buf, sink)?;
             }
-            if ready(1) {
+            if err {
                 self.read_some(Stream::Stderr, &mut buf, sink)?;
             }
-            if ready(2) {
+            if input {
                 self.write_some();
             }
         }
@@ -263,10 +270,10 @@ impl Running<'_> {
             Stream::Stdout => (&mut self.stdout, &mut self.out),
             Stream::Stderr => (&mut self.stderr, &mut self.err),
         };
-        let Some(fd) = slot.as_ref() else {
+        let Some(pipe) = slot.as_mut() else {
             return Ok(false);
         };
-        match read_fd(fd, buf) {
+        match pipe.read(buf) {
             Ok(0) => {
                 *slot = None;
                 Ok(false)
@@ -296,10 +303,10 @@ impl Running<'_> {
     /// Writes what the pipe takes; closes stdin when all is written or the
     /// child stopped reading (EPIPE: its choice, not our error).
     fn write_some(&mut self) {
-        let Some(fd) = self.stdin.as_ref() else {
+        let Some(pipe) = self.stdin.as_mut() else {
             return;
         };
-        match write_fd(fd, &self.input[self.written..]) {
+        match pipe.write(&self.input[self.written..]) {
             Ok(n) => {
                 self.written += n;
                 if self.written >= self.input.len() {
@@ -313,90 +320,26 @@ impl Running<'_> {
     }
 }
 
-fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: reading into a buffer we own from a descriptor we own.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-fn write_fd(fd: &OwnedFd, data: &[u8]) -> io::Result<usize> {
-    // SAFETY: writing from a buffer we own to a descriptor we own.
-    let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-fn raw(fd: &Option<OwnedFd>) -> RawFd {
-    fd.as_ref().map_or(-1, |f| f.as_raw_fd())
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A pidfd that becomes readable when `pid` exits; None on kernels
-/// without `pidfd_open` (then the loop ticks).
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: a plain syscall; the result is a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the kernel just gave us this descriptor; we own it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 /// SIGKILLs the child's process group, reaps the child and waits (bounded)
 /// until no live process is left in the group.
 fn kill_group(child: &mut Child) {
-    let pgid = child.id() as libc::pid_t;
-    // SAFETY: kill(2) on the group we created for this child.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let pgid = child.id();
     let deadline = Instant::now() + REAP_LIMIT;
+    // The group we created for this child: gone already is fine.
+    let _ = host::kill_group(pgid, Signal::Kill);
     while Instant::now() < deadline {
         if let Ok(Some(_)) | Err(_) = child.try_wait() {
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    while Instant::now() < deadline {
-        let live = group_members(pgid);
-        if live.is_empty() {
-            return;
-        }
-        // Members forked after the first signal get one too.
-        // SAFETY: as above.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        std::thread::sleep(Duration::from_millis(5));
+    let live = host::kill_group_until_gone(pgid, deadline);
+    if !live.is_empty() {
+        log::warn!(
+            "process group {pgid} still has live members {live:?} {} after SIGKILL",
+            crate::protocol::duration::format(REAP_LIMIT)
+        );
     }
-    log::warn!(
-        "process group {pgid} still has live members {:?} {} after SIGKILL",
-        group_members(pgid),
-        crate::protocol::duration::format(REAP_LIMIT)
-    );
-}
-
-/// Live (not zombie) processes whose process group is `pgid`, from /proc.
-fn group_members(pgid: libc::pid_t) -> Vec<u32> {
-    super::proctree::all_procs()
-        .into_iter()
-        .filter(|p| !p.zombie && i64::from(p.pgrp) == i64::from(pgid))
-        .map(|p| p.pid)
-        .collect()
 }
 
 /// Turns a program and its arguments into a `Command` (argv, no shell).
@@ -417,6 +360,11 @@ mod tests {
 
     fn sh(script: &str) -> Command {
         command("/bin/sh", ["-c", script])
+    }
+
+    /// Runs `script` in sh with no stdin, output capped at `cap`.
+    fn run_sh(script: &str, timeout: Duration, cap: usize) -> Outcome {
+        run(&mut sh(script), None, timeout, cap, &mut Discard).unwrap()
     }
 
     struct Collect(Vec<(Stream, Vec<u8>)>);
@@ -447,14 +395,7 @@ mod tests {
 
     #[test]
     fn signals_become_128_plus() {
-        let o = run(
-            &mut sh("kill -9 $$"),
-            None,
-            Duration::from_secs(10),
-            64,
-            &mut Discard,
-        )
-        .unwrap();
+        let o = run_sh("kill -9 $$", Duration::from_secs(10), 64);
         assert_eq!(o.code(), Some(137));
     }
 
@@ -477,14 +418,7 @@ mod tests {
 
     #[test]
     fn caps_output_but_counts_it() {
-        let o = run(
-            &mut sh("head -c 100000 /dev/zero"),
-            None,
-            Duration::from_secs(10),
-            1000,
-            &mut Discard,
-        )
-        .unwrap();
+        let o = run_sh("head -c 100000 /dev/zero", Duration::from_secs(10), 1000);
         assert_eq!(o.stdout.data.len(), 1000);
         assert_eq!(o.stdout.total, 100_000);
         assert!(o.stdout.truncated());
@@ -493,15 +427,8 @@ mod tests {
     #[test]
     fn timeout_kills_the_whole_group() {
         let t = Instant::now();
-        let mut cmd = sh("sleep 1013 & sleep 1017 & echo started; wait");
-        let o = run(
-            &mut cmd,
-            None,
-            Duration::from_millis(300),
-            1024,
-            &mut Discard,
-        )
-        .unwrap();
+        let script = "sleep 1013 & sleep 1017 & echo started; wait";
+        let o = run_sh(script, Duration::from_millis(300), 1024);
         assert!(o.timed_out);
         assert_eq!(o.code(), None);
         assert_eq!(o.stdout.data, b"started\n");
@@ -520,14 +447,7 @@ mod tests {
     #[test]
     fn returns_when_the_child_exits_even_if_a_grandchild_holds_the_pipe() {
         let t = Instant::now();
-        let o = run(
-            &mut sh("sleep 3 & echo done"),
-            None,
-            Duration::from_secs(20),
-            1024,
-            &mut Discard,
-        )
-        .unwrap();
+        let o = run_sh("sleep 3 & echo done", Duration::from_secs(20), 1024);
         assert_eq!(o.code(), Some(0));
         assert_eq!(o.stdout.data, b"done\n");
         // The background sleep (gone by itself in 3 s) did not hold us up.
@@ -544,6 +464,7 @@ mod tests {
             &mut Discard,
         )
         .unwrap_err();
+        assert!(matches!(e, ProcessError::Spawn { .. }), "{e:?}");
         assert!(e.is_not_found());
         assert_eq!(
             e.to_string(),
