@@ -49,7 +49,7 @@
 //! # Layers
 //!
 //! `cli` > `agent` > `api`, `coord` > `runtime` > `providers`, `store`,
-//! `metrics`, `logging` > `config` > `protocol`, `os` > `util`: a module
+//! `metrics`, `logging` > `config` > `protocol`, `os`: a module
 //! uses only modules below it (`tests/layers.py`, run by `make lint`).
 
 mod agent;
@@ -64,7 +64,6 @@ mod protocol;
 mod providers;
 mod runtime;
 mod store;
-mod util;
 
 /// The version every document and the User-Agent carry.
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");

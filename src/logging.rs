@@ -57,7 +57,10 @@ impl Log for JsonLogger {
             "level".into(),
             Value::from(record.level().as_str().to_ascii_lowercase()),
         );
-        obj.insert("timestamp".into(), Value::from(crate::util::now_rfc3339()));
+        obj.insert(
+            "timestamp".into(),
+            Value::from(crate::protocol::time::now_rfc3339()),
+        );
         obj.insert("component".into(), Value::from(component(record)));
         obj.insert("message".into(), Value::from(record.args().to_string()));
         let mut visitor = JsonKv(&mut obj);

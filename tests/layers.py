@@ -25,7 +25,6 @@ LAYERS = [
     ["providers", "store", "metrics", "logging"],
     ["config"],
     ["protocol", "os"],
-    ["util"],
 ]
 SIDEWAYS = set()
 

@@ -176,7 +176,9 @@ impl Client {
         String,
         Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) {
-        let id = CommandId::generate("cli");
+        let mut random = [0u8; 8];
+        crate::os::random::random_bytes(&mut random);
+        let id = CommandId::generated("cli", random);
         let mut cmd = json!({"id": id, "type": kind, "action": action, "params": params});
         if let Some(t) = timeout {
             cmd["timeout"] = Value::from(crate::protocol::duration::format(t));

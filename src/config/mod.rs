@@ -527,6 +527,17 @@ impl Config {
     }
 }
 
+/// The `host[:port]` (with any `user@`) of an `http(s)://` URL; empty when
+/// it has no scheme.
+pub(crate) fn url_authority(url: &str) -> &str {
+    url.split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ impl Config {
                     format!("{u:?} is not an http:// or https:// URL"),
                 ));
             }
-            if crate::util::url_authority(u).contains('@') {
+            if crate::config::url_authority(u).contains('@') {
                 // It would show in /health and in logs; the token has its own key.
                 return Err(bad(
                     "coordination_url",

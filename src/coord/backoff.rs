@@ -35,7 +35,7 @@ impl Backoff {
     pub(crate) fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
-        self.base + crate::util::jitter(ceiling.saturating_sub(self.base))
+        self.base + crate::os::random::jitter(ceiling.saturating_sub(self.base))
     }
 
     pub(crate) fn reset(&mut self) {

@@ -112,7 +112,7 @@ impl Reply {
 impl CoordClient {
     pub(crate) fn new(config: &Config) -> Result<CoordClient, CoordError> {
         let base = config.coordination_url.trim_end_matches('/').to_string();
-        let host = crate::util::url_authority(&base).to_string();
+        let host = crate::config::url_authority(&base).to_string();
         let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .user_agent(format!("vendetta-agent/{}", crate::VERSION))

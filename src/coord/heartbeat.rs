@@ -17,7 +17,7 @@ pub(crate) fn run(link: &Link, shutdown: &Receiver<()>) {
     loop {
         let interval = link.heartbeat_interval();
         let spread = interval / 5;
-        let next = interval - interval / 10 + crate::util::jitter(spread);
+        let next = interval - interval / 10 + crate::os::random::jitter(spread);
         if !sleep(shutdown, next) {
             return;
         }
@@ -53,7 +53,9 @@ pub(crate) fn run(link: &Link, shutdown: &Receiver<()>) {
                     rt.metrics.heartbeats_sent.inc();
                     link.up();
                     link.steer(reply.json().as_ref());
-                    rt.update_link(|l| l.last_heartbeat = Some(crate::util::now_rfc3339()));
+                    rt.update_link(|l| {
+                        l.last_heartbeat = Some(crate::protocol::time::now_rfc3339())
+                    });
                     if outage.is_some() {
                         *link.outage.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     }

@@ -115,7 +115,7 @@ impl Link {
             return Ok(true);
         }
         if self.lost.swap(false, Ordering::SeqCst) {
-            let spread = crate::util::jitter(self.heartbeat_interval());
+            let spread = crate::os::random::jitter(self.heartbeat_interval());
             log::debug!("re-registering in {spread:?} (spread over the heartbeat interval)");
             if !sleep(shutdown, spread) {
                 return Ok(false);
@@ -165,7 +165,8 @@ impl Link {
             self.rt.update_link(|l| {
                 l.state = LinkStatus::Refused;
                 l.last_error = e.to_string();
-                l.offline_since.get_or_insert_with(crate::util::now_rfc3339);
+                l.offline_since
+                    .get_or_insert_with(crate::protocol::time::now_rfc3339);
             });
         }
     }
@@ -177,7 +178,7 @@ impl Link {
         self.rt.update_link(|l| {
             was = std::mem::replace(&mut l.state, LinkStatus::Connected);
             l.last_heartbeat
-                .get_or_insert_with(crate::util::now_rfc3339);
+                .get_or_insert_with(crate::protocol::time::now_rfc3339);
             if was != LinkStatus::Connected {
                 since = l.offline_since.take();
             }
@@ -200,7 +201,8 @@ impl Link {
             l.last_error = e.to_string();
             if matches!(l.state, LinkStatus::Connected | LinkStatus::Connecting) {
                 was = Some(std::mem::replace(&mut l.state, LinkStatus::Disconnected));
-                l.offline_since.get_or_insert_with(crate::util::now_rfc3339);
+                l.offline_since
+                    .get_or_insert_with(crate::protocol::time::now_rfc3339);
             }
         });
         match was {

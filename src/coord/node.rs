@@ -17,7 +17,7 @@ use std::time::SystemTime;
 /// The address this node uses to reach the server: the local end of a
 /// (never sent) UDP "connection" to it. Falls back to the host name.
 pub(crate) fn local_address(coordination_url: &str) -> String {
-    let hostport = crate::util::url_authority(coordination_url);
+    let hostport = crate::config::url_authority(coordination_url);
     let default_port = if coordination_url.starts_with("https") {
         443
     } else {
@@ -123,8 +123,8 @@ pub(crate) fn document(f: &NodeFacts) -> Value {
             "hostname": host.hostname,
             "agent": format!("vendetta-agent/{VERSION}"),
         },
-        "created_at": crate::util::rfc3339(f.created),
-        "last_seen": crate::util::now_rfc3339(),
+        "created_at": crate::protocol::time::rfc3339(f.created),
+        "last_seen": crate::protocol::time::now_rfc3339(),
     })
 }
 
@@ -134,7 +134,7 @@ pub(crate) fn heartbeat(rt: &Runtime, seq: u64, offline_since: Option<&str>) -> 
         "node_id": rt.node_id,
         "status": "active",
         "seq": seq,
-        "timestamp": crate::util::now_rfc3339(),
+        "timestamp": crate::protocol::time::now_rfc3339(),
         "uptime_s": rt.uptime().as_secs(),
         "sessions": {"total": total, "running": running},
         "load": crate::os::host::load1().map(|l| (l * 100.0).round() / 100.0),

@@ -81,7 +81,8 @@ pub(crate) fn run(link: &Link, shutdown: &Receiver<()>) {
                 // A server that answers at once with nothing new (it need
                 // not hold the poll) is asked at most once per MIN_FETCH_GAP.
                 if new == 0 && took < MIN_FETCH_GAP {
-                    let pause = MIN_FETCH_GAP - took + crate::util::jitter(MIN_FETCH_GAP / 10);
+                    let pause =
+                        MIN_FETCH_GAP - took + crate::os::random::jitter(MIN_FETCH_GAP / 10);
                     if !sleep(shutdown, pause) {
                         return;
                     }

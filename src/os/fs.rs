@@ -43,7 +43,7 @@ fn stage_with(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<St
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let staged = Staged {
-        tmp: dir.join(format!(".{name}.tmp-{}", crate::util::random_hex(4))),
+        tmp: dir.join(format!(".{name}.tmp-{}", crate::os::random::random_hex(4))),
         path: path.to_path_buf(),
         committed: false,
     };
@@ -101,7 +101,10 @@ pub(crate) fn move_aside(path: &Path, corrupt_dir: &Path) -> io::Result<PathBuf>
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let dest = corrupt_dir.join(format!("{name}.{stamp}.{}", crate::util::random_hex(2)));
+    let dest = corrupt_dir.join(format!(
+        "{name}.{stamp}.{}",
+        crate::os::random::random_hex(2)
+    ));
     fs::rename(path, &dest)?;
     Ok(dest)
 }
@@ -175,8 +178,10 @@ mod tests {
 
     /// A fresh directory under the temp dir, for one test.
     fn scratch() -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("vendetta-fsutil-{}", crate::util::random_hex(4)));
+        let dir = std::env::temp_dir().join(format!(
+            "vendetta-fsutil-{}",
+            crate::os::random::random_hex(4)
+        ));
         ensure_dir(&dir).unwrap();
         dir
     }

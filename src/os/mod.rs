@@ -20,4 +20,5 @@ pub(crate) mod fd;
 pub(crate) mod fs;
 pub(crate) mod host;
 pub(crate) mod process;
+pub(crate) mod random;
 pub(crate) mod socket;

@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn connects_within_the_deadline_and_names_what_failed() {
-        let dir = std::env::temp_dir().join(format!("vsock-{}", crate::util::random_hex(4)));
+        let dir = std::env::temp_dir().join(format!("vsock-{}", crate::os::random::random_hex(4)));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();

@@ -89,9 +89,13 @@ impl CommandId {
         &self.0
     }
 
-    /// A fresh id for commands the agent or its CLI originates.
-    pub(crate) fn generate(prefix: &str) -> CommandId {
-        CommandId(format!("{prefix}-{}", crate::util::random_hex(8)))
+    /// A fresh id, `PREFIX-` and `random` in hex, for commands the CLI
+    /// originates. The caller brings the randomness (this module does no
+    /// I/O); hex digits are always valid.
+    pub(crate) fn generated(prefix: &'static str, random: [u8; 8]) -> CommandId {
+        debug_assert!(CommandId::parse(prefix).is_ok(), "{prefix}");
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        CommandId(format!("{prefix}-{hex}"))
     }
 }
 

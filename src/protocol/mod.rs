@@ -13,6 +13,7 @@ pub(crate) mod link;
 pub(crate) mod result;
 pub(crate) mod session;
 pub(crate) mod size;
+pub(crate) mod time;
 
 pub(crate) use command::{Command, ProviderKind};
 

@@ -147,8 +147,8 @@ impl CommandResult {
             exit_code: if status == Status::Success { 0 } else { 1 },
             duration: took.as_nanos() as u64,
             duration_ms: (took.as_micros() as f64) / 1000.0,
-            started: crate::util::rfc3339(started),
-            finished: crate::util::rfc3339(finished),
+            started: crate::protocol::time::rfc3339(started),
+            finished: crate::protocol::time::rfc3339(finished),
             command: echo.clone(),
         }
     }

@@ -71,7 +71,7 @@ impl Events {
         let stamped = Stamped {
             change: &change,
             seq,
-            time: crate::util::now_rfc3339(),
+            time: crate::protocol::time::now_rfc3339(),
         };
         let event = Arc::new(Event {
             seq,

@@ -20,7 +20,7 @@ pub(crate) fn status(rt: &Runtime) -> Value {
         "version": VERSION,
         "pid": std::process::id(),
         "uptime_s": rt.uptime().as_secs(),
-        "started": crate::util::rfc3339(rt.started_at),
+        "started": crate::protocol::time::rfc3339(rt.started_at),
         "config": rt.config_source.to_string(),
         "default_provider": rt.config.provider,
         "providers": rt.registry.usable(),

@@ -38,7 +38,7 @@ impl Harness {
         let dir = std::env::temp_dir().join(format!(
             "vrt-{}-{}",
             std::process::id(),
-            crate::util::random_hex(4)
+            crate::os::random::random_hex(4)
         ));
         Harness::open(Arc::new(fake), yaml, dir)
     }

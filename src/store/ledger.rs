@@ -383,7 +383,7 @@ impl Ledger {
         let record = RecordOut {
             state,
             origin,
-            updated: crate::util::now_rfc3339(),
+            updated: crate::protocol::time::now_rfc3339(),
             command,
             result,
         };
@@ -435,8 +435,10 @@ mod tests {
     use serde_json::json;
 
     fn tmp() -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("vendetta-ledger-{}", crate::util::random_hex(4)));
+        let d = std::env::temp_dir().join(format!(
+            "vendetta-ledger-{}",
+            crate::os::random::random_hex(4)
+        ));
         fsutil::ensure_dir(&d).unwrap();
         d
     }

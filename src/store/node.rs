@@ -52,7 +52,7 @@ pub(crate) fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<St
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::io("read the node id", &path, e)),
     }
-    let id = format!("node-{}", crate::util::random_hex(6));
+    let id = format!("node-{}", crate::os::random::random_hex(6));
     fsutil::write_atomic(&path, format!("{id}\n").as_bytes(), 0o644)
         .map_err(|e| StoreError::io("store the node id", &path, e))?;
     Ok(id)
@@ -69,7 +69,7 @@ pub(crate) fn load_or_create_api_token(cache_dir: &Path) -> Result<String, Store
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::io("read the API token", &path, e)),
     }
-    let token = crate::util::random_hex(24);
+    let token = crate::os::random::random_hex(24);
     fsutil::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
         .map_err(|e| StoreError::io("store the API token", &path, e))?;
     Ok(token)
@@ -89,8 +89,10 @@ mod tests {
 
     #[test]
     fn id_is_stable() {
-        let dir =
-            std::env::temp_dir().join(format!("vendetta-node-{}", crate::util::random_hex(4)));
+        let dir = std::env::temp_dir().join(format!(
+            "vendetta-node-{}",
+            crate::os::random::random_hex(4)
+        ));
         fsutil::ensure_dir(&dir).unwrap();
         let a = load_or_create_id(&dir, "").unwrap();
         let b = load_or_create_id(&dir, "").unwrap();

@@ -82,7 +82,8 @@ mod tests {
 
     #[test]
     fn second_acquire_is_refused() {
-        let dir = std::env::temp_dir().join(format!("vendetta-pid-{}", crate::util::random_hex(4)));
+        let dir =
+            std::env::temp_dir().join(format!("vendetta-pid-{}", crate::os::random::random_hex(4)));
         let path = dir.join("v.pid");
         let held = PidFile::acquire(&path).unwrap();
         assert!(matches!(

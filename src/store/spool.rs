@@ -134,8 +134,10 @@ mod tests {
 
     #[test]
     fn put_read_remove() {
-        let dir =
-            std::env::temp_dir().join(format!("vendetta-spool-{}", crate::util::random_hex(4)));
+        let dir = std::env::temp_dir().join(format!(
+            "vendetta-spool-{}",
+            crate::os::random::random_hex(4)
+        ));
         let s = Spool::open(&dir).unwrap();
         let r = CommandResult::new(
             "c1",
@@ -160,8 +162,10 @@ mod tests {
 
     #[test]
     fn concurrent_puts_and_removes_count_each_file_once() {
-        let dir =
-            std::env::temp_dir().join(format!("vendetta-spool-{}", crate::util::random_hex(4)));
+        let dir = std::env::temp_dir().join(format!(
+            "vendetta-spool-{}",
+            crate::os::random::random_hex(4)
+        ));
         let s = Spool::open(&dir).unwrap();
         let result = |id: String| {
             CommandResult::new(

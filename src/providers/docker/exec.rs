@@ -443,7 +443,7 @@ mod tests {
 
     #[test]
     fn exec_output_reaches_the_sink_as_it_arrives_from_the_real_engine() {
-        let dir = std::env::temp_dir().join(format!("vdsink-{}", crate::util::random_hex(4)));
+        let dir = std::env::temp_dir().join(format!("vdsink-{}", crate::os::random::random_hex(4)));
         let mut config = crate::config::Config {
             cache_dir: Some(dir.clone()),
             ..Default::default()

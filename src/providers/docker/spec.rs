@@ -230,7 +230,7 @@ pub(crate) fn created_from_rfc3339(s: &str) -> String {
 
 pub(crate) fn created_from_unix(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    created_from_rfc3339(&crate::util::rfc3339(t))
+    created_from_rfc3339(&crate::protocol::time::rfc3339(t))
 }
 
 fn labels_of(v: &Value) -> BTreeMap<String, String> {

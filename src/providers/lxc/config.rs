@@ -251,7 +251,7 @@ impl LxcProvider {
     pub(crate) fn write_temp_config(&self, name: &str, text: &str) -> Result<TempFile, LxcError> {
         let path = std::env::temp_dir().join(format!(
             "vendetta-lxc-{name}-{}.conf",
-            crate::util::random_hex(6)
+            crate::os::random::random_hex(6)
         ));
         let io_err = |source| LxcError::Io {
             step: "writing the container config",

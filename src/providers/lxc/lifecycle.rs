@@ -194,7 +194,7 @@ impl LxcProvider {
                 reason: "exists as a directory without a config".into(),
             });
         }
-        let created = crate::util::now_rfc3339();
+        let created = crate::protocol::time::now_rfc3339();
         let meta = Meta {
             session: id.to_string(),
             image: image.clone(),

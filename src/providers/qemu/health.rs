@@ -71,7 +71,7 @@ impl QemuProvider {
         let log = std::env::temp_dir().join(format!(
             "vendetta-qemu-version-{}-{}",
             std::process::id(),
-            crate::util::random_hex(4)
+            crate::os::random::random_hex(4)
         ));
         let outcome = match run_logged(
             Command::new(binary).arg("-version"),

@@ -73,7 +73,7 @@ impl QemuProvider {
             id: id.to_string(),
             node_id: self.node_id.clone(),
             image,
-            created: crate::util::now_rfc3339(),
+            created: crate::protocol::time::now_rfc3339(),
             labels: spec.labels.clone(),
             ports: BTreeMap::new(),
             warnings,

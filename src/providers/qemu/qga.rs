@@ -162,7 +162,7 @@ impl<S: Read + Write> Qga<S> {
     /// The `0xFF` + `guest-sync-delimited` handshake.
     pub(crate) fn sync(&mut self, deadline: Instant) -> Result<(), QgaError> {
         let mut id_bytes = [0u8; 6];
-        crate::util::random_bytes(&mut id_bytes);
+        crate::os::random::random_bytes(&mut id_bytes);
         let id = id_bytes
             .iter()
             .fold(0i64, |acc, b| (acc << 8) | i64::from(*b));

@@ -498,7 +498,7 @@ mod tests {
             let dir = std::env::temp_dir().join(format!(
                 "vqmp-{}-{}",
                 std::process::id(),
-                crate::util::random_hex(3)
+                crate::os::random::random_hex(3)
             ));
             std::fs::create_dir_all(&dir).unwrap();
             let sock = dir.join("qmp.sock");

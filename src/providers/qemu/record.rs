@@ -159,7 +159,7 @@ impl QemuProvider {
             source,
         })?;
         loop {
-            let dir = self.root.join(crate::util::random_hex(4));
+            let dir = self.root.join(crate::os::random::random_hex(4));
             match std::fs::DirBuilder::new().create(&dir) {
                 Ok(()) => {
                     let sock = dir.join(QMP_SOCK);
