@@ -31,23 +31,11 @@ qemu:
   memory: 64m
   extra_args: [-accel, tcg]"
 
-python3 - "$AGENT_URL" "$AGENT_TOKEN" "$work" "$qga_bin" "$AGENT_PID" <<'PY'
-import http.client, json, os, socket, statistics, subprocess, sys, time, urllib.parse, glob
+PYTHONPATH="$(dirname "$0")" python3 - "$AGENT_URL" "$AGENT_TOKEN" "$work" "$qga_bin" "$AGENT_PID" <<'PY'
+import json, os, socket, statistics, subprocess, sys, time, glob
+from api import Agent
 url, token, work, qga_bin, agent_pid = sys.argv[1:6]
-u = urllib.parse.urlparse(url)
-conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-H = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-n = 0
-def cmd(action, **params):
-    global n
-    n += 1
-    conn.request("POST", "/api/v1/commands", json.dumps(
-        {"id": f"b-{os.getpid()}-{n}", "type": "session", "action": action, "params": params}), H)
-    r = conn.getresponse()
-    body = json.loads(r.read())
-    if body.get("status") != "success":
-        sys.exit(f"{action} {params}: {body}")
-    return body["data"]
+cmd = Agent(url, token, "b").ok
 def timed(f):
     t = time.perf_counter(); f(); return (time.perf_counter() - t) * 1000
 def row(metric, value, goal="", comparison=""):
@@ -157,8 +145,8 @@ PY
 # exec inside a real TCG guest.
 guest=${VENDETTA_TEST_GUEST:-/var/cache/vendetta-test/guest}
 if [ ! -s "$guest/vmlinuz" ]; then
-    echo "qemu.bench.sh: no test guest in $guest (tests/setup/guest.sh builds it); real-guest rows skipped" >&2
-    exit 0
+    echo "qemu.bench.sh: no test guest in $guest; run tests/setup/guest.sh (make bench does, through deps.sh)" >&2
+    exit 1
 fi
 stop_agent
 start_agent "$work/g" "provider: qemu
@@ -166,19 +154,11 @@ providers: [qemu]
 qemu:
   memory: 256m
   extra_args: [-accel, tcg, -kernel, $guest/vmlinuz, -initrd, $guest/initrd.img, -append, console=ttyS0]"
-python3 - "$AGENT_URL" "$AGENT_TOKEN" <<'PY'
-import http.client, json, os, statistics, sys, time, urllib.parse
+PYTHONPATH="$(dirname "$0")" python3 - "$AGENT_URL" "$AGENT_TOKEN" <<'PY'
+import json, os, statistics, sys, time
+from api import Agent
 url, token = sys.argv[1:3]
-u = urllib.parse.urlparse(url)
-conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-H = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-n = 0
-def cmd(action, **params):
-    global n
-    n += 1
-    conn.request("POST", "/api/v1/commands", json.dumps(
-        {"id": f"g-{os.getpid()}-{n}", "type": "session", "action": action, "params": params}), H)
-    return json.loads(conn.getresponse().read())
+cmd = Agent(url, token, "g").post
 def row(metric, value, goal="", comparison=""):
     print(f"ROW\tqemu\t{metric}\t{value}\t{goal}\t{comparison}", flush=True)
 cmd("create", session_id="guest")

@@ -75,19 +75,14 @@ fn a_full_queue_answers_429_at_once_and_records_nothing() {
     ok(&a.wait_result(&queued, Duration::from_secs(20)));
 }
 
+/// Output, a pause, more output, and a failing exit.
+const SLOW_OUTPUT: &str = "echo first; echo oops >&2; sleep 3; echo second; exit 7";
+
 #[test]
 fn exec_output_streams_to_the_cli_as_it_arrives() {
     let (_s, a, sid) = running_session("stream", "");
     let mut child = a
-        .cli_command(&[
-            "session",
-            "exec",
-            &sid,
-            "--",
-            "sh",
-            "-c",
-            "echo first; echo oops >&2; sleep 3; echo second; exit 7",
-        ])
+        .cli_command(&["session", "exec", &sid, "--", "sh", "-c", SLOW_OUTPUT])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -261,15 +256,8 @@ fn cli_session_verbs_round_trip() {
         out.contains("running") && out.contains("->8080/tcp"),
         "{out}"
     );
-    let (code, out) = cli(&[
-        "session",
-        "exec",
-        &sid,
-        "--",
-        "sh",
-        "-c",
-        "echo $GREETING; ls -d /workspace",
-    ]);
+    let greet = "echo $GREETING; ls -d /workspace";
+    let (code, out) = cli(&["session", "exec", &sid, "--", "sh", "-c", greet]);
     assert_eq!((code, out.as_str()), (Some(0), "hi\n/workspace\n"));
     let (code, out) = cli(&["session", "list", "--json"]);
     assert_eq!(code, Some(0));
