@@ -11,8 +11,9 @@
 //!              └───────────────────────────────────────────────┘    owns: shutdown sender,
 //!                                                                         the Api, the link
 //!   api-accept ─▶ api-conn (one per connection, ≤ 256) ──┐
-//!   poller (coord) ─────────────────────────────────────┼─ Runtime::submit
-//!   recover at start (runtime::intake) ─────────────────┘      │ dedupe (ledger), policy
+//!   poller (coord) ─────────────────────────────────────┴─ Runtime::submit
+//!                                                              │ dedupe (ledger), policy
+//!   recover at start (runtime::intake) ── queues journaled ───┤
 //!                                                              ▼
 //!                                   jobs (bounded queue_size; sender in Runtime)
 //!                                                              ▼
@@ -23,6 +24,8 @@
 //!                                     └─▶ events ── per subscriber (bounded 256) ──▶ api-conn (SSE)
 //!   monitor: provider health, session table (publishes changes), pruning
 //!   heartbeat (coord): every interval, on its own connection
+//!   api-conn also reads the ledger (GET a result) and lists sessions
+//!   through the runtime (GET /api/v1/sessions: ≤ workers at once)
 //! ```
 //!
 //! Shutdown is a channel whose sender `main` drops: the workers, the

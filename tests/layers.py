@@ -39,17 +39,19 @@ def top_module(src, path):
 
 
 def references(path):
-    """(line number, module) for every `crate::x` outside comments."""
+    """(line number, module) for every `crate::x` outside comments,
+    including the members of `use crate::{...}` groups spread over lines."""
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            code = line.split("//", 1)[0]
-            for m in REF.finditer(code):
-                yield n, m.group(1)
-            for m in GROUP.finditer(code):
-                for item in m.group(1).split(","):
-                    name = item.strip().split("::")[0].split(" ")[0]
-                    if name:
-                        yield n, name
+        lines = [line.split("//", 1)[0] for line in f]
+    text = "\n".join(lines)
+    line_of = lambda pos: text.count("\n", 0, pos) + 1
+    for m in REF.finditer(text):
+        yield line_of(m.start()), m.group(1)
+    for m in GROUP.finditer(text):
+        for item in m.group(1).split(","):
+            name = item.strip().split("::")[0].split(" ")[0].strip("{ \n")
+            if name:
+                yield line_of(m.start()), name
 
 
 def check(src):
@@ -119,6 +121,10 @@ def self_test():
             f.write("// crate::api in a comment is fine\nuse crate::{os, protocol::Code};\n")
         got = check(d)
         assert got == [], got
+        with open(os.path.join(d, "runtime", "mod.rs"), "w") as f:
+            f.write("use crate::{\n    os,\n    api::routes,\n};\n")
+        got = check(d)
+        assert any("runtime/mod.rs:1: runtime -> api points up" in p for p in got), got
     print("layers: self-test ok")
 
 

@@ -102,7 +102,7 @@ pub(crate) fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     }
     intake::recover(&rt, unfinished);
     threads.push(monitor::spawn(&rt, &shutdown_rx, &control_tx).map_err(spawn_err("monitor"))?);
-    let api = crate::api::serve(&rt, listener, &shutdown_rx)?;
+    let api = crate::api::serve(&rt, listener, &shutdown_rx).map_err(spawn_err("api-accept"))?;
     let link = crate::coord::spawn(&rt, &shutdown_rx, &control_tx);
 
     log::info!(

@@ -52,7 +52,7 @@ impl std::error::Error for BindError {}
 /// The serving API. Dropping it closes the listening socket.
 pub(crate) struct Api {
     _server: tiny_http::Server,
-    busy: Arc<AtomicUsize>,
+    busy: Arc<InFlight>,
 }
 
 /// Binds `listen`. Done before the other threads start, so that a busy
@@ -65,28 +65,23 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     })
 }
 
-/// Serves on `listener` until the returned [`Api`] is dropped.
+/// Serves on `listener` until the returned [`Api`] is dropped. Fails
+/// only when the accept thread cannot start.
 pub(crate) fn serve(
     rt: &Arc<Runtime>,
     listener: TcpListener,
     shutdown: &Receiver<()>,
-) -> Result<Api, BindError> {
-    let addr = rt.config.listen;
-    let busy = Arc::new(AtomicUsize::new(0));
+) -> std::io::Result<Api> {
+    let busy = Arc::new(InFlight::new(usize::MAX));
     let handler = {
         let (rt, shutdown, busy) = (rt.clone(), shutdown.clone(), busy.clone());
         Arc::new(move |request: tiny_http::Request| {
-            let _busy = Busy::enter(&busy);
+            let _answering = busy.enter();
             answer(&rt, request, &shutdown)
         })
     };
-    let server =
-        tiny_http::Server::from_listener_with_handler(listener, "api", handler).map_err(|e| {
-            BindError {
-                addr,
-                source: e.to_string(),
-            }
-        })?;
+    let server = tiny_http::Server::from_listener_with_handler(listener, "api", handler)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(Api {
         _server: server,
         busy,
@@ -98,25 +93,47 @@ impl Api {
     /// command that shutdown just dropped, and answer 503) up to `limit`.
     pub(crate) fn wait_idle(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while self.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while self.busy.count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
-/// Counts a request while it is answered, also when answering panics.
-struct Busy(Arc<AtomicUsize>);
+/// Requests of one kind being answered, at most `max` at once.
+pub(super) struct InFlight {
+    n: AtomicUsize,
+    max: usize,
+}
 
-impl Busy {
-    fn enter(n: &Arc<AtomicUsize>) -> Busy {
-        n.fetch_add(1, Ordering::SeqCst);
-        Busy(n.clone())
+/// A place in an [`InFlight`], given back on drop, also when the thread
+/// holding it unwinds.
+pub(super) struct Held<'a>(&'a InFlight);
+
+impl InFlight {
+    pub(super) const fn new(max: usize) -> InFlight {
+        InFlight {
+            n: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A place, or None when all `max` are taken.
+    pub(super) fn enter(&self) -> Option<Held<'_>> {
+        if self.n.fetch_add(1, Ordering::SeqCst) >= self.max {
+            self.n.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Held(self))
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.n.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for Busy {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.n.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -124,11 +141,12 @@ impl Drop for Busy {
 /// connection's thread down without a word (tiny_http itself can panic
 /// when a client vanishes mid-response).
 fn answer(rt: &Arc<Runtime>, request: tiny_http::Request, shutdown: &Receiver<()>) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         routes::handle(rt, request, shutdown)
-    }))
-    .is_err()
-    {
-        log::error!("a request handler panicked; the request was dropped, the API keeps serving");
+    })) {
+        let what = crate::runtime::panic_text(panic.as_ref());
+        log::error!(
+            "a request handler panicked ({what}); the request was dropped, the API keeps serving"
+        );
     }
 }

@@ -69,6 +69,11 @@ impl Reply {
         .header("Location", location)
     }
 
+    /// The body as JSON (for a reply written into a stream).
+    pub(crate) fn body_json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
     pub(crate) fn into_response(self) -> Response<Cursor<Vec<u8>>> {
         let mut r = Response::from_data(self.body).with_status_code(self.status);
         let mut add = |name: &str, value: &str| {
@@ -154,13 +159,14 @@ impl ApiError {
             } => (503, "store_failed"),
             ApiError::TooManyStreams(_) => (503, "too_many_streams"),
             ApiError::Sessions(f) => match f.code {
-                Code::Invalid => (400, Code::Invalid.as_str()),
+                Code::Invalid => (400, "invalid_command"),
+                Code::Rejected => (403, "rejected"),
                 // Any other failure to list is a provider that cannot answer.
-                _ => (503, Code::Unavailable.as_str()),
+                _ => (503, "provider_unavailable"),
             },
             ApiError::RefusedByResult(r) => match r.code {
-                Some(Code::Rejected) => (403, Code::Rejected.as_str()),
-                _ => (400, Code::Invalid.as_str()),
+                Some(Code::Rejected) => (403, "rejected"),
+                _ => (400, "invalid_command"),
             },
         }
     }

@@ -15,24 +15,26 @@
 use super::auth::{self, Denied};
 use super::reply::{ApiError, Reply};
 use crate::protocol::command as wire;
-use crate::protocol::{CommandId, CommandResult};
-use crate::runtime::intake::Submitted;
+use crate::protocol::{Code, CommandId, CommandResult};
+use crate::runtime::dispatch::Failure;
+use crate::runtime::intake::{Refusal, Submitted};
 use crate::runtime::{status, Runtime};
 use crate::store::ledger::{Found, Origin, State};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{json, Value};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 use tiny_http::{Method, Request};
 
-/// Extra time a sync request waits beyond the command's own timeout before
-/// it answers 202 and leaves the client to poll.
-const WAIT_SLACK: Duration = Duration::from_secs(10);
+/// Extra time a request waits beyond the command's own timeout before it
+/// answers 202 (or, streaming, a `running` line) and leaves the client to
+/// poll.
+pub(super) const WAIT_SLACK: Duration = Duration::from_secs(10);
 /// The longest a sync request is held, whatever the command's timeout:
-/// below the 120 s socket timeout of our tiny_http patch, which would
-/// otherwise end the keep-alive connection under a long answer. Longer
-/// commands answer 202 and the client polls (the CLI does).
+/// clients and proxies commonly give up on a silent answer after 1-2
+/// minutes. Longer commands answer 202 and the client polls (the CLI
+/// does).
 const MAX_SYNC_WAIT: Duration = Duration::from_secs(90);
 
 /// Sends a reply and counts it.
@@ -45,7 +47,27 @@ pub(super) fn send(rt: &Runtime, request: Request, route: &str, reply: Reply) {
     }
 }
 
-fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
+/// Starts a streamed 200 answer of `content_type` (more header lines may
+/// follow it, joined by CRLF) that ends when the connection closes: counts
+/// it, writes the head and `preamble`. The flag is false once the client
+/// is gone.
+pub(super) fn open_stream(
+    rt: &Runtime,
+    request: Request,
+    route: &str,
+    content_type: &str,
+    preamble: &str,
+) -> (Box<dyn std::io::Write + Send>, bool) {
+    rt.metrics.api_requests.inc(&[route, "200"]);
+    let mut w = request.into_writer();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n{preamble}"
+    );
+    let alive = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
+    (w, alive)
+}
+
+pub(super) fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
     request
         .headers()
         .iter()
@@ -60,6 +82,16 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
     let route = route_of(path);
     let reply = match admit(rt, &request, route, path) {
         Err(e) => e.reply(),
+        // Stopping: what would start work is refused; results, metrics
+        // and health (which says "stopping") still answer.
+        Ok(()) if !rt.accepting() && matches!(route, "/api/v1/sessions" | "/api/v1/events") => {
+            ApiError::Refused {
+                why: Refusal::ShuttingDown,
+                queued: 0,
+                busy: rt.busy_workers(),
+            }
+            .reply()
+        }
         Ok(()) => match route {
             "/health" => {
                 let (ok, doc) = status::health(rt);
@@ -285,22 +317,15 @@ fn get_command(rt: &Runtime, path: &str) -> Result<Reply, ApiError> {
 
 /// `GET /api/v1/sessions[?provider=]`: the live list, through the runtime.
 fn sessions(rt: &Runtime, query: &str) -> Result<Reply, ApiError> {
-    // The same deserializer as `session list`'s params, so the same words.
-    let provider = match query_value(query, "provider") {
-        None => None,
-        Some(p) => {
-            use serde::de::{value::Error, IntoDeserializer};
-            let kind: Result<wire::ProviderKind, Error> =
-                serde::Deserialize::deserialize(wire::clip(p).into_deserializer());
-            Some(kind.map_err(|e| {
-                ApiError::Sessions(crate::runtime::dispatch::Failure {
-                    code: crate::protocol::Code::Invalid,
-                    message: format!("params.provider: {e}"),
-                })
-            })?)
-        }
-    };
-    let sessions = rt.list_sessions(provider).map_err(ApiError::Sessions)?;
+    let params = wire::ListParams::from_query(query_value(query, "provider")).map_err(|e| {
+        ApiError::Sessions(Failure {
+            code: Code::Invalid,
+            message: e.to_string(),
+        })
+    })?;
+    let sessions = rt
+        .list_sessions_for_api(params.provider)
+        .map_err(ApiError::Sessions)?;
     Ok(Reply::json(200, &json!({"sessions": sessions})))
 }
 

@@ -8,9 +8,12 @@
 //! character cut at a chunk edge is held back and joined with the next
 //! chunk, so every line is valid JSON text.
 
+use super::reply::Reply;
+use super::routes::{open_stream, WAIT_SLACK};
 use crate::protocol::{CommandId, CommandResult};
 use crate::providers::output::{Chunk, Stream};
 use crate::runtime::Runtime;
+use crate::store::ledger::State;
 use crossbeam_channel::{select, Receiver};
 use serde_json::json;
 use std::io::Write;
@@ -36,14 +39,17 @@ pub(super) fn serve(rt: &Runtime, request: Request, job: Job) {
         timeout,
         id,
     } = job;
-    rt.metrics.api_requests.inc(&[ROUTE, "200"]);
-    let mut w = request.into_writer();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
-    let mut alive = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
+    let (mut w, mut alive) = open_stream(
+        rt,
+        request,
+        ROUTE,
+        "application/x-ndjson\r\nCache-Control: no-store",
+        "",
+    );
     let mut carry = Carry::default();
-    let deadline = Instant::now() + timeout + Duration::from_secs(10);
-    let running =
-        || json!({"id": id, "status": "running", "location": format!("/api/v1/commands/{id}")});
+    let deadline = Instant::now() + timeout + WAIT_SLACK;
+    // What a poll would say: the body of a 202.
+    let running = || Reply::accepted(&id, State::Running).body_json();
     let last = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         select! {

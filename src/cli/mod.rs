@@ -9,6 +9,9 @@
 //! `agent.rs` runs and manages the agent on this host; `verbs.rs` holds the
 //! API client verbs, `client.rs` the HTTP client they share and
 //! `render.rs` how results are printed.
+//!
+//! May not touch: the runtime or providers of this process; the client
+//! verbs reach the agent only through its local API.
 
 mod agent;
 pub(crate) mod client;

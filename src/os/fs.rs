@@ -178,10 +178,8 @@ mod tests {
 
     /// A fresh directory under the temp dir, for one test.
     fn scratch() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "vendetta-fsutil-{}",
-            crate::os::random::random_hex(4)
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("vendetta-fs-{}", crate::os::random::random_hex(4)));
         ensure_dir(&dir).unwrap();
         dir
     }

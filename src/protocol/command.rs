@@ -224,6 +224,23 @@ pub(crate) struct ListParams {
     pub(crate) provider: Option<ProviderKind>,
 }
 
+impl ListParams {
+    /// The params of `GET /api/v1/sessions?provider=`, checked as a
+    /// `session list` command's are, with the same words on error.
+    pub(crate) fn from_query(provider: Option<&str>) -> Result<ListParams, FieldError> {
+        use serde::de::{value::Error, IntoDeserializer};
+        let provider = match provider {
+            None => None,
+            Some(p) => {
+                let kind: Result<ProviderKind, Error> =
+                    ProviderKind::deserialize(clip(p).into_deserializer());
+                Some(kind.map_err(|e| FieldError::new("params.provider", e.to_string()))?)
+            }
+        };
+        Ok(ListParams { provider })
+    }
+}
+
 /// `command` as given: an argv array, or a string that needs `shell: true`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]

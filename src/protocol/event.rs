@@ -46,9 +46,9 @@ pub(crate) enum CommandState {
     Queued {
         origin: Origin,
     },
-    /// Not queued after all; `reason` is `queue_full` or `shutting_down`.
+    /// Not queued after all.
     Refused {
-        reason: &'static str,
+        reason: RefusedReason,
     },
     Running,
     Finished {
@@ -58,6 +58,14 @@ pub(crate) enum CommandState {
     },
 }
 
+/// Why a command announced as queued was not queued after all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RefusedReason {
+    QueueFull,
+    ShuttingDown,
+}
+
 /// A session changed, by a command or behind the agent's back.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct SessionEvent {
@@ -65,19 +73,30 @@ pub(crate) struct SessionEvent {
     pub(crate) provider: ProviderKind,
     pub(crate) event: SessionChange,
     pub(crate) status: SessionState,
+    /// Only on changes the agent noticed (`discovered`, `status`,
+    /// `vanished`): the main process's exit code, `null` while it runs.
+    /// Absent on the events of the agent's own commands.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) exit_code: Option<i32>,
+    pub(crate) exit_code: Option<Option<i32>>,
 }
 
 impl SessionEvent {
-    /// `session` after `change`, in its own status.
-    pub(crate) fn of(session: &Session, change: SessionChange) -> SessionEvent {
+    /// A change the agent noticed in a listing: with the exit code.
+    pub(crate) fn noticed(session: &Session, change: SessionChange) -> SessionEvent {
+        SessionEvent {
+            exit_code: Some(session.exit_code),
+            ..SessionEvent::by_command(session, change)
+        }
+    }
+
+    /// What one of the agent's commands did to `session`.
+    pub(crate) fn by_command(session: &Session, change: SessionChange) -> SessionEvent {
         SessionEvent {
             id: session.id.clone(),
             provider: session.provider,
             event: change,
             status: SessionState::Is(session.status),
-            exit_code: session.exit_code,
+            exit_code: None,
         }
     }
 }
@@ -173,7 +192,7 @@ mod tests {
                    "status": "timeout", "error": "slow", "duration_ms": 1.5})
         );
         let refused = CommandState::Refused {
-            reason: "queue_full",
+            reason: RefusedReason::QueueFull,
         };
         assert_eq!(
             serde_json::to_value(&refused).unwrap(),
@@ -194,7 +213,7 @@ mod tests {
         let exited = SessionEvent {
             status: SessionState::Is(SessionStatus::Exited),
             event: SessionChange::Status,
-            exit_code: Some(3),
+            exit_code: Some(Some(3)),
             ..match gone {
                 Event::Session(s) => s,
                 Event::Command(_) => unreachable!(),
@@ -203,6 +222,15 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&exited).unwrap(),
             json!({"id": "s1", "provider": "lxc", "event": "status", "status": "exited", "exit_code": 3})
+        );
+        let running = SessionEvent {
+            status: SessionState::Is(SessionStatus::Running),
+            exit_code: Some(None),
+            ..exited
+        };
+        assert_eq!(
+            serde_json::to_string(&running).unwrap(),
+            r#"{"id":"s1","provider":"lxc","event":"status","status":"running","exit_code":null}"#
         );
     }
 }

@@ -28,29 +28,32 @@ impl Status {
 /// Machine-readable error classes carried in a result's `code`. The
 /// local API chooses its HTTP status from them in one place
 /// (`api::reply::ApiError::status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Code {
-    /// The command is malformed or a parameter is wrong.
-    #[serde(rename = "invalid_command")]
+    /// `invalid_command`: the command is malformed or a parameter is wrong.
     Invalid,
-    /// Policy (`allowed_commands`, `workspace_roots`, limits) refuses it.
+    /// `rejected`: policy (`allowed_commands`, `workspace_roots`, limits)
+    /// refuses it.
     Rejected,
     NotFound,
     Conflict,
-    #[serde(rename = "provider_unavailable")]
+    /// `provider_unavailable`
     Unavailable,
     Timeout,
     Failed,
-    #[serde(rename = "internal_error")]
+    /// `internal_error`
     Internal,
-    /// It was running when the agent stopped; it was not run again.
-    #[serde(rename = "agent_restarted")]
+    /// `agent_restarted`: it was running when the agent stopped; it was
+    /// not run again.
     Restarted,
+    /// A code this build does not know, read back from a stored result
+    /// (written by a newer agent before a rollback): kept as it was, so
+    /// the result is still delivered.
+    Other(String),
 }
 
 impl Code {
-    #[cfg(test)]
+    /// Every code this build knows.
     pub(crate) const ALL: [Code; 9] = [
         Code::Invalid,
         Code::Rejected,
@@ -63,7 +66,7 @@ impl Code {
         Code::Restarted,
     ];
 
-    pub(crate) fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Code::Invalid => "invalid_command",
             Code::Rejected => "rejected",
@@ -74,16 +77,36 @@ impl Code {
             Code::Failed => "failed",
             Code::Internal => "internal_error",
             Code::Restarted => "agent_restarted",
+            Code::Other(s) => s,
         }
     }
 
+    fn parse(s: &str) -> Code {
+        Code::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or_else(|| Code::Other(s.to_string()))
+    }
+
     /// The status a result with this code has: a code says which.
-    pub(crate) fn status(self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         match self {
             Code::Rejected => Status::Rejected,
             Code::Timeout => Status::Timeout,
             _ => Status::Failed,
         }
+    }
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Code {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Code::parse(&String::deserialize(d)?))
     }
 }
 
@@ -181,5 +204,23 @@ impl CommandResult {
         r.code = Some(code);
         r.error = error;
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_keep_their_wire_names_and_an_unknown_one_survives_a_round_trip() {
+        for code in Code::ALL {
+            let text = serde_json::to_string(&code).unwrap();
+            assert_eq!(text, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<Code>(&text).unwrap(), code);
+        }
+        let later: Code = serde_json::from_str("\"not_durable\"").unwrap();
+        assert_eq!(later, Code::Other("not_durable".into()));
+        assert_eq!(serde_json::to_string(&later).unwrap(), "\"not_durable\"");
+        assert_eq!(later.status(), Status::Failed);
     }
 }

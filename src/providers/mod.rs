@@ -2,8 +2,9 @@
 //!
 //! Every provider implements [`Provider`]; the dispatcher never knows which
 //! one it talks to. Providers own no threads: they are called from worker
-//! threads (and the monitor) and block until done, bounded by the timeouts
-//! they are given. Each has its own error enum and converts it into
+//! threads, the monitor, and (for listings only) an API request's thread
+//! through the runtime, and block until done, bounded by the timeouts they
+//! are given. Each has its own error enum and converts it into
 //! [`ProviderError`], whose kind the dispatcher maps to a result code.
 //!
 //! Owns: the sessions on this host and the files that record them; the

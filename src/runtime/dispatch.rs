@@ -1,7 +1,8 @@
 //! Runs one command: routes it to the system documents or to the provider
 //! that owns the session, and turns the outcome into a result.
 //!
-//! Called on worker threads only. Provider errors map to result codes here,
+//! Called on worker threads, except [`Runtime::list_sessions_for_api`],
+//! which an API request's thread calls. Provider errors map to result codes here,
 //! in one place (`failure_for`).
 
 use super::{status, Runtime};
@@ -181,6 +182,40 @@ impl Runtime {
         sessions.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(sessions)
     }
+
+    /// `GET /api/v1/sessions`, on the request's thread: the checks a
+    /// `session list` command gets (policy; the caller checks that the
+    /// agent is accepting), at most `workers` listings at once, and a
+    /// panic is a failure, not a dropped request.
+    pub(crate) fn list_sessions_for_api(
+        &self,
+        only: Option<ProviderKind>,
+    ) -> Result<Vec<Session>, Failure> {
+        if !self.config.command_allowed("session.list") {
+            return Err(Failure::new(
+                Code::Rejected,
+                "session.list is not in allowed_commands on this node",
+            ));
+        }
+        let Some(_pass) = self.listings.enter(self.config.command_timeout) else {
+            return Err(Failure::new(
+                Code::Unavailable,
+                format!(
+                    "{} session listings are already running; retry shortly",
+                    self.config.workers
+                ),
+            ));
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.list_sessions(only)))
+            .unwrap_or_else(|panic| {
+                let what = super::panic_text(panic.as_ref());
+                log::error!("session listing panicked: {what}");
+                Err(Failure::new(
+                    Code::Internal,
+                    format!("internal error while listing sessions ({what}); the agent keeps running, please report this"),
+                ))
+            })
+    }
 }
 
 fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Failure> {
@@ -267,8 +302,7 @@ fn destroy(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
     if let Some(s) = rt.sessions.remove(id.as_str()) {
         rt.events.publish(Event::Session(SessionEvent {
             status: SessionState::Destroyed,
-            exit_code: None,
-            ..SessionEvent::of(&s, SessionChange::Destroyed)
+            ..SessionEvent::by_command(&s, SessionChange::Destroyed)
         }));
     }
     log::info!(session_id = id.as_str(); "session destroyed");
@@ -277,15 +311,12 @@ fn destroy(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
 
 /// Updates the table, publishes the event and returns the record.
 fn session_changed(rt: &Runtime, s: Session, change: SessionChange) -> Value {
-    rt.events.publish(Event::Session(SessionEvent {
-        // A command's own event: the exit code belongs to status changes.
-        exit_code: None,
-        ..SessionEvent::of(&s, change)
-    }));
+    // The table first: a client acting on the event finds the session.
+    rt.sessions.upsert(s.clone());
+    rt.events
+        .publish(Event::Session(SessionEvent::by_command(&s, change)));
     log::info!(session_id = s.id.as_str(), provider = s.provider.as_str(); "session {}", change.as_str());
-    let doc = serde_json::to_value(&s).unwrap_or(Value::Null);
-    rt.sessions.upsert(s);
-    doc
+    serde_json::to_value(&s).unwrap_or(Value::Null)
 }
 
 fn exec(

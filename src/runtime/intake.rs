@@ -5,7 +5,7 @@
 
 use super::Runtime;
 use crate::protocol::command::Request;
-use crate::protocol::event::{CommandEvent, CommandState, Event};
+use crate::protocol::event::{CommandEvent, CommandState, Event, RefusedReason};
 use crate::protocol::{Code, Command, CommandResult};
 use crate::providers::output::Chunk;
 use crate::store::ledger::{Begin, Origin, State, Unfinished};
@@ -151,7 +151,7 @@ impl Runtime {
             &action,
             CommandState::Queued { origin },
         ));
-        let refused = |reason: &'static str| {
+        let refused = |reason: RefusedReason| {
             self.ledger.forget(&id);
             self.events.publish(command_event(
                 id.as_str(),
@@ -168,13 +168,13 @@ impl Runtime {
         }) {
             Ok(()) => Submitted::Queued(rx),
             Err(TrySendError::Full(_)) => {
-                refused("queue_full");
+                refused(RefusedReason::QueueFull);
                 self.metrics.commands_refused.inc(&["queue_full"]);
                 log::warn!(command_id = id.as_str(), queue_size = self.config.queue_size; "command queue is full; refusing");
                 Submitted::Refused(Refusal::QueueFull)
             }
             Err(TrySendError::Disconnected(_)) => {
-                refused("shutting_down");
+                refused(RefusedReason::ShuttingDown);
                 Submitted::Refused(Refusal::ShuttingDown)
             }
         }
@@ -211,8 +211,6 @@ impl Runtime {
         ));
     }
 
-    /// Spools a result for the reporter. A spool failure is logged; the
-    /// ledger still has the result and a re-sent command gets it again.
     /// The rejection for a command `allowed_commands` does not let run.
     fn policy_rejection(&self, command: &Command) -> Option<CommandResult> {
         (!self.config.command_allowed(&command.name())).then(|| {
@@ -226,6 +224,8 @@ impl Runtime {
         })
     }
 
+    /// Spools a result for the reporter. A spool failure is logged; the
+    /// ledger still has the result and a re-sent command gets it again.
     pub(crate) fn deliver_to_server(&self, result: &CommandResult) {
         match self.spool.put(result) {
             Ok(()) => {

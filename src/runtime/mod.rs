@@ -12,8 +12,9 @@
 //! end), the worker pool and the monitor loop.
 //!
 //! May not touch: HTTP, the coordination server's wire, signals. The API
-//! and the link call [`Runtime::submit`] and read the documents in
-//! [`status`]; they never call a provider themselves.
+//! and the link call [`Runtime::submit`], read the documents in
+//! [`status`] and the ledger, and (the API) list sessions through
+//! `Runtime::list_sessions_for_api`; they never call a provider themselves.
 
 pub(crate) mod dispatch;
 pub(crate) mod events;
@@ -60,6 +61,8 @@ pub(crate) struct Runtime {
     pub(crate) report_wake: (Sender<()>, Receiver<()>),
     accepting: AtomicBool,
     busy: AtomicUsize,
+    /// Session listings the API runs at once, bounded like the workers.
+    listings: Gate,
 }
 
 /// What [`Runtime::open`] returns besides the runtime: the workers' end of
@@ -129,6 +132,7 @@ impl Runtime {
             report_wake: bounded(1),
             accepting: AtomicBool::new(true),
             busy: AtomicUsize::new(0),
+            listings: Gate::new(config.workers),
             config,
         });
         Ok(Opened {
@@ -174,5 +178,55 @@ impl Runtime {
 
     pub(crate) fn update_link(&self, f: impl FnOnce(&mut LinkState)) {
         f(&mut self.link.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// What a caught panic said, for a failed result or a log line.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// At most `max` holders at once; others wait, up to a deadline.
+pub(crate) struct Gate {
+    max: usize,
+    held: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// A place in a [`Gate`], given back on drop (also when unwinding).
+pub(crate) struct Pass<'a>(&'a Gate);
+
+impl Gate {
+    pub(crate) fn new(max: usize) -> Gate {
+        Gate {
+            max: max.max(1),
+            held: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// A place, or None when none came free within `wait`.
+    pub(crate) fn enter(&self, wait: std::time::Duration) -> Option<Pass<'_>> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut held, _) = self
+            .freed
+            .wait_timeout_while(held, wait, |n| *n >= self.max)
+            .unwrap_or_else(|p| p.into_inner());
+        if *held >= self.max {
+            return None;
+        }
+        *held += 1;
+        Some(Pass(self))
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.freed.notify_one();
     }
 }

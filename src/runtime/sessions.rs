@@ -120,7 +120,7 @@ impl Runtime {
                 }
             };
             self.events
-                .publish(Event::Session(SessionEvent::of(&s, event)));
+                .publish(Event::Session(SessionEvent::noticed(&s, event)));
         }
         Ok(list)
     }

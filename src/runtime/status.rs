@@ -63,8 +63,8 @@ pub(crate) fn info(rt: &Runtime) -> Value {
 }
 
 /// The health document and whether the agent counts as healthy: the agent
-/// runs and its default provider works. Low disk or memory, or a down
-/// coordination link, degrade it without failing it.
+/// runs, is not stopping, and its default provider works. Low disk or
+/// memory, or a down coordination link, degrade it without failing it.
 pub(crate) fn health(rt: &Runtime) -> (bool, Value) {
     let providers = rt.registry.health();
     let mut per_provider = Map::new();
@@ -85,7 +85,10 @@ pub(crate) fn health(rt: &Runtime) -> (bool, Value) {
     // Offline is healthy when meant (offline_mode, no URL), not when the
     // link could not be set up (TLS files): that leaves an error.
     let link_ok = link.ok();
-    let status = if !default_ok {
+    let stopping = !rt.accepting();
+    let status = if stopping {
+        "stopping"
+    } else if !default_ok {
         "down"
     } else if disk_ok && mem_ok && link_ok {
         "ok"
@@ -93,6 +96,9 @@ pub(crate) fn health(rt: &Runtime) -> (bool, Value) {
         "degraded"
     };
     let mut problems = Vec::new();
+    if stopping {
+        problems.push("the agent is shutting down".to_string());
+    }
     if !default_ok {
         let why = providers
             .get(&default)
@@ -135,7 +141,7 @@ pub(crate) fn health(rt: &Runtime) -> (bool, Value) {
         "pending_results": rt.spool.pending(),
         "problems": problems,
     });
-    (default_ok, doc)
+    (default_ok && !stopping, doc)
 }
 
 /// `/metrics`: the stored families plus gauges read from live state.

@@ -187,7 +187,10 @@ fn policy_refuses_before_anything_runs_and_the_refusal_is_stored() {
     h.start();
     let (r, replayed) = done(h.rt.submit(exec("p1", json!({})), Origin::Api, true));
     assert!(!replayed);
-    assert_eq!((r.status, r.code), (Status::Rejected, Some(Code::Rejected)));
+    assert_eq!(
+        (r.status, r.code.clone()),
+        (Status::Rejected, Some(Code::Rejected))
+    );
     assert_eq!(
         r.error,
         "session.exec is not in allowed_commands on this node"
@@ -243,7 +246,10 @@ fn an_exec_past_its_timeout_is_a_timeout_result_and_timeouts_are_capped() {
     h.start();
     let rx = queued(h.rt.submit(exec("t1", json!({"timeout": "50ms"})), Origin::Api, true));
     let r = result(&rx);
-    assert_eq!((r.status, r.code), (Status::Timeout, Some(Code::Timeout)));
+    assert_eq!(
+        (r.status, r.code.clone()),
+        (Status::Timeout, Some(Code::Timeout))
+    );
     assert_eq!(r.error, "exec timed out after 50ms and was killed");
     assert_eq!(r.data["timed_out"], true);
     *h.fake.exec.lock().unwrap() = Exec::Succeed;
@@ -268,7 +274,10 @@ fn a_panic_in_a_provider_is_a_failed_result_and_the_worker_lives_on() {
         Origin::Api,
         true,
     )));
-    assert_eq!((r.status, r.code), (Status::Failed, Some(Code::Internal)));
+    assert_eq!(
+        (r.status, r.code.clone()),
+        (Status::Failed, Some(Code::Internal))
+    );
     assert_eq!(
         r.error,
         "internal error while running the command (fake provider bug); the agent keeps running, please report this"
@@ -337,7 +346,10 @@ fn an_unknown_session_and_a_bad_field_fail_with_their_codes() {
     h.start();
     let missing = exec("m1", json!({"session_id": "nope"}));
     let r = result(&queued(h.rt.submit(missing, Origin::Api, true)));
-    assert_eq!((r.status, r.code), (Status::Failed, Some(Code::NotFound)));
+    assert_eq!(
+        (r.status, r.code.clone()),
+        (Status::Failed, Some(Code::NotFound))
+    );
     assert_eq!(
         r.error,
         "no session nope on this node; `session list` shows the ones there are"

@@ -87,11 +87,7 @@ pub(crate) fn run_job(rt: &Runtime, job: Job) {
                 None => dispatch::execute(rt, cmd, &mut Discard),
             };
             std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = super::panic_text(panic.as_ref());
                 log::error!(command_id = id; "command panicked: {what}");
                 CommandResult::failure(
                     cmd,

@@ -16,7 +16,7 @@
 //! commands still queued or running are never pruned.
 
 use super::StoreError;
-use crate::os::fs as fsutil;
+use crate::os;
 pub(crate) use crate::protocol::command::Origin;
 use crate::protocol::{CommandId, CommandResult};
 use serde::{Deserialize, Serialize};
@@ -121,9 +121,9 @@ impl Ledger {
         max_age: Duration,
     ) -> Result<(Ledger, Vec<Unfinished>), StoreError> {
         let dir = cache_dir.join("results");
-        fsutil::ensure_dir(&dir)
+        os::fs::ensure_dir(&dir)
             .map_err(|e| StoreError::io("create the results directory", &dir, e))?;
-        fsutil::clean_temp_files(&dir);
+        os::fs::clean_temp_files(&dir);
         let corrupt = cache_dir.join("corrupt");
         let mut unfinished = Vec::new();
         let entries = std::fs::read_dir(&dir)
@@ -145,7 +145,7 @@ impl Ledger {
                     origin: r.origin,
                     command: r.command,
                 }),
-                Err(reason) => match fsutil::move_aside(&path, &corrupt) {
+                Err(reason) => match os::fs::move_aside(&path, &corrupt) {
                     Ok(to) => log::warn!(
                         "result record {} is damaged ({reason}); moved to {}",
                         path.display(),
@@ -212,7 +212,7 @@ impl Ledger {
                 }) => return Ok(Begin::Done(Box::new(r))),
                 Ok(r) => return Ok(Begin::InProgress(r.state)),
                 Err(reason) => {
-                    let _ = fsutil::move_aside(&path, &self.corrupt);
+                    let _ = os::fs::move_aside(&path, &self.corrupt);
                     log::warn!(
                         "result record {} was damaged ({reason}); moved aside",
                         path.display()
@@ -391,7 +391,7 @@ impl Ledger {
             what: "result record",
             message: e.to_string(),
         })?;
-        fsutil::write_atomic(path, &bytes, 0o600)
+        os::fs::write_atomic(path, &bytes, 0o600)
             .map_err(|e| StoreError::io("write a result record", path, e))
     }
 }
@@ -439,7 +439,7 @@ mod tests {
             "vendetta-ledger-{}",
             crate::os::random::random_hex(4)
         ));
-        fsutil::ensure_dir(&d).unwrap();
+        os::fs::ensure_dir(&d).unwrap();
         d
     }
 

@@ -2,7 +2,7 @@
 //! local API token file.
 
 use super::StoreError;
-use crate::os::fs as fsutil;
+use crate::os;
 use crate::protocol::ids::valid_node_id;
 use std::path::Path;
 
@@ -13,7 +13,7 @@ pub(crate) fn identity(
     config: &crate::config::Config,
 ) -> Result<(std::path::PathBuf, String, String), StoreError> {
     let cache_dir = config.cache_dir();
-    fsutil::ensure_dir(&cache_dir)
+    os::fs::ensure_dir(&cache_dir)
         .map_err(|e| StoreError::io("create the cache directory", &cache_dir, e))?;
     let id = load_or_create_id(&cache_dir, &config.node_id)?;
     let name = if config.node_name.is_empty() {
@@ -41,7 +41,7 @@ pub(crate) fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<St
     match std::fs::read_to_string(&path) {
         Ok(s) if valid_node_id(s.trim()) => return Ok(s.trim().to_string()),
         Ok(_) => {
-            let moved = fsutil::move_aside(&path, &cache_dir.join("corrupt"))
+            let moved = os::fs::move_aside(&path, &cache_dir.join("corrupt"))
                 .map_err(|e| StoreError::io("move aside a damaged node_id file", &path, e))?;
             log::warn!(
                 "node_id file {} was damaged; moved to {} and made a new id",
@@ -53,7 +53,7 @@ pub(crate) fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<St
         Err(e) => return Err(StoreError::io("read the node id", &path, e)),
     }
     let id = format!("node-{}", crate::os::random::random_hex(6));
-    fsutil::write_atomic(&path, format!("{id}\n").as_bytes(), 0o644)
+    os::fs::write_atomic(&path, format!("{id}\n").as_bytes(), 0o644)
         .map_err(|e| StoreError::io("store the node id", &path, e))?;
     Ok(id)
 }
@@ -70,7 +70,7 @@ pub(crate) fn load_or_create_api_token(cache_dir: &Path) -> Result<String, Store
         Err(e) => return Err(StoreError::io("read the API token", &path, e)),
     }
     let token = crate::os::random::random_hex(24);
-    fsutil::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
+    os::fs::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
         .map_err(|e| StoreError::io("store the API token", &path, e))?;
     Ok(token)
 }
@@ -93,7 +93,7 @@ mod tests {
             "vendetta-node-{}",
             crate::os::random::random_hex(4)
         ));
-        fsutil::ensure_dir(&dir).unwrap();
+        os::fs::ensure_dir(&dir).unwrap();
         let a = load_or_create_id(&dir, "").unwrap();
         let b = load_or_create_id(&dir, "").unwrap();
         assert_eq!(a, b);

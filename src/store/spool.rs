@@ -4,7 +4,7 @@
 //! reboots and server outages.
 
 use super::StoreError;
-use crate::os::fs as fsutil;
+use crate::os;
 use crate::protocol::{CommandId, CommandResult};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,9 +21,9 @@ pub(crate) struct Spool {
 impl Spool {
     pub(crate) fn open(cache_dir: &Path) -> Result<Spool, StoreError> {
         let dir = cache_dir.join("spool");
-        fsutil::ensure_dir(&dir)
+        os::fs::ensure_dir(&dir)
             .map_err(|e| StoreError::io("create the spool directory", &dir, e))?;
-        fsutil::clean_temp_files(&dir);
+        os::fs::clean_temp_files(&dir);
         let spool = Spool {
             dir,
             corrupt: cache_dir.join("corrupt"),
@@ -49,7 +49,7 @@ impl Spool {
         // The fsync happens outside the lock: workers finishing at once
         // must not queue behind each other's disk writes (nor the reporter
         // behind them).
-        let staged = fsutil::stage(&path, &bytes, 0o600).map_err(failed)?;
+        let staged = os::fs::stage(&path, &bytes, 0o600).map_err(failed)?;
         {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             let existed = path.exists();
@@ -58,7 +58,7 @@ impl Spool {
                 self.pending.fetch_add(1, Ordering::Relaxed);
             }
         }
-        fsutil::sync_dir(&self.dir).map_err(failed)
+        os::fs::sync_dir(&self.dir).map_err(failed)
     }
 
     /// Removes an acknowledged (or deliberately dropped) result.
@@ -85,7 +85,7 @@ impl Spool {
                 // Counted out only when it really left, under the lock like
                 // put and remove.
                 let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-                if let Ok(to) = fsutil::move_aside(&path, &self.corrupt) {
+                if let Ok(to) = os::fs::move_aside(&path, &self.corrupt) {
                     log::warn!(
                         "spooled result {} is damaged ({e}); moved to {}",
                         path.display(),

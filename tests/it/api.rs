@@ -254,6 +254,13 @@ fn policy_rejects_with_403() {
     let r = a.run(json!({"id": "p1", "type": "session", "action": "list"}));
     failed(&r, "rejected", "allowed_commands");
     ok(&a.cmd("system", "info", json!({})));
+    // The sessions route lists as session.list does: the same policy.
+    api_error(
+        a.get("/api/v1/sessions"),
+        403,
+        "rejected",
+        "session.list is not in allowed_commands on this node",
+    );
 }
 
 #[test]

@@ -134,11 +134,38 @@ fn shutdown_finishes_running_commands_and_answers_waiters() {
     let (_s, mut a, sid) = running_session("shutdown", "workers: 1\nshutdown_timeout: 20s\n");
     let (running, waiting) = (format!("run-{}", next_id()), format!("wait-{}", next_id()));
     let (first, second) = std::thread::scope(|scope| {
-        let first = scope.spawn(|| a.post(&exec_body(&running, &sid, "sleep 3; echo done")));
+        let first = scope.spawn(|| a.post(&exec_body(&running, &sid, "sleep 6; echo done")));
         wait_state(&a, &running, "running", Duration::from_secs(10));
         let second = scope.spawn(|| a.post(&exec_body(&waiting, &sid, "echo later")));
         wait_state(&a, &waiting, "queued", Duration::from_secs(5));
         a.signal(libc::SIGTERM);
+        // While the running command finishes, the API answers: health
+        // says stopping, and nothing new starts.
+        assert!(
+            wait_until(Duration::from_secs(5), || a.get("/health").0 == 503),
+            "/health did not turn 503 during the drain"
+        );
+        let (_, health) = a.get("/health");
+        assert_eq!(health["status"], "stopping", "{health}");
+        assert_eq!(
+            health["problems"][0], "the agent is shutting down",
+            "{health}"
+        );
+        for route in ["/api/v1/sessions", "/api/v1/events"] {
+            api_error(
+                a.get(route),
+                503,
+                "shutting_down",
+                "the agent is shutting down",
+            );
+        }
+        let late = exec_body(&format!("late-{}", next_id()), &sid, "true");
+        api_error(
+            a.post(&late),
+            503,
+            "shutting_down",
+            "retry after it restarts",
+        );
         (first.join().unwrap(), second.join().unwrap())
     });
     assert_eq!(first.0, 200, "{}", first.1);

@@ -6,7 +6,7 @@
 //! those two fields, nothing else: the engine stays the source of truth for
 //! which sessions exist.
 
-use crate::os::fs as fsutil;
+use crate::os;
 use crate::protocol::SessionId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -49,7 +49,7 @@ impl LocalState {
                         map.insert(id.as_str().to_string(), r);
                     }
                     None => {
-                        let aside = fsutil::move_aside(&path, &dir.join("corrupt"));
+                        let aside = os::fs::move_aside(&path, &dir.join("corrupt"));
                         log::warn!("damaged docker session state {} moved aside ({aside:?}); its stopped flag and warnings are lost", path.display());
                     }
                 }
@@ -80,8 +80,8 @@ impl LocalState {
             return;
         }
         let bytes = serde_json::to_vec(rec).unwrap_or_default();
-        let written = fsutil::ensure_dir(&self.dir)
-            .and_then(|_| fsutil::write_atomic(&self.path(id), &bytes, 0o600));
+        let written = os::fs::ensure_dir(&self.dir)
+            .and_then(|_| os::fs::write_atomic(&self.path(id), &bytes, 0o600));
         if let Err(e) = written {
             log::warn!(session_id = id.as_str(); "cannot write docker session state in {}: {e}", self.dir.display());
         }

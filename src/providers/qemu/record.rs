@@ -10,7 +10,7 @@
 use super::identity::ProcId;
 use super::launch::LaunchSpec;
 use super::{QemuError, QemuProvider};
-use crate::os::fs as fsutil;
+use crate::os;
 use crate::protocol::ProviderKind;
 use crate::providers::{Session, SessionStatus};
 use serde::{Deserialize, Serialize};
@@ -121,13 +121,13 @@ impl QemuProvider {
     /// to disk: status and pid are re-derived after a power cut anyway (it
     /// ends every VM); see [`Self::write_record_durable`].
     pub(crate) fn write_record(&self, dir: &Path, rec: &VmRecord) -> Result<(), QemuError> {
-        store(dir, rec, fsutil::replace)
+        store(dir, rec, os::fs::replace)
     }
 
     /// Like [`Self::write_record`], and synced: for what must survive a
     /// power cut (that the session exists, with its image and settings).
     pub(crate) fn write_record_durable(&self, dir: &Path, rec: &VmRecord) -> Result<(), QemuError> {
-        store(dir, rec, fsutil::write_atomic)
+        store(dir, rec, os::fs::write_atomic)
     }
 
     /// Every VM directory of this node with its record.
@@ -153,7 +153,7 @@ impl QemuProvider {
 
     /// A new, short, unique directory for a session.
     pub(crate) fn new_dir(&self) -> Result<PathBuf, QemuError> {
-        fsutil::ensure_dir(&self.root).map_err(|source| QemuError::State {
+        os::fs::ensure_dir(&self.root).map_err(|source| QemuError::State {
             step: "create the VM directory",
             path: self.root.clone(),
             source,
