@@ -3,6 +3,16 @@
 
 use crate::runtime::Runtime;
 use std::net::IpAddr;
+use std::time::SystemTime;
+
+/// Who a request comes from, once its token was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// The static token (`api_token`, else `auth_token`, else generated).
+    Token,
+    /// A valid JWT, with what it claims.
+    Jwt(super::jwt::Claims),
+}
 
 /// Why an auth check failed (mapped to 401 by the router; the reason is
 /// logged, never sent).
@@ -23,7 +33,7 @@ pub(crate) fn ip_allowed(rt: &Runtime, ip: Option<IpAddr>) -> bool {
 
 /// Checks `Authorization: Bearer …`. The reason is logged, never sent: the
 /// client only learns that the token was not accepted.
-pub(crate) fn check_bearer(rt: &Runtime, header: Option<&str>) -> Result<(), Denied> {
+pub(crate) fn check_bearer(rt: &Runtime, header: Option<&str>) -> Result<Caller, Denied> {
     let Some(value) = header else {
         return Err(Denied::Unauthenticated("no Authorization header"));
     };
@@ -39,10 +49,12 @@ pub(crate) fn check_bearer(rt: &Runtime, header: Option<&str>) -> Result<(), Den
     }
     let expected = rt.api_token.expose();
     if !expected.is_empty() && ct_eq(token.as_bytes(), expected.as_bytes()) {
-        return Ok(());
+        return Ok(Caller::Token);
     }
-    if rt.config.jwt.algorithm.is_some() && token.matches('.').count() == 2 {
-        return super::jwt::verify(&rt.config.jwt, token).map_err(Denied::Unauthenticated);
+    if !rt.jwt_keys.is_empty() && token.matches('.').count() == 2 {
+        return super::jwt::verify(token, &rt.jwt_keys, &rt.config.jwt, SystemTime::now())
+            .map(Caller::Jwt)
+            .map_err(Denied::Unauthenticated);
     }
     Err(Denied::Unauthenticated("token does not match"))
 }

@@ -157,7 +157,7 @@ pub(super) fn agent(mut args: Arguments, help: bool, tail: Vec<String>) -> Resul
                     let text = std::fs::read_to_string(&path)
                         .map_err(|source| CliError::Config(ConfigError::Read { path: path.clone(), source }))?;
                     let cfg = config::parse_text(&path, &text).map_err(CliError::Config)?;
-                    cfg.validate(&path).map_err(CliError::Config)?;
+                    config::check(&path, &cfg).map_err(CliError::Config)?;
                     println!("{}: ok", path.display());
                     Ok(EXIT_OK)
                 }

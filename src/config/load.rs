@@ -1,6 +1,7 @@
 //! Finding, reading and parsing the config file; errors that name the
 //! file, the key and the line.
 
+use super::jwt::JwtKey;
 use super::{apply_env, Config, SYSTEM_CONFIG};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,8 @@ pub(crate) struct Loaded {
     pub(crate) source: Source,
     /// Warnings to log once logging is up (e.g. a token in a world-readable file).
     pub(crate) warnings: Vec<String>,
+    /// The JWT keys, public key files read and checked.
+    pub(crate) jwt_keys: Vec<super::jwt::JwtKey>,
 }
 
 /// Picks the config file: `--config`, then `VENDETTA_CONFIG`, then
@@ -123,16 +126,32 @@ pub(crate) fn load(flag: Option<&Path>) -> Result<Loaded, ConfigError> {
         Source::File(p) => p.clone(),
         Source::Defaults => PathBuf::from("(defaults)"),
     };
-    config.validate(&path)?;
+    let jwt_keys = check(&path, &config)?;
     Ok(Loaded {
         config,
         source,
         warnings,
+        jwt_keys,
+    })
+}
+
+/// Everything a config must pass beyond parsing: [`Config::validate`], then
+/// the files it names (the JWT public keys) read and checked. Returns the
+/// keys.
+pub(crate) fn check(path: &Path, config: &Config) -> Result<Vec<JwtKey>, ConfigError> {
+    config.validate(path)?;
+    super::jwt::load_keys(&config.jwt).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: e.key,
+        message: e.message,
     })
 }
 
 fn config_holds_secret(c: &Config) -> bool {
-    !c.auth_token.is_empty() || !c.api_token.is_empty() || !c.jwt.secret.is_empty()
+    !c.auth_token.is_empty()
+        || !c.api_token.is_empty()
+        || !c.jwt.secret.is_empty()
+        || c.jwt.keys.iter().any(|k| !k.secret.is_empty())
 }
 
 fn permission_warning(path: &Path) -> Option<String> {

@@ -12,12 +12,13 @@
 
 pub(crate) mod cidr;
 mod env;
+pub(crate) mod jwt;
 mod load;
 mod validate;
 
 pub(crate) use cidr::Cidr;
 pub(crate) use env::apply_env;
-pub(crate) use load::{load, locate, parse_text, ConfigError, Loaded, Source};
+pub(crate) use load::{check, load, locate, parse_text, ConfigError, Loaded, Source};
 
 use crate::protocol::{duration, size, ProviderKind};
 use serde::{Deserialize, Serialize};
@@ -229,17 +230,37 @@ pub(crate) enum JwtAlgorithm {
     EdDSA,
 }
 
+/// JWT bearer tokens on the local API. Each key pins its algorithm: a
+/// token is checked only with keys of the algorithm its header names.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Jwt {
-    /// The one algorithm accepted; tokens naming another are refused.
+    /// One key without a `kid`, as a shorthand for a one-entry `keys`.
     pub(crate) algorithm: Option<JwtAlgorithm>,
     pub(crate) secret: Secret,
     pub(crate) public_key_file: Option<PathBuf>,
+    /// Keys for rotation: a token's `kid` picks one, else each key of the
+    /// token's algorithm is tried.
+    pub(crate) keys: Vec<JwtKeyConfig>,
     pub(crate) issuer: String,
     pub(crate) audience: String,
     #[serde(with = "duration::config")]
     pub(crate) leeway: Duration,
+}
+
+/// One entry of `jwt.keys`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtKeyConfig {
+    #[serde(default)]
+    pub(crate) kid: String,
+    pub(crate) algorithm: JwtAlgorithm,
+    /// HS256: the shared secret, at least 32 bytes.
+    #[serde(default)]
+    pub(crate) secret: Secret,
+    /// RS256, EdDSA: a PEM public key (`PUBLIC KEY`, or `RSA PUBLIC KEY`).
+    #[serde(default)]
+    pub(crate) public_key_file: Option<PathBuf>,
 }
 
 impl Default for Jwt {
@@ -248,6 +269,7 @@ impl Default for Jwt {
             algorithm: None,
             secret: Secret::default(),
             public_key_file: None,
+            keys: Vec::new(),
             issuer: String::new(),
             audience: String::new(),
             leeway: Duration::from_secs(30),
@@ -701,7 +723,7 @@ log_level: "info"
             ),
             (
                 "jwt:\n  algorithm: HS256\n  secret: short\n",
-                "key jwt.secret: HS256 needs a secret of at least 32 bytes",
+                "key jwt.secret: HS256 needs a secret of at least 32 bytes (256 bits)",
             ),
             (
                 "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n",

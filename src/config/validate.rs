@@ -158,36 +158,7 @@ impl Config {
                 "tls.cert_file and tls.key_file must be set together".into(),
             ));
         }
-        match self.jwt.algorithm {
-            Some(JwtAlgorithm::HS256) if self.jwt.secret.0.len() < 32 => {
-                return Err(bad(
-                    "jwt.secret",
-                    "HS256 needs a secret of at least 32 bytes".into(),
-                ))
-            }
-            Some(JwtAlgorithm::RS256 | JwtAlgorithm::EdDSA)
-                if self.jwt.public_key_file.is_none() =>
-            {
-                return Err(bad(
-                    "jwt.public_key_file",
-                    "RS256 and EdDSA need a public key file".into(),
-                ))
-            }
-            None if !self.jwt.secret.is_empty() || self.jwt.public_key_file.is_some() => {
-                return Err(bad(
-                    "jwt.algorithm",
-                    "set the one accepted algorithm: HS256, RS256 or EdDSA".into(),
-                ))
-            }
-            _ => {}
-        }
-        // After the rules above, so that a wrong key is named as such.
-        if self.jwt.algorithm.is_some() {
-            return Err(bad(
-                "jwt.algorithm",
-                "JWT authentication is not available in this build yet; use api_token".into(),
-            ));
-        }
+        validate_jwt(&self.jwt).map_err(|(key, m)| bad(&key, m))?;
         validate_lxc(&self.lxc).map_err(|(key, m)| bad(key, m))?;
         if self.docker.image.is_empty() {
             return Err(bad("docker.image", "must name an image".into()));
@@ -262,4 +233,63 @@ fn validate_lxc(lxc: &Lxc) -> Result<(), (&'static str, String)> {
         return Err(("lxc.tool_timeout", "must be at least 1s".into()));
     }
     Ok(())
+}
+
+/// The jwt section: each key names its algorithm and has what that
+/// algorithm needs; kids are unique. (The key files are read by `load`.)
+fn validate_jwt(jwt: &super::Jwt) -> Result<(), (String, String)> {
+    match jwt.algorithm {
+        None if !jwt.secret.is_empty() || jwt.public_key_file.is_some() => {
+            return Err((
+                "jwt.algorithm".into(),
+                "set the one accepted algorithm: HS256, RS256 or EdDSA".into(),
+            ))
+        }
+        None => {}
+        Some(algorithm) => key_rules("jwt", algorithm, &jwt.secret, &jwt.public_key_file)?,
+    }
+    let mut kids = std::collections::BTreeSet::new();
+    for (i, k) in jwt.keys.iter().enumerate() {
+        let at = format!("jwt.keys[{i}]");
+        key_rules(&at, k.algorithm, &k.secret, &k.public_key_file)?;
+        if !k.kid.is_empty() && !kids.insert(k.kid.as_str()) {
+            return Err((
+                format!("{at}.kid"),
+                format!("{:?} names two keys; give each its own kid", k.kid),
+            ));
+        }
+    }
+    if jwt.leeway > Duration::from_secs(600) {
+        return Err(("jwt.leeway".into(), "must be at most 10m".into()));
+    }
+    Ok(())
+}
+
+/// One key: HS256 has a secret of 32 bytes or more and no key file;
+/// RS256 and EdDSA have a key file and no secret.
+fn key_rules(
+    at: &str,
+    algorithm: JwtAlgorithm,
+    secret: &super::Secret,
+    public_key_file: &Option<std::path::PathBuf>,
+) -> Result<(), (String, String)> {
+    match algorithm {
+        JwtAlgorithm::HS256 if secret.expose().len() < 32 => Err((
+            format!("{at}.secret"),
+            "HS256 needs a secret of at least 32 bytes (256 bits)".into(),
+        )),
+        JwtAlgorithm::HS256 if public_key_file.is_some() => Err((
+            format!("{at}.public_key_file"),
+            "an HS256 key is a secret, not a key file".into(),
+        )),
+        JwtAlgorithm::RS256 | JwtAlgorithm::EdDSA if public_key_file.is_none() => Err((
+            format!("{at}.public_key_file"),
+            "RS256 and EdDSA need a public key file".into(),
+        )),
+        JwtAlgorithm::RS256 | JwtAlgorithm::EdDSA if !secret.is_empty() => Err((
+            format!("{at}.secret"),
+            "RS256 and EdDSA keys have no secret; remove it".into(),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -47,6 +47,8 @@ pub(crate) struct Runtime {
     pub(crate) node_name: String,
     /// The token the local API accepts.
     pub(crate) api_token: Secret,
+    /// The keys JWTs on the local API are checked with.
+    pub(crate) jwt_keys: Vec<crate::config::jwt::JwtKey>,
     pub(crate) started: Instant,
     pub(crate) started_at: SystemTime,
     pub(crate) metrics: Metrics,
@@ -119,6 +121,7 @@ impl Runtime {
             node_id,
             node_name,
             api_token,
+            jwt_keys: loaded.jwt_keys.clone(),
             started: Instant::now(),
             started_at: SystemTime::now(),
             metrics: Metrics::default(),

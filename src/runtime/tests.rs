@@ -52,6 +52,7 @@ impl Harness {
             config: cfg,
             source: config::Source::Defaults,
             warnings: Vec::new(),
+            jwt_keys: Vec::new(),
         };
         let provider = fake.clone();
         let Opened {

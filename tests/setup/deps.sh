@@ -149,6 +149,14 @@ if have rustup && ! rustup target list --installed | grep -qx x86_64-unknown-lin
     rustup target add x86_64-unknown-linux-musl
 fi
 
+# PyJWT (with cryptography for RS256 and EdDSA): the JWT tests make their
+# tokens with a real library, not with the agent's own code.
+if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+        'pyjwt>=2.8' 'cryptography>=42' \
+        || { echo "deps.sh: cannot install PyJWT with pip for $(command -v python3)" >&2; exit 1; }
+fi
+
 # The small Linux guest of the QEMU provider's boot test (a Debian cloud
 # kernel and a busybox + qemu-ga initramfs).
 "$(dirname "$0")/guest.sh"
