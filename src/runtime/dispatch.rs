@@ -5,6 +5,7 @@
 //! which an API request's thread calls. Provider errors map to result codes here,
 //! in one place (`failure_for`).
 
+use super::sessions::NotAdmitted;
 use super::{status, Runtime};
 use crate::protocol::command::{CreateParams, ExecParams, ListParams, Request};
 use crate::protocol::event::{Event, SessionChange, SessionEvent, SessionState};
@@ -221,27 +222,34 @@ impl Runtime {
 fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Failure> {
     let kind = p.provider.unwrap_or(rt.config.provider);
     let prov = provider(rt, kind)?;
-    if let Some(existing) = rt.sessions.get(p.session_id.as_str()) {
-        return Err(Failure::new(
-            Code::Conflict,
-            format!(
-                "session {} already exists ({}, {}); destroy it first or pick another id",
-                existing.id,
-                existing.provider,
-                existing.status.as_str()
+    // Held until the created session is in the table.
+    let _admitted = rt
+        .sessions
+        .reserve(p.session_id.as_str(), rt.config.limits.max_sessions)
+        .map_err(|refused| match refused {
+            NotAdmitted::Exists(existing) => Failure::new(
+                Code::Conflict,
+                format!(
+                    "session {} already exists ({}, {}); destroy it first or pick another id",
+                    existing.id,
+                    existing.provider,
+                    existing.status.as_str()
+                ),
             ),
-        ));
-    }
-    let (total, _) = rt.sessions.counts();
-    if total >= rt.config.limits.max_sessions {
-        return Err(Failure::new(
-            Code::Rejected,
-            format!(
-                "limits.max_sessions ({}) reached; destroy a session or raise the limit",
-                rt.config.limits.max_sessions
+            NotAdmitted::Creating => Failure::new(
+                Code::Conflict,
+                format!(
+                    "session {} is being created by another command; wait for it or pick another id",
+                    p.session_id
+                ),
             ),
-        ));
-    }
+            NotAdmitted::Full(max) => Failure::new(
+                Code::Rejected,
+                format!(
+                    "limits.max_sessions ({max}) reached, counting sessions being created; destroy a session or raise the limit"
+                ),
+            ),
+        })?;
     let workspace = match &p.workspace_path {
         Some(w) => Some(check_workspace(w, &rt.config.workspace_roots)?),
         None => None,

@@ -7,8 +7,8 @@ use super::Runtime;
 use crate::protocol::event::{Event, SessionChange, SessionEvent};
 use crate::protocol::ProviderKind;
 use crate::providers::{Provider, ProviderError, Session, SessionStatus};
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, RwLock};
 
 /// A change the monitor noticed, published as an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,9 +24,62 @@ pub(crate) enum Change {
 #[derive(Default)]
 pub(crate) struct SessionTable {
     inner: RwLock<BTreeMap<String, Session>>,
+    /// Ids being created: counted against `limits.max_sessions` from the
+    /// moment a create is admitted, so parallel creates cannot pass it.
+    creating: Mutex<BTreeSet<String>>,
+}
+
+/// Why a create was not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum NotAdmitted {
+    Exists(Box<Session>),
+    /// Another create of the same id is running.
+    Creating,
+    /// `limits.max_sessions` sessions exist or are being created.
+    Full(usize),
+}
+
+/// A place for one session being created, given back on drop; by then a
+/// created session is in the table.
+pub(crate) struct Reservation<'a> {
+    table: &'a SessionTable,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.table
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl SessionTable {
+    /// Admits a create of `id` when no session has that id and fewer than
+    /// `max` exist or are being created, all checked under one lock.
+    pub(crate) fn reserve(&self, id: &str, max: usize) -> Result<Reservation<'_>, NotAdmitted> {
+        let map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(id) {
+            return Err(NotAdmitted::Exists(Box::new(s.clone())));
+        }
+        if creating.contains(id) {
+            return Err(NotAdmitted::Creating);
+        }
+        // A created session is in the table before its reservation goes.
+        let pending = creating.iter().filter(|c| !map.contains_key(*c)).count();
+        if map.len() + pending >= max {
+            return Err(NotAdmitted::Full(max));
+        }
+        creating.insert(id.to_string());
+        Ok(Reservation {
+            table: self,
+            id: id.to_string(),
+        })
+    }
+
     pub(crate) fn get(&self, id: &str) -> Option<Session> {
         self.inner
             .read()
@@ -172,5 +225,37 @@ mod tests {
             t.replace(ProviderKind::Lxc, vec![]).is_empty(),
             "other providers' sessions are untouched"
         );
+    }
+
+    #[test]
+    fn parallel_creates_are_admitted_up_to_the_limit_exactly() {
+        let t = std::sync::Arc::new(SessionTable::default());
+        t.upsert(s("old", SessionStatus::Running));
+        let admitted = std::sync::atomic::AtomicUsize::new(0);
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            for i in 0..64 {
+                let (t, admitted, held_tx) = (&t, &admitted, held_tx.clone());
+                scope.spawn(move || {
+                    if let Ok(r) = t.reserve(&format!("s{i}"), 3) {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        held_tx.send(r.id.clone()).unwrap();
+                        // Held while the others try: as a slow create would.
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                });
+            }
+        });
+        drop(held_tx);
+        assert_eq!(admitted.into_inner(), 2, "3 minus the session that exists");
+        assert_eq!(held_rx.iter().count(), 2);
+        assert!(matches!(t.reserve("old", 10), Err(NotAdmitted::Exists(x)) if x.id == "old"));
+        let r = t.reserve("new", 10).unwrap();
+        assert_eq!(t.reserve("new", 10).err(), Some(NotAdmitted::Creating));
+        // Created: in the table, then the reservation goes; never counted twice.
+        t.upsert(s("new", SessionStatus::Created));
+        assert!(t.reserve("third", 3).is_ok());
+        assert_eq!(t.reserve("fourth", 2).err(), Some(NotAdmitted::Full(2)));
+        drop(r);
     }
 }

@@ -945,3 +945,30 @@ fn service_health_from_the_healthcheck_else_a_tcp_probe() {
     let web_doc = find_session(services.as_array().unwrap(), &web).unwrap();
     assert!(web_doc["ports"]["8080/tcp"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn parallel_creates_never_pass_max_sessions() {
+    let g = Sessions::new("quota");
+    let a = docker_agent("limits:\n  max_sessions: 3\nworkers: 8\nqueue_size: 64\n");
+    let results: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let (a, id) = (&a, g.id(&format!("q{i}")));
+                scope.spawn(move || {
+                    a.run(
+                        json!({"id": format!("quota-{}-{i}", next_id()), "type": "session",
+                                 "action": "create", "params": {"session_id": id}}),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = results.iter().filter(|r| r["status"] == "success").count();
+    assert_eq!(created, 3, "{results:#?}");
+    for r in results.iter().filter(|r| r["status"] != "success") {
+        failed(r, "rejected", "limits.max_sessions (3) reached");
+    }
+    let listed = a.cmd("session", "list", json!({}));
+    assert_eq!(ok(&listed).as_array().unwrap().len(), 3, "{listed}");
+}
