@@ -95,6 +95,14 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
         Ok(()) => match route {
             "/health" => {
                 let (ok, doc) = status::health(rt);
+                // Without a valid token, only whether it is well: the
+                // detail (paths, versions, free memory) helps an attacker.
+                let known = auth::check_bearer(rt, header(&request, "Authorization")).is_ok();
+                let doc = if known {
+                    doc
+                } else {
+                    json!({"status": doc["status"]})
+                };
                 Reply::json(if ok { 200 } else { 503 }, &doc)
             }
             "/metrics" => Reply {

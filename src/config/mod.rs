@@ -405,6 +405,8 @@ pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
     pub(crate) api_token: Secret,
     pub(crate) metrics_auth: bool,
+    /// Serve a non-loopback `listen` with `/metrics` open to anyone.
+    pub(crate) insecure_listen: bool,
     pub(crate) allowed_ips: Vec<Cidr>,
     pub(crate) jwt: Jwt,
 
@@ -483,6 +485,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: Secret::default(),
             metrics_auth: false,
+            insecure_listen: false,
             allowed_ips: Vec::new(),
             jwt: Jwt::default(),
             cache_dir: None,

@@ -12,6 +12,24 @@ impl Config {
             key: key.into(),
             message,
         };
+        if !self.api_token.is_empty() && self.api_token.expose().len() < 32 {
+            return Err(bad(
+                "api_token",
+                format!(
+                    "is {} bytes; use at least 32, e.g. the output of `openssl rand -hex 24`",
+                    self.api_token.expose().len()
+                ),
+            ));
+        }
+        if !self.listen.ip().is_loopback() && !self.metrics_auth && !self.insecure_listen {
+            return Err(bad(
+                "listen",
+                format!(
+                    "{} is not a loopback address, and /metrics answers without a token there; set metrics_auth: true, or insecure_listen: true to serve it so anyway",
+                    self.listen
+                ),
+            ));
+        }
         if !self.coordination_url.is_empty() {
             let u = &self.coordination_url;
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {

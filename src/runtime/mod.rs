@@ -92,9 +92,16 @@ impl Runtime {
         let config = loaded.config.clone();
         let (cache_dir, node_id, node_name) = node::identity(&config)?;
         let registry = registry(&config, &node_id);
+        let auth_usable = config.auth_token.expose().len() >= node::MIN_TOKEN;
+        if config.api_token.is_empty() && !config.auth_token.is_empty() && !auth_usable {
+            log::warn!(
+                "auth_token is shorter than {} bytes, too short for the local API: it uses the token in cache_dir/api_token; set api_token to choose one",
+                node::MIN_TOKEN
+            );
+        }
         let api_token = if !config.api_token.is_empty() {
             config.api_token.clone()
-        } else if !config.auth_token.is_empty() {
+        } else if auth_usable {
             config.auth_token.clone()
         } else {
             Secret(node::load_or_create_api_token(&cache_dir)?)

@@ -15,6 +15,22 @@ pub(crate) fn identity(
     let cache_dir = config.cache_dir();
     os::fs::ensure_dir(&cache_dir)
         .map_err(|e| StoreError::io("create the cache directory", &cache_dir, e))?;
+    // It holds the API token and every result: its owner's alone.
+    match os::fs::tighten_dir(&cache_dir) {
+        Ok(Some(was)) => log::warn!(
+            "cache_dir {} was mode {was:04o}, open to other users; it is now {:04o}",
+            cache_dir.display(),
+            was & 0o700
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(StoreError::io(
+                "restrict the cache directory to its owner",
+                &cache_dir,
+                e,
+            ))
+        }
+    }
     let id = load_or_create_id(&cache_dir, &config.node_id)?;
     let name = if config.node_name.is_empty() {
         crate::os::host::hostname()
@@ -62,10 +78,21 @@ pub(crate) fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<St
 /// `cache_dir/api_token` (mode 0600), so only the agent's user and root can
 /// read it, and the local CLI finds it there.
 pub(crate) fn load_or_create_api_token(cache_dir: &Path) -> Result<String, StoreError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = cache_dir.join("api_token");
+    let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
     match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().to_string()),
-        Ok(_) => {}
+        // Others could read it: it is no secret any more.
+        Ok(_) if mode.as_ref().is_ok_and(|m| m & 0o077 != 0) => log::warn!(
+            "the API token file {} was readable by other users (mode {:04o}); made a new token",
+            path.display(),
+            mode.unwrap_or_default()
+        ),
+        Ok(s) if s.trim().len() >= MIN_TOKEN => return Ok(s.trim().to_string()),
+        Ok(_) => log::warn!(
+            "the API token in {} was shorter than {MIN_TOKEN} bytes; made a new token",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::io("read the API token", &path, e)),
     }
@@ -74,6 +101,9 @@ pub(crate) fn load_or_create_api_token(cache_dir: &Path) -> Result<String, Store
         .map_err(|e| StoreError::io("store the API token", &path, e))?;
     Ok(token)
 }
+
+/// The shortest token the local API accepts as its static token.
+pub(crate) const MIN_TOKEN: usize = 32;
 
 /// Reads the generated token, for the CLI.
 pub(crate) fn read_api_token(cache_dir: &Path) -> Option<String> {

@@ -9,7 +9,7 @@ start_agent() {
     mkdir -p "$dir"
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    AGENT_TOKEN=bench-token-0123456789abcdef
+    AGENT_TOKEN=bench-token-0123456789abcdef-0123456789
     cat >"$dir/agent.yaml" <<YAML
 listen: 127.0.0.1:$port
 cache_dir: $dir/cache

@@ -207,7 +207,7 @@ for i in $(seq 0 $((FLEET - 1))); do
     cat >"$d/agent.yaml" <<YAML
 listen: 127.0.0.1:${ports[$i]}
 cache_dir: $d/cache
-api_token: bench-token-0123456789abcdef
+api_token: bench-token-0123456789abcdef-0123456789
 log_level: warn
 $LINK_YAML
 YAML

@@ -11,11 +11,16 @@ const UNAUTHORIZED: &str =
     "missing or invalid bearer token; pass Authorization: Bearer <api_token>";
 
 #[test]
-fn health_is_public_and_describes_providers() {
+fn health_is_public_and_describes_providers_only_to_a_token() {
     let a = Agent::start("");
     // Every runtime the tests need is here (they fail when one is not):
     // the default provider, docker, is up.
     let (status, body) = a.get_as("/health", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"status": "ok"}), "no detail without a token");
+    let (status, body) = a.get_as("/health", Some("a-wrong-token"));
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    let (status, body) = a.get("/health");
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["status"], "down", "{body}");
     for p in ["docker", "lxc", "qemu"] {
@@ -28,7 +33,8 @@ fn health_is_public_and_describes_providers() {
 #[test]
 fn health_is_503_when_the_default_provider_is_down() {
     let a = Agent::start("docker:\n  socket: /nonexistent/docker.sock\n");
-    let (status, body) = a.get_as("/health", None);
+    assert_eq!(a.get_as("/health", None), (503, json!({"status": "down"})));
+    let (status, body) = a.get("/health");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["providers"]["docker"]["ok"], false);
     assert!(

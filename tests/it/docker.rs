@@ -763,7 +763,7 @@ fn engine_outage_turns_health_red_fails_clearly_and_recovers() {
     let id = g.id("a");
     create_started(&a, &id, json!({}));
     assert_eq!(ok(&sh(&a, &id, "echo before"))["stdout"], "before\n");
-    let docker_ok = |a: &Agent| a.get_as("/health", None).1["providers"]["docker"]["ok"] == true;
+    let docker_ok = |a: &Agent| a.get("/health").1["providers"]["docker"]["ok"] == true;
     assert!(docker_ok(&a));
 
     // An exec in flight when the engine goes fails at once, clearly.
@@ -789,7 +789,7 @@ fn engine_outage_turns_health_red_fails_clearly_and_recovers() {
         wait_until(Duration::from_secs(10), || !docker_ok(&a)),
         "health stayed green with the engine gone"
     );
-    let (status, h) = a.get_as("/health", None);
+    let (status, h) = a.get("/health");
     assert_eq!(status, 503, "{h}");
     let msg = h["providers"]["docker"]["message"].as_str().unwrap();
     assert!(
@@ -810,7 +810,7 @@ fn engine_outage_turns_health_red_fails_clearly_and_recovers() {
         wait_until(Duration::from_secs(10), || docker_ok(&a)),
         "health did not turn green again"
     );
-    assert_eq!(a.get_as("/health", None).0, 200);
+    assert_eq!(a.get("/health").0, 200);
     assert_eq!(ok(&sh(&a, &id, "echo after"))["stdout"], "after\n");
     assert!(a.log().contains("provider docker is down"));
     assert!(a.log().contains("provider docker is back"));

@@ -621,7 +621,7 @@ fn foreign_containers_are_never_touched() {
 #[test]
 fn health_reports_lxc_and_a_missing_bridge() {
     let lab = Lab::new("");
-    let (status, h) = lab.agent.get_as("/health", None);
+    let (status, h) = lab.agent.get("/health");
     assert_eq!(status, 200, "{h}");
     let lxc = &h["providers"]["lxc"];
     assert_eq!(lxc["ok"], true, "{h}");
@@ -634,7 +634,7 @@ fn health_reports_lxc_and_a_missing_bridge() {
 
     let bridge = format!("vtnb{}", std::process::id() % 100_000);
     let mut veth = Lab::new(&format!("  network: veth\n  bridge: {bridge}\n"));
-    let (status, h) = veth.agent.get_as("/health", None);
+    let (status, h) = veth.agent.get("/health");
     assert_eq!(status, 503, "{h}");
     let msg = h["providers"]["lxc"]["message"].as_str().unwrap();
     assert!(

@@ -11,5 +11,6 @@ mod longrun;
 mod lxc;
 mod qemu;
 mod runtime;
+mod security;
 mod tls;
 mod util;

@@ -765,7 +765,7 @@ fn a_failed_launch_leaves_nothing_behind() {
 #[test]
 fn health_reports_the_binary_and_kvm_and_a_missing_binary_is_clear() {
     let h = Host::start(&cfg("q35", ""));
-    let (_, body) = h.get_as("/health", None);
+    let (_, body) = h.get("/health");
     let q = &body["providers"]["qemu"];
     assert_eq!(q["ok"], true, "{body}");
     assert!(
@@ -787,7 +787,7 @@ fn health_reports_the_binary_and_kvm_and_a_missing_binary_is_clear() {
     let h = Host::start(
         "provider: qemu\nproviders: [qemu]\nqemu:\n  binary: /nonexistent/qemu-system-x86_64\n",
     );
-    let (status, body) = h.get_as("/health", None);
+    let (status, body) = h.get("/health");
     assert_eq!(status, 503, "{body}");
     let m = body["providers"]["qemu"]["message"].as_str().unwrap();
     assert!(
@@ -806,7 +806,7 @@ fn health_reports_the_binary_and_kvm_and_a_missing_binary_is_clear() {
 fn a_cache_dir_too_long_for_sockets_is_reported() {
     let long = format!("/tmp/vt-long-{}/{}", std::process::id(), "d".repeat(90));
     let h = Host::start(&format!("cache_dir: {long}\n{}", cfg("q35", "")));
-    let (_, body) = h.get_as("/health", None);
+    let (_, body) = h.get("/health");
     let m = body["providers"]["qemu"]["message"].as_str().unwrap();
     assert!(m.contains("shorter cache_dir"), "{m}");
     let r = h.cmd("session", "create", json!({"session_id": sid("long")}));

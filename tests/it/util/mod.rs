@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_vendetta");
-pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef-0123456789";
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub(crate) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -407,9 +407,9 @@ impl Agent {
         last.1
     }
 
-    /// The body of `GET /health` (no token needed).
+    /// The body of `GET /health`, with its detail (which needs the token).
     pub(crate) fn health(&self) -> Value {
-        self.get_as("/health", None).1
+        self.get("/health").1
     }
 
     /// Waits until /health says the coordination link is in `state`.

@@ -24,17 +24,24 @@ impl Qmp {
             reader: BufReader::new(s),
             writer,
         };
-        let greeting = q.read();
+        let greeting = q.read().expect("a QMP greeting");
         assert!(greeting.get("QMP").is_some(), "no QMP greeting: {greeting}");
         q.execute("qmp_capabilities", None)
             .expect("qmp_capabilities");
         q
     }
 
-    fn read(&mut self) -> Value {
+    /// The next message, or None when QEMU closed the socket.
+    fn read(&mut self) -> Option<Value> {
         let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read a QMP line");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP sent {line:?}: {e}"))
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP sent {line:?}: {e}")),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read from QMP: {e}"),
+        }
     }
 
     /// Runs `cmd`: Ok(its return value) or Err(QEMU's error object).
@@ -43,9 +50,16 @@ impl Qmp {
         if let Some(a) = args {
             msg["arguments"] = a;
         }
-        writeln!(self.writer, "{msg}").expect("write to QMP");
+        // One write: QEMU acts on a complete object before its newline, and
+        // after `quit` a second write would find the socket closed.
+        let written = self.writer.write_all(format!("{msg}\n").as_bytes());
         loop {
-            let v = self.read();
+            let Some(v) = self.read() else {
+                // `quit` may close the socket before its reply is read.
+                assert_eq!(cmd, "quit", "QMP closed during {cmd}");
+                return Ok(Value::Null);
+            };
+            written.as_ref().expect("write to QMP");
             if let Some(r) = v.get("return") {
                 return Ok(r.clone());
             }
