@@ -131,6 +131,8 @@ pub(crate) struct Metrics {
     pub(crate) commands_refused: CounterVec,
     /// route, code
     pub(crate) api_requests: CounterVec,
+    /// reason (forbidden, unauthorized)
+    pub(crate) api_refusals: CounterVec,
     pub(crate) heartbeat_failures: Counter,
     pub(crate) heartbeats_sent: Counter,
     pub(crate) reconnects: Counter,
@@ -357,6 +359,12 @@ impl Metrics {
             "Result deliveries to the server, by outcome (acked, dropped, retry).",
             &["outcome"],
             &self.results_reported,
+        );
+        e.counter_vec(
+            "vendetta_api_refusals_total",
+            "Local API requests refused before they were served, by reason (forbidden: allowed_ips; unauthorized: the token).",
+            &["reason"],
+            &self.api_refusals,
         );
         e.counter(
             "vendetta_sse_clients_dropped_total",

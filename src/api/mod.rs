@@ -18,6 +18,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod jwt;
+pub(crate) mod refusals;
 pub(crate) mod reply;
 pub(crate) mod routes;
 pub(crate) mod sse;

@@ -13,6 +13,7 @@
 //! Errors are `{"error": "...", "code": "..."}`.
 
 use super::auth::{self, Denied};
+use super::refusals::{Refusals, Refused};
 use super::reply::{ApiError, Reply};
 use crate::protocol::command as wire;
 use crate::protocol::{Code, CommandId, CommandResult};
@@ -138,8 +139,14 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
 /// The checks before a route runs, in order: the route exists,
 /// `allowed_ips`, the method, the token.
 fn admit(rt: &Runtime, request: &Request, route: &'static str, path: &str) -> Result<(), ApiError> {
-    if !auth::ip_allowed(rt, request.remote_addr().map(|a| a.ip())) {
-        log::warn!(remote = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default().as_str(); "API request from an address outside allowed_ips");
+    let from = request.remote_addr().map(|a| a.ip());
+    if !auth::ip_allowed(rt, from) {
+        refused(
+            rt,
+            from,
+            Refused::Address,
+            "its address is not in allowed_ips",
+        );
         return Err(ApiError::Forbidden);
     }
     let allowed: &[Method] = match route {
@@ -172,11 +179,28 @@ fn admit(rt: &Runtime, request: &Request, route: &'static str, path: &str) -> Re
         if let Err(Denied::Unauthenticated(why)) =
             auth::check_bearer(rt, header(request, "Authorization"))
         {
-            log::info!(route = route; "API request refused: {why}");
+            refused(rt, from, Refused::Token, why);
             return Err(ApiError::Unauthorized);
         }
     }
     Ok(())
+}
+
+/// Counts a refusal, and logs it at info (warn for an address) unless
+/// this source was logged so in the last minute: a flood of bad requests
+/// is a line a minute, not a line a request. The others go to debug.
+fn refused(rt: &Runtime, from: Option<std::net::IpAddr>, why: Refused, detail: &str) {
+    static REFUSALS: std::sync::LazyLock<Refusals> = std::sync::LazyLock::new(Refusals::default);
+    rt.metrics.api_refusals.inc(&[why.label()]);
+    match REFUSALS.note(from, why, detail, std::time::Instant::now()) {
+        Some(line) if why == Refused::Address => log::warn!("{line}"),
+        Some(line) => log::info!("{line}"),
+        // Held back at the usual levels; there for whoever debugs.
+        None => log::debug!(
+            "API request from {} refused: {detail}",
+            from.map_or_else(|| "?".to_string(), |ip| ip.to_string())
+        ),
+    }
 }
 
 /// A route's label for metrics and logs; ids are folded into `{id}`.

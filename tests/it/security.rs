@@ -110,3 +110,26 @@ fn a_short_auth_token_is_not_the_local_api_token() {
         "{log}"
     );
 }
+
+#[test]
+fn a_flood_of_bad_requests_is_a_line_a_minute_and_counted() {
+    // At info, as a production agent logs.
+    let a = Agent::start("log_level: info\n");
+    for i in 0..300 {
+        let (status, _) = a.get_as("/api/v1/commands/x", Some(&format!("wrong-{i}")));
+        assert_eq!(status, 401);
+    }
+    let log = a.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("refused")).collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("API request from 127.0.0.1 refused: token does not match"),
+        "{}",
+        lines[0]
+    );
+    let metrics = a.metrics();
+    assert!(
+        metrics.contains("vendetta_api_refusals_total{reason=\"unauthorized\"} 300"),
+        "{metrics}"
+    );
+}
