@@ -133,3 +133,124 @@ fn a_flood_of_bad_requests_is_a_line_a_minute_and_counted() {
         "{metrics}"
     );
 }
+
+/// Connections that hold a slot: `idle` that say nothing, `slow` that
+/// send a request head a byte every 200 ms. Closed on drop.
+struct Squatters {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    _idle: Vec<std::net::TcpStream>,
+}
+
+impl Squatters {
+    fn open(port: u16, idle: usize, slow: usize) -> Squatters {
+        use std::io::Write;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let idle = (0..idle)
+            .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+            .collect();
+        let threads = (0..slow)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
+                    let _ = s.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ");
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        if s.write_all(b"a").is_err() {
+                            return; // the agent closed it
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                })
+            })
+            .collect();
+        Squatters {
+            stop,
+            threads,
+            _idle: idle,
+        }
+    }
+}
+
+impl Drop for Squatters {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One `GET /health` on a fresh connection: its status line and how long
+/// the answer took.
+fn timed_health(port: u16) -> (String, std::time::Duration) {
+    use std::io::{BufRead, Write};
+    let t = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(&s).read_line(&mut line);
+    (line.trim().to_string(), t.elapsed())
+}
+
+#[test]
+fn slow_and_idle_connections_cannot_keep_others_out() {
+    let a = Agent::start("log_level: info\n");
+    // More than the 256 connection slots: 250 idle, 250 trickling heads.
+    let squatters = Squatters::open(a.port, 250, 250);
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..10 {
+        let (status, took) = timed_health(a.port);
+        assert_eq!(status, "HTTP/1.1 200 OK", "took {took:?}");
+        slowest = slowest.max(took);
+    }
+    eprintln!("/health beside 500 idle and slow connections: slowest of 10 answers {slowest:?}");
+    assert!(
+        slowest < std::time::Duration::from_secs(1),
+        "/health took {slowest:?} beside 500 idle and slow connections"
+    );
+    drop(squatters);
+    assert!(a.is_alive());
+}
+
+#[test]
+fn a_trickled_request_head_is_cut_at_its_deadline() {
+    use std::io::{Read, Write};
+    let a = Agent::start("");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    s.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ").unwrap();
+    // A byte a second, which no per-read timeout would ever stop.
+    let mut answer = Vec::new();
+    while t.elapsed() < std::time::Duration::from_secs(20) {
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if s.write_all(b"a").is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(900));
+    }
+    let took = t.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    // A 408, unless the reset of a socket closed with our bytes unread
+    // got here first; never the answer to the request.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?} after {took:?}"
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(9) && took < std::time::Duration::from_secs(15),
+        "the head deadline is 10 s; the connection ended after {took:?}"
+    );
+}

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Method};
+use crate::util::watch::Watch;
 use crate::util::RefinedTcpStream;
+use std::sync::Arc;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
@@ -38,6 +40,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // vendetta patch: the deadlines of this connection's reads.
+    watch: Option<Arc<Watch>>,
 }
 
 /// Error that can happen when reading a request.
@@ -55,6 +60,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        watch: Option<Arc<Watch>>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -69,6 +75,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            watch,
         }
     }
 
@@ -197,6 +204,9 @@ impl Iterator for ClientConnection {
         }
 
         loop {
+            if let Some(w) = &self.watch {
+                w.idle();
+            }
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
@@ -237,6 +247,10 @@ impl Iterator for ClientConnection {
 
                 Ok(rq) => rq,
             };
+
+            if let Some(w) = &self.watch {
+                w.busy();
+            }
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {

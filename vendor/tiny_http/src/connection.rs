@@ -98,6 +98,20 @@ impl Connection {
         }
     }
 
+    /// vendetta patch: the read timeout alone (see util::watch).
+    pub(crate) fn set_read_timeout(&self, d: std::time::Duration) {
+        let d = Some(d.max(std::time::Duration::from_millis(1)));
+        match self {
+            Self::Tcp(s) => {
+                let _ = s.set_read_timeout(d);
+            }
+            #[cfg(unix)]
+            Self::Unix(s) => {
+                let _ = s.set_read_timeout(d);
+            }
+        }
+    }
+
     /// Gets the peer's address. Some for TCP, None for Unix sockets.
     pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
         match self {

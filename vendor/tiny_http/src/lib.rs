@@ -315,22 +315,29 @@ impl Server {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new(conn_name);
             // vendetta patch: connections open at once, each holding a
-            // thread; beyond MAX_CONNECTIONS a new one is closed at once, so
-            // a client opening connections cannot exhaust threads or fds.
+            // thread; at MAX_CONNECTIONS the one that has waited longest for
+            // a request, or is slowest sending one, is dropped to make room
+            // (util::watch); only when every one is being answered is the
+            // new one closed. A client opening connections cannot exhaust
+            // threads or fds, nor keep others out.
             const MAX_CONNECTIONS: usize = 256;
             let open_connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut watches = util::watch::Watches::default();
+            let epoch = std::time::Instant::now();
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        if open_connections.load(Relaxed) >= MAX_CONNECTIONS {
-                            log::warn!("{} connections open; closing a new one", MAX_CONNECTIONS);
+                        if open_connections.load(Relaxed) >= MAX_CONNECTIONS
+                            && !watches.drop_longest_waiting()
+                        {
+                            log::warn!("{} connections open, all busy; closing a new one", MAX_CONNECTIONS);
                             continue;
                         }
                         sock.set_timeouts(std::time::Duration::from_secs(120));
-                        let (read_closable, write_closable) = match ssl {
+                        let (mut read_closable, write_closable) = match ssl {
                             // vendetta patch: splitting the socket dups its
                             // fd and upstream panics when that fails (EMFILE),
                             // which killed this thread; drop the connection.
@@ -353,7 +360,10 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        let watch = util::watch::Watch::new(read_closable.connection(), epoch);
+                        read_closable.set_watch(watch.clone());
+                        watches.add(&watch);
+                        Ok(ClientConnection::new(write_closable, read_closable, Some(watch)))
                     }
                     Err(e) => Err(e),
                 };

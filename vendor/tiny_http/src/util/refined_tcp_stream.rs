@@ -3,6 +3,8 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
 use crate::connection::Connection;
+use crate::util::watch::Watch;
+use std::sync::Arc;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
 
@@ -86,6 +88,8 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    /// vendetta patch: the deadline the reading half keeps (util::watch).
+    watch: Option<Arc<Watch>>,
 }
 
 impl RefinedTcpStream {
@@ -101,12 +105,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            watch: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            watch: None,
         };
 
         (read, write)
@@ -120,6 +126,20 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// vendetta patch: reads through this half keep `watch`'s deadlines.
+    pub(crate) fn set_watch(&mut self, watch: Arc<Watch>) {
+        self.watch = Some(watch);
+    }
+
+    /// vendetta patch: a handle on the plain socket, for a Watch.
+    pub(crate) fn connection(&self) -> Option<Connection> {
+        match &self.stream {
+            Stream::Http(c) => c.try_clone().ok(),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => None,
+        }
     }
 }
 
@@ -137,7 +157,15 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        match &self.watch {
+            None => self.stream.read(buf),
+            Some(w) => {
+                w.before_read()?;
+                let n = self.stream.read(buf)?;
+                w.after_read(n);
+                Ok(n)
+            }
+        }
     }
 }
 
