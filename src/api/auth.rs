@@ -1,6 +1,7 @@
 //! Who may use the local API: `allowed_ips` (checked first), then a bearer
 //! token compared in constant time, or a JWT (see `jwt`).
 
+use crate::protocol::scope::Scope;
 use crate::runtime::Runtime;
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -12,6 +13,25 @@ pub(crate) enum Caller {
     Token,
     /// A valid JWT, with what it claims.
     Jwt(super::jwt::Claims),
+}
+
+impl Caller {
+    /// Whether this caller holds `needed` (or admin).
+    pub(crate) fn may(&self, rt: &Runtime, needed: Scope) -> bool {
+        match self {
+            Caller::Token => needed.granted_by(&rt.config.api_token_scopes),
+            Caller::Jwt(claims) => needed.granted_by(&claims.scopes),
+        }
+    }
+
+    /// The caller as logs name it: the token, or the JWT's `sub`.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Caller::Token => "api_token".into(),
+            Caller::Jwt(c) if c.sub.is_empty() => "jwt".into(),
+            Caller::Jwt(c) => format!("jwt:{}", c.sub),
+        }
+    }
 }
 
 /// Why an auth check failed (mapped to 401 by the router; the reason is

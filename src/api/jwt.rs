@@ -10,6 +10,7 @@
 
 use crate::config::jwt::JwtKey;
 use crate::config::{Jwt, JwtAlgorithm};
+use crate::protocol::scope::Scope;
 use base64::Engine;
 use ring::signature::{UnparsedPublicKey, ED25519, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::Value;
@@ -19,8 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Claims {
     pub(crate) sub: String,
-    /// The space-separated `scope` claim, split.
-    pub(crate) scopes: Vec<String>,
+    /// The scopes of the space-separated `scope` claim that this agent
+    /// knows; others (of other services) are left out.
+    pub(crate) scopes: Vec<Scope>,
 }
 
 /// Checks `token` against `keys` and the claims rules of `cfg` at `now`.
@@ -139,7 +141,7 @@ fn check_claims(claims: &Value, cfg: &Jwt, now: SystemTime) -> Result<Claims, &'
             .as_str()
             .unwrap_or_default()
             .split_whitespace()
-            .map(str::to_string)
+            .filter_map(Scope::parse)
             .collect(),
     })
 }
@@ -278,14 +280,14 @@ mod tests {
             ..Jwt::default()
         };
         let t = now();
-        let good = json!({"sub": "ci", "exp": t + 60, "iss": "coord", "aud": ["x", "vendetta"], "scope": "session:read system:read"});
+        let good = json!({"sub": "ci", "exp": t + 60, "iss": "coord", "aud": ["x", "vendetta"], "scope": "session:read repo:write system:read"});
         let (token, k) = ed_token(json!({"alg": "EdDSA", "kid": "k1"}), good.clone());
         let claims = verify(&token, std::slice::from_ref(&k), &cfg, SystemTime::now()).unwrap();
         assert_eq!(
             claims,
             Claims {
                 sub: "ci".into(),
-                scopes: vec!["session:read".into(), "system:read".into()]
+                scopes: vec![Scope::SessionRead, Scope::SystemRead]
             }
         );
         let cases: [(Value, &str); 8] = [

@@ -20,6 +20,8 @@ pub(crate) enum Refused {
     Address,
     /// No token, or not one the agent accepts.
     Token,
+    /// A valid token without the scope the request needs.
+    Scope,
 }
 
 impl Refused {
@@ -27,6 +29,7 @@ impl Refused {
         match self {
             Refused::Address => "forbidden",
             Refused::Token => "unauthorized",
+            Refused::Scope => "forbidden_scope",
         }
     }
 }

@@ -97,6 +97,8 @@ pub(crate) enum ApiError {
     Forbidden,
     /// No token, or not one the agent accepts.
     Unauthorized,
+    /// A valid token without the scope needed; says which.
+    ForbiddenScope(String),
     NoRoute(String),
     MethodNotAllowed {
         method: String,
@@ -134,6 +136,7 @@ impl ApiError {
         match self {
             ApiError::Forbidden => (403, "forbidden"),
             ApiError::Unauthorized => (401, "unauthorized"),
+            ApiError::ForbiddenScope(_) => (403, "forbidden_scope"),
             ApiError::NoRoute(_) | ApiError::DebugOff | ApiError::UnknownCommand(_) => {
                 (404, "not_found")
             }
@@ -207,6 +210,7 @@ impl fmt::Display for ApiError {
             ApiError::Unauthorized => f.write_str(
                 "missing or invalid bearer token; pass Authorization: Bearer <api_token>",
             ),
+            ApiError::ForbiddenScope(why) => write!(f, "{why}"),
             ApiError::NoRoute(path) => write!(f, "no route {path}"),
             ApiError::MethodNotAllowed {
                 method,
@@ -337,6 +341,9 @@ mod tests {
         let every = [
             ApiError::Forbidden,
             ApiError::Unauthorized,
+            ApiError::ForbiddenScope(
+                "jwt:ci lacks the scope session:exec that session.exec needs".into(),
+            ),
             ApiError::NoRoute("/x".into()),
             ApiError::MethodNotAllowed {
                 method: "PUT".into(),

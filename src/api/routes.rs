@@ -12,10 +12,11 @@
 //!
 //! Errors are `{"error": "...", "code": "..."}`.
 
-use super::auth::{self, Denied};
+use super::auth::{self, Caller, Denied};
 use super::refusals::{Refusals, Refused};
 use super::reply::{ApiError, Reply};
 use crate::protocol::command as wire;
+use crate::protocol::scope::Scope;
 use crate::protocol::{Code, CommandId, CommandResult};
 use crate::runtime::dispatch::Failure;
 use crate::runtime::intake::{Refusal, Submitted};
@@ -85,7 +86,7 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
         Err(e) => e.reply(),
         // Stopping: what would start work is refused; results, metrics
         // and health (which says "stopping") still answer.
-        Ok(()) if !rt.accepting() && matches!(route, "/api/v1/sessions" | "/api/v1/events") => {
+        Ok(_) if !rt.accepting() && matches!(route, "/api/v1/sessions" | "/api/v1/events") => {
             ApiError::Refused {
                 why: Refusal::ShuttingDown,
                 queued: 0,
@@ -93,7 +94,7 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
             }
             .reply()
         }
-        Ok(()) => match route {
+        Ok(caller) => match route {
             "/health" => {
                 let (ok, doc) = status::health(rt);
                 // Without a valid token, only whether it is well: the
@@ -120,7 +121,7 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
                 } else {
                     Mode::Sync
                 };
-                match post_command(rt, &mut request, mode) {
+                match post_command(rt, &mut request, mode, caller.as_ref()) {
                     Ok(Answer::Now(reply)) => reply,
                     Ok(Answer::Stream(job)) => return super::stream::serve(rt, request, job),
                     Err(e) => e.reply(),
@@ -138,7 +139,12 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
 
 /// The checks before a route runs, in order: the route exists,
 /// `allowed_ips`, the method, the token.
-fn admit(rt: &Runtime, request: &Request, route: &'static str, path: &str) -> Result<(), ApiError> {
+fn admit(
+    rt: &Runtime,
+    request: &Request,
+    route: &'static str,
+    path: &str,
+) -> Result<Option<Caller>, ApiError> {
     let from = request.remote_addr().map(|a| a.ip());
     if !auth::ip_allowed(rt, from) {
         refused(
@@ -175,15 +181,47 @@ fn admit(rt: &Runtime, request: &Request, route: &'static str, path: &str) -> Re
         "/metrics" => rt.config.metrics_auth,
         _ => true,
     };
-    if needs_auth {
-        if let Err(Denied::Unauthenticated(why)) =
-            auth::check_bearer(rt, header(request, "Authorization"))
-        {
+    if !needs_auth {
+        return Ok(None);
+    }
+    let caller = match auth::check_bearer(rt, header(request, "Authorization")) {
+        Ok(c) => c,
+        Err(Denied::Unauthenticated(why)) => {
             refused(rt, from, Refused::Token, why);
             return Err(ApiError::Unauthorized);
         }
+    };
+    // What a route needs beyond a valid token; commands are checked one
+    // by one (`post_command`), a result by id needs only the token.
+    let needed = match route {
+        "/metrics" => Some(Scope::SystemRead),
+        "/api/v1/sessions" | "/api/v1/events" => Some(Scope::SessionRead),
+        "/debug" => Some(Scope::Admin),
+        _ => None,
+    };
+    if let Some(needed) = needed {
+        may(rt, &caller, from, needed, route)?;
     }
-    Ok(())
+    Ok(Some(caller))
+}
+
+/// Refuses (403 `forbidden_scope`) a caller without `needed` for `what`.
+fn may(
+    rt: &Runtime,
+    caller: &Caller,
+    from: Option<std::net::IpAddr>,
+    needed: Scope,
+    what: &str,
+) -> Result<(), ApiError> {
+    if caller.may(rt, needed) {
+        return Ok(());
+    }
+    let detail = format!(
+        "{} lacks the scope {needed} that {what} needs",
+        caller.name()
+    );
+    refused(rt, from, Refused::Scope, &detail);
+    Err(ApiError::ForbiddenScope(detail))
 }
 
 /// Counts a refusal, and logs it at info (warn for an address) unless
@@ -265,9 +303,20 @@ enum Answer {
     Stream(super::stream::Job),
 }
 
-fn post_command(rt: &Runtime, request: &mut Request, mode: Mode) -> Result<Answer, ApiError> {
+fn post_command(
+    rt: &Runtime,
+    request: &mut Request,
+    mode: Mode,
+    caller: Option<&Caller>,
+) -> Result<Answer, ApiError> {
     let body = read_body(request, rt.config.limits.max_body)?;
     let command = wire::parse(&body).map_err(ApiError::BadCommand)?;
+    if let (Some(caller), Some(needed)) =
+        (caller, Scope::needed_for(&command.kind, &command.action))
+    {
+        let from = request.remote_addr().map(|a| a.ip());
+        may(rt, caller, from, needed, &command.name())?;
+    }
     let id = command.id.clone();
     let timeout = rt.config.timeout_for(command.timeout_asked());
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(64);

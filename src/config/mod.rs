@@ -404,6 +404,8 @@ pub(crate) struct Config {
     #[serde(deserialize_with = "listen_addr")]
     pub(crate) listen: SocketAddr,
     pub(crate) api_token: Secret,
+    /// What the static token may do (a JWT carries its own `scope`).
+    pub(crate) api_token_scopes: Vec<crate::protocol::scope::Scope>,
     pub(crate) metrics_auth: bool,
     /// Serve a non-loopback `listen` with `/metrics` open to anyone.
     pub(crate) insecure_listen: bool,
@@ -484,6 +486,7 @@ impl Default for Config {
             results: Results::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: Secret::default(),
+            api_token_scopes: vec![crate::protocol::scope::Scope::Admin],
             metrics_auth: false,
             insecure_listen: false,
             allowed_ips: Vec::new(),

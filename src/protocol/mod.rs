@@ -11,6 +11,7 @@ pub(crate) mod event;
 pub(crate) mod ids;
 pub(crate) mod link;
 pub(crate) mod result;
+pub(crate) mod scope;
 pub(crate) mod session;
 pub(crate) mod size;
 pub(crate) mod time;

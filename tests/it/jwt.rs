@@ -356,3 +356,88 @@ fn an_unusable_key_file_stops_the_config_check_with_its_key() {
         )
     );
 }
+
+#[test]
+fn scopes_limit_what_a_token_may_do() {
+    let lab = Lab::start();
+    let ed = lab.ed_private.to_str().unwrap();
+    let reader = pyjwt(
+        &Lab::claims(json!({"sub": "reader", "scope": "session:read other:thing"})),
+        ed,
+        "EdDSA",
+        &json!({}),
+    );
+    let a = &lab.agent;
+    let post = |token: &str, kind: &str, action: &str, params: Value| {
+        a.post_path(
+            "/api/v1/commands",
+            &json!({"id": format!("sc-{}", crate::util::next_id()), "type": kind, "action": action, "params": params})
+                .to_string(),
+            Some(token),
+        )
+    };
+    // Reading is allowed...
+    assert_eq!(
+        a.get_as("/api/v1/sessions?provider=lxc", Some(&reader)).0,
+        200
+    );
+    let (status, r) = post(&reader, "service", "list", json!({"provider": "lxc"}));
+    assert_eq!((status, &r["status"]), (200, &json!("success")), "{r}");
+    // ...writing, exec and system are not.
+    for (kind, action, params, scope) in [
+        (
+            "session",
+            "create",
+            json!({"session_id": "nope"}),
+            "session:write",
+        ),
+        (
+            "session",
+            "exec",
+            json!({"session_id": "nope", "command": ["true"]}),
+            "session:exec",
+        ),
+        ("system", "status", json!({}), "system:read"),
+    ] {
+        api_error(
+            post(&reader, kind, action, params),
+            403,
+            "forbidden_scope",
+            &format!("jwt:reader lacks the scope {scope} that {kind}.{action} needs"),
+        );
+    }
+    // admin may everything; a token whose claim names no scope, nothing.
+    let admin = pyjwt(
+        &Lab::claims(json!({"scope": "admin"})),
+        ed,
+        "EdDSA",
+        &json!({}),
+    );
+    assert_eq!(post(&admin, "system", "status", json!({})).0, 200);
+    let bare = pyjwt(&Lab::claims(json!({})), ed, "EdDSA", &json!({}));
+    api_error(
+        a.get_as("/api/v1/events", Some(&bare)),
+        403,
+        "forbidden_scope",
+        "lacks the scope session:read that /api/v1/events needs",
+    );
+    // Reading a result by id needs only a valid token.
+    assert_eq!(lab.probe(&bare).0, 404);
+    let metrics = a.metrics();
+    assert!(
+        metrics.contains("vendetta_api_refusals_total{reason=\"forbidden_scope\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_static_token_has_the_scopes_the_config_grants() {
+    let a = Agent::start("api_token_scopes: [system:read]\n");
+    assert_eq!(a.cmd("system", "status", json!({}))["status"], "success");
+    api_error(
+        a.get("/api/v1/sessions"),
+        403,
+        "forbidden_scope",
+        "api_token lacks the scope session:read that /api/v1/sessions needs",
+    );
+}
