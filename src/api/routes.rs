@@ -19,9 +19,9 @@ use crate::protocol::command as wire;
 use crate::protocol::scope::Scope;
 use crate::protocol::{Code, CommandId, CommandResult};
 use crate::runtime::dispatch::Failure;
-use crate::runtime::intake::{Refusal, Submitted};
+use crate::runtime::intake::{Refusal, Requester, Submitted};
 use crate::runtime::{status, Runtime};
-use crate::store::ledger::{Found, Origin, State};
+use crate::store::ledger::{Found, State};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -129,7 +129,12 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
             }
             "/api/v1/commands/{id}" => get_command(rt, path).unwrap_or_else(ApiError::reply),
             "/api/v1/sessions" => sessions(rt, query).unwrap_or_else(ApiError::reply),
-            "/api/v1/events" => return super::sse::serve(rt, request, shutdown),
+            "/api/v1/events" => {
+                let caller = caller
+                    .as_ref()
+                    .map_or_else(|| "anonymous".into(), Caller::name);
+                return super::sse::serve(rt, request, shutdown, &caller);
+            }
             "/debug" => debug(rt, path).unwrap_or_else(ApiError::reply),
             _ => ApiError::NoRoute(wire::clip(path)).reply(),
         },
@@ -311,19 +316,24 @@ fn post_command(
 ) -> Result<Answer, ApiError> {
     let body = read_body(request, rt.config.limits.max_body)?;
     let command = wire::parse(&body).map_err(ApiError::BadCommand)?;
+    let peer = request.remote_addr().map(|a| a.ip());
     if let (Some(caller), Some(needed)) =
         (caller, Scope::needed_for(&command.kind, &command.action))
     {
-        let from = request.remote_addr().map(|a| a.ip());
-        may(rt, caller, from, needed, &command.name())?;
+        may(rt, caller, peer, needed, &command.name())?;
     }
+    let from = Requester::api(
+        caller.map_or_else(|| "anonymous".into(), Caller::name),
+        None,
+        peer,
+    );
     let id = command.id.clone();
     let timeout = rt.config.timeout_for(command.timeout_asked());
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(64);
     let submitted = match mode {
-        Mode::Stream => rt.submit_streaming(command, Origin::Api, chunk_tx),
-        Mode::Sync => rt.submit(command, Origin::Api, true),
-        Mode::Async => rt.submit(command, Origin::Api, false),
+        Mode::Stream => rt.submit_streaming(command, from, chunk_tx),
+        Mode::Sync => rt.submit(command, from, true),
+        Mode::Async => rt.submit(command, from, false),
     };
     let rx = match submitted {
         Submitted::Done { result, replayed } => {

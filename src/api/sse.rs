@@ -21,7 +21,7 @@ static CLIENTS: InFlight = InFlight::new(MAX_CLIENTS);
 
 /// Streams events on the request's thread until the client goes, it
 /// falls too far behind, or the agent stops.
-pub(super) fn serve(rt: &Runtime, request: Request, shutdown: &Receiver<()>) {
+pub(super) fn serve(rt: &Runtime, request: Request, shutdown: &Receiver<()>, caller: &str) {
     let route = "/api/v1/events";
     let Some(_place) = CLIENTS.enter() else {
         return send(
@@ -31,6 +31,11 @@ pub(super) fn serve(rt: &Runtime, request: Request, shutdown: &Receiver<()>) {
             ApiError::TooManyStreams(MAX_CLIENTS).reply(),
         );
     };
+    let (peer, opened) = (
+        request.remote_addr().map(|a| a.ip()),
+        std::time::Instant::now(),
+    );
+    rt.audit_stream(caller, peer, route, None);
     let last_seen = header(&request, "Last-Event-ID").and_then(|v| v.trim().parse::<u64>().ok());
     let (backlog, events) = rt.events.subscribe(last_seen);
     let (mut w, mut ok) = open_stream(
@@ -58,6 +63,7 @@ pub(super) fn serve(rt: &Runtime, request: Request, shutdown: &Receiver<()>) {
             default(KEEPALIVE) => ok = w.write_all(b": keepalive\n\n").and_then(|_| w.flush()).is_ok(),
         }
     }
+    rt.audit_stream(caller, peer, route, Some(opened.elapsed()));
 }
 
 fn write_event(w: &mut dyn Write, e: &crate::runtime::events::Event) -> std::io::Result<()> {

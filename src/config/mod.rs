@@ -205,6 +205,28 @@ impl Default for Limits {
     }
 }
 
+/// The audit log: a JSON line per command and event stream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AuditLogConfig {
+    /// Empty: `cache_dir/audit.log`.
+    pub(crate) path: Option<PathBuf>,
+    #[serde(with = "size")]
+    pub(crate) max_size: u64,
+    /// Rotated files kept beside the current one.
+    pub(crate) keep: usize,
+}
+
+impl Default for AuditLogConfig {
+    fn default() -> Self {
+        AuditLogConfig {
+            path: None,
+            max_size: 10 << 20,
+            keep: 5,
+        }
+    }
+}
+
 /// Retention of stored results (the idempotency ledger).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -400,6 +422,7 @@ pub(crate) struct Config {
     pub(crate) allowed_commands: Vec<String>,
     pub(crate) workspace_roots: Vec<PathBuf>,
     pub(crate) results: Results,
+    pub(crate) audit_log: AuditLogConfig,
 
     #[serde(deserialize_with = "listen_addr")]
     pub(crate) listen: SocketAddr,
@@ -484,6 +507,7 @@ impl Default for Config {
             allowed_commands: vec!["*".into()],
             workspace_roots: Vec::new(),
             results: Results::default(),
+            audit_log: AuditLogConfig::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: Secret::default(),
             api_token_scopes: vec![crate::protocol::scope::Scope::Admin],

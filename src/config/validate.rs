@@ -153,6 +153,17 @@ impl Config {
                 ));
             }
         }
+        if let Some(p) = &self.audit_log.path {
+            if !p.is_absolute() {
+                return Err(bad(
+                    "audit_log.path",
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
+        if self.audit_log.max_size < 4096 {
+            return Err(bad("audit_log.max_size", "must be at least 4k".into()));
+        }
         if let Some(p) = &self.pid_file {
             if !p.is_absolute() {
                 return Err(bad(

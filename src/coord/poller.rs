@@ -10,8 +10,8 @@
 
 use super::client::CoordError;
 use super::{new_backoff, sleep, Link};
+use crate::runtime::intake::Requester;
 use crate::runtime::intake::{Refusal, Submitted};
-use crate::store::ledger::Origin;
 use crossbeam_channel::Receiver;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -152,7 +152,7 @@ fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> Option<us
             }
         };
         let id = command.id.clone();
-        match rt.submit(command, Origin::Coordination, false) {
+        match rt.submit(command, Requester::server(), false) {
             Submitted::Queued(_) => {
                 new += 1;
                 log::debug!(command_id = id.as_str(); "command from the server queued")

@@ -307,6 +307,18 @@ pub(crate) const ACTIONS: [(&str, &[&str]); 3] = [
 ];
 
 impl Request {
+    /// The session a request is about, if any.
+    pub(crate) fn session_id(&self) -> Option<&SessionId> {
+        match self {
+            Request::SessionCreate(p) => Some(&p.session_id),
+            Request::SessionStart(p) | Request::SessionDestroy(p) => Some(&p.session_id),
+            Request::SessionStop(p) => Some(&p.session_id),
+            Request::SessionExec(p) => Some(&p.session_id),
+            Request::ServiceStatus(p) => Some(&p.session_id),
+            _ => None,
+        }
+    }
+
     /// Commands that change nothing and may safely run again, e.g. after an
     /// agent restart interrupted them.
     pub(crate) fn read_only(&self) -> bool {

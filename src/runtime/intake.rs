@@ -10,12 +10,77 @@ use crate::protocol::{Code, Command, CommandResult};
 use crate::providers::output::Chunk;
 use crate::store::ledger::{Begin, Origin, State, Unfinished};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde::Serialize;
+use std::net::IpAddr;
 use std::time::SystemTime;
+
+/// Who sent a command: the origin, which decides where its result goes,
+/// and for the audit log the caller, its tenant and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Requester {
+    pub(crate) origin: Origin,
+    /// `api_token`, `jwt:SUB`, `coordination`, or `recovered`.
+    pub(crate) caller: String,
+    pub(crate) tenant: Option<String>,
+    pub(crate) peer: Option<IpAddr>,
+}
+
+impl Requester {
+    /// The coordination server, through the link.
+    pub(crate) fn server() -> Requester {
+        Requester {
+            origin: Origin::Coordination,
+            caller: "coordination".into(),
+            tenant: None,
+            peer: None,
+        }
+    }
+
+    /// A command found unfinished at start: who sent it was not kept.
+    fn recovered(origin: Origin) -> Requester {
+        Requester {
+            origin,
+            caller: "recovered".into(),
+            tenant: None,
+            peer: None,
+        }
+    }
+
+    /// A caller of the local API.
+    pub(crate) fn api(caller: String, tenant: Option<String>, peer: Option<IpAddr>) -> Requester {
+        Requester {
+            origin: Origin::Api,
+            caller,
+            tenant,
+            peer,
+        }
+    }
+}
+
+/// One line of the audit log.
+#[derive(Serialize)]
+struct AuditEntry<'a> {
+    time: String,
+    caller: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+    origin: Origin,
+    id: &'a str,
+    command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    /// The result's status, or `refused`, `replayed`, `in_progress`.
+    outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+}
 
 /// A command on its way to a worker, with where its result goes.
 pub(crate) struct Job {
     pub(crate) command: Command,
-    pub(crate) origin: Origin,
+    pub(crate) from: Requester,
     /// Whoever waits for the result (a sync API request); may be gone.
     pub(crate) reply: Option<Sender<CommandResult>>,
     /// Where exec output goes as it arrives (a streaming API request).
@@ -50,8 +115,8 @@ pub(crate) enum Refusal {
 impl Runtime {
     /// Accepts a command for execution. With `want_reply`, the result is
     /// also sent to the returned receiver.
-    pub(crate) fn submit(&self, command: Command, origin: Origin, want_reply: bool) -> Submitted {
-        self.submit_with(command, origin, want_reply, None)
+    pub(crate) fn submit(&self, command: Command, from: Requester, want_reply: bool) -> Submitted {
+        self.submit_with(command, from, want_reply, None)
     }
 
     /// Like `submit` with a reply, and exec output sent to `stream` as it
@@ -59,25 +124,27 @@ impl Runtime {
     pub(crate) fn submit_streaming(
         &self,
         command: Command,
-        origin: Origin,
+        from: Requester,
         stream: Sender<Chunk>,
     ) -> Submitted {
-        self.submit_with(command, origin, true, Some(stream))
+        self.submit_with(command, from, true, Some(stream))
     }
 
     fn submit_with(
         &self,
         command: Command,
-        origin: Origin,
+        from: Requester,
         want_reply: bool,
         stream: Option<Sender<Chunk>>,
     ) -> Submitted {
+        let origin = from.origin;
         let (kind, action) = (command.kind.clone(), command.action.clone());
         self.metrics
             .commands_received
             .inc(&[&kind, &action, origin.as_str()]);
         if !self.accepting() {
             self.metrics.commands_refused.inc(&["shutting_down"]);
+            self.audit(&command, &from, "refused", Some("shutting_down"));
             return Submitted::Refused(Refusal::ShuttingDown);
         }
         let durable = !command.read_only();
@@ -89,6 +156,7 @@ impl Runtime {
             Err(e) => {
                 log::error!(command_id = command.id.as_str(); "cannot record command: {e}");
                 self.metrics.commands_refused.inc(&["store_failed"]);
+                self.audit(&command, &from, "refused", Some("store_failed"));
                 return Submitted::Refused(Refusal::StoreFailed);
             }
         };
@@ -100,6 +168,7 @@ impl Runtime {
                     // The server asks again because it has no result: send it again.
                     self.deliver_to_server(&result);
                 }
+                self.audit(&command, &from, "replayed", None);
                 return Submitted::Done {
                     result,
                     replayed: true,
@@ -107,6 +176,7 @@ impl Runtime {
             }
             Begin::InProgress(state) => {
                 self.metrics.commands_refused.inc(&["duplicate"]);
+                self.audit(&command, &from, "in_progress", None);
                 return Submitted::InProgress(state);
             }
             Begin::New => {}
@@ -129,7 +199,7 @@ impl Runtime {
             }),
         };
         if let Some(result) = immediate {
-            self.complete(&command, origin, &result);
+            self.complete(&command, &from, &result);
             return Submitted::Done {
                 result: Box::new(result),
                 replayed: false,
@@ -162,19 +232,21 @@ impl Runtime {
         };
         match self.queue.try_send(Job {
             command,
-            origin,
+            from,
             reply,
             stream,
         }) {
             Ok(()) => Submitted::Queued(rx),
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(job)) => {
                 refused(RefusedReason::QueueFull);
+                self.audit(&job.command, &job.from, "refused", Some("queue_full"));
                 self.metrics.commands_refused.inc(&["queue_full"]);
                 log::warn!(command_id = id.as_str(), queue_size = self.config.queue_size; "command queue is full; refusing");
                 Submitted::Refused(Refusal::QueueFull)
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Disconnected(job)) => {
                 refused(RefusedReason::ShuttingDown);
+                self.audit(&job.command, &job.from, "refused", Some("shutting_down"));
                 Submitted::Refused(Refusal::ShuttingDown)
             }
         }
@@ -182,7 +254,8 @@ impl Runtime {
 
     /// Records a finished command: ledger, spool (for the server), metrics,
     /// event.
-    pub(crate) fn complete(&self, command: &Command, origin: Origin, result: &CommandResult) {
+    pub(crate) fn complete(&self, command: &Command, from: &Requester, result: &CommandResult) {
+        let origin = from.origin;
         // The ledger first: were the result delivered and unspooled before
         // the ledger knew it, a crash then would report the command as
         // interrupted after its real result. A crash between the two is
@@ -209,6 +282,63 @@ impl Runtime {
                 duration_ms: result.duration_ms,
             },
         ));
+        self.audit(
+            command,
+            from,
+            result.status.as_str(),
+            result.code.as_ref().map(|c| c.as_str()),
+        );
+    }
+
+    /// One line in the audit log: who sent `command` and what became of it.
+    fn audit(&self, command: &Command, from: &Requester, outcome: &str, code: Option<&str>) {
+        self.audit.write(&AuditEntry {
+            time: crate::protocol::time::now_rfc3339(),
+            caller: &from.caller,
+            tenant: from.tenant.as_deref(),
+            peer: from.peer.map(|p| p.to_string()),
+            origin: from.origin,
+            id: command.id.as_str(),
+            command: command.name(),
+            session: command
+                .request
+                .as_ref()
+                .ok()
+                .and_then(|r| r.session_id())
+                .map(|s| s.as_str()),
+            outcome,
+            code,
+        });
+    }
+
+    /// One line in the audit log for an event stream that opened (`lasted`
+    /// None) or ended.
+    pub(crate) fn audit_stream(
+        &self,
+        caller: &str,
+        peer: Option<IpAddr>,
+        route: &str,
+        lasted: Option<std::time::Duration>,
+    ) {
+        #[derive(Serialize)]
+        struct StreamEntry<'a> {
+            time: String,
+            caller: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            peer: Option<String>,
+            stream: &'a str,
+            outcome: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            seconds: Option<u64>,
+        }
+        self.audit.write(&StreamEntry {
+            time: crate::protocol::time::now_rfc3339(),
+            caller,
+            peer: peer.map(|p| p.to_string()),
+            stream: route,
+            outcome: if lasted.is_some() { "closed" } else { "opened" },
+            seconds: lasted.map(|d| d.as_secs()),
+        });
     }
 
     /// The rejection for a command `allowed_commands` does not let run.
@@ -321,18 +451,18 @@ pub(crate) fn recover(rt: &Runtime, unfinished: Vec<Unfinished>) {
                     )
                 }
             };
-            rt.complete(&command, u.origin, &result);
+            rt.complete(&command, &Requester::recovered(u.origin), &result);
             continue;
         }
         if let Some(result) = rt.policy_rejection(&command) {
             // The config changed meanwhile: the policy of this start applies.
-            rt.complete(&command, u.origin, &result);
+            rt.complete(&command, &Requester::recovered(u.origin), &result);
             continue;
         }
         log::info!(command_id = u.id.as_str(); "running a command accepted before the restart");
         let job = Job {
             command,
-            origin: u.origin,
+            from: Requester::recovered(u.origin),
             reply: None,
             stream: None,
         };

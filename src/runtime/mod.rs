@@ -54,6 +54,7 @@ pub(crate) struct Runtime {
     pub(crate) metrics: Metrics,
     pub(crate) events: events::Events,
     pub(crate) ledger: Ledger,
+    pub(crate) audit: crate::store::audit::AuditLog,
     pub(crate) spool: Spool,
     pub(crate) registry: Registry,
     pub(crate) sessions: sessions::SessionTable,
@@ -134,6 +135,15 @@ impl Runtime {
             metrics: Metrics::default(),
             events: events::Events::default(),
             ledger,
+            audit: crate::store::audit::AuditLog::new(
+                config
+                    .audit_log
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| cache_dir.join("audit.log")),
+                config.audit_log.max_size,
+                config.audit_log.keep,
+            ),
             spool,
             registry,
             sessions: sessions::SessionTable::default(),

@@ -2,6 +2,7 @@
 //! queue → worker → provider → ledger/spool → events, with a fake
 //! provider (`providers::fake`) through the provider registry.
 
+use super::intake::Requester;
 use super::intake::{Refusal, Submitted};
 use super::threads::{self, Control, Thread};
 use super::{workers, Opened, Runtime};
@@ -10,7 +11,7 @@ use crate::protocol::result::Status;
 use crate::protocol::{Code, Command, CommandResult};
 use crate::providers::fake::{Exec, FakeProvider};
 use crate::providers::Registry;
-use crate::store::ledger::{Found, Origin, State};
+use crate::store::ledger::{Found, State};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::json;
 use std::path::PathBuf;
@@ -108,6 +109,11 @@ impl Drop for Harness {
     }
 }
 
+/// A caller of the local API, as the tests send commands.
+fn api() -> Requester {
+    Requester::api("api_token".into(), None, None)
+}
+
 fn command(v: serde_json::Value) -> Command {
     crate::protocol::command::from_value(v).unwrap()
 }
@@ -161,9 +167,9 @@ fn a_repeated_id_runs_once_and_answers_with_the_stored_result() {
     let (release, gate) = bounded::<()>(0);
     let mut h = Harness::new(FakeProvider::new(Exec::WaitFor(gate)), "workers: 2\n");
     h.start();
-    let first = queued(h.rt.submit(exec("c1", json!({})), Origin::Api, true));
+    let first = queued(h.rt.submit(exec("c1", json!({})), api(), true));
     wait_until("the exec started", || h.execs() == 1);
-    match h.rt.submit(exec("c1", json!({})), Origin::Api, true) {
+    match h.rt.submit(exec("c1", json!({})), api(), true) {
         Submitted::InProgress(state) => assert_eq!(state, State::Running),
         other => panic!("expected in progress, got {other:?}"),
     }
@@ -173,7 +179,7 @@ fn a_repeated_id_runs_once_and_answers_with_the_stored_result() {
         (r.status, r.exit_code, r.output.as_str()),
         (Status::Success, 0, "ok\n")
     );
-    let (stored, replayed) = done(h.rt.submit(exec("c1", json!({})), Origin::Api, true));
+    let (stored, replayed) = done(h.rt.submit(exec("c1", json!({})), api(), true));
     assert!(replayed);
     assert_eq!(stored, r);
     assert_eq!(h.execs(), 1, "the provider ran it once");
@@ -186,7 +192,7 @@ fn policy_refuses_before_anything_runs_and_the_refusal_is_stored() {
         "allowed_commands: [\"system.*\"]\n",
     );
     h.start();
-    let (r, replayed) = done(h.rt.submit(exec("p1", json!({})), Origin::Api, true));
+    let (r, replayed) = done(h.rt.submit(exec("p1", json!({})), api(), true));
     assert!(!replayed);
     assert_eq!(
         (r.status, r.code.clone()),
@@ -210,11 +216,11 @@ fn a_full_queue_refuses_and_forgets_so_the_id_can_come_again() {
     );
     h.start();
     let (_, events) = h.rt.events.subscribe(None);
-    let a = queued(h.rt.submit(exec("a", json!({})), Origin::Api, true));
+    let a = queued(h.rt.submit(exec("a", json!({})), api(), true));
     wait_until("a runs", || h.execs() == 1);
-    let b = queued(h.rt.submit(exec("b", json!({})), Origin::Api, true));
+    let b = queued(h.rt.submit(exec("b", json!({})), api(), true));
     assert_eq!(
-        refused(h.rt.submit(exec("c", json!({})), Origin::Api, true)),
+        refused(h.rt.submit(exec("c", json!({})), api(), true)),
         Refusal::QueueFull
     );
     let c = crate::protocol::CommandId::parse("c").unwrap();
@@ -230,7 +236,7 @@ fn a_full_queue_refuses_and_forgets_so_the_id_can_come_again() {
     drop(release);
     assert_eq!(result(&a).status, Status::Success);
     assert_eq!(result(&b).status, Status::Success);
-    let c = queued(h.rt.submit(exec("c", json!({})), Origin::Api, true));
+    let c = queued(h.rt.submit(exec("c", json!({})), api(), true));
     assert_eq!(
         result(&c).status,
         Status::Success,
@@ -245,7 +251,7 @@ fn an_exec_past_its_timeout_is_a_timeout_result_and_timeouts_are_capped() {
         "command_timeout: 1s\nmax_command_timeout: 2s\n",
     );
     h.start();
-    let rx = queued(h.rt.submit(exec("t1", json!({"timeout": "50ms"})), Origin::Api, true));
+    let rx = queued(h.rt.submit(exec("t1", json!({"timeout": "50ms"})), api(), true));
     let r = result(&rx);
     assert_eq!(
         (r.status, r.code.clone()),
@@ -254,7 +260,7 @@ fn an_exec_past_its_timeout_is_a_timeout_result_and_timeouts_are_capped() {
     assert_eq!(r.error, "exec timed out after 50ms and was killed");
     assert_eq!(r.data["timed_out"], true);
     *h.fake.exec.lock().unwrap() = Exec::Succeed;
-    let rx = queued(h.rt.submit(exec("t2", json!({"timeout": "1h"})), Origin::Api, true));
+    let rx = queued(h.rt.submit(exec("t2", json!({"timeout": "1h"})), api(), true));
     assert_eq!(result(&rx).status, Status::Success);
     assert_eq!(
         *h.fake.last_timeout.lock().unwrap(),
@@ -270,11 +276,7 @@ fn a_panic_in_a_provider_is_a_failed_result_and_the_worker_lives_on() {
         "workers: 1\n",
     );
     h.start();
-    let r = result(&queued(h.rt.submit(
-        exec("x1", json!({})),
-        Origin::Api,
-        true,
-    )));
+    let r = result(&queued(h.rt.submit(exec("x1", json!({})), api(), true)));
     assert_eq!(
         (r.status, r.code.clone()),
         (Status::Failed, Some(Code::Internal))
@@ -284,11 +286,7 @@ fn a_panic_in_a_provider_is_a_failed_result_and_the_worker_lives_on() {
         "internal error while running the command (fake provider bug); the agent keeps running, please report this"
     );
     *h.fake.exec.lock().unwrap() = Exec::Succeed;
-    let r = result(&queued(h.rt.submit(
-        exec("x2", json!({})),
-        Origin::Api,
-        true,
-    )));
+    let r = result(&queued(h.rt.submit(exec("x2", json!({})), api(), true)));
     assert_eq!(r.status, Status::Success, "the one worker still serves");
     assert!(h.control.1.try_recv().is_err(), "no thread died");
 }
@@ -298,9 +296,9 @@ fn a_command_queued_at_shutdown_is_kept_and_runs_at_the_next_start() {
     let (release, gate) = bounded::<()>(0);
     let mut h = Harness::new(FakeProvider::new(Exec::WaitFor(gate)), "workers: 1\n");
     h.start();
-    let a = queued(h.rt.submit(exec("a", json!({})), Origin::Api, true));
+    let a = queued(h.rt.submit(exec("a", json!({})), api(), true));
     wait_until("a runs", || h.execs() == 1);
-    let b = queued(h.rt.submit(exec("b", json!({})), Origin::Coordination, true));
+    let b = queued(h.rt.submit(exec("b", json!({})), Requester::server(), true));
     h.shut_down();
     assert!(
         matches!(
@@ -310,7 +308,7 @@ fn a_command_queued_at_shutdown_is_kept_and_runs_at_the_next_start() {
         "the waiter on a dropped job hears at once"
     );
     assert_eq!(
-        refused(h.rt.submit(exec("c", json!({})), Origin::Api, true)),
+        refused(h.rt.submit(exec("c", json!({})), api(), true)),
         Refusal::ShuttingDown
     );
     drop(release);
@@ -346,7 +344,7 @@ fn an_unknown_session_and_a_bad_field_fail_with_their_codes() {
     let mut h = Harness::new(FakeProvider::new(Exec::Succeed), "");
     h.start();
     let missing = exec("m1", json!({"session_id": "nope"}));
-    let r = result(&queued(h.rt.submit(missing, Origin::Api, true)));
+    let r = result(&queued(h.rt.submit(missing, api(), true)));
     assert_eq!(
         (r.status, r.code.clone()),
         (Status::Failed, Some(Code::NotFound))
@@ -358,7 +356,7 @@ fn an_unknown_session_and_a_bad_field_fail_with_their_codes() {
     let bad = command(
         json!({"id": "m2", "type": "session", "action": "exec", "params": {"session_id": "s1"}}),
     );
-    let (r, _) = done(h.rt.submit(bad, Origin::Api, true));
+    let (r, _) = done(h.rt.submit(bad, api(), true));
     assert_eq!(r.code, Some(Code::Invalid));
     assert_eq!(r.error, "params.command: is required");
     assert_eq!(h.execs(), 0);

@@ -102,7 +102,7 @@ pub(crate) fn run_job(rt: &Runtime, job: Job) {
     rt.metrics
         .command_duration
         .observe(&[&cmd.kind, &cmd.action], clock.elapsed());
-    rt.complete(cmd, job.origin, &result);
+    rt.complete(cmd, &job.from, &result);
     // Read-only commands (status polls, lists) would drown the log at info.
     let level = if cmd.read_only() {
         log::Level::Debug

@@ -16,6 +16,7 @@
 //! Owns: the files under `cache_dir`. May not touch: threads, channels,
 //! providers, HTTP; callers decide what to store and when.
 
+pub(crate) mod audit;
 pub(crate) mod ledger;
 pub(crate) mod node;
 pub(crate) mod pidfile;

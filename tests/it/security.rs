@@ -252,3 +252,83 @@ fn a_trickled_request_head_is_cut_at_its_deadline() {
         "the head deadline is 10 s; the connection ended after {took:?}"
     );
 }
+
+#[test]
+fn every_command_and_stream_leaves_an_audit_line_without_secrets() {
+    let a = Agent::start("allowed_commands: [\"system.*\"]\n");
+    let ok = crate::util::next_id();
+    let (status, _) = a.post(
+        &serde_json::json!({"id": format!("au-{ok}"), "type": "system", "action": "status"})
+            .to_string(),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = a.post(
+        &serde_json::json!({"id": format!("au-x-{ok}"), "type": "session", "action": "exec",
+            "params": {"session_id": "s1", "command": ["echo", "hunter2"]}})
+        .to_string(),
+    );
+    assert_eq!(status, 403, "rejected by allowed_commands");
+    {
+        let _events = crate::util::Events::open(&a);
+    }
+    let path = a.cache().join("audit.log");
+    let mut lines = Vec::new();
+    assert!(
+        crate::util::wait_until(std::time::Duration::from_secs(5), || {
+            lines = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect();
+            lines
+                .iter()
+                .any(|l| l["stream"] == "/api/v1/events" && l["outcome"] == "opened")
+        }),
+        "no stream line in {lines:#?}"
+    );
+    let line = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("no line for {id}: {lines:#?}"))
+            .clone()
+    };
+    let done = line(&format!("au-{ok}"));
+    assert_eq!(
+        (
+            &done["caller"],
+            &done["peer"],
+            &done["origin"],
+            &done["command"],
+            &done["outcome"]
+        ),
+        (
+            &"api_token".into(),
+            &"127.0.0.1".into(),
+            &"api".into(),
+            &"system.status".into(),
+            &"success".into()
+        )
+    );
+    let refused = line(&format!("au-x-{ok}"));
+    assert_eq!(
+        (
+            &refused["command"],
+            &refused["session"],
+            &refused["outcome"],
+            &refused["code"]
+        ),
+        (
+            &"session.exec".into(),
+            &"s1".into(),
+            &"rejected".into(),
+            &"rejected".into()
+        )
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("hunter2") && !text.contains(crate::util::TOKEN),
+        "{text}"
+    );
+    assert_eq!(file_mode(&path), 0o600);
+}
