@@ -6,7 +6,7 @@ MUSL       := x86_64-unknown-linux-musl
 STATIC_BIN := target/$(MUSL)/release/vendetta
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test check lint deps images static bench clean
+.PHONY: all build run test check lint deps images static bench fuzz clean
 
 all: build
 
@@ -34,6 +34,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	for page in man/*; do mandoc -T lint -W warning "$$page" || exit 1; done
+
+# The property tests of every parser that takes outside input (command
+# JSON, durations, sizes, Docker's stream and HTTP answers, QMP/guest-agent
+# lines, JWTs), with many more cases than `make test` runs (256 each),
+# within FUZZ_SECONDS. A failure prints its minimal input: keep it as a
+# regression test.
+FUZZ_CASES   ?= 100000
+FUZZ_SECONDS ?= 900
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_SECONDS) $(CARGO) test --locked --release --lib -- prop_
 
 # A stripped, statically linked x86_64 binary: $(STATIC_BIN).
 static:

@@ -403,4 +403,33 @@ mod tests {
         );
         assert!(verify(&token, &[wrong, k.clone()], &cfg, SystemTime::now()).is_ok());
     }
+
+    proptest::proptest! {
+        /// Any bearer token: refused with a reason, never a panic, and
+        /// never accepted without the key.
+        #[test]
+        fn prop_no_forged_token_passes(
+            h in "[A-Za-z0-9_.-]{0,60}",
+            p in "[A-Za-z0-9_.-]{0,80}",
+            s in "[A-Za-z0-9_.-]{0,90}",
+        ) {
+            let token = format!("{h}.{p}.{s}");
+            let keys = [key("", JwtAlgorithm::HS256, vec![3; 32])];
+            proptest::prop_assert!(verify(&token, &keys, &Jwt::default(), SystemTime::now()).is_err());
+        }
+
+        /// A valid token with one byte of its signature changed fails.
+        #[test]
+        fn prop_a_flipped_signature_bit_fails(at in 0usize..64, bit in 0u8..8) {
+            let (token, k) = ed_token(json!({"alg": "EdDSA"}), json!({"exp": now() + 60}));
+            let (signed, sig) = token.rsplit_once('.').unwrap();
+            let mut raw = dec(sig);
+            raw[at] ^= 1 << bit;
+            let forged = format!("{signed}.{}", enc(&raw));
+            proptest::prop_assert_eq!(
+                verify(&forged, &[k], &Jwt::default(), SystemTime::now()),
+                Err("JWT signature does not verify")
+            );
+        }
+    }
 }

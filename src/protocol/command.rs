@@ -805,4 +805,52 @@ mod tests {
         .unwrap()
         .read_only());
     }
+
+    proptest::proptest! {
+        /// Any body: a command or a refusal, never a panic.
+        #[test]
+        fn prop_any_body_is_a_command_or_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse(&body);
+        }
+
+        /// Any JSON with a valid id becomes a command with that id; its
+        /// request may be a field error, never a panic.
+        #[test]
+        fn prop_any_json_with_an_id_is_answered(
+            kind in proptest::option::of("(session|service|system|plugin|[a-z]{0,8})"),
+            action in proptest::option::of("[a-z]{0,10}"),
+            params in json_value(3),
+            timeout in json_value(1),
+        ) {
+            let v = json!({"id": "c-1", "type": kind, "action": action, "params": params, "timeout": timeout});
+            let c = from_value(v).unwrap();
+            proptest::prop_assert_eq!(c.id.as_str(), "c-1");
+        }
+    }
+
+    /// JSON values of depth at most `depth`.
+    fn json_value(depth: u32) -> proptest::prelude::BoxedStrategy<Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(depth, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    "(session_id|command|ports|env|resources|timeout|[a-z]{1,6})",
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+        .boxed()
+    }
 }

@@ -29,37 +29,56 @@ pub(crate) fn parse(s: &str) -> Result<Duration, ValueError> {
     let text = text.strip_prefix('+').unwrap_or(text);
     let bytes = text.as_bytes();
     let mut i = 0;
-    let mut total: f64 = 0.0;
+    // Exact integer nanoseconds: "9155250383651849ns" must not move by one.
+    let mut total: u128 = 0;
     while i < bytes.len() {
         let start = i;
         while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
             i += 1;
         }
-        if start == i {
+        let (whole, fraction) = match text[start..i].split_once('.') {
+            Some((w, f)) => (w, f),
+            None => (&text[start..i], ""),
+        };
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') || whole.len() > 20 {
             return Err(err());
         }
-        let number: f64 = text[start..i].parse().map_err(|_| err())?;
         let unit_start = i;
         while i < bytes.len() && !(bytes[i].is_ascii_digit() || bytes[i] == b'.') {
             i += 1;
         }
-        let nanos_per_unit = match &text[unit_start..i] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+        let per_unit: u128 = match &text[unit_start..i] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(err()),
         };
-        total += number * nanos_per_unit;
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| err())?
+        };
+        // The fraction to nanoseconds, digits beyond them dropped.
+        let mut part: u128 = 0;
+        let mut scale = per_unit;
+        for d in fraction.bytes().take(20) {
+            scale /= 10;
+            part += u128::from(d - b'0') * scale;
+        }
+        total = whole
+            .checked_mul(per_unit)
+            .and_then(|n| n.checked_add(part))
+            .and_then(|n| n.checked_add(total))
+            .ok_or_else(err)?;
     }
-    // Ten years is far past any timeout or interval we take; beyond it the
-    // f64 arithmetic above would lose nanoseconds anyway.
-    if !total.is_finite() || total > 315_360_000e9 {
+    // Ten years is far past any timeout or interval we take.
+    if total > 315_360_000_000_000_000 {
         return Err(err());
     }
-    Ok(Duration::from_nanos(total.round() as u64))
+    Ok(Duration::from_nanos(total as u64))
 }
 
 /// Formats a duration the way `parse` reads it, choosing the largest exact
@@ -244,5 +263,22 @@ mod tests {
         assert_eq!(w.d, Duration::from_secs(2));
         let e = serde_json::from_str::<C>(r#"{"d": 30}"#).unwrap_err();
         assert!(e.to_string().contains("no unit"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// Anything a server or a config file may write: refused or
+        /// parsed, never a panic.
+        #[test]
+        fn prop_parse_never_panics(s in ".{0,40}") {
+            let _ = parse(&s);
+        }
+
+        /// What the agent writes, it reads back exactly, to the
+        /// nanosecond, up to the ten years it accepts.
+        #[test]
+        fn prop_format_parses_back(ns in 0u64..=315_360_000_000_000_000) {
+            let d = Duration::from_nanos(ns);
+            proptest::prop_assert_eq!(parse(&format(d)), Ok(d));
+        }
     }
 }

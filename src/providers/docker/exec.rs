@@ -512,4 +512,32 @@ mod tests {
         assert!(p.destroy(&id).unwrap());
         assert!(!p.destroy(&id).unwrap());
     }
+
+    proptest::proptest! {
+        /// Frames split anywhere come out whole, in order, per stream.
+        #[test]
+        fn prop_demux_reassembles_frames_split_anywhere(
+            frames in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)),
+                0..20,
+            ),
+            piece in 1usize..64,
+        ) {
+            let mut bytes = Vec::new();
+            let (mut want_out, mut want_err) = (Vec::new(), Vec::new());
+            for (stderr, payload) in &frames {
+                bytes.extend(frame(if *stderr { 2 } else { 1 }, payload));
+                if *stderr { want_err.extend(payload) } else { want_out.extend(payload) }
+            }
+            let (o, e, _) = demux_in_pieces(&bytes, piece);
+            proptest::prop_assert_eq!((o, e), (want_out, want_err));
+        }
+
+        /// Garbage from the engine is an error or output, never a panic.
+        #[test]
+        fn prop_demux_takes_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
+            let mut d = Demuxer::default();
+            let _ = d.feed(&bytes, &mut |_, _| {});
+        }
+    }
 }

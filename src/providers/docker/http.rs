@@ -720,4 +720,35 @@ mod tests {
         );
         assert_eq!(encode("vendetta-s1.x_y~"), "vendetta-s1.x_y~");
     }
+
+    proptest::proptest! {
+        /// Whatever the engine's socket answers: a response or an error,
+        /// never a panic, and never a body past the cap.
+        #[test]
+        fn prop_any_answer_is_parsed_or_refused(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            step in 1usize..50,
+        ) {
+            if let Ok(r) = get(&raw, step) {
+                proptest::prop_assert!(r.body.len() <= 1 << 20);
+            }
+        }
+
+        /// A chunked body, chunked anyhow, comes back whole.
+        #[test]
+        fn prop_chunked_bodies_reassemble(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..100), 0..10),
+            step in 1usize..40,
+        ) {
+            let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for c in &chunks {
+                raw.extend(format!("{:x}\r\n", c.len()).as_bytes());
+                raw.extend(c);
+                raw.extend(b"\r\n");
+            }
+            raw.extend(b"0\r\n\r\n");
+            let r = get(&raw, step).unwrap();
+            proptest::prop_assert_eq!(r.body, chunks.concat());
+        }
+    }
 }

@@ -253,6 +253,11 @@ impl<S: Read + Write> Wire<S> {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
+                // A long line that came in one read is as long as one
+                // that came in many.
+                if line.len() > max {
+                    return Err(Fault::TooLong { max });
+                }
                 return Ok(line);
             }
             searched = self.buf.len() - self.pos;
@@ -485,5 +490,20 @@ mod tests {
             refusal("cont", &json!({})),
             refused("GenericError", "(no description)")
         );
+    }
+
+    proptest::proptest! {
+        /// QMP or the guest agent sending anything: lines no longer than
+        /// asked, or a fault, never a panic.
+        #[test]
+        fn prop_lines_are_bounded_whatever_arrives(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..500),
+            max in 1usize..64,
+        ) {
+            let mut w = Wire::new(Canned::new(raw), Peer::Qga);
+            while let Ok(line) = w.line(soon(), max) {
+                proptest::prop_assert!(line.len() <= max);
+            }
+        }
     }
 }
