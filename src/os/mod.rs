@@ -19,6 +19,7 @@
 pub(crate) mod fd;
 pub(crate) mod fs;
 pub(crate) mod host;
+pub(crate) mod mount;
 pub(crate) mod process;
 pub(crate) mod random;
 pub(crate) mod socket;

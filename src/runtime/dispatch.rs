@@ -14,7 +14,6 @@ use crate::providers::{
     ExecSpec, OutputSink, Provider, ProviderError, Session, SessionSpec, SessionStatus,
 };
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -75,7 +74,7 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    fn new(code: Code, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Failure {
         Failure {
             code,
             message: message.into(),
@@ -250,8 +249,9 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
                 ),
             ),
         })?;
+    // The runtime is given the sealed path, never the caller's.
     let workspace = match &p.workspace_path {
-        Some(w) => Some(check_workspace(w, &rt.config.workspace_roots)?),
+        Some(w) => Some(rt.workspaces.seal(&p.session_id, w)?),
         None => None,
     };
     let spec = SessionSpec {
@@ -266,47 +266,23 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
         command: p.command.clone(),
         timeout,
     };
-    let session = prov.create(&spec)?;
-    Ok(session_changed(rt, session, SessionChange::Created))
-}
-
-/// The workspace must exist, be a directory, and (when roots are set) lie
-/// under one of them after resolving symlinks and `..`.
-fn check_workspace(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Failure> {
-    let invalid = |m: String| Failure::new(Code::Invalid, format!("params.workspace_path: {m}"));
-    let real = std::fs::canonicalize(path)
-        .map_err(|e| invalid(format!("{} cannot be used: {e}", path.display())))?;
-    if !real.is_dir() {
-        return Err(invalid(format!("{} is not a directory", path.display())));
-    }
-    if !roots.is_empty() {
-        let inside = roots
-            .iter()
-            .any(|r| std::fs::canonicalize(r).is_ok_and(|root| real.starts_with(root)));
-        if !inside {
-            return Err(Failure::new(
-                Code::Rejected,
-                format!(
-                    "params.workspace_path: {} is not under workspace_roots ({})",
-                    path.display(),
-                    roots
-                        .iter()
-                        .map(|r| r.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+    let session = prov.create(&spec).inspect_err(|_| {
+        if spec.workspace.is_some() {
+            rt.workspaces.release(p.session_id.as_str());
         }
-    }
-    Ok(real)
+    })?;
+    Ok(session_changed(rt, session, SessionChange::Created))
 }
 
 fn destroy(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
     let Some(prov) = owner(rt, id)? else {
-        // Idempotent: destroying what is not there succeeds.
+        // Idempotent: destroying what is not there succeeds (and frees a
+        // seal a crash may have left).
+        rt.workspaces.release(id.as_str());
         return Ok(json!({"id": id, "destroyed": false, "existed": false}));
     };
     let existed = prov.destroy(id)?;
+    rt.workspaces.release(id.as_str());
     if let Some(s) = rt.sessions.remove(id.as_str()) {
         rt.events.publish(Event::Session(SessionEvent {
             status: SessionState::Destroyed,

@@ -26,6 +26,7 @@ pub(crate) mod status;
 mod tests;
 pub(crate) mod threads;
 pub(crate) mod workers;
+pub(crate) mod workspace;
 
 use crate::config::{self, Config, Secret};
 use crate::metrics::Metrics;
@@ -58,6 +59,7 @@ pub(crate) struct Runtime {
     pub(crate) spool: Spool,
     pub(crate) registry: Registry,
     pub(crate) sessions: sessions::SessionTable,
+    pub(crate) workspaces: workspace::Workspaces,
     link: Mutex<LinkState>,
     queue: Sender<Job>,
     /// Wakes the coordination reporter when a result is spooled.
@@ -147,6 +149,7 @@ impl Runtime {
             spool,
             registry,
             sessions: sessions::SessionTable::default(),
+            workspaces: workspace::Workspaces::open(&cache_dir, &config.workspace_roots),
             link: Mutex::new(link),
             queue: queue_tx,
             report_wake: bounded(1),

@@ -194,10 +194,12 @@ fn create_with_workspace_env_ports_and_limits() {
         h["PortBindings"]["8080/tcp"][0]["HostIp"], "127.0.0.1",
         "published on loopback only"
     );
-    let real_ws = std::fs::canonicalize(ws.path()).unwrap();
+    // The engine binds the agent's seal of the workspace, never the
+    // caller's path (which could be swapped before the engine resolves it).
+    let sealed = a.cache().join("sealed").join(&id);
     let mount = &c["Mounts"][0];
     assert_eq!(mount["Type"], "bind", "{c}");
-    assert_eq!(mount["Source"], real_ws.to_str().unwrap());
+    assert_eq!(mount["Source"], sealed.to_str().unwrap());
     assert_eq!(mount["Destination"], "/workspace");
     assert!(c["Config"]["Env"]
         .as_array()
@@ -971,4 +973,75 @@ fn parallel_creates_never_pass_max_sessions() {
     }
     let listed = a.cmd("session", "list", json!({}));
     assert_eq!(ok(&listed).as_array().unwrap().len(), 3, "{listed}");
+}
+
+/// The attack of issue 11: a workspace path swapped for a symlink to /
+/// between create and start (and again before a restart) must not give
+/// the session the host's root; and one session's workspace may not hold
+/// another's.
+#[test]
+fn a_workspace_swapped_for_a_symlink_stays_sealed() {
+    let g = Sessions::new("seal");
+    let root = TempDir::new("sealroot");
+    let a = docker_agent(&format!("workspace_roots: [{}]\n", root.path().display()));
+    std::fs::create_dir_all(root.path().join("tenant/b")).unwrap();
+    std::fs::write(root.path().join("tenant/b/mine"), "b's own\n").unwrap();
+    // A session whose workspace holds another's is refused.
+    let (outer, inner) = (g.id("outer"), g.id("inner"));
+    create(
+        &a,
+        &inner,
+        json!({"workspace_path": root.path().join("tenant/b")}),
+    );
+    let r = a.cmd(
+        "session",
+        "create",
+        json!({"session_id": outer, "workspace_path": root.path().join("tenant")}),
+    );
+    failed(
+        &r,
+        "rejected",
+        &format!("lies inside the workspace of session {inner}"),
+    );
+    // Between create and start, the path becomes a symlink to /.
+    let moved = root.path().join("tenant/b-moved");
+    std::fs::rename(root.path().join("tenant/b"), &moved).unwrap();
+    std::os::unix::fs::symlink("/", root.path().join("tenant/b")).unwrap();
+    ok(&a.cmd("session", "start", json!({"session_id": inner})));
+    let look = || {
+        ok(&exec(&a, &inner, json!({"command": ["sh", "-c", "cat /workspace/mine; ls /workspace/etc/shadow 2>&1 || true"]}))).clone()
+    };
+    let seen = look();
+    assert_eq!(
+        seen["stdout"], "b's own\nls: /workspace/etc/shadow: No such file or directory\n",
+        "{seen}"
+    );
+    // Writes land in the directory that was sealed, wherever it is now.
+    ok(&exec(
+        &a,
+        &inner,
+        json!({"command": ["sh", "-c", "echo from-inside > /workspace/out"]}),
+    ));
+    assert_eq!(
+        std::fs::read_to_string(moved.join("out")).unwrap(),
+        "from-inside\n"
+    );
+    // A restart resolves nothing again.
+    ok(&a.cmd(
+        "session",
+        "stop",
+        json!({"session_id": inner, "timeout": "1s"}),
+    ));
+    ok(&a.cmd("session", "start", json!({"session_id": inner})));
+    assert_eq!(look(), seen);
+    // A new session cannot be pointed through the symlink either.
+    let r = a.cmd(
+        "session",
+        "create",
+        json!({"session_id": g.id("via-link"), "workspace_path": root.path().join("tenant/b")}),
+    );
+    failed(&r, "rejected", "leads out of");
+    destroy(&a, &inner);
+    let sealed = a.cache().join("sealed").join(&inner);
+    assert!(!sealed.exists(), "the seal goes with the session");
 }

@@ -695,3 +695,33 @@ fn veth_networking_on_a_bridge() {
     // Destroyed while running, with the workspace mounted: the workspace stays.
     assert!(ws.path().join("keep").exists());
 }
+
+/// The workspace swap of issue 11, with LXC: the container mounts the
+/// agent's seal, so a symlink to / put in its path's place before start
+/// shows nothing of the host.
+#[test]
+fn a_workspace_swapped_for_a_symlink_stays_sealed() {
+    let mut lab = Lab::new("");
+    let root = TempDir::new("lxcseal");
+    let ws = root.path().join("b");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("mine"), "b's own\n").unwrap();
+    let id = lab.sid("seal");
+    ok(&lab.cmd(
+        "create",
+        json!({"session_id": id, "image": "busybox", "workspace_path": ws}),
+    ));
+    std::fs::rename(&ws, root.path().join("b-moved")).unwrap();
+    std::os::unix::fs::symlink("/", &ws).unwrap();
+    ok(&lab.cmd("start", json!({"session_id": id})));
+    let r = lab.exec(
+        &id,
+        json!({"command": ["sh", "-c", "cat /workspace/mine; ls /workspace/etc/shadow 2>&1 || true"]}),
+    );
+    assert_eq!(
+        ok(&r)["stdout"],
+        "b's own\nls: /workspace/etc/shadow: No such file or directory\n",
+        "{r}"
+    );
+    lab.destroy(&id);
+}

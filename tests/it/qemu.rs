@@ -315,9 +315,21 @@ fn workspace_is_shared_with_mount_tag_workspace() {
         .skip_while(|a| *a != "-virtfs")
         .nth(1)
         .expect("-virtfs");
-    // The comma in the path is doubled for QEMU's option parser.
-    let escaped = ws.path().to_string_lossy().replace(',', ",,");
+    // QEMU shares the sealed mount of the workspace, not the caller's path
+    // (which has a comma, doubled for QEMU's parser when it is given one).
+    let sealed = h.cache().join("sealed").join(&id);
+    let escaped = sealed.to_string_lossy().replace(',', ",,");
     assert!(virtfs.contains(&format!("path={escaped},")), "{virtfs}");
+    std::fs::write(ws.path().join("seen"), "yes").unwrap();
+    assert_eq!(std::fs::read_to_string(sealed.join("seen")).unwrap(), "yes");
+    // The caller's path swapped for a symlink to /: the share keeps the
+    // directory that was sealed.
+    let moved = ws.path().with_file_name(format!("{}-moved", id));
+    std::fs::rename(ws.path(), &moved).unwrap();
+    std::os::unix::fs::symlink("/", ws.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(sealed.join("seen")).unwrap(), "yes");
+    assert!(!sealed.join("etc").exists());
+    let _moved = TempDir(moved);
     assert!(virtfs.contains("mount_tag=workspace"), "{virtfs}");
     let joined = args.join(" ");
     assert!(joined.contains("-m 96M -smp 2"), "{joined}");

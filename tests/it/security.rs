@@ -332,3 +332,39 @@ fn every_command_and_stream_leaves_an_audit_line_without_secrets() {
     );
     assert_eq!(file_mode(&path), 0o600);
 }
+
+#[test]
+fn workspace_roots_default_to_the_state_dir_and_slash_is_warned_of() {
+    let a = Agent::start("workspace_roots: []\n");
+    let default_root = a.cache().join("workspaces");
+    assert!(default_root.is_dir(), "the default root is made at start");
+    let r = a.cmd(
+        "session",
+        "create",
+        serde_json::json!({"session_id": "ws-outside", "workspace_path": "/etc"}),
+    );
+    crate::util::failed(
+        &r,
+        "rejected",
+        &format!(
+            "params.workspace_path: /etc is not under workspace_roots ({})",
+            default_root.display()
+        ),
+    );
+    let r = a.cmd(
+        "session",
+        "create",
+        serde_json::json!({"session_id": "ws-dots", "workspace_path": format!("{}/../..", default_root.display())}),
+    );
+    crate::util::failed(
+        &r,
+        "invalid_command",
+        "must be an absolute path without . or .. parts",
+    );
+    let open = Agent::start("workspace_roots: [/]\n");
+    assert!(
+        open.log().contains("workspace_roots holds /: a caller that may create sessions can mount any directory of this host"),
+        "{}",
+        open.log()
+    );
+}

@@ -60,6 +60,16 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // Sealed workspaces an agent left mounted here would otherwise be
+        // emptied through their mounts: detach them first.
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if Path::new(point).starts_with(&self.0) {
+                let c = std::ffi::CString::new(point).unwrap();
+                // SAFETY: c is a valid NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -153,7 +163,7 @@ impl Agent {
         let port = free_port();
         let config = dir.path().join("agent.yaml");
         let mut yaml = format!(
-            "listen: 127.0.0.1:{port}\ncache_dir: {}\napi_token: {TOKEN}\nlog_format: json\nlog_level: debug\nmonitor_interval: 500ms\n",
+            "listen: 127.0.0.1:{port}\ncache_dir: {}\napi_token: {TOKEN}\nlog_format: json\nlog_level: debug\nmonitor_interval: 500ms\nworkspace_roots: [/tmp]\n",
             dir.path().join("cache").display()
         );
         let overridden: Vec<&str> = extra
