@@ -152,6 +152,10 @@ impl ApiError {
                 ..
             } => (429, "queue_full"),
             ApiError::Refused {
+                why: Refusal::ExecLimit,
+                ..
+            } => (429, "too_many_execs"),
+            ApiError::Refused {
                 why: Refusal::ShuttingDown,
                 ..
             }
@@ -195,7 +199,7 @@ impl ApiError {
             ApiError::Unauthorized => reply.header("WWW-Authenticate", "Bearer"),
             ApiError::MethodNotAllowed { allow, .. } => reply.header("Allow", allow),
             ApiError::Refused {
-                why: Refusal::QueueFull,
+                why: Refusal::QueueFull | Refusal::ExecLimit,
                 ..
             } => reply.header("Retry-After", "1"),
             _ => reply,
@@ -236,6 +240,14 @@ impl fmt::Display for ApiError {
             } => write!(
                 f,
                 "the command queue is full ({queued} queued, {busy} workers busy); retry shortly"
+            ),
+            ApiError::Refused {
+                why: Refusal::ExecLimit,
+                queued,
+                ..
+            } => write!(
+                f,
+                "limits.max_concurrent_execs ({queued}) execs are queued or running; retry shortly"
             ),
             ApiError::Refused {
                 why: Refusal::ShuttingDown,
@@ -370,6 +382,11 @@ mod tests {
             ApiError::Refused {
                 why: Refusal::StoreFailed,
                 queued: 0,
+                busy: 0,
+            },
+            ApiError::Refused {
+                why: Refusal::ExecLimit,
+                queued: 16,
                 busy: 0,
             },
             ApiError::Interrupted("stopping".into()),

@@ -350,9 +350,13 @@ fn post_command(
         Submitted::Refused(why) => {
             return Err(ApiError::Refused {
                 why,
-                queued: rt.queue_capacity(),
+                // For an exec refused by its limit: the limit.
+                queued: match why {
+                    Refusal::ExecLimit => rt.config.limits.max_concurrent_execs,
+                    _ => rt.queue_capacity(),
+                },
                 busy: rt.busy_workers(),
-            })
+            });
         }
     };
     if mode == Mode::Stream {

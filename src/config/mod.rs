@@ -193,6 +193,31 @@ pub(crate) struct Limits {
     /// Largest request body the local API reads.
     #[serde(with = "size")]
     pub(crate) max_body: u64,
+    /// Execs queued or running at once; more are rejected at admission.
+    pub(crate) max_concurrent_execs: usize,
+    /// Resources a session gets when its create names none.
+    pub(crate) session_defaults: SessionResources,
+    /// The most a create may ask for; more is rejected, not clamped.
+    pub(crate) session_max: SessionResources,
+}
+
+/// Memory, CPUs and processes of one session; unset: no default or limit.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SessionResources {
+    #[serde(with = "size::opt")]
+    pub(crate) memory: Option<u64>,
+    pub(crate) cpus: Option<f64>,
+    pub(crate) pids: Option<i64>,
+}
+
+/// What an exec may run.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ExecPolicy {
+    /// Programs (argv[0]) an exec may start; empty: any. A name without
+    /// `/` matches a path ending in it (`sh` matches `/bin/sh`).
+    pub(crate) allowed_programs: Vec<String>,
 }
 
 impl Default for Limits {
@@ -201,6 +226,9 @@ impl Default for Limits {
             max_output: 1 << 20,
             max_sessions: 100,
             max_body: 1 << 20,
+            max_concurrent_execs: 16,
+            session_defaults: SessionResources::default(),
+            session_max: SessionResources::default(),
         }
     }
 }
@@ -308,6 +336,8 @@ pub(crate) struct Docker {
     pub(crate) image: String,
     /// Pull a missing image (needs a registry); otherwise fail naming it.
     pub(crate) pull: bool,
+    /// Images a session may use; empty: any. `name*` matches by prefix.
+    pub(crate) allowed_images: Vec<String>,
     #[serde(with = "duration::config")]
     pub(crate) api_timeout: Duration,
 }
@@ -318,6 +348,7 @@ impl Default for Docker {
             socket: None,
             image: "debian:stable-slim".into(),
             pull: false,
+            allowed_images: Vec::new(),
             api_timeout: Duration::from_secs(30),
         }
     }
@@ -340,6 +371,8 @@ pub(crate) struct Lxc {
     pub(crate) require_limits: bool,
     /// Extra template arguments a create may pass (e.g. `--dist`, `--release`).
     pub(crate) template_args: Vec<String>,
+    /// Templates a session may use; empty: any.
+    pub(crate) allowed_templates: Vec<String>,
     #[serde(with = "duration::config")]
     pub(crate) tool_timeout: Duration,
 }
@@ -353,6 +386,7 @@ impl Default for Lxc {
             bridge: "lxcbr0".into(),
             require_limits: false,
             template_args: Vec::new(),
+            allowed_templates: Vec::new(),
             tool_timeout: Duration::from_secs(60),
         }
     }
@@ -423,6 +457,7 @@ pub(crate) struct Config {
     pub(crate) workspace_roots: Vec<PathBuf>,
     pub(crate) results: Results,
     pub(crate) audit_log: AuditLogConfig,
+    pub(crate) exec: ExecPolicy,
 
     #[serde(deserialize_with = "listen_addr")]
     pub(crate) listen: SocketAddr,
@@ -508,6 +543,7 @@ impl Default for Config {
             workspace_roots: Vec::new(),
             results: Results::default(),
             audit_log: AuditLogConfig::default(),
+            exec: ExecPolicy::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: Secret::default(),
             api_token_scopes: vec![crate::protocol::scope::Scope::Admin],

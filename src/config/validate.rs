@@ -126,6 +126,49 @@ impl Config {
         if self.limits.max_output < 1024 {
             return Err(bad("limits.max_output", "must be at least 1k".into()));
         }
+        if self.limits.max_concurrent_execs == 0 {
+            return Err(bad(
+                "limits.max_concurrent_execs",
+                "must be at least 1".into(),
+            ));
+        }
+        for (name, r) in [
+            ("limits.session_defaults", &self.limits.session_defaults),
+            ("limits.session_max", &self.limits.session_max),
+        ] {
+            if r.memory.is_some_and(|m| m < 6 << 20) {
+                return Err(bad(&format!("{name}.memory"), "must be at least 6m".into()));
+            }
+            if r.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
+                return Err(bad(
+                    &format!("{name}.cpus"),
+                    "must be more than 0 and at most 1024".into(),
+                ));
+            }
+            if r.pids.is_some_and(|p| p < 1) {
+                return Err(bad(&format!("{name}.pids"), "must be at least 1".into()));
+            }
+        }
+        let (d, m) = (&self.limits.session_defaults, &self.limits.session_max);
+        let above = |a: Option<f64>, b: Option<f64>| a.zip(b).is_some_and(|(a, b)| a > b);
+        for (key, over) in [
+            (
+                "memory",
+                above(d.memory.map(|v| v as f64), m.memory.map(|v| v as f64)),
+            ),
+            ("cpus", above(d.cpus, m.cpus)),
+            (
+                "pids",
+                above(d.pids.map(|v| v as f64), m.pids.map(|v| v as f64)),
+            ),
+        ] {
+            if over {
+                return Err(bad(
+                    &format!("limits.session_defaults.{key}"),
+                    format!("is more than limits.session_max.{key}"),
+                ));
+            }
+        }
         if self.limits.max_body < 1024 {
             return Err(bad("limits.max_body", "must be at least 1k".into()));
         }

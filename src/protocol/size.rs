@@ -91,6 +91,21 @@ pub(crate) fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<
     d.deserialize_option(V)
 }
 
+/// `#[serde(with = "size::opt")]`: an optional size both ways.
+pub(crate) mod opt {
+    pub(crate) use super::deserialize_opt as deserialize;
+
+    pub(crate) fn serialize<S: serde::Serializer>(
+        v: &Option<u64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => super::serialize(n, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 pub(crate) fn serialize<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*v))
 }

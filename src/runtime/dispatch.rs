@@ -261,7 +261,7 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
         workspace,
         env: p.env.clone(),
         ports: p.ports.clone(),
-        resources: p.resources.clone(),
+        resources: super::policy::with_defaults(&p.resources, &rt.config.limits.session_defaults),
         labels: p.labels.clone(),
         command: p.command.clone(),
         timeout,

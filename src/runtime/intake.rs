@@ -12,6 +12,8 @@ use crate::store::ledger::{Begin, Origin, State, Unfinished};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Who sent a command: the origin, which decides where its result goes,
@@ -77,10 +79,51 @@ struct AuditEntry<'a> {
     code: Option<&'a str>,
 }
 
+/// Places for execs queued or running at once (`limits.max_concurrent_execs`).
+pub(crate) struct ExecSlots {
+    max: usize,
+    used: AtomicUsize,
+}
+
+/// One exec's place, given back when its job is done (dropped).
+pub(crate) struct ExecSlot(Arc<ExecSlots>);
+
+impl ExecSlots {
+    pub(crate) fn new(max: usize) -> Arc<ExecSlots> {
+        Arc::new(ExecSlots {
+            max,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// A place, or None when all are taken; `force` takes one regardless
+    /// (a command accepted before a restart keeps its place).
+    fn take(self: &Arc<Self>, force: bool) -> Option<ExecSlot> {
+        let taken = self.used.fetch_add(1, Ordering::SeqCst);
+        if taken >= self.max && !force {
+            self.used.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(ExecSlot(self.clone()))
+    }
+
+    pub(crate) fn in_use(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ExecSlot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A command on its way to a worker, with where its result goes.
 pub(crate) struct Job {
     pub(crate) command: Command,
     pub(crate) from: Requester,
+    /// An exec's place among `limits.max_concurrent_execs`, held until done.
+    pub(crate) _slot: Option<ExecSlot>,
     /// Whoever waits for the result (a sync API request); may be gone.
     pub(crate) reply: Option<Sender<CommandResult>>,
     /// Where exec output goes as it arrives (a streaming API request).
@@ -107,6 +150,8 @@ pub(crate) enum Submitted {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     QueueFull,
+    /// `limits.max_concurrent_execs` execs are queued or running.
+    ExecLimit,
     ShuttingDown,
     /// The ledger could not record the command (disk full, permissions).
     StoreFailed,
@@ -206,6 +251,18 @@ impl Runtime {
             };
         }
 
+        let slot = match &command.request {
+            Ok(Request::SessionExec(_)) => match self.execs.take(false) {
+                Some(s) => Some(s),
+                None => {
+                    self.ledger.forget(&command.id);
+                    self.metrics.commands_refused.inc(&["exec_limit"]);
+                    self.audit(&command, &from, "refused", Some("exec_limit"));
+                    return Submitted::Refused(Refusal::ExecLimit);
+                }
+            },
+            _ => None,
+        };
         let (reply, rx) = if want_reply {
             let (tx, rx) = bounded(1);
             (Some(tx), Some(rx))
@@ -233,6 +290,7 @@ impl Runtime {
         match self.queue.try_send(Job {
             command,
             from,
+            _slot: slot,
             reply,
             stream,
         }) {
@@ -341,15 +399,15 @@ impl Runtime {
         });
     }
 
-    /// The rejection for a command `allowed_commands` does not let run.
+    /// The rejection for a command the operator's policy does not let run.
     fn policy_rejection(&self, command: &Command) -> Option<CommandResult> {
-        (!self.config.command_allowed(&command.name())).then(|| {
+        super::policy::refusal(&self.config, command).map(|why| {
             CommandResult::failure(
                 command,
                 &self.node_id,
                 SystemTime::now(),
                 Code::Rejected,
-                format!("{} is not in allowed_commands on this node", command.name()),
+                why,
             )
         })
     }
@@ -460,9 +518,13 @@ pub(crate) fn recover(rt: &Runtime, unfinished: Vec<Unfinished>) {
             continue;
         }
         log::info!(command_id = u.id.as_str(); "running a command accepted before the restart");
+        let slot = matches!(command.request, Ok(Request::SessionExec(_)))
+            .then(|| rt.execs.take(true))
+            .flatten();
         let job = Job {
             command,
             from: Requester::recovered(u.origin),
+            _slot: slot,
             reply: None,
             stream: None,
         };

@@ -20,6 +20,7 @@ pub(crate) mod dispatch;
 pub(crate) mod events;
 pub(crate) mod intake;
 pub(crate) mod monitor;
+pub(crate) mod policy;
 pub(crate) mod sessions;
 pub(crate) mod status;
 #[cfg(test)]
@@ -59,6 +60,8 @@ pub(crate) struct Runtime {
     pub(crate) spool: Spool,
     pub(crate) registry: Registry,
     pub(crate) sessions: sessions::SessionTable,
+    /// Execs queued or running, against `limits.max_concurrent_execs`.
+    pub(crate) execs: Arc<intake::ExecSlots>,
     pub(crate) workspaces: workspace::Workspaces,
     link: Mutex<LinkState>,
     queue: Sender<Job>,
@@ -149,6 +152,7 @@ impl Runtime {
             spool,
             registry,
             sessions: sessions::SessionTable::default(),
+            execs: intake::ExecSlots::new(config.limits.max_concurrent_execs),
             workspaces: workspace::Workspaces::open(&cache_dir, &config.workspace_roots),
             link: Mutex::new(link),
             queue: queue_tx,

@@ -170,6 +170,11 @@ pub(crate) fn metrics_text(rt: &Runtime) -> String {
         rt.queue_capacity() as f64,
     );
     e.gauge(
+        "vendetta_execs",
+        "Execs queued or running (limits.max_concurrent_execs caps them).",
+        rt.execs.in_use() as f64,
+    );
+    e.gauge(
         "vendetta_workers_busy",
         "Workers running a command.",
         rt.busy_workers() as f64,

@@ -11,7 +11,7 @@
 
 use crate::util::{
     assert_interrupted_and_reaped, create, create_started, destroy, exec, failed, find_session,
-    host_pids, next_id, ok, sessions, start_sleep, wait_until, Agent, Events, TempDir,
+    host_pids, next_id, ok, run_ok, sessions, start_sleep, wait_until, Agent, Events, TempDir,
 };
 use serde_json::{json, Value};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -1044,4 +1044,64 @@ fn a_workspace_swapped_for_a_symlink_stays_sealed() {
     destroy(&a, &inner);
     let sealed = a.cache().join("sealed").join(&inner);
     assert!(!sealed.exists(), "the seal goes with the session");
+}
+
+#[test]
+fn exec_limits_and_allowlists_refuse_at_admission() {
+    let (_g, a, id) = running_session(
+        "allow",
+        // The first line is docker_agent's docker section's.
+        "  allowed_images: [\"vendetta-test/*\"]\nlimits:\n  max_concurrent_execs: 1\n  session_defaults: {pids: 50}\n  session_max: {memory: 256m}\nexec:\n  allowed_programs: [sh, sleep, cat]\n",
+    );
+    // The default pids limit was applied to the session made above.
+    let inspect = |cid: &str| {
+        let out = run_ok(std::process::Command::new("docker").args(["inspect", cid]));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
+    };
+    assert_eq!(
+        inspect(&format!("vendetta-{id}"))["HostConfig"]["PidsLimit"],
+        50
+    );
+    let r = exec(&a, &id, json!({"command": ["id"]}));
+    failed(
+        &r,
+        "rejected",
+        "params.command: \"id\" is not in exec.allowed_programs (sh, sleep, cat)",
+    );
+    // One exec runs; a second is refused at once, naming the limit.
+    a.submit(
+        &json!({"id": format!("first-{}", next_id()), "type": "session", "action": "exec",
+                     "params": {"session_id": id, "command": ["sleep", "30"]}}),
+    );
+    let (status, body) = a.post(
+        &json!({"id": format!("second-{}", next_id()), "type": "session", "action": "exec",
+                "params": {"session_id": id, "command": ["cat", "/etc/hostname"]}})
+        .to_string(),
+    );
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "too_many_execs");
+    assert_eq!(
+        body["error"],
+        "limits.max_concurrent_execs (1) execs are queued or running; retry shortly"
+    );
+    let r = a.cmd(
+        "session",
+        "create",
+        json!({"session_id": format!("{id}-b"), "image": "debian:12"}),
+    );
+    failed(
+        &r,
+        "rejected",
+        "params.image: \"debian:12\" is not in docker.allowed_images (vendetta-test/*)",
+    );
+    let r = a.cmd(
+        "session",
+        "create",
+        json!({"session_id": format!("{id}-c"), "resources": {"memory": "1g"}}),
+    );
+    failed(
+        &r,
+        "rejected",
+        "params.resources.memory: 1g is more than limits.session_max.memory (256m)",
+    );
 }
