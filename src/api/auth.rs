@@ -2,6 +2,7 @@
 //! token compared in constant time, or a JWT (see `jwt`).
 
 use crate::protocol::scope::Scope;
+use crate::protocol::tenant::Tenancy;
 use crate::runtime::Runtime;
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -21,6 +22,19 @@ impl Caller {
         match self {
             Caller::Token => needed.granted_by(&rt.config.api_token_scopes),
             Caller::Jwt(claims) => needed.granted_by(&claims.scopes),
+        }
+    }
+
+    /// Whose sessions the caller reaches: a JWT's tenant, every tenant's
+    /// with `admin`. The static token has no tenant.
+    pub(crate) fn tenancy(&self, rt: &Runtime) -> Tenancy {
+        let all = self.may(rt, Scope::Admin);
+        match self {
+            Caller::Token => Tenancy { tenant: None, all },
+            Caller::Jwt(c) => Tenancy {
+                tenant: c.tenant.clone(),
+                all,
+            },
         }
     }
 

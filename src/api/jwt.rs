@@ -11,6 +11,7 @@
 use crate::config::jwt::JwtKey;
 use crate::config::{Jwt, JwtAlgorithm};
 use crate::protocol::scope::Scope;
+use crate::protocol::tenant::Tenant;
 use base64::Engine;
 use ring::signature::{UnparsedPublicKey, ED25519, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::Value;
@@ -23,6 +24,8 @@ pub(crate) struct Claims {
     /// The scopes of the space-separated `scope` claim that this agent
     /// knows; others (of other services) are left out.
     pub(crate) scopes: Vec<Scope>,
+    /// From the claim `jwt.tenant_claim` names.
+    pub(crate) tenant: Option<Tenant>,
 }
 
 /// Checks `token` against `keys` and the claims rules of `cfg` at `now`.
@@ -135,8 +138,23 @@ fn check_claims(claims: &Value, cfg: &Jwt, now: SystemTime) -> Result<Claims, &'
             return Err("JWT aud does not name jwt.audience");
         }
     }
+    let tenant = match claims.get(cfg.tenant_claim.as_str()) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => {
+            Some(Tenant::parse(t).map_err(|_| "JWT tenant claim is not a valid tenant name")?)
+        }
+        Some(_) => return Err("JWT tenant claim is not a string"),
+    };
     Ok(Claims {
-        sub: claims["sub"].as_str().unwrap_or_default().to_string(),
+        // Signed by the issuer, but it reaches log lines: printable only.
+        sub: claims["sub"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(128)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+        tenant,
         scopes: claims["scope"]
             .as_str()
             .unwrap_or_default()
@@ -287,7 +305,8 @@ mod tests {
             claims,
             Claims {
                 sub: "ci".into(),
-                scopes: vec![Scope::SessionRead, Scope::SystemRead]
+                scopes: vec![Scope::SessionRead, Scope::SystemRead],
+                tenant: None,
             }
         );
         let cases: [(Value, &str); 8] = [
@@ -332,6 +351,35 @@ mod tests {
             json!({"exp": t - 5, "nbf": t + 5, "iss": "coord", "aud": "vendetta"}),
         );
         assert!(verify(&token, &[k], &cfg, SystemTime::now()).is_ok());
+    }
+
+    #[test]
+    fn the_tenant_claim_is_read_and_checked() {
+        let cfg = Jwt {
+            tenant_claim: "org".into(),
+            ..Jwt::default()
+        };
+        let t = now();
+        let ok = |claims: Value| {
+            let (token, k) = ed_token(json!({"alg": "EdDSA"}), claims);
+            verify(&token, &[k], &cfg, SystemTime::now())
+        };
+        let c = ok(json!({"exp": t + 60, "org": "team-a", "tenant": "ignored", "sub": "x\ny"}))
+            .unwrap();
+        assert_eq!(c.tenant.as_ref().map(Tenant::as_str), Some("team-a"));
+        assert_eq!(c.sub, "x?y", "control characters never reach a log line");
+        assert_eq!(
+            ok(json!({"exp": t + 60, "tenant": "b"})).unwrap().tenant,
+            None
+        );
+        assert_eq!(
+            ok(json!({"exp": t + 60, "org": "../b"})),
+            Err("JWT tenant claim is not a valid tenant name")
+        );
+        assert_eq!(
+            ok(json!({"exp": t + 60, "org": ["a"]})),
+            Err("JWT tenant claim is not a string")
+        );
     }
 
     #[test]

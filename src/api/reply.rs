@@ -125,8 +125,9 @@ pub(crate) enum ApiError {
     /// A session listing that failed.
     Sessions(Failure),
     DebugOff,
-    /// The command ran and its result refuses it: invalid (400) or not
-    /// allowed by policy (403). The answer's body is the result.
+    /// The command ran and its result refuses it: invalid (400), not
+    /// allowed by policy (403), or its session (or image) does not exist
+    /// for this caller (404). The answer's body is the result.
     RefusedByResult(Box<CommandResult>),
 }
 
@@ -164,6 +165,10 @@ impl ApiError {
                 why: Refusal::StoreFailed,
                 ..
             } => (503, "store_failed"),
+            ApiError::Refused {
+                why: Refusal::IdTaken,
+                ..
+            } => (409, "id_taken"),
             ApiError::TooManyStreams(_) => (503, "too_many_streams"),
             ApiError::Sessions(f) => match f.code {
                 Code::Invalid => (400, "invalid_command"),
@@ -173,6 +178,7 @@ impl ApiError {
             },
             ApiError::RefusedByResult(r) => match r.code {
                 Some(Code::Rejected) => (403, "rejected"),
+                Some(Code::NotFound) => (404, "not_found"),
                 _ => (400, "invalid_command"),
             },
         }
@@ -180,8 +186,11 @@ impl ApiError {
 
     /// The refusal a finished command's result carries, if it is one.
     fn refused_by_result(result: &CommandResult) -> Option<ApiError> {
-        matches!(result.code, Some(Code::Invalid | Code::Rejected))
-            .then(|| ApiError::RefusedByResult(Box::new(result.clone())))
+        matches!(
+            result.code,
+            Some(Code::Invalid | Code::Rejected | Code::NotFound)
+        )
+        .then(|| ApiError::RefusedByResult(Box::new(result.clone())))
     }
 
     pub(crate) fn reply(self) -> Reply {
@@ -259,6 +268,12 @@ impl fmt::Display for ApiError {
             } => f.write_str(
                 "the agent could not record the command (is cache_dir full or read-only?); see the agent log",
             ),
+            ApiError::Refused {
+                why: Refusal::IdTaken,
+                ..
+            } => f.write_str(
+                "this command id is used by another caller's command; send the command with a fresh id",
+            ),
             ApiError::Interrupted(m) => f.write_str(m),
             ApiError::TooManyStreams(max) => write!(f, "at most {max} event streams at once"),
             ApiError::Sessions(failure) => f.write_str(&failure.message),
@@ -304,6 +319,15 @@ mod tests {
                 },
                 503,
                 "store_failed",
+            ),
+            (
+                ApiError::Refused {
+                    why: Refusal::IdTaken,
+                    queued: 0,
+                    busy: 0,
+                },
+                409,
+                "id_taken",
             ),
             (
                 ApiError::Sessions(Failure {

@@ -17,6 +17,7 @@ use super::refusals::{Refusals, Refused};
 use super::reply::{ApiError, Reply};
 use crate::protocol::command as wire;
 use crate::protocol::scope::Scope;
+use crate::protocol::tenant::Tenancy;
 use crate::protocol::{Code, CommandId, CommandResult};
 use crate::runtime::dispatch::Failure;
 use crate::runtime::intake::{Refusal, Requester, Submitted};
@@ -94,50 +95,56 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
             }
             .reply()
         }
-        Ok(caller) => match route {
-            "/health" => {
-                let (ok, doc) = status::health(rt);
-                // Without a valid token, only whether it is well: the
-                // detail (paths, versions, free memory) helps an attacker.
-                let known = auth::check_bearer(rt, header(&request, "Authorization")).is_ok();
-                let doc = if known {
-                    doc
-                } else {
-                    json!({"status": doc["status"]})
-                };
-                Reply::json(if ok { 200 } else { 503 }, &doc)
-            }
-            "/metrics" => Reply {
-                status: 200,
-                body: status::metrics_text(rt).into_bytes(),
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                headers: Vec::new(),
-            },
-            "/api/v1/commands" => {
-                let mode = if query_flag(query, "async") {
-                    Mode::Async
-                } else if query_flag(query, "stream") {
-                    Mode::Stream
-                } else {
-                    Mode::Sync
-                };
-                match post_command(rt, &mut request, mode, caller.as_ref()) {
-                    Ok(Answer::Now(reply)) => reply,
-                    Ok(Answer::Stream(job)) => return super::stream::serve(rt, request, job),
-                    Err(e) => e.reply(),
+        Ok(caller) => {
+            // Every route that reaches sessions or commands needs a token.
+            let reach = caller.as_ref().map(|c| c.tenancy(rt)).unwrap_or_default();
+            match route {
+                "/health" => {
+                    let (ok, doc) = status::health(rt);
+                    // Without a valid token, only whether it is well: the
+                    // detail (paths, versions, free memory) helps an attacker.
+                    let known = auth::check_bearer(rt, header(&request, "Authorization")).is_ok();
+                    let doc = if known {
+                        doc
+                    } else {
+                        json!({"status": doc["status"]})
+                    };
+                    Reply::json(if ok { 200 } else { 503 }, &doc)
                 }
+                "/metrics" => Reply {
+                    status: 200,
+                    body: status::metrics_text(rt).into_bytes(),
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    headers: Vec::new(),
+                },
+                "/api/v1/commands" => {
+                    let mode = if query_flag(query, "async") {
+                        Mode::Async
+                    } else if query_flag(query, "stream") {
+                        Mode::Stream
+                    } else {
+                        Mode::Sync
+                    };
+                    match post_command(rt, &mut request, mode, caller.as_ref()) {
+                        Ok(Answer::Now(reply)) => reply,
+                        Ok(Answer::Stream(job)) => return super::stream::serve(rt, request, job),
+                        Err(e) => e.reply(),
+                    }
+                }
+                "/api/v1/commands/{id}" => {
+                    get_command(rt, path, &reach).unwrap_or_else(ApiError::reply)
+                }
+                "/api/v1/sessions" => sessions(rt, query, &reach).unwrap_or_else(ApiError::reply),
+                "/api/v1/events" => {
+                    let caller = caller
+                        .as_ref()
+                        .map_or_else(|| "anonymous".into(), Caller::name);
+                    return super::sse::serve(rt, request, shutdown, &caller, &reach);
+                }
+                "/debug" => debug(rt, path).unwrap_or_else(ApiError::reply),
+                _ => ApiError::NoRoute(wire::clip(path)).reply(),
             }
-            "/api/v1/commands/{id}" => get_command(rt, path).unwrap_or_else(ApiError::reply),
-            "/api/v1/sessions" => sessions(rt, query).unwrap_or_else(ApiError::reply),
-            "/api/v1/events" => {
-                let caller = caller
-                    .as_ref()
-                    .map_or_else(|| "anonymous".into(), Caller::name);
-                return super::sse::serve(rt, request, shutdown, &caller);
-            }
-            "/debug" => debug(rt, path).unwrap_or_else(ApiError::reply),
-            _ => ApiError::NoRoute(wire::clip(path)).reply(),
-        },
+        }
     };
     send(rt, request, route, reply);
 }
@@ -324,9 +331,10 @@ fn post_command(
     }
     let from = Requester::api(
         caller.map_or_else(|| "anonymous".into(), Caller::name),
-        None,
+        caller.map(|c| c.tenancy(rt)).unwrap_or_default(),
         peer,
     );
+    let reach = from.tenancy.clone();
     let id = command.id.clone();
     let timeout = rt.config.timeout_for(command.timeout_asked());
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(64);
@@ -367,7 +375,7 @@ fn post_command(
             id,
         }));
     }
-    wait_for(rt, &rx, timeout, &id).map(Answer::Now)
+    wait_for(rt, &rx, timeout, &id, &reach).map(Answer::Now)
 }
 
 /// Waits for a queued command's result; if the wait outlasts the
@@ -377,12 +385,13 @@ fn wait_for(
     rx: &Receiver<CommandResult>,
     timeout: Duration,
     id: &CommandId,
+    reach: &Tenancy,
 ) -> Result<Reply, ApiError> {
     match rx.recv_timeout((timeout + WAIT_SLACK).min(MAX_SYNC_WAIT)) {
         Ok(result) => Ok(Reply::outcome(&result)),
         Err(RecvTimeoutError::Timeout) => Ok(Reply::accepted(id, State::Running)),
         // The job was dropped: the agent is shutting down.
-        Err(RecvTimeoutError::Disconnected) => match rt.ledger.lookup(id) {
+        Err(RecvTimeoutError::Disconnected) => match rt.ledger.lookup(id, reach) {
             Some(Found::Done(result)) => Ok(Reply::outcome(&result)),
             Some(Found::InProgress(_)) if rt.ledger.journaled(id) => {
                 Err(ApiError::Interrupted(format!(
@@ -399,11 +408,13 @@ fn wait_for(
     }
 }
 
-fn get_command(rt: &Runtime, path: &str) -> Result<Reply, ApiError> {
+/// A stored result, if the caller reaches its sender: another tenant's
+/// is as unknown as one never sent.
+fn get_command(rt: &Runtime, path: &str, reach: &Tenancy) -> Result<Reply, ApiError> {
     let raw = path.trim_start_matches("/api/v1/commands/");
     let id = CommandId::parse(raw)
         .map_err(|e| ApiError::BadId(format!("command id {}: {e}", wire::clip(raw))))?;
-    match rt.ledger.lookup(&id) {
+    match rt.ledger.lookup(&id, reach) {
         Some(Found::Done(result)) => Ok(Reply::result(&result)),
         Some(Found::InProgress(state)) => Ok(Reply::accepted(&id, state)),
         None => Err(ApiError::UnknownCommand(id)),
@@ -411,7 +422,7 @@ fn get_command(rt: &Runtime, path: &str) -> Result<Reply, ApiError> {
 }
 
 /// `GET /api/v1/sessions[?provider=]`: the live list, through the runtime.
-fn sessions(rt: &Runtime, query: &str) -> Result<Reply, ApiError> {
+fn sessions(rt: &Runtime, query: &str, reach: &Tenancy) -> Result<Reply, ApiError> {
     let params = wire::ListParams::from_query(query_value(query, "provider")).map_err(|e| {
         ApiError::Sessions(Failure {
             code: Code::Invalid,
@@ -419,7 +430,7 @@ fn sessions(rt: &Runtime, query: &str) -> Result<Reply, ApiError> {
         })
     })?;
     let sessions = rt
-        .list_sessions_for_api(params.provider)
+        .list_sessions_for_api(params.provider, reach)
         .map_err(ApiError::Sessions)?;
     Ok(Reply::json(200, &json!({"sessions": sessions})))
 }

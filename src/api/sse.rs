@@ -8,6 +8,7 @@
 use super::reply::ApiError;
 use super::routes::{header, open_stream, send};
 use super::InFlight;
+use crate::protocol::tenant::Tenancy;
 use crate::runtime::Runtime;
 use crossbeam_channel::{select, Receiver};
 use std::io::Write;
@@ -21,7 +22,13 @@ static CLIENTS: InFlight = InFlight::new(MAX_CLIENTS);
 
 /// Streams events on the request's thread until the client goes, it
 /// falls too far behind, or the agent stops.
-pub(super) fn serve(rt: &Runtime, request: Request, shutdown: &Receiver<()>, caller: &str) {
+pub(super) fn serve(
+    rt: &Runtime,
+    request: Request,
+    shutdown: &Receiver<()>,
+    caller: &str,
+    reach: &Tenancy,
+) {
     let route = "/api/v1/events";
     let Some(_place) = CLIENTS.enter() else {
         return send(
@@ -35,9 +42,9 @@ pub(super) fn serve(rt: &Runtime, request: Request, shutdown: &Receiver<()>, cal
         request.remote_addr().map(|a| a.ip()),
         std::time::Instant::now(),
     );
-    rt.audit_stream(caller, peer, route, None);
+    rt.audit_stream(caller, reach.tenant_str(), peer, route, None);
     let last_seen = header(&request, "Last-Event-ID").and_then(|v| v.trim().parse::<u64>().ok());
-    let (backlog, events) = rt.events.subscribe(last_seen);
+    let (backlog, events) = rt.events.subscribe(last_seen, reach);
     let (mut w, mut ok) = open_stream(
         rt,
         request,
@@ -51,6 +58,7 @@ pub(super) fn serve(rt: &Runtime, request: Request, shutdown: &Receiver<()>, cal
     while ok {
         select! {
             recv(events) -> e => match e {
+                Ok(e) if !e.seen_by(reach) => {}
                 Ok(e) => ok = write_event(&mut w, &e).is_ok(),
                 Err(_) => {
                     // Dropped as too slow: say so, so the client reconnects.
@@ -63,7 +71,13 @@ pub(super) fn serve(rt: &Runtime, request: Request, shutdown: &Receiver<()>, cal
             default(KEEPALIVE) => ok = w.write_all(b": keepalive\n\n").and_then(|_| w.flush()).is_ok(),
         }
     }
-    rt.audit_stream(caller, peer, route, Some(opened.elapsed()));
+    rt.audit_stream(
+        caller,
+        reach.tenant_str(),
+        peer,
+        route,
+        Some(opened.elapsed()),
+    );
 }
 
 fn write_event(w: &mut dyn Write, e: &crate::runtime::events::Event) -> std::io::Result<()> {

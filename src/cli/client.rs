@@ -202,7 +202,7 @@ impl Client {
             answer
         };
         match answer.status {
-            200 | 400 | 403 if answer.body.get("status").is_some() => Ok(answer.body),
+            200 | 400 | 403 | 404 if answer.body.get("status").is_some() => Ok(answer.body),
             _ => Err(api_error(answer)),
         }
     }

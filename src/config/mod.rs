@@ -199,6 +199,21 @@ pub(crate) struct Limits {
     pub(crate) session_defaults: SessionResources,
     /// The most a create may ask for; more is rejected, not clamped.
     pub(crate) session_max: SessionResources,
+    /// What each tenant's sessions may take together, unless
+    /// `tenant_quotas` names the tenant.
+    pub(crate) tenant_quota: TenantQuota,
+    pub(crate) tenant_quotas: BTreeMap<crate::protocol::tenant::Tenant, TenantQuota>,
+}
+
+/// The most one tenant's sessions may hold together; unset: no limit
+/// beyond the node's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TenantQuota {
+    pub(crate) max_sessions: Option<usize>,
+    #[serde(with = "size::opt")]
+    pub(crate) memory: Option<u64>,
+    pub(crate) cpus: Option<f64>,
 }
 
 /// Memory, CPUs and processes of one session; unset: no default or limit.
@@ -229,6 +244,8 @@ impl Default for Limits {
             max_concurrent_execs: 16,
             session_defaults: SessionResources::default(),
             session_max: SessionResources::default(),
+            tenant_quota: TenantQuota::default(),
+            tenant_quotas: BTreeMap::new(),
         }
     }
 }
@@ -296,6 +313,8 @@ pub(crate) struct Jwt {
     pub(crate) audience: String,
     #[serde(with = "duration::config")]
     pub(crate) leeway: Duration,
+    /// The claim naming the caller's tenant.
+    pub(crate) tenant_claim: String,
 }
 
 /// One entry of `jwt.keys`.
@@ -323,6 +342,7 @@ impl Default for Jwt {
             issuer: String::new(),
             audience: String::new(),
             leeway: Duration::from_secs(30),
+            tenant_claim: "tenant".into(),
         }
     }
 }

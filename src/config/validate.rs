@@ -169,6 +169,30 @@ impl Config {
                 ));
             }
         }
+        let quotas =
+            std::iter::once(("limits.tenant_quota".to_string(), &self.limits.tenant_quota)).chain(
+                self.limits
+                    .tenant_quotas
+                    .iter()
+                    .map(|(t, q)| (format!("limits.tenant_quotas.{t}"), q)),
+            );
+        for (name, q) in quotas {
+            if q.max_sessions == Some(0) {
+                return Err(bad(
+                    &format!("{name}.max_sessions"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if q.memory.is_some_and(|m| m < 6 << 20) {
+                return Err(bad(&format!("{name}.memory"), "must be at least 6m".into()));
+            }
+            if q.cpus.is_some_and(|c| !(c > 0.0 && c <= 65536.0)) {
+                return Err(bad(
+                    &format!("{name}.cpus"),
+                    "must be more than 0 and at most 65536".into(),
+                ));
+            }
+        }
         if self.limits.max_body < 1024 {
             return Err(bad("limits.max_body", "must be at least 1k".into()));
         }
@@ -333,6 +357,12 @@ fn validate_jwt(jwt: &super::Jwt) -> Result<(), (String, String)> {
     }
     if jwt.leeway > Duration::from_secs(600) {
         return Err(("jwt.leeway".into(), "must be at most 10m".into()));
+    }
+    if jwt.tenant_claim.is_empty() {
+        return Err((
+            "jwt.tenant_claim".into(),
+            "must name a claim (the default is tenant)".into(),
+        ));
     }
     Ok(())
 }

@@ -567,6 +567,16 @@ fn validate(r: &Request) -> Result<(), FieldError> {
                 }
                 text("params.labels", k, 256)?;
                 text("params.labels", v, 4096)?;
+                if k.starts_with(super::tenant::RESERVED_LABEL_PREFIX) {
+                    return Err(FieldError::new(
+                        "params.labels",
+                        format!(
+                            "{:?} uses the prefix {:?}, which is the agent's (it sets the tenant there); pick another key",
+                            clip(k),
+                            super::tenant::RESERVED_LABEL_PREFIX
+                        ),
+                    ));
+                }
             }
             if let Some(mem) = p.resources.memory {
                 if mem < 6 << 20 {

@@ -7,6 +7,7 @@
 use super::command::{Origin, ProviderKind};
 use super::result::Status;
 use super::session::{Session, SessionStatus};
+use super::tenant::{Tenancy, TENANT_LABEL};
 use serde::Serialize;
 
 /// One event, named on the stream (`event: command` or `event: session`).
@@ -25,6 +26,16 @@ impl Event {
             Event::Session(_) => "session",
         }
     }
+
+    /// Whether a subscriber of `reach` may see this event: a session's if
+    /// it reaches the session's tenant, a command's if it reaches its
+    /// sender.
+    pub(crate) fn seen_by(&self, reach: &Tenancy) -> bool {
+        match self {
+            Event::Command(c) => reach.reaches_command(&c.sender),
+            Event::Session(s) => reach.reaches(s.tenant.as_deref()),
+        }
+    }
 }
 
 /// A command moved along its path.
@@ -36,6 +47,9 @@ pub(crate) struct CommandEvent {
     pub(crate) action: String,
     #[serde(flatten)]
     pub(crate) state: CommandState,
+    /// Who sent it; decides who sees the event, not sent.
+    #[serde(skip)]
+    pub(crate) sender: Tenancy,
 }
 
 /// Where the command is, with what that step adds.
@@ -78,6 +92,9 @@ pub(crate) struct SessionEvent {
     /// Absent on the events of the agent's own commands.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) exit_code: Option<Option<i32>>,
+    /// The session's tenant (its `vendetta.tenant` label).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tenant: Option<String>,
 }
 
 impl SessionEvent {
@@ -97,6 +114,7 @@ impl SessionEvent {
             event: change,
             status: SessionState::Is(session.status),
             exit_code: None,
+            tenant: session.labels.get(TENANT_LABEL).cloned(),
         }
     }
 }
@@ -170,6 +188,7 @@ mod tests {
             state: CommandState::Queued {
                 origin: Origin::Api,
             },
+            sender: Tenancy::default(),
         });
         assert_eq!(queued.kind(), "command");
         assert_eq!(
@@ -185,6 +204,7 @@ mod tests {
                 error: "slow".into(),
                 duration_ms: 1.5,
             },
+            sender: Tenancy::everything(),
         });
         assert_eq!(
             serde_json::to_value(&finished).unwrap(),
@@ -204,8 +224,26 @@ mod tests {
             event: SessionChange::Destroyed,
             status: SessionState::Destroyed,
             exit_code: None,
+            tenant: None,
         });
         assert_eq!(gone.kind(), "session");
+        let tenant = |t: &str| Tenancy {
+            tenant: Some(super::super::tenant::Tenant::parse(t).unwrap()),
+            all: false,
+        };
+        assert!(queued.seen_by(&Tenancy::default()) && !queued.seen_by(&tenant("a")));
+        assert!(!finished.seen_by(&Tenancy::default()), "an admin's command");
+        assert!(finished.seen_by(&Tenancy::everything()));
+        let of_a = Event::Session(SessionEvent {
+            tenant: Some("a".into()),
+            ..match &gone {
+                Event::Session(s) => s.clone(),
+                Event::Command(_) => unreachable!(),
+            }
+        });
+        assert!(of_a.seen_by(&tenant("a")) && !of_a.seen_by(&tenant("b")));
+        assert!(!of_a.seen_by(&Tenancy::default()) && of_a.seen_by(&Tenancy::everything()));
+        assert_eq!(serde_json::to_value(&of_a).unwrap()["tenant"], "a");
         assert_eq!(
             serde_json::to_value(&gone).unwrap(),
             json!({"id": "s1", "provider": "lxc", "event": "destroyed", "status": "destroyed"})

@@ -14,6 +14,7 @@ pub(crate) mod result;
 pub(crate) mod scope;
 pub(crate) mod session;
 pub(crate) mod size;
+pub(crate) mod tenant;
 pub(crate) mod time;
 
 pub(crate) use command::{Command, ProviderKind};

@@ -5,10 +5,11 @@
 //! which an API request's thread calls. Provider errors map to result codes here,
 //! in one place (`failure_for`).
 
-use super::sessions::NotAdmitted;
+use super::sessions::{NotAdmitted, OverQuota, Share};
 use super::{status, Runtime};
 use crate::protocol::command::{CreateParams, ExecParams, ListParams, Request};
 use crate::protocol::event::{Event, SessionChange, SessionEvent, SessionState};
+use crate::protocol::tenant::{Tenancy, CPUS_LABEL, MEMORY_LABEL, TENANT_LABEL};
 use crate::protocol::{Code, Command, CommandResult, ProviderKind, SessionId};
 use crate::providers::{
     ExecSpec, OutputSink, Provider, ProviderError, Session, SessionSpec, SessionStatus,
@@ -20,7 +21,14 @@ use std::time::{Duration, SystemTime};
 /// Default grace for `session stop` when the command gives none.
 const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub(crate) fn execute(rt: &Runtime, cmd: &Command, sink: &mut dyn OutputSink) -> CommandResult {
+/// Runs `cmd` for a sender of `reach`: the sessions it lists or acts on
+/// are those within that reach; others are as if they did not exist.
+pub(crate) fn execute(
+    rt: &Runtime,
+    cmd: &Command,
+    reach: &Tenancy,
+    sink: &mut dyn OutputSink,
+) -> CommandResult {
     let started = SystemTime::now();
     let request = match &cmd.request {
         Ok(r) => r,
@@ -39,25 +47,25 @@ pub(crate) fn execute(rt: &Runtime, cmd: &Command, sink: &mut dyn OutputSink) ->
         Request::SystemStatus => Ok(status::status(rt)),
         Request::SystemInfo => Ok(status::info(rt)),
         Request::SystemHealth => Ok(status::health(rt).1),
-        Request::SessionList(p) => rt.list_sessions(p.provider).map(|s| json!(s)),
-        Request::SessionCreate(p) => create(rt, p, timeout),
-        Request::SessionStart(p) => with_session(rt, &p.session_id, |prov| {
+        Request::SessionList(p) => rt.list_sessions(p.provider, reach).map(|s| json!(s)),
+        Request::SessionCreate(p) => create(rt, reach, p, timeout),
+        Request::SessionStart(p) => with_session(rt, reach, &p.session_id, |prov| {
             let s = prov.start(&p.session_id)?;
             Ok(session_changed(rt, s, SessionChange::Started))
         }),
         Request::SessionStop(p) => {
             let grace = p.timeout.unwrap_or(DEFAULT_STOP_GRACE).min(timeout);
-            with_session(rt, &p.session_id, |prov| {
+            with_session(rt, reach, &p.session_id, |prov| {
                 let s = prov.stop(&p.session_id, grace)?;
                 Ok(session_changed(rt, s, SessionChange::Stopped))
             })
         }
-        Request::SessionDestroy(p) => destroy(rt, &p.session_id),
+        Request::SessionDestroy(p) => destroy(rt, reach, &p.session_id),
         Request::SessionExec(p) => {
-            return exec(rt, cmd, p, timeout, sink, started);
+            return exec(rt, cmd, reach, p, timeout, sink, started);
         }
-        Request::ServiceList(p) => service_list(rt, p),
-        Request::ServiceStatus(p) => service_status(rt, &p.session_id),
+        Request::ServiceList(p) => service_list(rt, reach, p),
+        Request::ServiceStatus(p) => service_status(rt, reach, &p.session_id),
     };
     match outcome {
         Ok(data) => CommandResult::success(cmd, &rt.node_id, started, data),
@@ -118,29 +126,38 @@ fn provider(rt: &Runtime, kind: ProviderKind) -> Result<Arc<dyn Provider>, Failu
     })
 }
 
-/// Which provider owns a session: the table, else a fresh listing.
-fn owner(rt: &Runtime, id: &SessionId) -> Result<Option<Arc<dyn Provider>>, Failure> {
-    if let Some(s) = rt.sessions.get(id.as_str()) {
-        return Ok(rt.registry.get(s.provider));
-    }
-    refresh_sessions(rt, None);
-    Ok(rt
-        .sessions
-        .get(id.as_str())
-        .and_then(|s| rt.registry.get(s.provider)))
+/// A session within `reach`: the table, else a fresh listing. Another
+/// tenant's session is not there, for this sender.
+fn session(rt: &Runtime, reach: &Tenancy, id: &SessionId) -> Option<Session> {
+    let found = rt.sessions.get(id.as_str()).or_else(|| {
+        refresh_sessions(rt, None);
+        rt.sessions.get(id.as_str())
+    })?;
+    reach.reaches_labels(&found.labels).then_some(found)
+}
+
+/// Which provider owns a session within `reach`.
+fn owner(rt: &Runtime, reach: &Tenancy, id: &SessionId) -> Option<Arc<dyn Provider>> {
+    session(rt, reach, id).and_then(|s| rt.registry.get(s.provider))
+}
+
+/// The same words whether the session is missing or another tenant's.
+fn no_session(id: &SessionId) -> Failure {
+    Failure::new(
+        Code::NotFound,
+        format!("no session {id} on this node; `session list` shows the ones there are"),
+    )
 }
 
 fn with_session(
     rt: &Runtime,
+    reach: &Tenancy,
     id: &SessionId,
     f: impl FnOnce(&Arc<dyn Provider>) -> Result<Value, ProviderError>,
 ) -> Result<Value, Failure> {
-    match owner(rt, id)? {
+    match owner(rt, reach, id) {
         Some(p) => f(&p).map_err(failure_for),
-        None => Err(Failure::new(
-            Code::NotFound,
-            format!("no session {id} on this node; `session list` shows the ones there are"),
-        )),
+        None => Err(no_session(id)),
     }
 }
 
@@ -161,13 +178,14 @@ fn refresh_sessions(rt: &Runtime, only: Option<ProviderKind>) -> (Vec<Session>, 
 }
 
 impl Runtime {
-    /// Every session (or one provider's), asked of the providers now; the
-    /// table follows. `session list` and `GET /api/v1/sessions` both come
-    /// here. A provider that cannot answer is an error only when it was
-    /// the one asked for.
+    /// Every session (or one provider's) within `reach`, asked of the
+    /// providers now; the table follows. `session list` and `GET
+    /// /api/v1/sessions` both come here. A provider that cannot answer is
+    /// an error only when it was the one asked for.
     pub(crate) fn list_sessions(
         &self,
         only: Option<ProviderKind>,
+        reach: &Tenancy,
     ) -> Result<Vec<Session>, Failure> {
         if let Some(kind) = only {
             provider(self, kind)?;
@@ -179,6 +197,7 @@ impl Runtime {
         for e in &errors {
             log::warn!("session list: provider unavailable: {e}");
         }
+        sessions.retain(|s| reach.reaches_labels(&s.labels));
         sessions.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(sessions)
     }
@@ -190,6 +209,7 @@ impl Runtime {
     pub(crate) fn list_sessions_for_api(
         &self,
         only: Option<ProviderKind>,
+        reach: &Tenancy,
     ) -> Result<Vec<Session>, Failure> {
         if !self.config.command_allowed("session.list") {
             return Err(Failure::new(
@@ -206,7 +226,7 @@ impl Runtime {
                 ),
             ));
         };
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.list_sessions(only)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.list_sessions(only, reach)))
             .unwrap_or_else(|panic| {
                 let what = super::panic_text(panic.as_ref());
                 log::error!("session listing panicked: {what}");
@@ -218,14 +238,45 @@ impl Runtime {
     }
 }
 
-fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Failure> {
+fn create(
+    rt: &Runtime,
+    reach: &Tenancy,
+    p: &CreateParams,
+    timeout: Duration,
+) -> Result<Value, Failure> {
     let kind = p.provider.unwrap_or(rt.config.provider);
     let prov = provider(rt, kind)?;
+    let limits = &rt.config.limits;
+    let resources = super::policy::with_defaults(&p.resources, &limits.session_defaults);
+    let share = Share {
+        tenant: reach.tenant_str().map(str::to_string),
+        memory: resources.memory,
+        cpus: resources.cpus,
+    };
+    // Just after a start, the monitor may not have listed every provider
+    // yet: the limits count what exists, so list now.
+    if rt.registry.all().any(|p| !rt.sessions.listed(p.kind())) {
+        refresh_sessions(rt, None);
+    }
+    let quota = reach
+        .tenant
+        .as_ref()
+        .map(|t| limits.tenant_quotas.get(t).unwrap_or(&limits.tenant_quota));
     // Held until the created session is in the table.
     let _admitted = rt
         .sessions
-        .reserve(p.session_id.as_str(), rt.config.limits.max_sessions)
+        .reserve(p.session_id.as_str(), share, limits.max_sessions, quota)
         .map_err(|refused| match refused {
+            // Another tenant's: taken, and nothing more is said of it.
+            NotAdmitted::Exists(existing) if !reach.reaches_labels(&existing.labels) => {
+                Failure::new(
+                    Code::Conflict,
+                    format!(
+                        "session id {} is taken on this node; pick another id",
+                        p.session_id
+                    ),
+                )
+            }
             NotAdmitted::Exists(existing) => Failure::new(
                 Code::Conflict,
                 format!(
@@ -248,12 +299,25 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
                     "limits.max_sessions ({max}) reached, counting sessions being created; destroy a session or raise the limit"
                 ),
             ),
+            NotAdmitted::Quota(over) => Failure::new(Code::Rejected, quota_refusal(&over)),
         })?;
     // The runtime is given the sealed path, never the caller's.
     let workspace = match &p.workspace_path {
         Some(w) => Some(rt.workspaces.seal(&p.session_id, w)?),
         None => None,
     };
+    // The protocol refuses `vendetta.*` labels in a command: these are ours.
+    let mut labels = p.labels.clone();
+    let ours = [
+        (TENANT_LABEL, reach.tenant_str().map(str::to_string)),
+        (MEMORY_LABEL, resources.memory.map(|m| m.to_string())),
+        (CPUS_LABEL, resources.cpus.map(|c| c.to_string())),
+    ];
+    for (key, value) in ours {
+        if let Some(v) = value {
+            labels.insert(key.to_string(), v);
+        }
+    }
     let spec = SessionSpec {
         id: p.session_id.clone(),
         node_id: rt.node_id.clone(),
@@ -261,8 +325,8 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
         workspace,
         env: p.env.clone(),
         ports: p.ports.clone(),
-        resources: super::policy::with_defaults(&p.resources, &rt.config.limits.session_defaults),
-        labels: p.labels.clone(),
+        resources,
+        labels,
         command: p.command.clone(),
         timeout,
     };
@@ -274,11 +338,39 @@ fn create(rt: &Runtime, p: &CreateParams, timeout: Duration) -> Result<Value, Fa
     Ok(session_changed(rt, session, SessionChange::Created))
 }
 
-fn destroy(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
-    let Some(prov) = owner(rt, id)? else {
+/// Why a tenant's create is refused by its quota, naming the rule.
+fn quota_refusal(over: &OverQuota) -> String {
+    let key = format!(
+        "limits.tenant_quotas.{} (or limits.tenant_quota)",
+        over.tenant
+    );
+    let amount = |v: f64| match over.rule {
+        "memory" => crate::protocol::size::format(v as u64),
+        _ => format!("{v}"),
+    };
+    if over.no_amount {
+        return format!(
+            "tenant {} has a {} quota ({key}.{}), so a create must name params.resources.{} (or the node set limits.session_defaults.{})",
+            over.tenant, over.rule, over.rule, over.rule, over.rule
+        );
+    }
+    format!(
+        "tenant {} would pass its quota {key}.{} = {} ({} in use or being created); destroy one of its sessions or ask for less",
+        over.tenant,
+        over.rule,
+        amount(over.limit),
+        amount(over.used)
+    )
+}
+
+fn destroy(rt: &Runtime, reach: &Tenancy, id: &SessionId) -> Result<Value, Failure> {
+    let Some(prov) = owner(rt, reach, id) else {
         // Idempotent: destroying what is not there succeeds (and frees a
-        // seal a crash may have left).
-        rt.workspaces.release(id.as_str());
+        // seal a crash may have left, unless the session is another
+        // tenant's: then it is only "not there" for this sender).
+        if rt.sessions.get(id.as_str()).is_none() {
+            rt.workspaces.release(id.as_str());
+        }
         return Ok(json!({"id": id, "destroyed": false, "existed": false}));
     };
     let existed = prov.destroy(id)?;
@@ -306,22 +398,16 @@ fn session_changed(rt: &Runtime, s: Session, change: SessionChange) -> Value {
 fn exec(
     rt: &Runtime,
     cmd: &Command,
+    reach: &Tenancy,
     p: &ExecParams,
     timeout: Duration,
     sink: &mut dyn OutputSink,
     started: SystemTime,
 ) -> CommandResult {
     let node = &rt.node_id;
-    let prov = match owner(rt, &p.session_id) {
-        Ok(Some(prov)) => prov,
-        Ok(None) => {
-            let m = format!(
-                "no session {} on this node; `session list` shows the ones there are",
-                p.session_id
-            );
-            return CommandResult::failure(cmd, node, started, Code::NotFound, m);
-        }
-        Err(f) => return CommandResult::failure(cmd, node, started, f.code, f.message),
+    let Some(prov) = owner(rt, reach, &p.session_id) else {
+        let f = no_session(&p.session_id);
+        return CommandResult::failure(cmd, node, started, f.code, f.message);
     };
     let mut env = p.env.clone();
     env.insert(
@@ -377,8 +463,8 @@ fn exec(
     }
 }
 
-fn service_list(rt: &Runtime, p: &ListParams) -> Result<Value, Failure> {
-    let sessions = rt.list_sessions(p.provider)?;
+fn service_list(rt: &Runtime, reach: &Tenancy, p: &ListParams) -> Result<Value, Failure> {
+    let sessions = rt.list_sessions(p.provider, reach)?;
     let services: Vec<Value> = sessions
         .iter()
         .filter(|s| s.status == SessionStatus::Running)
@@ -387,12 +473,8 @@ fn service_list(rt: &Runtime, p: &ListParams) -> Result<Value, Failure> {
     Ok(json!(services))
 }
 
-fn service_status(rt: &Runtime, id: &SessionId) -> Result<Value, Failure> {
-    owner(rt, id)?;
-    let s = rt
-        .sessions
-        .get(id.as_str())
-        .ok_or_else(|| Failure::new(Code::NotFound, format!("no session {id} on this node")))?;
+fn service_status(rt: &Runtime, reach: &Tenancy, id: &SessionId) -> Result<Value, Failure> {
+    let s = session(rt, reach, id).ok_or_else(|| no_session(id))?;
     Ok(service_doc(rt, &s))
 }
 

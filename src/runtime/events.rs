@@ -6,6 +6,7 @@
 //! nothing that is still in the window.
 
 use crate::protocol::event::Event as Change;
+use crate::protocol::tenant::Tenancy;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -22,6 +23,14 @@ pub(crate) struct Event {
     pub(crate) kind: &'static str,
     /// The JSON payload, with `seq` and `time`.
     pub(crate) data: String,
+    /// The change itself, for who may see it.
+    change: Change,
+}
+
+impl Event {
+    pub(crate) fn seen_by(&self, reach: &Tenancy) -> bool {
+        self.change.seen_by(reach)
+    }
 }
 
 /// The payload on the wire: the change, its sequence number and time.
@@ -36,6 +45,8 @@ struct Stamped<'a> {
 #[derive(Default)]
 struct Inner {
     seq: u64,
+    /// Each gets every event and passes on what its caller may see
+    /// (`Event::seen_by`): a send that fails is how a gone one is found.
     subscribers: Vec<Sender<Arc<Event>>>,
     backlog: VecDeque<Arc<Event>>,
 }
@@ -78,6 +89,7 @@ impl Events {
             kind: change.kind(),
             // Plain structs of strings and numbers: serialising cannot fail.
             data: serde_json::to_string(&stamped).unwrap_or_default(),
+            change,
         });
         if inner.backlog.len() >= BACKLOG {
             inner.backlog.pop_front();
@@ -93,10 +105,12 @@ impl Events {
         before - inner.subscribers.len()
     }
 
-    /// A new subscription, with the backlog after `last_seen` (if given).
+    /// A new subscription, with the backlog after `last_seen` (if given)
+    /// that a caller of `reach` may see.
     pub(crate) fn subscribe(
         &self,
         last_seen: Option<u64>,
+        reach: &Tenancy,
     ) -> (Vec<Arc<Event>>, Receiver<Arc<Event>>) {
         let (tx, rx) = bounded(SUBSCRIBER_BUFFER);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,7 +118,7 @@ impl Events {
             Some(seen) => inner
                 .backlog
                 .iter()
-                .filter(|e| e.seq > seen)
+                .filter(|e| e.seq > seen && e.seen_by(reach))
                 .cloned()
                 .collect(),
             None => Vec::new(),
@@ -133,30 +147,36 @@ mod tests {
             kind: "system".into(),
             action: "status".into(),
             state: CommandState::Running,
+            sender: Tenancy::everything(),
         })
     }
 
     #[test]
     fn delivers_and_replays() {
         let ev = Events::default();
-        let (_, rx) = ev.subscribe(None);
+        let (_, rx) = ev.subscribe(None, &Tenancy::everything());
         ev.publish(running("a"));
         ev.publish(running("b"));
         let first = rx.try_recv().unwrap().seq;
         assert!(first > 1_700_000_000_000_000, "ids start at the start time");
-        let (backlog, _) = ev.subscribe(Some(first));
+        let (backlog, _) = ev.subscribe(Some(first), &Tenancy::everything());
         assert_eq!(backlog.len(), 1);
         let b: serde_json::Value = serde_json::from_str(&backlog[0].data).unwrap();
         assert_eq!(b["id"], "b");
         assert_eq!(b["state"], "running");
         assert_eq!(b["seq"], first + 1);
         assert!(b["time"].as_str().unwrap().ends_with('Z'), "{b}");
+        let (backlog, _) = ev.subscribe(Some(first - 1), &Tenancy::default());
+        assert!(
+            backlog.is_empty(),
+            "an admin's commands are not in a tenant's backlog"
+        );
     }
 
     #[test]
     fn slow_subscriber_is_dropped_not_waited_for() {
         let ev = Events::default();
-        let (_, _rx) = ev.subscribe(None);
+        let (_, _rx) = ev.subscribe(None, &Tenancy::everything());
         let mut dropped = 0;
         for i in 0..(SUBSCRIBER_BUFFER + 1) {
             dropped += ev.publish(running(&i.to_string()));

@@ -6,6 +6,7 @@
 use super::Runtime;
 use crate::protocol::command::Request;
 use crate::protocol::event::{CommandEvent, CommandState, Event, RefusedReason};
+use crate::protocol::tenant::Tenancy;
 use crate::protocol::{Code, Command, CommandResult};
 use crate::providers::output::Chunk;
 use crate::store::ledger::{Begin, Origin, State, Unfinished};
@@ -23,7 +24,8 @@ pub(crate) struct Requester {
     pub(crate) origin: Origin,
     /// `api_token`, `jwt:SUB`, `coordination`, or `recovered`.
     pub(crate) caller: String,
-    pub(crate) tenant: Option<String>,
+    /// Whose sessions the command may touch.
+    pub(crate) tenancy: Tenancy,
     pub(crate) peer: Option<IpAddr>,
 }
 
@@ -33,27 +35,28 @@ impl Requester {
         Requester {
             origin: Origin::Coordination,
             caller: "coordination".into(),
-            tenant: None,
+            tenancy: Tenancy::everything(),
             peer: None,
         }
     }
 
-    /// A command found unfinished at start: who sent it was not kept.
-    fn recovered(origin: Origin) -> Requester {
+    /// A command found unfinished at start: its sender's name and address
+    /// were not kept, its reach was.
+    fn recovered(u: &Unfinished) -> Requester {
         Requester {
-            origin,
+            origin: u.origin,
             caller: "recovered".into(),
-            tenant: None,
+            tenancy: u.tenancy.clone(),
             peer: None,
         }
     }
 
     /// A caller of the local API.
-    pub(crate) fn api(caller: String, tenant: Option<String>, peer: Option<IpAddr>) -> Requester {
+    pub(crate) fn api(caller: String, tenancy: Tenancy, peer: Option<IpAddr>) -> Requester {
         Requester {
             origin: Origin::Api,
             caller,
-            tenant,
+            tenancy,
             peer,
         }
     }
@@ -155,6 +158,8 @@ pub(crate) enum Refusal {
     ShuttingDown,
     /// The ledger could not record the command (disk full, permissions).
     StoreFailed,
+    /// The id is used by a command of a caller out of this one's reach.
+    IdTaken,
 }
 
 impl Runtime {
@@ -193,18 +198,19 @@ impl Runtime {
             return Submitted::Refused(Refusal::ShuttingDown);
         }
         let durable = !command.read_only();
-        let begin = match self
-            .ledger
-            .begin(&command.id, origin, &command.echo, durable)
-        {
-            Ok(b) => b,
-            Err(e) => {
-                log::error!(command_id = command.id.as_str(); "cannot record command: {e}");
-                self.metrics.commands_refused.inc(&["store_failed"]);
-                self.audit(&command, &from, "refused", Some("store_failed"));
-                return Submitted::Refused(Refusal::StoreFailed);
-            }
-        };
+        let begin =
+            match self
+                .ledger
+                .begin(&command.id, origin, &from.tenancy, &command.echo, durable)
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    log::error!(command_id = command.id.as_str(); "cannot record command: {e}");
+                    self.metrics.commands_refused.inc(&["store_failed"]);
+                    self.audit(&command, &from, "refused", Some("store_failed"));
+                    return Submitted::Refused(Refusal::StoreFailed);
+                }
+            };
         match begin {
             Begin::Done(result) => {
                 self.metrics.commands_refused.inc(&["duplicate"]);
@@ -223,6 +229,11 @@ impl Runtime {
                 self.metrics.commands_refused.inc(&["duplicate"]);
                 self.audit(&command, &from, "in_progress", None);
                 return Submitted::InProgress(state);
+            }
+            Begin::Taken => {
+                self.metrics.commands_refused.inc(&["duplicate"]);
+                self.audit(&command, &from, "refused", Some("id_taken"));
+                return Submitted::Refused(Refusal::IdTaken);
             }
             Begin::New => {}
         }
@@ -270,12 +281,14 @@ impl Runtime {
             (None, None)
         };
         let id = command.id.clone();
+        let sender = from.tenancy.clone();
         // Published before the job is handed over, so that a worker's
         // "running" can never come first; a refusal then says so.
         self.events.publish(command_event(
             id.as_str(),
             &kind,
             &action,
+            &sender,
             CommandState::Queued { origin },
         ));
         let refused = |reason: RefusedReason| {
@@ -284,6 +297,7 @@ impl Runtime {
                 id.as_str(),
                 &kind,
                 &action,
+                &sender,
                 CommandState::Refused { reason },
             ));
         };
@@ -334,6 +348,7 @@ impl Runtime {
             &result.id,
             &command.kind,
             &command.action,
+            &from.tenancy,
             CommandState::Finished {
                 status: result.status,
                 error: result.error.clone(),
@@ -353,7 +368,7 @@ impl Runtime {
         self.audit.write(&AuditEntry {
             time: crate::protocol::time::now_rfc3339(),
             caller: &from.caller,
-            tenant: from.tenant.as_deref(),
+            tenant: from.tenancy.tenant_str(),
             peer: from.peer.map(|p| p.to_string()),
             origin: from.origin,
             id: command.id.as_str(),
@@ -374,6 +389,7 @@ impl Runtime {
     pub(crate) fn audit_stream(
         &self,
         caller: &str,
+        tenant: Option<&str>,
         peer: Option<IpAddr>,
         route: &str,
         lasted: Option<std::time::Duration>,
@@ -382,6 +398,8 @@ impl Runtime {
         struct StreamEntry<'a> {
             time: String,
             caller: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tenant: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             peer: Option<String>,
             stream: &'a str,
@@ -392,6 +410,7 @@ impl Runtime {
         self.audit.write(&StreamEntry {
             time: crate::protocol::time::now_rfc3339(),
             caller,
+            tenant,
             peer: peer.map(|p| p.to_string()),
             stream: route,
             outcome: if lasted.is_some() { "closed" } else { "opened" },
@@ -427,13 +446,20 @@ impl Runtime {
 }
 
 /// An event about a command; `kind` and `action` are the command's
-/// cleaned labels.
-pub(crate) fn command_event(id: &str, kind: &str, action: &str, state: CommandState) -> Event {
+/// cleaned labels; only subscribers that reach `sender` see it.
+pub(crate) fn command_event(
+    id: &str,
+    kind: &str,
+    action: &str,
+    sender: &Tenancy,
+    state: CommandState,
+) -> Event {
     Event::Command(CommandEvent {
         id: id.to_string(),
         kind: kind.to_string(),
         action: action.to_string(),
         state,
+        sender: sender.clone(),
     })
 }
 
@@ -509,12 +535,12 @@ pub(crate) fn recover(rt: &Runtime, unfinished: Vec<Unfinished>) {
                     )
                 }
             };
-            rt.complete(&command, &Requester::recovered(u.origin), &result);
+            rt.complete(&command, &Requester::recovered(&u), &result);
             continue;
         }
         if let Some(result) = rt.policy_rejection(&command) {
             // The config changed meanwhile: the policy of this start applies.
-            rt.complete(&command, &Requester::recovered(u.origin), &result);
+            rt.complete(&command, &Requester::recovered(&u), &result);
             continue;
         }
         log::info!(command_id = u.id.as_str(); "running a command accepted before the restart");
@@ -523,7 +549,7 @@ pub(crate) fn recover(rt: &Runtime, unfinished: Vec<Unfinished>) {
             .flatten();
         let job = Job {
             command,
-            from: Requester::recovered(u.origin),
+            from: Requester::recovered(&u),
             _slot: slot,
             reply: None,
             stream: None,

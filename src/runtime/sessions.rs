@@ -4,10 +4,12 @@
 //! the session counts; `session list` still asks the providers live.
 
 use super::Runtime;
+use crate::config::TenantQuota;
 use crate::protocol::event::{Event, SessionChange, SessionEvent};
+use crate::protocol::tenant::{CPUS_LABEL, MEMORY_LABEL, TENANT_LABEL};
 use crate::protocol::ProviderKind;
 use crate::providers::{Provider, ProviderError, Session, SessionStatus};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
 
 /// A change the monitor noticed, published as an event.
@@ -24,9 +26,43 @@ pub(crate) enum Change {
 #[derive(Default)]
 pub(crate) struct SessionTable {
     inner: RwLock<BTreeMap<String, Session>>,
-    /// Ids being created: counted against `limits.max_sessions` from the
-    /// moment a create is admitted, so parallel creates cannot pass it.
-    creating: Mutex<BTreeSet<String>>,
+    /// Creates admitted and not finished: counted against the limits from
+    /// the moment they are admitted, so parallel creates cannot pass them.
+    creating: Mutex<BTreeMap<String, Share>>,
+    /// Providers listed at least once: until then, their sessions are
+    /// not counted, and a create must list them first.
+    listed: Mutex<std::collections::BTreeSet<ProviderKind>>,
+}
+
+/// What a session takes of its tenant's quota.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Share {
+    pub(crate) tenant: Option<String>,
+    pub(crate) memory: Option<u64>,
+    pub(crate) cpus: Option<f64>,
+}
+
+impl Share {
+    /// A session's share, from the labels its create gave it.
+    fn of(s: &Session) -> Share {
+        Share {
+            tenant: s.labels.get(TENANT_LABEL).cloned(),
+            memory: s.labels.get(MEMORY_LABEL).and_then(|v| v.parse().ok()),
+            cpus: s.labels.get(CPUS_LABEL).and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// A tenant quota a create would pass: which, its limit and what is used.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OverQuota {
+    pub(crate) tenant: String,
+    /// `max_sessions`, `memory` or `cpus`.
+    pub(crate) rule: &'static str,
+    pub(crate) limit: f64,
+    pub(crate) used: f64,
+    /// The create names no amount of a quota'd resource.
+    pub(crate) no_amount: bool,
 }
 
 /// Why a create was not admitted.
@@ -37,6 +73,8 @@ pub(crate) enum NotAdmitted {
     Creating,
     /// `limits.max_sessions` sessions exist or are being created.
     Full(usize),
+    /// The tenant's quota would be passed.
+    Quota(OverQuota),
 }
 
 /// A place for one session being created, given back on drop; by then a
@@ -57,27 +95,53 @@ impl Drop for Reservation<'_> {
 }
 
 impl SessionTable {
-    /// Admits a create of `id` when no session has that id and fewer than
-    /// `max` exist or are being created, all checked under one lock.
-    pub(crate) fn reserve(&self, id: &str, max: usize) -> Result<Reservation<'_>, NotAdmitted> {
+    /// Admits a create of `id` taking `share` when no session has that id,
+    /// fewer than `max` exist or are being created, and the tenant's
+    /// `quota` holds, all checked under one lock.
+    pub(crate) fn reserve(
+        &self,
+        id: &str,
+        share: Share,
+        max: usize,
+        quota: Option<&TenantQuota>,
+    ) -> Result<Reservation<'_>, NotAdmitted> {
         let map = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = map.get(id) {
             return Err(NotAdmitted::Exists(Box::new(s.clone())));
         }
-        if creating.contains(id) {
+        if creating.contains_key(id) {
             return Err(NotAdmitted::Creating);
         }
         // A created session is in the table before its reservation goes.
-        let pending = creating.iter().filter(|c| !map.contains_key(*c)).count();
-        if map.len() + pending >= max {
+        let pending = || creating.iter().filter(|(c, _)| !map.contains_key(*c));
+        if map.len() + pending().count() >= max {
             return Err(NotAdmitted::Full(max));
         }
-        creating.insert(id.to_string());
+        if let (Some(tenant), Some(quota)) = (&share.tenant, quota) {
+            let shares: Vec<Share> = map
+                .values()
+                .map(Share::of)
+                .chain(pending().map(|(_, s)| s.clone()))
+                .filter(|s| s.tenant.as_ref() == Some(tenant))
+                .collect();
+            if let Some(over) = over_quota(tenant, &shares, &share, quota) {
+                return Err(NotAdmitted::Quota(over));
+            }
+        }
+        creating.insert(id.to_string(), share);
         Ok(Reservation {
             table: self,
             id: id.to_string(),
         })
+    }
+
+    /// Whether `kind`'s sessions have been listed since the start.
+    pub(crate) fn listed(&self, kind: ProviderKind) -> bool {
+        self.listed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&kind)
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<Session> {
@@ -106,6 +170,10 @@ impl SessionTable {
     /// what changed.
     pub(crate) fn replace(&self, kind: ProviderKind, fresh: Vec<Session>) -> Vec<Change> {
         let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        self.listed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kind);
         let mut changes = Vec::new();
         let fresh: BTreeMap<String, Session> =
             fresh.into_iter().map(|s| (s.id.clone(), s)).collect();
@@ -152,6 +220,46 @@ impl SessionTable {
         }
         out
     }
+}
+
+/// The first of `quota`'s rules that one more session taking `want`
+/// would break, given the tenant's `held` sessions.
+fn over_quota(
+    tenant: &str,
+    held: &[Share],
+    want: &Share,
+    quota: &TenantQuota,
+) -> Option<OverQuota> {
+    let over = |rule, limit: f64, used: f64, no_amount| OverQuota {
+        tenant: tenant.to_string(),
+        rule,
+        limit,
+        used,
+        no_amount,
+    };
+    if let Some(max) = quota.max_sessions {
+        if held.len() >= max {
+            return Some(over("max_sessions", max as f64, held.len() as f64, false));
+        }
+    }
+    /// A quota'd resource: its rule, its limit, and what a share takes.
+    type Amount = fn(&Share) -> Option<f64>;
+    let amounts: [(&'static str, Option<f64>, Amount); 2] = [
+        ("memory", quota.memory.map(|m| m as f64), |s| {
+            s.memory.map(|m| m as f64)
+        }),
+        ("cpus", quota.cpus, |s| s.cpus),
+    ];
+    for (rule, limit, amount) in amounts {
+        let Some(limit) = limit else { continue };
+        let used: f64 = held.iter().filter_map(amount).sum();
+        match amount(want) {
+            None => return Some(over(rule, limit, used, true)),
+            Some(w) if used + w > limit + 1e-9 => return Some(over(rule, limit, used, false)),
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 /// Lists one provider's sessions, brings the table up to date and
@@ -237,7 +345,7 @@ mod tests {
             for i in 0..64 {
                 let (t, admitted, held_tx) = (&t, &admitted, held_tx.clone());
                 scope.spawn(move || {
-                    if let Ok(r) = t.reserve(&format!("s{i}"), 3) {
+                    if let Ok(r) = t.reserve(&format!("s{i}"), Share::default(), 3, None) {
                         admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         held_tx.send(r.id.clone()).unwrap();
                         // Held while the others try: as a slow create would.
@@ -249,13 +357,127 @@ mod tests {
         drop(held_tx);
         assert_eq!(admitted.into_inner(), 2, "3 minus the session that exists");
         assert_eq!(held_rx.iter().count(), 2);
-        assert!(matches!(t.reserve("old", 10), Err(NotAdmitted::Exists(x)) if x.id == "old"));
-        let r = t.reserve("new", 10).unwrap();
-        assert_eq!(t.reserve("new", 10).err(), Some(NotAdmitted::Creating));
+        assert!(
+            matches!(t.reserve("old", Share::default(), 10, None), Err(NotAdmitted::Exists(x)) if x.id == "old")
+        );
+        let r = t.reserve("new", Share::default(), 10, None).unwrap();
+        assert_eq!(
+            t.reserve("new", Share::default(), 10, None).err(),
+            Some(NotAdmitted::Creating)
+        );
         // Created: in the table, then the reservation goes; never counted twice.
         t.upsert(s("new", SessionStatus::Created));
-        assert!(t.reserve("third", 3).is_ok());
-        assert_eq!(t.reserve("fourth", 2).err(), Some(NotAdmitted::Full(2)));
+        assert!(t.reserve("third", Share::default(), 3, None).is_ok());
+        assert_eq!(
+            t.reserve("fourth", Share::default(), 2, None).err(),
+            Some(NotAdmitted::Full(2))
+        );
         drop(r);
+    }
+
+    fn tenant_session(id: &str, tenant: &str, memory: u64, cpus: &str) -> Session {
+        let mut s = s(id, SessionStatus::Running);
+        s.labels = [
+            (TENANT_LABEL, tenant.to_string()),
+            (MEMORY_LABEL, memory.to_string()),
+            (CPUS_LABEL, cpus.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        s
+    }
+
+    fn share(tenant: &str, memory: Option<u64>, cpus: Option<f64>) -> Share {
+        Share {
+            tenant: Some(tenant.into()),
+            memory,
+            cpus,
+        }
+    }
+
+    #[test]
+    fn tenant_quotas_count_sessions_and_creates_in_flight() {
+        let t = SessionTable::default();
+        t.upsert(tenant_session("a1", "a", 1 << 30, "1.5"));
+        t.upsert(tenant_session("b1", "b", 4 << 30, "4"));
+        let quota = TenantQuota {
+            max_sessions: Some(3),
+            memory: Some(2 << 30),
+            cpus: Some(2.0),
+        };
+        let q = Some(&quota);
+        // 1 GiB + 0.5 CPU more fits; b's sessions do not count for a.
+        let r1 = t
+            .reserve("a2", share("a", Some(1 << 30), Some(0.5)), 100, q)
+            .unwrap();
+        let Err(NotAdmitted::Quota(over)) =
+            t.reserve("a3", share("a", Some(1 << 20), Some(0.1)), 100, q)
+        else {
+            panic!("memory is used up by a1 and the create in flight")
+        };
+        assert_eq!(
+            (over.tenant.as_str(), over.rule, over.used, over.no_amount),
+            ("a", "memory", (2u64 << 30) as f64, false)
+        );
+        let Err(NotAdmitted::Quota(over)) = t.reserve("a3", share("a", None, Some(0.1)), 100, q)
+        else {
+            panic!("a create naming no memory cannot be counted")
+        };
+        assert!(over.no_amount && over.rule == "memory");
+        drop(r1);
+        let Err(NotAdmitted::Quota(over)) =
+            t.reserve("a3", share("a", Some(1 << 20), Some(0.6)), 100, q)
+        else {
+            panic!("cpus: 1.5 + 0.6 > 2")
+        };
+        assert_eq!((over.rule, over.limit, over.used), ("cpus", 2.0, 1.5));
+        let only_count = TenantQuota {
+            max_sessions: Some(1),
+            ..TenantQuota::default()
+        };
+        let Err(NotAdmitted::Quota(over)) =
+            t.reserve("a3", share("a", None, None), 100, Some(&only_count))
+        else {
+            panic!("a has 1 session")
+        };
+        assert_eq!(
+            (over.rule, over.limit, over.used),
+            ("max_sessions", 1.0, 1.0)
+        );
+        assert!(t
+            .reserve("c1", share("c", None, None), 100, Some(&only_count))
+            .is_ok());
+        assert!(
+            t.reserve("u1", Share::default(), 100, Some(&only_count))
+                .is_ok(),
+            "the untenanted have no tenant quota"
+        );
+    }
+
+    #[test]
+    fn parallel_creates_of_one_tenant_stop_at_its_quota() {
+        let t = SessionTable::default();
+        let quota = TenantQuota {
+            max_sessions: Some(3),
+            ..TenantQuota::default()
+        };
+        // Every admitted create stays in flight until all have tried.
+        let held = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for i in 0..64 {
+                let (t, held, quota) = (&t, &held, &quota);
+                scope.spawn(move || {
+                    let tenant = if i % 2 == 0 { "a" } else { "b" };
+                    let want = share(tenant, None, None);
+                    if let Ok(r) = t.reserve(&format!("s{i}"), want, 100, Some(quota)) {
+                        held.lock().unwrap().push((tenant, r));
+                    }
+                });
+            }
+        });
+        let held = held.into_inner().unwrap();
+        let count = |x: &str| held.iter().filter(|(t, _)| *t == x).count();
+        assert_eq!((count("a"), count("b")), (3, 3));
     }
 }

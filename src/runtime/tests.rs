@@ -8,6 +8,7 @@ use super::threads::{self, Control, Thread};
 use super::{workers, Opened, Runtime};
 use crate::config::{self, Config};
 use crate::protocol::result::Status;
+use crate::protocol::tenant::Tenancy;
 use crate::protocol::{Code, Command, CommandResult};
 use crate::providers::fake::{Exec, FakeProvider};
 use crate::providers::Registry;
@@ -111,7 +112,7 @@ impl Drop for Harness {
 
 /// A caller of the local API, as the tests send commands.
 fn api() -> Requester {
-    Requester::api("api_token".into(), None, None)
+    Requester::api("api_token".into(), Tenancy::everything(), None)
 }
 
 fn command(v: serde_json::Value) -> Command {
@@ -204,7 +205,9 @@ fn policy_refuses_before_anything_runs_and_the_refusal_is_stored() {
     );
     assert_eq!(h.execs(), 0);
     let id = crate::protocol::CommandId::parse("p1").unwrap();
-    assert!(matches!(h.rt.ledger.lookup(&id), Some(Found::Done(stored)) if *stored == r));
+    assert!(
+        matches!(h.rt.ledger.lookup(&id, &Tenancy::everything()), Some(Found::Done(stored)) if *stored == r)
+    );
 }
 
 #[test]
@@ -215,7 +218,7 @@ fn a_full_queue_refuses_and_forgets_so_the_id_can_come_again() {
         "workers: 1\nqueue_size: 1\n",
     );
     h.start();
-    let (_, events) = h.rt.events.subscribe(None);
+    let (_, events) = h.rt.events.subscribe(None, &Tenancy::everything());
     let a = queued(h.rt.submit(exec("a", json!({})), api(), true));
     wait_until("a runs", || h.execs() == 1);
     let b = queued(h.rt.submit(exec("b", json!({})), api(), true));
@@ -224,7 +227,10 @@ fn a_full_queue_refuses_and_forgets_so_the_id_can_come_again() {
         Refusal::QueueFull
     );
     let c = crate::protocol::CommandId::parse("c").unwrap();
-    assert!(h.rt.ledger.lookup(&c).is_none(), "a refused id is not kept");
+    assert!(
+        h.rt.ledger.lookup(&c, &Tenancy::everything()).is_none(),
+        "a refused id is not kept"
+    );
     let refused: Vec<serde_json::Value> = events
         .try_iter()
         .map(|e| serde_json::from_str(&e.data).unwrap())
@@ -331,7 +337,7 @@ fn a_command_queued_at_shutdown_is_kept_and_runs_at_the_next_start() {
     next.start();
     // The spool is written after the ledger: once it has b, both do.
     wait_until("b ran", || next.rt.spool.contains("b"));
-    let Some(Found::Done(r)) = next.rt.ledger.lookup(&b_id) else {
+    let Some(Found::Done(r)) = next.rt.ledger.lookup(&b_id, &Tenancy::everything()) else {
         unreachable!()
     };
     assert_eq!(r.status, Status::Success);

@@ -73,6 +73,7 @@ pub(crate) fn run_job(rt: &Runtime, job: Job) {
                 id,
                 &cmd.kind,
                 &cmd.action,
+                &job.from.tenancy,
                 CommandState::Running,
             ));
             log::debug!(command_id = id, command = cmd.name().as_str(); "command started");
@@ -80,11 +81,12 @@ pub(crate) fn run_job(rt: &Runtime, job: Job) {
                 Some(tx) => dispatch::execute(
                     rt,
                     cmd,
+                    &job.from.tenancy,
                     &mut ChannelSink {
                         tx: Some(tx.clone()),
                     },
                 ),
-                None => dispatch::execute(rt, cmd, &mut Discard),
+                None => dispatch::execute(rt, cmd, &job.from.tenancy, &mut Discard),
             };
             std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
                 let what = super::panic_text(panic.as_ref());

@@ -167,12 +167,18 @@ impl Workspaces {
     pub(crate) fn release(&self, session: &str) {
         self.lock().remove(session);
         let target = self.dir.join(session);
+        let record = self.dir.join(format!("{session}.json"));
+        if std::fs::symlink_metadata(&target).is_err() {
+            // Never sealed (a session without a workspace, or none at all).
+            let _ = std::fs::remove_file(record);
+            return;
+        }
         if let Err(e) = os::mount::unmount(&target) {
             log::warn!(session_id = session; "cannot unmount the sealed workspace {}: {e}", target.display());
             return;
         }
         let _ = std::fs::remove_dir(&target);
-        let _ = std::fs::remove_file(self.dir.join(format!("{session}.json")));
+        let _ = std::fs::remove_file(record);
     }
 
     /// Opens `requested` beneath the root it names, refusing anything

@@ -18,6 +18,7 @@
 use super::StoreError;
 use crate::os;
 pub(crate) use crate::protocol::command::Origin;
+use crate::protocol::tenant::Tenancy;
 use crate::protocol::{CommandId, CommandResult};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -54,6 +55,8 @@ impl State {
 struct RecordOut<'a> {
     state: State,
     origin: Origin,
+    #[serde(skip_serializing_if = "is_default")]
+    tenancy: &'a Tenancy,
     updated: String,
     command: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +67,10 @@ struct RecordOut<'a> {
 struct Record {
     state: State,
     origin: Origin,
+    /// Who sent it: a repeated id, a lookup and a run after a restart get
+    /// the sender's reach, not more. Absent in records of older agents.
+    #[serde(default)]
+    tenancy: Tenancy,
     updated: String,
     command: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +86,8 @@ pub(crate) enum Begin {
     Done(Box<CommandResult>),
     /// Accepted earlier and not finished yet.
     InProgress(State),
+    /// Used by a caller whose commands this one may not see.
+    Taken,
 }
 
 /// What `lookup` knows about an id.
@@ -94,14 +103,24 @@ pub(crate) struct Unfinished {
     pub(crate) id: String,
     pub(crate) state: State,
     pub(crate) origin: Origin,
+    pub(crate) tenancy: Tenancy,
     pub(crate) command: Value,
 }
 
+/// A command accepted and not finished.
+struct Flight {
+    state: State,
+    origin: Origin,
+    tenancy: Tenancy,
+    /// Recorded on disk (not a read-only command).
+    durable: bool,
+}
+
 struct Inner {
-    inflight: HashMap<String, (State, Origin, bool)>,
+    inflight: HashMap<String, Flight>,
     /// Read-only results, kept as their JSON text: a parsed result is a
     /// tree of small allocations several times larger.
-    recent: VecDeque<(String, Box<str>)>,
+    recent: VecDeque<(String, Tenancy, Box<str>)>,
 }
 
 pub(crate) struct Ledger {
@@ -143,6 +162,7 @@ impl Ledger {
                     id,
                     state: r.state,
                     origin: r.origin,
+                    tenancy: r.tenancy,
                     command: r.command,
                 }),
                 Err(reason) => match os::fs::move_aside(&path, &corrupt) {
@@ -163,9 +183,15 @@ impl Ledger {
             recent: VecDeque::new(),
         };
         for u in &unfinished {
-            inner
-                .inflight
-                .insert(u.id.clone(), (u.state, u.origin, true));
+            inner.inflight.insert(
+                u.id.clone(),
+                Flight {
+                    state: u.state,
+                    origin: u.origin,
+                    tenancy: u.tenancy.clone(),
+                    durable: true,
+                },
+            );
         }
         let ledger = Ledger {
             dir,
@@ -186,25 +212,34 @@ impl Ledger {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks an id and, if it is new, records it as queued. `durable`
-    /// commands are written to disk before this returns.
+    /// Checks an id and, if it is new, records it as queued for a sender
+    /// of `tenancy`. `durable` commands are written to disk before this
+    /// returns.
     pub(crate) fn begin(
         &self,
         id: &CommandId,
         origin: Origin,
+        tenancy: &Tenancy,
         command: &Value,
         durable: bool,
     ) -> Result<Begin, StoreError> {
         let mut inner = self.lock();
-        if let Some((state, _, _)) = inner.inflight.get(id.as_str()) {
-            return Ok(Begin::InProgress(*state));
+        if let Some(f) = inner.inflight.get(id.as_str()) {
+            if !tenancy.reaches_command(&f.tenancy) {
+                return Ok(Begin::Taken);
+            }
+            return Ok(Begin::InProgress(f.state));
         }
-        if let Some(r) = recent(&inner, id) {
+        if let Some((owner, r)) = recent(&inner, id) {
+            if !tenancy.reaches_command(&owner) {
+                return Ok(Begin::Taken);
+            }
             return Ok(Begin::Done(Box::new(r)));
         }
         let path = self.path(id.as_str());
         if path.exists() {
             match read_record(&path) {
+                Ok(r) if !tenancy.reaches_command(&r.tenancy) => return Ok(Begin::Taken),
                 Ok(Record {
                     state: State::Done,
                     result: Some(r),
@@ -220,14 +255,25 @@ impl Ledger {
                 }
             }
         }
-        inner
-            .inflight
-            .insert(id.as_str().to_string(), (State::Queued, origin, durable));
+        inner.inflight.insert(
+            id.as_str().to_string(),
+            Flight {
+                state: State::Queued,
+                origin,
+                tenancy: tenancy.clone(),
+                durable,
+            },
+        );
         if durable {
             // The in-flight entry claims the id, so the write (an fsync) can
             // happen without holding up every other lookup.
             drop(inner);
-            if let Err(e) = self.write(&path, State::Queued, origin, command, None) {
+            let entry = Entry {
+                state: State::Queued,
+                origin,
+                tenancy,
+            };
+            if let Err(e) = self.write(&path, entry, command, None) {
                 self.lock().inflight.remove(id.as_str());
                 return Err(e);
             }
@@ -240,40 +286,44 @@ impl Ledger {
     /// Lookups say "running" only once the record does: a command shown
     /// running is one that a crash would report as interrupted.
     pub(crate) fn mark_running(&self, id: &CommandId, command: &Value) -> Result<(), StoreError> {
-        let Some((_, origin, durable)) = self.lock().inflight.get(id.as_str()).copied() else {
+        let Some((origin, tenancy, durable)) = self.flight(id.as_str()) else {
             return Ok(());
         };
         if durable {
-            self.write(
-                &self.path(id.as_str()),
-                State::Running,
+            let entry = Entry {
+                state: State::Running,
                 origin,
-                command,
-                None,
-            )?;
+                tenancy: &tenancy,
+            };
+            self.write(&self.path(id.as_str()), entry, command, None)?;
         }
-        if let Some(entry) = self.lock().inflight.get_mut(id.as_str()) {
-            entry.0 = State::Running;
+        if let Some(f) = self.lock().inflight.get_mut(id.as_str()) {
+            f.state = State::Running;
         }
         Ok(())
     }
 
+    /// Origin, sender and durability of a command in flight.
+    fn flight(&self, id: &str) -> Option<(Origin, Tenancy, bool)> {
+        let inner = self.lock();
+        let f = inner.inflight.get(id)?;
+        Some((f.origin, f.tenancy.clone(), f.durable))
+    }
+
     /// Stores the result and ends the command's in-flight state.
     pub(crate) fn finish(&self, result: &CommandResult) -> Result<(), StoreError> {
-        let (origin, durable) = match self.lock().inflight.get(&result.id) {
-            Some((_, o, d)) => (*o, *d),
-            None => (Origin::Api, false),
-        };
+        let (origin, tenancy, durable) =
+            self.flight(&result.id)
+                .unwrap_or((Origin::Api, Tenancy::default(), false));
         // Written while the command is still in flight (lookups see it
         // running until its result is on disk), outside the lock.
         let outcome = if durable {
-            self.write(
-                &self.path(&result.id),
-                State::Done,
+            let entry = Entry {
+                state: State::Done,
                 origin,
-                &result.command,
-                Some(result),
-            )
+                tenancy: &tenancy,
+            };
+            self.write(&self.path(&result.id), entry, &result.command, Some(result))
         } else {
             Ok(())
         };
@@ -289,7 +339,7 @@ impl Ledger {
             let text = serde_json::to_string(result).unwrap_or_default();
             inner
                 .recent
-                .push_back((result.id.clone(), text.into_boxed_str()));
+                .push_back((result.id.clone(), tenancy, text.into_boxed_str()));
         }
         inner.inflight.remove(&result.id);
         outcome
@@ -298,24 +348,30 @@ impl Ledger {
     /// Forgets a command that was accepted but could not be queued.
     pub(crate) fn forget(&self, id: &CommandId) {
         let mut inner = self.lock();
-        if let Some((_, _, durable)) = inner.inflight.remove(id.as_str()) {
-            if durable {
+        if let Some(f) = inner.inflight.remove(id.as_str()) {
+            if f.durable {
                 let _ = std::fs::remove_file(self.path(id.as_str()));
             }
         }
     }
 
-    /// The stored result, or the state of an unfinished command.
-    pub(crate) fn lookup(&self, id: &CommandId) -> Option<Found> {
+    /// The stored result, or the state of an unfinished command, if a
+    /// caller of `tenancy` may see it.
+    pub(crate) fn lookup(&self, id: &CommandId, tenancy: &Tenancy) -> Option<Found> {
         let inner = self.lock();
-        if let Some((state, _, _)) = inner.inflight.get(id.as_str()) {
-            return Some(Found::InProgress(*state));
+        if let Some(f) = inner.inflight.get(id.as_str()) {
+            return tenancy
+                .reaches_command(&f.tenancy)
+                .then_some(Found::InProgress(f.state));
         }
-        if let Some(r) = recent(&inner, id) {
-            return Some(Found::Done(Box::new(r)));
+        if let Some((owner, r)) = recent(&inner, id) {
+            return tenancy
+                .reaches_command(&owner)
+                .then(|| Found::Done(Box::new(r)));
         }
         drop(inner);
         match read_record(&self.path(id.as_str())) {
+            Ok(r) if !tenancy.reaches_command(&r.tenancy) => None,
             Ok(Record {
                 state: State::Done,
                 result: Some(r),
@@ -332,7 +388,7 @@ impl Ledger {
         self.lock()
             .inflight
             .get(id.as_str())
-            .is_some_and(|(_, _, durable)| *durable)
+            .is_some_and(|f| f.durable)
     }
 
     /// Deletes done records past the retention limits. Returns how many.
@@ -375,14 +431,14 @@ impl Ledger {
     fn write(
         &self,
         path: &Path,
-        state: State,
-        origin: Origin,
+        entry: Entry<'_>,
         command: &Value,
         result: Option<&CommandResult>,
     ) -> Result<(), StoreError> {
         let record = RecordOut {
-            state,
-            origin,
+            state: entry.state,
+            origin: entry.origin,
+            tenancy: entry.tenancy,
             updated: crate::protocol::time::now_rfc3339(),
             command,
             result,
@@ -408,9 +464,22 @@ fn is_done(path: &Path) -> bool {
     head[..n].starts_with(br#"{"state":"done""#)
 }
 
-fn recent(inner: &Inner, id: &CommandId) -> Option<CommandResult> {
-    let (_, text) = inner.recent.iter().find(|(k, _)| k == id.as_str())?;
-    serde_json::from_str(text).ok()
+/// What a record says about its command besides the command itself.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    state: State,
+    origin: Origin,
+    tenancy: &'a Tenancy,
+}
+
+fn is_default(t: &&Tenancy) -> bool {
+    **t == Tenancy::default()
+}
+
+/// A read-only result kept in memory, with its sender.
+fn recent(inner: &Inner, id: &CommandId) -> Option<(Tenancy, CommandResult)> {
+    let (_, owner, text) = inner.recent.iter().find(|(k, _, _)| k == id.as_str())?;
+    Some((owner.clone(), serde_json::from_str(text).ok()?))
 }
 
 fn id_of(path: &Path) -> Option<String> {
@@ -460,11 +529,13 @@ mod tests {
         let (l, unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
         assert!(unfinished.is_empty());
         assert_eq!(
-            l.begin(&id, Origin::Api, &json!({}), true).unwrap(),
+            l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true)
+                .unwrap(),
             Begin::New
         );
         assert_eq!(
-            l.begin(&id, Origin::Api, &json!({}), true).unwrap(),
+            l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true)
+                .unwrap(),
             Begin::InProgress(State::Queued)
         );
         l.mark_running(&id, &json!({})).unwrap();
@@ -473,8 +544,63 @@ mod tests {
         let (l, unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
         assert!(unfinished.is_empty());
         assert!(
-            matches!(l.begin(&id, Origin::Api, &json!({}), true).unwrap(), Begin::Done(r) if r.id == "c1")
+            matches!(l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true).unwrap(), Begin::Done(r) if r.id == "c1")
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A command id is a tenant's own: another tenant repeating it, or
+    /// looking it up, learns nothing; the sender survives a restart.
+    #[test]
+    fn ids_are_kept_per_sender() {
+        let dir = tmp();
+        let tenant = |t: &str| Tenancy {
+            tenant: Some(crate::protocol::tenant::Tenant::parse(t).unwrap()),
+            all: false,
+        };
+        let (a, b) = (tenant("a"), tenant("b"));
+        let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
+        let id = CommandId::parse("shared").unwrap();
+        let ro = CommandId::parse("ro").unwrap();
+        assert_eq!(
+            l.begin(&id, Origin::Api, &a, &json!({}), true).unwrap(),
+            Begin::New
+        );
+        assert_eq!(
+            l.begin(&ro, Origin::Api, &a, &json!({}), false).unwrap(),
+            Begin::New
+        );
+        assert_eq!(
+            l.begin(&id, Origin::Api, &b, &json!({}), true).unwrap(),
+            Begin::Taken
+        );
+        assert_eq!(l.lookup(&id, &b), None);
+        assert_eq!(l.lookup(&id, &a), Some(Found::InProgress(State::Queued)));
+        l.finish(&result("ro")).unwrap();
+        assert_eq!(
+            l.begin(&ro, Origin::Api, &b, &json!({}), false).unwrap(),
+            Begin::Taken
+        );
+        assert_eq!(l.lookup(&ro, &b), None);
+        assert!(matches!(l.lookup(&ro, &a), Some(Found::Done(_))));
+        drop(l);
+        let (l, unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
+        assert_eq!(
+            unfinished[0].tenancy, a,
+            "a queued command runs for its sender after a restart"
+        );
+        l.mark_running(&id, &json!({})).unwrap();
+        l.finish(&result("shared")).unwrap();
+        assert_eq!(
+            l.begin(&id, Origin::Api, &b, &json!({}), true).unwrap(),
+            Begin::Taken
+        );
+        assert_eq!(l.lookup(&id, &Tenancy::default()), None);
+        assert!(matches!(l.lookup(&id, &a), Some(Found::Done(_))));
+        assert!(matches!(
+            l.lookup(&id, &Tenancy::everything()),
+            Some(Found::Done(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -483,7 +609,8 @@ mod tests {
         let dir = tmp();
         let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
         let id = CommandId::parse("r1").unwrap();
-        l.begin(&id, Origin::Api, &json!({}), true).unwrap();
+        l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true)
+            .unwrap();
         // The record cannot be written: the command must not look running
         // (a crash now would run it at the next start, not report it).
         std::fs::remove_dir_all(dir.join("results")).unwrap();
@@ -495,13 +622,13 @@ mod tests {
             )
         );
         assert!(matches!(
-            l.lookup(&id),
+            l.lookup(&id, &Tenancy::everything()),
             Some(Found::InProgress(State::Queued))
         ));
         std::fs::create_dir_all(dir.join("results")).unwrap();
         l.mark_running(&id, &json!({})).unwrap();
         assert!(matches!(
-            l.lookup(&id),
+            l.lookup(&id, &Tenancy::everything()),
             Some(Found::InProgress(State::Running))
         ));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -513,10 +640,22 @@ mod tests {
         let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
         let q = CommandId::parse("queued-1").unwrap();
         let r = CommandId::parse("running-1").unwrap();
-        l.begin(&q, Origin::Coordination, &json!({"id":"queued-1"}), true)
-            .unwrap();
-        l.begin(&r, Origin::Api, &json!({"id":"running-1"}), true)
-            .unwrap();
+        l.begin(
+            &q,
+            Origin::Coordination,
+            &Tenancy::everything(),
+            &json!({"id":"queued-1"}),
+            true,
+        )
+        .unwrap();
+        l.begin(
+            &r,
+            Origin::Api,
+            &Tenancy::everything(),
+            &json!({"id":"running-1"}),
+            true,
+        )
+        .unwrap();
         l.mark_running(&r, &json!({"id":"running-1"})).unwrap();
         drop(l);
         std::fs::write(dir.join("results/r-bad.json"), b"{truncated").unwrap();
@@ -544,19 +683,21 @@ mod tests {
         for i in 0..(RECENT_CAPACITY + 10) {
             let id = CommandId::parse(&format!("s{i}")).unwrap();
             assert_eq!(
-                l.begin(&id, Origin::Api, &json!({}), false).unwrap(),
+                l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), false)
+                    .unwrap(),
                 Begin::New
             );
             l.finish(&result(&format!("s{i}"))).unwrap();
         }
         assert_eq!(std::fs::read_dir(dir.join("results")).unwrap().count(), 0);
         assert!(
-            l.lookup(&CommandId::parse("s0").unwrap()).is_none(),
+            l.lookup(&CommandId::parse("s0").unwrap(), &Tenancy::everything())
+                .is_none(),
             "oldest fell out of the window"
         );
         let last = format!("s{}", RECENT_CAPACITY + 9);
         assert!(matches!(
-            l.lookup(&CommandId::parse(&last).unwrap()),
+            l.lookup(&CommandId::parse(&last).unwrap(), &Tenancy::everything()),
             Some(Found::Done(_))
         ));
         assert_eq!(l.lock().recent.len(), RECENT_CAPACITY);
@@ -569,19 +710,23 @@ mod tests {
         let (l, _) = Ledger::open(&dir, 3, Duration::from_secs(3600)).unwrap();
         for i in 0..5 {
             let id = CommandId::parse(&format!("d{i}")).unwrap();
-            l.begin(&id, Origin::Api, &json!({}), true).unwrap();
+            l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true)
+                .unwrap();
             l.finish(&result(&format!("d{i}"))).unwrap();
         }
         let keep = CommandId::parse("still-running").unwrap();
-        l.begin(&keep, Origin::Api, &json!({}), true).unwrap();
+        l.begin(&keep, Origin::Api, &Tenancy::everything(), &json!({}), true)
+            .unwrap();
         assert_eq!(l.prune(|id| id == "d0"), 1, "d0 is still spooled: kept");
-        assert!(l.lookup(&CommandId::parse("d0").unwrap()).is_some());
+        assert!(l
+            .lookup(&CommandId::parse("d0").unwrap(), &Tenancy::everything())
+            .is_some());
         assert_eq!(
             l.prune(|_| false),
             1,
             "once it left the spool, the oldest goes"
         );
-        assert!(l.lookup(&keep).is_some());
+        assert!(l.lookup(&keep, &Tenancy::everything()).is_some());
         assert_eq!(std::fs::read_dir(dir.join("results")).unwrap().count(), 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -33,7 +33,7 @@ fn keypair(dir: &Path, name: &str, openssl_alg: &[&str]) -> (PathBuf, PathBuf) {
 
 /// A token from PyJWT: `key` is a secret, or a private key file for
 /// RS256/EdDSA; `alg` "none" signs nothing.
-fn pyjwt(claims: &Value, key: &str, alg: &str, headers: &Value) -> String {
+pub(crate) fn pyjwt(claims: &Value, key: &str, alg: &str, headers: &Value) -> String {
     let script = r#"
 import json, sys, jwt
 claims, key, alg, headers = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
@@ -73,7 +73,7 @@ print(signed + "." + b(hmac.new(key, signed.encode(), hashlib.sha256).digest()))
     text(&out).trim().to_string()
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -12,5 +12,6 @@ mod lxc;
 mod qemu;
 mod runtime;
 mod security;
+mod tenants;
 mod tls;
 mod util;

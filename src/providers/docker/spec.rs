@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 pub(crate) const LABEL_MANAGED: &str = "vendetta.managed";
 pub(crate) const LABEL_SESSION: &str = "vendetta.session";
 pub(crate) const LABEL_NODE: &str = "vendetta.node";
-/// Labels under this prefix are ours; a command may not set them.
-const RESERVED_PREFIX: &str = "vendetta.";
 
 /// The main process when a create names none: sleeps until stopped. With
 /// `Init: true`, docker-init forwards SIGTERM to it and it dies at once, so a
@@ -70,9 +68,11 @@ pub(crate) fn create_body(
     let invalid = |m: String| Err(DockerError::Invalid(m));
     let mut labels = Map::new();
     for (k, v) in &spec.labels {
-        if k.starts_with(RESERVED_PREFIX) {
+        // Commands cannot set `vendetta.*` (the protocol refuses them);
+        // the runtime sets the tenant's, never these, which prove ownership.
+        if [LABEL_MANAGED, LABEL_SESSION, LABEL_NODE].contains(&k.as_str()) {
             return invalid(format!(
-                "params.labels: {k:?} uses the reserved prefix {RESERVED_PREFIX:?}; pick another key"
+                "params.labels: {k:?} is set by the Docker provider; pick another key"
             ));
         }
         if k.is_empty() {
@@ -415,7 +415,7 @@ mod tests {
                 |s| {
                     s.labels.insert("vendetta.session".into(), "other".into());
                 },
-                "params.labels: \"vendetta.session\" uses the reserved prefix \"vendetta.\"; pick another key",
+                "params.labels: \"vendetta.session\" is set by the Docker provider; pick another key",
             ),
             (
                 |s| {

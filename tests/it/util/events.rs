@@ -17,11 +17,16 @@ pub(crate) struct Events {
 
 impl Events {
     pub(crate) fn open(a: &Agent) -> Events {
+        Events::open_as(a, TOKEN)
+    }
+
+    /// A stream opened with `token` (a JWT, say).
+    pub(crate) fn open_as(a: &Agent, token: &str) -> Events {
         let mut s = TcpStream::connect(("127.0.0.1", a.port)).expect("connect to the agent");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+            "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
         )
         .unwrap();
         let mut reader = BufReader::new(s);

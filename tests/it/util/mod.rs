@@ -364,6 +364,7 @@ impl Agent {
         let expected = match body["code"].as_str() {
             Some("invalid_command") => 400,
             Some("rejected") => 403,
+            Some("not_found") => 404,
             _ => 200,
         };
         assert_eq!(
