@@ -52,7 +52,7 @@
 //! # Layers
 //!
 //! `cli` > `agent` > `api`, `coord` > `runtime` > `providers`, `store`,
-//! `metrics`, `logging` > `config` > `protocol`, `os`: a module
+//! `metrics`, `logging` > `config` > `protocol`, `os`, `http`: a module
 //! uses only modules below it (`tests/layers.py`, run by `make lint`).
 
 mod agent;
@@ -60,6 +60,7 @@ mod api;
 mod cli;
 mod config;
 mod coord;
+mod http;
 mod logging;
 mod metrics;
 mod os;

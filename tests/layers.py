@@ -24,7 +24,7 @@ LAYERS = [
     ["runtime"],
     ["providers", "store", "metrics", "logging"],
     ["config"],
-    ["protocol", "os"],
+    ["protocol", "os", "http"],
 ]
 SIDEWAYS = set()
 

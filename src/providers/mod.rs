@@ -15,8 +15,6 @@
 //! May not touch: channels, HTTP requests of the local API, the runtime or
 //! the coordination link. Syscalls go through [`crate::os`].
 
-#[cfg(test)]
-pub(crate) mod canned;
 pub(crate) mod docker;
 #[cfg(test)]
 pub(crate) mod fake;

@@ -11,7 +11,7 @@
 //! picked up on its own.
 
 use super::DockerError;
-use crate::providers::docker::http::{self as http, HttpError, Request, Response};
+use crate::http::{self as http, HttpError, Request, Response};
 use serde_json::Value;
 use std::fmt;
 use std::os::unix::net::UnixStream;

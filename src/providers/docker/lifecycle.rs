@@ -5,7 +5,7 @@
 //! causes is never reported as the container's own.
 
 use super::engine::{api_error, call_name, message_of};
-use super::http::{self, encode, Request};
+use crate::http::{self, encode, Request};
 use super::inspect::container_id;
 use super::{spec, DockerError, DockerProvider};
 use crate::protocol::SessionId;

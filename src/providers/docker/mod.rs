@@ -27,7 +27,6 @@
 pub(crate) mod engine;
 pub(crate) mod exec;
 pub(crate) mod health;
-pub(crate) mod http;
 pub(crate) mod inspect;
 pub(crate) mod lifecycle;
 pub(crate) mod spec;
@@ -40,7 +39,7 @@ use super::{
 use crate::config::Config;
 use crate::protocol::{ProviderKind, SessionId};
 use engine::{Engine, MAX_API, MIN_API};
-use http::HttpError;
+use crate::http::HttpError;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -334,7 +334,7 @@ pub(crate) fn session_from_list(v: &Value, node_id: &str) -> Option<(Session, St
 /// The list filter for this node's sessions, percent-encoded.
 pub(crate) fn list_filter(node_id: &str) -> String {
     let f = json!({"label": [format!("{LABEL_MANAGED}=true"), format!("{LABEL_NODE}={node_id}")]});
-    crate::providers::docker::http::encode(&f.to_string())
+    crate::http::encode(&f.to_string())
 }
 
 #[cfg(test)]

@@ -685,7 +685,7 @@ mod tests {
     use super::*;
     use crate::providers::output::Discard;
 
-    use crate::providers::canned::Canned;
+    use crate::http::canned::Canned;
 
     fn qga(input: Vec<u8>) -> Qga<Canned> {
         Qga::new(Canned::hanging(input), Path::new("/test/qga.sock"))

@@ -321,7 +321,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::providers::canned::Canned;
+    use crate::http::canned::Canned;
 
     const GREETING: &str = "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n";
 

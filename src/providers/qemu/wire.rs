@@ -356,7 +356,7 @@ pub(crate) fn clip(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::canned::Canned;
+    use crate::http::canned::Canned;
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(2)

@@ -1,4 +1,4 @@
-//! A test double for the socket clients (Docker's HTTP, QMP, QGA): the
+//! A test double for the socket clients (HTTP, QMP, QGA): the
 //! peer's bytes are canned, what the client writes is recorded. Unit tests
 //! only.
 

@@ -1,5 +1,5 @@
-//! A small blocking HTTP/1.1 client for local daemons on Unix sockets (the
-//! Docker Engine).
+//! A small blocking HTTP/1.1 client for local daemons on Unix sockets:
+//! the Docker Engine, and for the CLI the agent's own API socket.
 //!
 //! It owns the wire format only: writing a request (always with `Host`,
 //! `Content-Length` and `Connection: close`), reading the status line and
@@ -19,6 +19,9 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+
+#[cfg(test)]
+pub(crate) mod canned;
 
 /// Longest status line plus headers we accept.
 const MAX_HEAD: usize = 64 * 1024;
@@ -96,6 +99,8 @@ pub(crate) struct Request<'a> {
     pub(crate) json: Option<&'a [u8]>,
     /// Ask for a hijacked connection (`Connection: Upgrade`, `Upgrade: tcp`).
     pub(crate) upgrade: bool,
+    /// Sent as `Authorization: Bearer …`.
+    pub(crate) bearer: Option<&'a str>,
 }
 
 impl<'a> Request<'a> {
@@ -105,7 +110,13 @@ impl<'a> Request<'a> {
             target,
             json: None,
             upgrade: false,
+            bearer: None,
         }
+    }
+
+    pub(crate) fn bearer(mut self, token: &'a str) -> Request<'a> {
+        self.bearer = Some(token);
+        self
     }
 
     pub(crate) fn json(mut self, body: &'a [u8]) -> Request<'a> {
@@ -132,6 +143,11 @@ pub(crate) fn write_request<W: Write>(w: &mut W, req: &Request) -> Result<(), Ht
     out.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\nUser-Agent: vendetta/");
     out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(token) = req.bearer {
+        out.extend_from_slice(b"Authorization: Bearer ");
+        out.extend_from_slice(token.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if req.upgrade {
         out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: tcp\r\n");
     } else {
@@ -569,7 +585,7 @@ pub(crate) fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::canned::Canned;
+    use crate::http::canned::Canned;
 
     fn get(input: &[u8], step: usize) -> Result<Response, HttpError> {
         request(
@@ -608,6 +624,11 @@ mod tests {
             sent.ends_with("Content-Length: 7\r\n\r\n{\"a\":1}"),
             "{sent}"
         );
+        assert!(!sent.contains("Authorization"), "{sent}");
+        let mut c = Canned::in_pieces(b"HTTP/1.1 200 OK\r\n\r\n", 100);
+        request(&mut c, &Request::new("GET", "/health").bearer("t0k"), 10).unwrap();
+        let sent = String::from_utf8(c.written).unwrap();
+        assert!(sent.contains("\r\nAuthorization: Bearer t0k\r\n"), "{sent}");
     }
 
     #[test]
