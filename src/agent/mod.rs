@@ -92,7 +92,7 @@ pub(crate) fn run(loaded: config::Loaded) -> Result<(), AgentError> {
 
     // The API binds first so that a port clash fails the start at once;
     // it answers once the unfinished commands are recovered.
-    let listener = crate::api::bind(cfg.listen)?;
+    let listeners = crate::api::bind(&cfg.listen, &cfg.listen_group)?;
     // Not joined: it blocks in the signal iterator and dies with the process.
     let _signals = signals::spawn(control_tx.clone()).map_err(spawn_err("signals"))?;
     for t in
@@ -102,7 +102,7 @@ pub(crate) fn run(loaded: config::Loaded) -> Result<(), AgentError> {
     }
     intake::recover(&rt, unfinished);
     threads.push(monitor::spawn(&rt, &shutdown_rx, &control_tx).map_err(spawn_err("monitor"))?);
-    let api = crate::api::serve(&rt, listener, &shutdown_rx).map_err(spawn_err("api-accept"))?;
+    let api = crate::api::serve(&rt, listeners, &shutdown_rx).map_err(spawn_err("api-accept"))?;
     let link = crate::coord::spawn(&rt, &shutdown_rx, &control_tx);
 
     log::info!(

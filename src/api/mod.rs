@@ -24,68 +24,156 @@ pub(crate) mod routes;
 pub(crate) mod sse;
 pub(crate) mod stream;
 
+use crate::config::Listen;
 use crate::runtime::Runtime;
 use crossbeam_channel::Receiver;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Mode of the API's Unix socket: its owner and group may connect.
+const SOCKET_MODE: u32 = 0o660;
+
 /// The API could not listen.
 #[derive(Debug)]
-pub(crate) struct BindError {
-    pub(crate) addr: SocketAddr,
-    pub(crate) source: String,
+pub(crate) enum BindError {
+    Listen {
+        addr: String,
+        source: String,
+    },
+    /// `listen_group` names no group.
+    NoGroup(String),
 }
 
 impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cannot listen on {}: {}; set `listen` to a free address or stop what uses it",
-            self.addr, self.source
-        )
+        match self {
+            BindError::Listen { addr, source } => write!(
+                f,
+                "cannot listen on {addr}: {source}; set `listen` to a free address or stop what uses it"
+            ),
+            BindError::NoGroup(g) => write!(
+                f,
+                "listen_group: there is no group {g:?} in /etc/group; create it (groupadd {g}) or name another"
+            ),
+        }
     }
 }
 
 impl std::error::Error for BindError {}
 
-/// The serving API. Dropping it closes the listening socket.
+/// Which listener a request came in on: `allowed_ips` applies to TCP; on
+/// the Unix socket its mode and group decide who may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    Tcp,
+    Unix,
+}
+
+/// The bound sockets, not yet served.
+pub(crate) struct Listeners {
+    tcp: Option<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+/// The serving API. Dropping it closes the listening sockets and removes
+/// the Unix socket's file (if it is still the one we made).
 pub(crate) struct Api {
-    _server: tiny_http::Server,
+    _servers: Vec<tiny_http::Server>,
     busy: Arc<InFlight>,
+    /// The socket file and its (device, inode).
+    socket: Option<(PathBuf, u64, u64)>,
 }
 
-/// Binds `listen`. Done before the other threads start, so that a busy
-/// port fails the start with a clear message; connections wait in the
-/// kernel's backlog until [`serve`].
-pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).map_err(|e| BindError {
-        addr,
-        source: e.to_string(),
-    })
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Some((path, dev, ino)) = &self.socket {
+            let ours =
+                std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino);
+            if ours {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
 }
 
-/// Serves on `listener` until the returned [`Api`] is dropped. Fails
-/// only when the accept thread cannot start.
+/// Binds `listen` (the Unix socket with mode 0660 and group `group`, if
+/// set). Done before the other threads start, so that a busy port fails
+/// the start with a clear message; connections wait in the kernel's
+/// backlog until [`serve`].
+pub(crate) fn bind(listen: &Listen, group: &str) -> Result<Listeners, BindError> {
+    let tcp = match listen.tcp {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|e| BindError::Listen {
+            addr: addr.to_string(),
+            source: e.to_string(),
+        })?),
+        None => None,
+    };
+    let unix = match &listen.unix {
+        Some(path) => {
+            let gid = match group {
+                "" => None,
+                g => Some(
+                    crate::os::socket::group_id(g).ok_or_else(|| BindError::NoGroup(g.into()))?,
+                ),
+            };
+            let l = crate::os::socket::listen_unix(path, SOCKET_MODE, gid).map_err(|e| {
+                BindError::Listen {
+                    addr: format!("unix:{}", path.display()),
+                    source: e.to_string(),
+                }
+            })?;
+            Some((l, path.clone()))
+        }
+        None => None,
+    };
+    Ok(Listeners { tcp, unix })
+}
+
+/// Serves on `listeners` until the returned [`Api`] is dropped. Fails
+/// only when an accept thread cannot start.
 pub(crate) fn serve(
     rt: &Arc<Runtime>,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: &Receiver<()>,
 ) -> std::io::Result<Api> {
     let busy = Arc::new(InFlight::new(usize::MAX));
-    let handler = {
+    let handler = |via: Via| {
         let (rt, shutdown, busy) = (rt.clone(), shutdown.clone(), busy.clone());
         Arc::new(move |request: tiny_http::Request| {
             let _answering = busy.enter();
-            answer(&rt, request, &shutdown)
+            answer(&rt, request, &shutdown, via)
         })
     };
-    let server = tiny_http::Server::from_listener_with_handler(listener, "api", handler)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    type Started = Result<tiny_http::Server, Box<dyn std::error::Error + Send + Sync>>;
+    let started = |r: Started| r.map_err(|e| std::io::Error::other(e.to_string()));
+    let mut servers = Vec::new();
+    if let Some(l) = listeners.tcp {
+        servers.push(started(tiny_http::Server::from_listener_with_handler(
+            l,
+            "api",
+            handler(Via::Tcp),
+        ))?);
+    }
+    let mut socket = None;
+    if let Some((l, path)) = listeners.unix {
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            socket = Some((path, m.dev(), m.ino()));
+        }
+        servers.push(started(tiny_http::Server::from_listener_with_handler(
+            l,
+            "api-unix",
+            handler(Via::Unix),
+        ))?);
+    }
     Ok(Api {
-        _server: server,
+        _servers: servers,
         busy,
+        socket,
     })
 }
 
@@ -141,9 +229,9 @@ impl Drop for Held<'_> {
 /// Answers one request. A panic while answering must not take the
 /// connection's thread down without a word (tiny_http itself can panic
 /// when a client vanishes mid-response).
-fn answer(rt: &Arc<Runtime>, request: tiny_http::Request, shutdown: &Receiver<()>) {
+fn answer(rt: &Arc<Runtime>, request: tiny_http::Request, shutdown: &Receiver<()>, via: Via) {
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        routes::handle(rt, request, shutdown)
+        routes::handle(rt, request, shutdown, via)
     })) {
         let what = crate::runtime::panic_text(panic.as_ref());
         log::error!(

@@ -79,11 +79,16 @@ pub(super) fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a
 }
 
 /// Answers one request, on the caller's thread, start to end.
-pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receiver<()>) {
+pub(super) fn handle(
+    rt: &Arc<Runtime>,
+    mut request: Request,
+    shutdown: &Receiver<()>,
+    via: super::Via,
+) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let route = route_of(path);
-    let reply = match admit(rt, &request, route, path) {
+    let reply = match admit(rt, &request, route, path, via) {
         Err(e) => e.reply(),
         // Stopping: what would start work is refused; results, metrics
         // and health (which says "stopping") still answer.
@@ -150,15 +155,16 @@ pub(super) fn handle(rt: &Arc<Runtime>, mut request: Request, shutdown: &Receive
 }
 
 /// The checks before a route runs, in order: the route exists,
-/// `allowed_ips`, the method, the token.
+/// `allowed_ips` (TCP only), the method, the token.
 fn admit(
     rt: &Runtime,
     request: &Request,
     route: &'static str,
     path: &str,
+    via: super::Via,
 ) -> Result<Option<Caller>, ApiError> {
     let from = request.remote_addr().map(|a| a.ip());
-    if !auth::ip_allowed(rt, from) {
+    if via == super::Via::Tcp && !auth::ip_allowed(rt, from) {
         refused(
             rt,
             from,

@@ -31,7 +31,7 @@ Options:
 ";
 
 const START_HELP: &str = "\
-Usage: vendetta agent start [--config FILE]
+Usage: vendetta agent start [--config FILE] [--listen ADDR]
 
 Runs the agent in the foreground until SIGTERM or SIGINT. Logs go to stderr.
 With no config file the agent runs offline on its built-in defaults, with
@@ -39,10 +39,13 @@ the local API on 127.0.0.1:8080.
 
 Options:
   -c, --config FILE   config file
+  -l, --listen ADDR   where the local API listens, over the config's
+                      `listen`: 127.0.0.1:8080, unix:/run/vendetta/agent.sock,
+                      or one of each separated by a comma
   -h, --help          this help
 
 Environment: VENDETTA_CONFIG, VENDETTA_COORD_URL, VENDETTA_AUTH_TOKEN,
-VENDETTA_PROVIDER, VENDETTA_LOG_LEVEL, VENDETTA_DEBUG_PPROF.
+VENDETTA_LISTEN, VENDETTA_PROVIDER, VENDETTA_LOG_LEVEL, VENDETTA_DEBUG_PPROF.
 Exit: 0 after a clean stop, 1 on a runtime error, 2 on a config error.
 ";
 
@@ -67,7 +70,8 @@ Asks the running agent over its local API and prints a short summary.
 
 Options:
   -c, --config FILE   config file (for listen and the API token)
-      --agent URL     the agent's API (default http://<listen>)
+      --agent URL     the agent's API: http://HOST:PORT or unix:/PATH
+                      (default: the config's listen, its socket first)
       --token TOKEN   API token
       --json          print the status document
   -h, --help          this help
@@ -124,9 +128,10 @@ pub(super) fn agent(mut args: Arguments, help: bool, tail: Vec<String>) -> Resul
         Some("install") if help => usage_help(AGENT_HELP),
         Some("start") => {
             let path = config_flag(&mut args)?;
+            let listen: Option<String> = args.opt_value_from_str(["-l", "--listen"])?;
             finish(args)?;
             no_tail(&tail)?;
-            start(path)
+            start(path, listen)
         }
         Some("stop") => {
             let path = config_flag(&mut args)?;
@@ -206,8 +211,16 @@ fn connect(path: Option<PathBuf>, url: &str, token: Option<&str>) -> Result<i32,
     Ok(EXIT_OK)
 }
 
-fn start(path: Option<PathBuf>) -> Result<i32, CliError> {
-    let loaded = config::load(path.as_deref()).map_err(CliError::Config)?;
+fn start(path: Option<PathBuf>, listen: Option<String>) -> Result<i32, CliError> {
+    if let Some(l) = &listen {
+        config::Listen::parse_list(l).map_err(|e| CliError::Usage(format!("--listen: {e}")))?;
+    }
+    // The flag wins over VENDETTA_LISTEN and the file.
+    let loaded = config::load_with(path.as_deref(), |k| match (k, &listen) {
+        ("VENDETTA_LISTEN", Some(l)) => Some(l.clone()),
+        _ => std::env::var(k).ok(),
+    })
+    .map_err(CliError::Config)?;
     crate::logging::init(loaded.config.log_format, loaded.config.log_level);
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current().name().unwrap_or("?").to_string();

@@ -1,23 +1,47 @@
 //! A client of the local API for the CLI: `vendetta session …`,
 //! `service …`, `system …` and `agent status`.
 //!
-//! Where the agent is: `--agent URL`, else `VENDETTA_AGENT_URL`, else
-//! `http://` + the config's `listen`. The token: `--token`, else
-//! `VENDETTA_API_TOKEN`, else the config's `api_token` or `auth_token`,
-//! else the token the agent generated into `cache_dir/api_token`.
+//! Where the agent is: `--agent URL`, else `VENDETTA_AGENT_URL`, else the
+//! config's `listen`, its Unix socket first (`unix:/path`; when the
+//! socket cannot be reached and `listen` also names a TCP address, that
+//! is used). The token: `--token`, else `VENDETTA_API_TOKEN`, else the
+//! config's `api_token` or `auth_token`, else the token the agent
+//! generated into `cache_dir/api_token`.
 
 use crate::config::{self, Config};
 use crate::protocol::CommandId;
 use serde_json::{json, Value};
 use std::fmt;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub(crate) struct Client {
+    /// Where the agent is, as messages name it: `http://…` or `unix:/…`.
     base: String,
     token: Option<String>,
-    http: ureq::Agent,
+    transport: Transport,
 }
+
+enum Transport {
+    Tcp(ureq::Agent),
+    /// The agent's socket, and the TCP address to use when it cannot be
+    /// reached (not there, or not ours to open).
+    Unix {
+        path: PathBuf,
+        fallback: Option<String>,
+    },
+}
+
+/// An answer whose body is still to be read.
+struct Sent {
+    status: u16,
+    content_type: String,
+    body: Box<dyn Read>,
+}
+
+/// How long a connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub(crate) enum ClientError {
@@ -89,15 +113,20 @@ impl Client {
         } else {
             Config::default()
         };
-        let base = agent
-            .or_else(|| {
-                std::env::var("VENDETTA_AGENT_URL")
-                    .ok()
-                    .filter(|v| !v.is_empty())
-            })
-            .unwrap_or_else(|| format!("http://{}", cfg.listen))
-            .trim_end_matches('/')
-            .to_string();
+        let tcp = cfg.listen.tcp.map(|a| format!("http://{a}"));
+        let chosen = agent.or_else(|| {
+            std::env::var("VENDETTA_AGENT_URL")
+                .ok()
+                .filter(|v| !v.is_empty())
+        });
+        let (base, fallback) = match chosen {
+            Some(url) => (url, None),
+            None => match &cfg.listen.unix {
+                Some(path) => (format!("unix:{}", path.display()), tcp),
+                None => (tcp.unwrap_or_default(), None),
+            },
+        };
+        let base = base.trim_end_matches('/').to_string();
         let token = token
             .or_else(|| {
                 std::env::var("VENDETTA_API_TOKEN")
@@ -107,40 +136,118 @@ impl Client {
             .or_else(|| (!cfg.api_token.is_empty()).then(|| cfg.api_token.expose().to_string()))
             .or_else(|| (!cfg.auth_token.is_empty()).then(|| cfg.auth_token.expose().to_string()))
             .or_else(|| crate::store::node::read_api_token(&cfg.cache_dir()));
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .user_agent(format!("vendetta-cli/{}", crate::VERSION))
-            .build()
-            .into();
-        Ok(Client { base, token, http })
+        let transport = match base.strip_prefix("unix:") {
+            Some(path) => Transport::Unix {
+                path: PathBuf::from(path.strip_prefix("//").unwrap_or(path)),
+                fallback: fallback.map(|f| f.trim_end_matches('/').to_string()),
+            },
+            None => Transport::Tcp(tcp_agent()),
+        };
+        Ok(Client {
+            base,
+            token,
+            transport,
+        })
     }
 
     pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
-    fn unreachable(&self, e: ureq::Error) -> ClientError {
+    fn unreachable(&self, source: String) -> ClientError {
         ClientError::Unreachable {
             url: self.base.clone(),
-            source: e.to_string(),
+            source,
         }
     }
 
-    fn read(
+    /// Sends one request, a POST of JSON `body` or a GET; `path` holds the
+    /// query.
+    fn send(&self, path: &str, body: Option<&[u8]>) -> Result<Sent, ClientError> {
+        let method = if body.is_some() { "POST" } else { "GET" };
+        match &self.transport {
+            Transport::Tcp(http) => self.send_tcp(http, &self.base, path, body),
+            Transport::Unix {
+                path: socket,
+                fallback,
+            } => {
+                let deadline = Instant::now() + CONNECT_TIMEOUT;
+                let stream = match crate::os::socket::connect_unix(socket, deadline) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return match fallback {
+                            // Not there, or not ours: the TCP address then.
+                            Some(base) => self.send_tcp(&tcp_agent(), base, path, body),
+                            None => Err(self.unreachable(e.to_string())),
+                        };
+                    }
+                };
+                let mut req = crate::http::Request::new(method, path);
+                if let Some(t) = &self.token {
+                    req = req.bearer(t);
+                }
+                if let Some(b) = body {
+                    req = req.json(b);
+                }
+                let (head, body) = crate::http::request_streaming(stream, &req)
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                Ok(Sent {
+                    status: head.status,
+                    content_type: head.header("content-type").unwrap_or("").to_string(),
+                    body: Box::new(BodyReader(body)),
+                })
+            }
+        }
+    }
+
+    fn send_tcp(
         &self,
-        url: &str,
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Answer, ClientError> {
-        let mut resp = resp.map_err(|e| self.unreachable(e))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(256 << 20)
-            .read_to_string()
+        http: &ureq::Agent,
+        base: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Sent, ClientError> {
+        let url = format!("{base}{path}");
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let resp = match body {
+            None => {
+                let mut r = http.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            Some(b) => {
+                let mut r = http.post(&url).header("Content-Type", "application/json");
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send(b)
+            }
+        };
+        let resp = resp.map_err(|e| self.unreachable(e.to_string()))?;
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Ok(Sent {
+            status: resp.status().as_u16(),
+            content_type,
+            body: Box::new(resp.into_body().into_with_config().limit(u64::MAX).reader()),
+        })
+    }
+
+    /// The whole answer, as JSON (or a string, if it is not JSON).
+    fn read(&self, sent: Result<Sent, ClientError>) -> Result<Answer, ClientError> {
+        let sent = sent?;
+        let mut text = String::new();
+        sent.body
+            .take(256 << 20)
+            .read_to_string(&mut text)
             .map_err(|e| ClientError::BadResponse {
-                url: url.to_string(),
+                url: self.base.clone(),
                 message: e.to_string(),
             })?;
         let body = if text.trim().is_empty() {
@@ -148,19 +255,14 @@ impl Client {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Ok(Answer { status, body })
-    }
-
-    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.token {
-            Some(t) => req.header("Authorization", format!("Bearer {t}")),
-            None => req,
-        }
+        Ok(Answer {
+            status: sent.status,
+            body,
+        })
     }
 
     pub(crate) fn get(&self, path: &str) -> Result<Answer, ClientError> {
-        let url = format!("{}{path}", self.base);
-        self.read(&url, self.authorized(self.http.get(&url)).call())
+        self.read(self.send(path, None))
     }
 
     /// Posts a new command (with a fresh id) to `/api/v1/commands{query}`.
@@ -171,11 +273,7 @@ impl Client {
         action: &str,
         params: Value,
         timeout: Option<Duration>,
-    ) -> (
-        CommandId,
-        String,
-        Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) {
+    ) -> (CommandId, Result<Sent, ClientError>) {
         let mut random = [0u8; 8];
         crate::os::random::random_bytes(&mut random);
         let id = CommandId::generated("cli", random);
@@ -183,14 +281,11 @@ impl Client {
         if let Some(t) = timeout {
             cmd["timeout"] = Value::from(crate::protocol::duration::format(t));
         }
-        let url = format!("{}/api/v1/commands{query}", self.base);
-        let req = self.authorized(
-            self.http
-                .post(&url)
-                .header("Content-Type", "application/json"),
+        let sent = self.send(
+            &format!("/api/v1/commands{query}"),
+            Some(cmd.to_string().as_bytes()),
         );
-        let resp = req.send(cmd.to_string());
-        (id, url, resp)
+        (id, sent)
     }
 
     /// The result document of a command answered with one JSON document:
@@ -216,8 +311,8 @@ impl Client {
         params: Value,
         timeout: Option<Duration>,
     ) -> Result<Value, ClientError> {
-        let (id, url, resp) = self.post_command("", kind, action, params, timeout);
-        let answer = self.read(&url, resp)?;
+        let (id, sent) = self.post_command("", kind, action, params, timeout);
+        let answer = self.read(sent)?;
         self.settle(&id, answer)
     }
 
@@ -231,25 +326,19 @@ impl Client {
         mut on_output: impl FnMut(&str, &str),
     ) -> Result<Value, ClientError> {
         use std::io::BufRead;
-        let (id, url, resp) = self.post_command("?stream=true", kind, action, params, None);
-        let mut resp = resp.map_err(|e| self.unreachable(e))?;
-        let status = resp.status().as_u16();
-        let ndjson = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-ndjson"));
-        if !ndjson {
+        let (id, sent) = self.post_command("?stream=true", kind, action, params, None);
+        let sent = sent?;
+        let status = sent.status;
+        if !sent.content_type.starts_with("application/x-ndjson") {
             // Answered at once (a stored or refused command): one JSON document.
-            let answer = self.read(&url, Ok(resp))?;
+            let answer = self.read(Ok(sent))?;
             return self.settle(&id, answer);
         }
         let bad = |m: String| ClientError::BadResponse {
-            url: url.clone(),
+            url: self.base.clone(),
             message: m,
         };
-        let reader =
-            std::io::BufReader::new(resp.body_mut().with_config().limit(u64::MAX).reader());
+        let reader = std::io::BufReader::new(sent.body);
         for line in reader.lines() {
             let line = line.map_err(|e| bad(format!("stream broke off: {e}")))?;
             if line.trim().is_empty() {
@@ -287,6 +376,24 @@ impl Client {
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+fn tcp_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .user_agent(format!("vendetta-cli/{}", crate::VERSION))
+        .build()
+        .into()
+}
+
+/// A body read from the agent's socket, as `Read`.
+struct BodyReader(crate::http::Body<std::os::unix::net::UnixStream>);
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read_some(buf).map_err(std::io::Error::other)
     }
 }
 

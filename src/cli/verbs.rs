@@ -15,7 +15,8 @@ use std::path::PathBuf;
 const CLIENT_OPTS: &str = "
 Client options:
   -c, --config FILE   config file (for listen and token)
-      --agent URL     the agent's local API (env VENDETTA_AGENT_URL)
+      --agent URL     the agent's local API, http://HOST:PORT or unix:/PATH
+                      (env VENDETTA_AGENT_URL)
       --token TOKEN   API token (env VENDETTA_API_TOKEN)
       --json          print JSON instead of a table
   -h, --help          this help

@@ -15,6 +15,12 @@ pub(crate) fn apply_env(
     if let Some(v) = get("VENDETTA_AUTH_TOKEN") {
         c.auth_token = Secret(v);
     }
+    if let Some(v) = get("VENDETTA_LISTEN").filter(|v| !v.is_empty()) {
+        c.listen = super::Listen::parse_list(&v).map_err(|message| ConfigError::Env {
+            var: "VENDETTA_LISTEN",
+            message,
+        })?;
+    }
     if let Some(v) = get("VENDETTA_PROVIDER").filter(|v| !v.is_empty()) {
         c.provider = ProviderKind::parse(&v).ok_or_else(|| ConfigError::Env {
             var: "VENDETTA_PROVIDER",

@@ -104,6 +104,15 @@ pub(crate) fn locate(flag: Option<&Path>) -> Option<PathBuf> {
 
 /// Loads, applies environment overrides and validates.
 pub(crate) fn load(flag: Option<&Path>) -> Result<Loaded, ConfigError> {
+    load_with(flag, |k| std::env::var(k).ok())
+}
+
+/// `load`, with the environment read through `env` (`agent start
+/// --listen` passes its flag as `VENDETTA_LISTEN` this way).
+pub(crate) fn load_with(
+    flag: Option<&Path>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
     let mut warnings = Vec::new();
     let (mut config, source) = match locate(flag) {
         Some(path) => {
@@ -121,7 +130,7 @@ pub(crate) fn load(flag: Option<&Path>) -> Result<Loaded, ConfigError> {
         }
         None => (Config::default(), Source::Defaults),
     };
-    apply_env(&mut config, |k| std::env::var(k).ok())?;
+    apply_env(&mut config, env)?;
     let path = match &source {
         Source::File(p) => p.clone(),
         Source::Defaults => PathBuf::from("(defaults)"),

@@ -13,18 +13,19 @@
 pub(crate) mod cidr;
 mod env;
 pub(crate) mod jwt;
+mod listen;
 mod load;
 mod validate;
 
 pub(crate) use cidr::Cidr;
 pub(crate) use env::apply_env;
-pub(crate) use load::{check, load, locate, parse_text, ConfigError, Loaded, Source};
+pub(crate) use listen::Listen;
+pub(crate) use load::{check, load, load_with, locate, parse_text, ConfigError, Loaded, Source};
 
 use crate::protocol::{duration, size, ProviderKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -479,8 +480,9 @@ pub(crate) struct Config {
     pub(crate) audit_log: AuditLogConfig,
     pub(crate) exec: ExecPolicy,
 
-    #[serde(deserialize_with = "listen_addr")]
-    pub(crate) listen: SocketAddr,
+    pub(crate) listen: Listen,
+    /// The group of the API's Unix socket (mode 0660); empty: the agent's.
+    pub(crate) listen_group: String,
     pub(crate) api_token: Secret,
     /// What the static token may do (a JWT carries its own `scope`).
     pub(crate) api_token_scopes: Vec<crate::protocol::scope::Scope>,
@@ -499,14 +501,6 @@ pub(crate) struct Config {
     pub(crate) docker: Docker,
     pub(crate) lxc: Lxc,
     pub(crate) qemu: Qemu,
-}
-
-/// `listen` as an address and port; the message says what is expected.
-fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    d.deserialize_str(ParsedStr(|s: &str| {
-        s.parse()
-            .map_err(|_| format!("{s:?} is not an address:port such as 127.0.0.1:8080"))
-    }))
 }
 
 /// A string parsed by the function it carries. Errors raised inside a
@@ -564,7 +558,8 @@ impl Default for Config {
             results: Results::default(),
             audit_log: AuditLogConfig::default(),
             exec: ExecPolicy::default(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: Listen::default(),
+            listen_group: String::new(),
             api_token: Secret::default(),
             api_token_scopes: vec![crate::protocol::scope::Scope::Admin],
             metrics_auth: false,
@@ -744,7 +739,10 @@ log_level: "info"
             r#"{"listen":"127.0.0.1:9999","heartbeat":{"interval":"5s"}}"#,
         )
         .unwrap();
-        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9999)));
+        assert_eq!(
+            c.listen.tcp,
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9999)))
+        );
         let e = parse("agent.json", "{\n\"nope\": 1}")
             .unwrap_err()
             .to_string();
@@ -776,7 +774,7 @@ log_level: "info"
             ("workers: 0\n", "key workers: 0 is out of range; use 1 to 256"),
             (
                 "listen: nowhere\n",
-                "line 1: key listen: \"nowhere\" is not an address:port such as 127.0.0.1:8080",
+                "line 1: key listen: \"nowhere\" is not an address:port such as 127.0.0.1:8080, nor unix:/path/to/agent.sock",
             ),
             (
                 "provider: qemu\nproviders: [docker]\n",
@@ -841,9 +839,11 @@ log_level: "info"
             "VENDETTA_LOG_LEVEL" => Some("debug".to_string()),
             "VENDETTA_DEBUG_PPROF" => Some("true".to_string()),
             "VENDETTA_AUTH_TOKEN" => Some("t0k".to_string()),
+            "VENDETTA_LISTEN" => Some("unix:/run/v.sock, [::1]:9".to_string()),
             _ => None,
         };
         apply_env(&mut c, env).unwrap();
+        assert_eq!(c.listen.to_string(), "[::1]:9, unix:/run/v.sock");
         assert_eq!(c.coordination_url, "http://coord:3001");
         assert_eq!(c.provider, ProviderKind::Lxc);
         assert_eq!(c.log_level, LogLevel::Debug);
@@ -854,6 +854,14 @@ log_level: "info"
         })
         .unwrap_err();
         assert!(e.to_string().contains("VENDETTA_PROVIDER"));
+        let e = apply_env(&mut c, |k| {
+            (k == "VENDETTA_LISTEN").then(|| "unix:x".to_string())
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable VENDETTA_LISTEN: unix:x: the socket path must be absolute, without . or .. parts"
+        );
     }
 
     #[test]

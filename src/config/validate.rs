@@ -21,14 +21,35 @@ impl Config {
                 ),
             ));
         }
-        if !self.listen.ip().is_loopback() && !self.metrics_auth && !self.insecure_listen {
-            return Err(bad(
-                "listen",
-                format!(
-                    "{} is not a loopback address, and /metrics answers without a token there; set metrics_auth: true, or insecure_listen: true to serve it so anyway",
-                    self.listen
-                ),
-            ));
+        if let Some(tcp) = self.listen.tcp {
+            if !tcp.ip().is_loopback() && !self.metrics_auth && !self.insecure_listen {
+                return Err(bad(
+                    "listen",
+                    format!(
+                        "{tcp} is not a loopback address, and /metrics answers without a token there; set metrics_auth: true, or insecure_listen: true to serve it so anyway"
+                    ),
+                ));
+            }
+        }
+        let group = &self.listen_group;
+        if !group.is_empty() {
+            if self.listen.unix.is_none() {
+                return Err(bad(
+                    "listen_group",
+                    "is the group of the API's Unix socket, but listen names none (unix:/path)"
+                        .into(),
+                ));
+            }
+            let name_ok = group.len() <= 32
+                && group
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !name_ok {
+                return Err(bad(
+                    "listen_group",
+                    format!("{group:?} is not a group name or number"),
+                ));
+            }
         }
         if !self.coordination_url.is_empty() {
             let u = &self.coordination_url;

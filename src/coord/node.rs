@@ -86,7 +86,7 @@ impl<'a> NodeFacts<'a> {
             id,
             name,
             address,
-            port: config.listen.port(),
+            port: config.listen.tcp.map_or(0, |a| a.port()),
             provider: config.provider,
             capabilities: registry.usable(),
             labels: &config.labels,

@@ -1,12 +1,81 @@
-//! Sockets std cannot make: a Unix-socket connect bounded by a deadline
-//! and, for tests, a TCP port that is taken but refuses connections.
+//! Sockets std cannot make: a Unix-socket connect bounded by a deadline,
+//! a listening Unix socket that is never open to the wrong users, and for
+//! tests a TCP port that is taken but refuses connections.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// Listens on a Unix socket at `path` with `mode`, owned by group `gid`
+/// (None: the process's). The socket is bound in a fresh 0700 directory
+/// beside `path`, given its group and mode there, and only then renamed
+/// into place: no one can connect before its permissions are final, and
+/// no process-wide umask is touched. A socket left at `path` by a dead
+/// process is replaced; one that still answers, or anything that is not a
+/// socket, is an error.
+pub(crate) fn listen_unix(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixListener> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the socket path names no file")
+    })?;
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "something that is not a socket is there; remove it or pick another path",
+            ))
+        }
+        Ok(_) if UnixStream::connect(path).is_ok() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process listens on it (is an agent running already?)",
+            ))
+        }
+        _ => {}
+    }
+    let staging = parent.join(format!(
+        ".{}.{}",
+        name.to_string_lossy(),
+        super::random::random_hex(6)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let result = (|| {
+        let temp = staging.join("s");
+        let listener = UnixListener::bind(&temp)?;
+        if gid.is_some() {
+            std::os::unix::fs::chown(&temp, None, gid)?;
+        }
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&temp, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// The id of group `name` (or a number) from /etc/group.
+pub(crate) fn group_id(name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(name)).then(|| f.nth(1)?.parse().ok())?
+        })
+}
 
 /// Connects to the Unix socket at `path` without ever blocking past
 /// `deadline`, and returns a blocking stream without timeouts.
@@ -138,6 +207,7 @@ pub(crate) fn closed_tcp_port() -> io::Result<ClosedPort> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn connects_within_the_deadline_and_names_what_failed() {
@@ -169,5 +239,50 @@ mod tests {
         let p = closed_tcp_port().unwrap();
         let e = std::net::TcpStream::connect(("127.0.0.1", p.port)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn a_unix_listener_is_born_with_its_mode_and_replaces_only_a_dead_socket() {
+        let dir =
+            std::env::temp_dir().join(format!("vsock-{}", super::super::random::random_hex(4)));
+        let path = dir.join("run/agent.sock");
+        let gid = std::fs::metadata("/proc/self").unwrap().gid();
+        let l = listen_unix(&path, 0o660, Some(gid)).unwrap();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), gid);
+        assert!(
+            UnixStream::connect(&path).is_ok(),
+            "the renamed socket accepts"
+        );
+        let e = listen_unix(&path, 0o660, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        drop(l);
+        // Its listener gone, the socket file is stale: replaced.
+        let _l = listen_unix(&path, 0o600, None).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let file = dir.join("run/not-a-socket");
+        std::fs::write(&file, "keep me").unwrap();
+        let e = listen_unix(&file, 0o660, None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "something that is not a socket is there; remove it or pick another path"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+        let left: Vec<_> = std::fs::read_dir(dir.join("run"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no staging directory is left: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn group_ids() {
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("1234"), Some(1234));
+        assert_eq!(group_id("no-such-group-here"), None);
     }
 }

@@ -12,6 +12,7 @@ mod lxc;
 mod qemu;
 mod runtime;
 mod security;
+mod socket;
 mod tenants;
 mod tls;
 mod util;

@@ -18,8 +18,8 @@
 
 use super::engine::{api_error, call_name, message_of, parse_json, Engine};
 use super::DockerError;
-use crate::os::process::{self, KillTreeError};
 use crate::http::{self as http, Hijack, Request};
+use crate::os::process::{self, KillTreeError};
 use crate::providers::{Capture, ExecOutput, ExecSpec, OutputSink, Stream};
 use serde_json::{json, Value};
 use std::io::{Read, Write};

@@ -5,9 +5,9 @@
 //! causes is never reported as the container's own.
 
 use super::engine::{api_error, call_name, message_of};
-use crate::http::{self, encode, Request};
 use super::inspect::container_id;
 use super::{spec, DockerError, DockerProvider};
+use crate::http::{self, encode, Request};
 use crate::protocol::SessionId;
 use crate::providers::{Session, SessionSpec};
 use serde_json::Value;

@@ -37,9 +37,9 @@ use super::{
     SessionSpec,
 };
 use crate::config::Config;
+use crate::http::HttpError;
 use crate::protocol::{ProviderKind, SessionId};
 use engine::{Engine, MAX_API, MIN_API};
-use crate::http::HttpError;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
