@@ -182,6 +182,65 @@ fn allowed_ips_apply_before_auth() {
     }
 }
 
+/// A GET by curl from source address `from` to `url`: (status, body).
+fn curl_from(from: &str, url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-g",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--interface",
+            from,
+        ])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .arg(url)
+        .output()
+        .expect("curl");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", &s));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The allowlist is by the client's own address: 127.0.0.2 and ::1 are
+/// other loopback addresses than the agent's 127.0.0.1.
+#[test]
+fn allowed_ips_tell_loopback_addresses_apart() {
+    let a = Agent::start("allowed_ips: [127.0.0.2/32]\n");
+    let url = format!("{}/api/v1/sessions?provider=lxc", a.url);
+    let (status, body) = curl_from("127.0.0.2", &url);
+    assert_eq!(status, 200, "from 127.0.0.2: {body}");
+    let (status, body) = curl_from("127.0.0.1", &url);
+    assert_eq!(status, 403, "from 127.0.0.1: {body}");
+    assert!(body.contains("\"code\":\"forbidden\""), "{body}");
+    // IPv6: an agent on [::1], allowing ::1 but not 127.0.0.0/8, and the
+    // other way round.
+    for (allowed, want) in [("\"::1/128\"", 200), ("127.0.0.0/8", 403)] {
+        let mut v6 = Agent::configure("v6", &format!("allowed_ips: [{allowed}]\n"));
+        let yaml = std::fs::read_to_string(&v6.config).unwrap();
+        std::fs::write(
+            &v6.config,
+            yaml.replace(
+                &format!("listen: 127.0.0.1:{}", v6.port),
+                &format!("listen: \"[::1]:{}\"", v6.port),
+            ),
+        )
+        .unwrap();
+        v6.spawn();
+        let up = crate::util::wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("::1", v6.port)).is_ok()
+        });
+        assert!(up, "{}", v6.log());
+        let (status, body) = curl_from(
+            "::1",
+            &format!("http://[::1]:{}/api/v1/sessions?provider=lxc", v6.port),
+        );
+        assert_eq!(status, want, "allowed_ips [{allowed}], from ::1: {body}");
+    }
+}
+
 #[test]
 fn wrong_method_and_unknown_route() {
     let a = Agent::start("");
