@@ -139,7 +139,7 @@ fn check_claims(claims: &Value, cfg: &Jwt, now: SystemTime) -> Result<Claims, &'
         }
     }
     let tenant = match claims.get(cfg.tenant_claim.as_str()) {
-        None | Some(Value::Null) => None,
+        None => None,
         Some(Value::String(t)) => {
             Some(Tenant::parse(t).map_err(|_| "JWT tenant claim is not a valid tenant name")?)
         }
@@ -376,9 +376,15 @@ mod tests {
             ok(json!({"exp": t + 60, "org": "../b"})),
             Err("JWT tenant claim is not a valid tenant name")
         );
+        for bad in [json!(["a"]), json!(null), json!(7)] {
+            assert_eq!(
+                ok(json!({"exp": t + 60, "org": bad})),
+                Err("JWT tenant claim is not a string")
+            );
+        }
         assert_eq!(
-            ok(json!({"exp": t + 60, "org": ["a"]})),
-            Err("JWT tenant claim is not a string")
+            ok(json!({"exp": t + 60, "org": ".."})),
+            Err("JWT tenant claim is not a valid tenant name")
         );
     }
 

@@ -37,6 +37,16 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 /// /proc magic link (ELOOP); symlinks that stay inside are followed.
 /// `rel` must be relative.
 pub(crate) fn open_beneath(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+    openat2_beneath(root, rel, 0)
+}
+
+/// Like [`open_beneath`], but no symlink at all may be on the way, not
+/// even one that stays beneath `root`.
+pub(crate) fn open_beneath_no_symlinks(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+    openat2_beneath(root, rel, libc::RESOLVE_NO_SYMLINKS)
+}
+
+fn openat2_beneath(root: &OwnedFd, rel: &Path, extra: u64) -> io::Result<OwnedFd> {
     if rel.is_absolute() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -52,7 +62,7 @@ pub(crate) fn open_beneath(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
     // SAFETY: open_how is plain old data; all zeroes is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | extra;
     // SAFETY: root is an open descriptor, c a valid NUL-terminated path and
     // how a fully initialised open_how whose size we pass; the call returns
     // a new descriptor we own, or -1.

@@ -587,7 +587,7 @@ fn validate(r: &Request) -> Result<(), FieldError> {
                 }
             }
             if let Some(cpus) = p.resources.cpus {
-                if !(cpus > 0.0 && cpus <= 1024.0) {
+                if !(0.01..=1024.0).contains(&cpus) {
                     return Err(FieldError::new(
                         "params.resources.cpus",
                         "must be between 0.01 and 1024",

@@ -7,7 +7,7 @@
 use super::command::{Origin, ProviderKind};
 use super::result::Status;
 use super::session::{Session, SessionStatus};
-use super::tenant::{Tenancy, TENANT_LABEL};
+use super::tenant::{tenant_of, Tenancy};
 use serde::Serialize;
 
 /// One event, named on the stream (`event: command` or `event: session`).
@@ -114,7 +114,7 @@ impl SessionEvent {
             event: change,
             status: SessionState::Is(session.status),
             exit_code: None,
-            tenant: session.labels.get(TENANT_LABEL).cloned(),
+            tenant: tenant_of(&session.labels).map(str::to_string),
         }
     }
 }

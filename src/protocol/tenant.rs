@@ -9,8 +9,12 @@ use std::fmt;
 
 /// Labels under this prefix are the agent's; a command may not set them.
 pub(crate) const RESERVED_LABEL_PREFIX: &str = "vendetta.";
-/// The tenant a session belongs to.
+/// The tenant a session belongs to; empty for none (the agent always
+/// writes it, so that an image's own label cannot supply one).
 pub(crate) const TENANT_LABEL: &str = "vendetta.tenant";
+/// The tenant of a session whose labels could not be read: no tenant has
+/// this name, so only callers that reach all do.
+pub(crate) const UNKNOWN_TENANT: &str = "?";
 /// The memory (bytes) and CPUs a session was created with, kept so that
 /// tenant quotas can be counted again after a restart.
 pub(crate) const MEMORY_LABEL: &str = "vendetta.memory";
@@ -26,6 +30,10 @@ impl Tenant {
     pub(crate) fn parse(s: &str) -> Result<Tenant, &'static str> {
         if s.is_empty() || s.len() > 64 {
             return Err("a tenant name is 1 to 64 characters");
+        }
+        // Also a directory name under the workspace roots: never . or ..
+        if !s.as_bytes()[0].is_ascii_alphanumeric() {
+            return Err("a tenant name starts with a letter or digit");
         }
         if !s
             .bytes()
@@ -89,12 +97,20 @@ impl Tenancy {
 
     /// Whether a session with these labels is within reach.
     pub(crate) fn reaches_labels(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.reaches(labels.get(TENANT_LABEL).map(String::as_str))
+        self.reaches(tenant_of(labels))
     }
 
     pub(crate) fn tenant_str(&self) -> Option<&str> {
         self.tenant.as_ref().map(Tenant::as_str)
     }
+}
+
+/// The tenant a session's labels name; an empty label is none.
+pub(crate) fn tenant_of(labels: &BTreeMap<String, String>) -> Option<&str> {
+    labels
+        .get(TENANT_LABEL)
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -112,7 +128,14 @@ mod tests {
             "a tenant name is 1 to 64 characters"
         );
         assert!(Tenant::parse(&"a".repeat(65)).is_err());
-        for bad in ["a b", "a/b", "../x", "a\nb", "é", "a\"b"] {
+        for bad in [".", "..", ".hidden", "-x", "_x"] {
+            assert_eq!(
+                Tenant::parse(bad).unwrap_err(),
+                "a tenant name starts with a letter or digit",
+                "{bad:?}"
+            );
+        }
+        for bad in ["a b", "a/b", "x/../y", "a\nb", "aé", "a\"b"] {
             assert_eq!(
                 Tenant::parse(bad).unwrap_err(),
                 "a tenant name has only letters, digits, '.', '_' and '-'",
@@ -148,6 +171,11 @@ mod tests {
         assert!(admin_of_a.reaches_labels(&labels));
         assert!(!none.reaches_labels(&labels));
         assert!(none.reaches_labels(&BTreeMap::new()));
+        let empty = [(TENANT_LABEL.to_string(), String::new())].into();
+        assert!(none.reaches_labels(&empty), "an empty label is no tenant");
+        let unknown = [(TENANT_LABEL.to_string(), UNKNOWN_TENANT.to_string())].into();
+        assert!(!none.reaches_labels(&unknown) && !a.reaches_labels(&unknown));
+        assert!(Tenancy::everything().reaches_labels(&unknown));
         // Commands: an admin's are out of a tenant's reach, even its own
         // tenant's admin.
         assert!(a.reaches_command(&a));

@@ -51,6 +51,9 @@ pub(crate) struct SessionSpec {
     pub(crate) command: Option<Vec<String>>,
     /// How long the provider may take.
     pub(crate) timeout: Duration,
+    /// The resource limits must hold (a tenant quota counts them): a
+    /// provider that cannot enforce one refuses the create.
+    pub(crate) limits_must_hold: bool,
 }
 
 /// Set in every exec'd process's environment to the command's id, so that

@@ -5,7 +5,7 @@
 //! which an API request's thread calls. Provider errors map to result codes here,
 //! in one place (`failure_for`).
 
-use super::sessions::{NotAdmitted, OverQuota, Share};
+use super::sessions::{NotAdmitted, Over, OverQuota, Share};
 use super::{status, Runtime};
 use crate::protocol::command::{CreateParams, ExecParams, ListParams, Request};
 use crate::protocol::event::{Event, SessionChange, SessionEvent, SessionState};
@@ -248,24 +248,39 @@ fn create(
     let prov = provider(rt, kind)?;
     let limits = &rt.config.limits;
     let resources = super::policy::with_defaults(&p.resources, &limits.session_defaults);
+    // What the session will really take: QEMU gives whole vCPUs.
+    let cpus = match kind {
+        ProviderKind::Qemu => resources.cpus.map(f64::ceil),
+        _ => resources.cpus,
+    };
     let share = Share {
         tenant: reach.tenant_str().map(str::to_string),
         memory: resources.memory,
-        cpus: resources.cpus,
+        cpus,
     };
-    // Just after a start, the monitor may not have listed every provider
-    // yet: the limits count what exists, so list now.
-    if rt.registry.all().any(|p| !rt.sessions.listed(p.kind())) {
-        refresh_sessions(rt, None);
-    }
     let quota = reach
         .tenant
         .as_ref()
         .map(|t| limits.tenant_quotas.get(t).unwrap_or(&limits.tenant_quota));
+    // Just after a start, the monitor may not have listed every provider
+    // yet: the limits count what exists, so list now.
+    if rt.registry.all().any(|p| !rt.sessions.listed(p.kind())) {
+        let (_, errors) = refresh_sessions(rt, None);
+        // A quota cannot be counted without every tenant session.
+        if quota.is_some() && !errors.is_empty() {
+            return Err(Failure::new(
+                Code::Unavailable,
+                format!(
+                    "tenant quotas cannot be counted while a provider cannot be listed ({}); retry when it is back",
+                    errors.join("; ")
+                ),
+            ));
+        }
+    }
     // Held until the created session is in the table.
     let _admitted = rt
         .sessions
-        .reserve(p.session_id.as_str(), share, limits.max_sessions, quota)
+        .reserve(p.session_id.as_str(), share.clone(), limits.max_sessions, quota)
         .map_err(|refused| match refused {
             // Another tenant's: taken, and nothing more is said of it.
             NotAdmitted::Exists(existing) if !reach.reaches_labels(&existing.labels) => {
@@ -303,20 +318,25 @@ fn create(
         })?;
     // The runtime is given the sealed path, never the caller's.
     let workspace = match &p.workspace_path {
-        Some(w) => Some(rt.workspaces.seal(&p.session_id, w)?),
+        // A tenant's caller only within its tenant's directories.
+        Some(w) => Some(rt.workspaces.seal(
+            &p.session_id,
+            w,
+            reach.tenant.as_ref().filter(|_| !reach.all),
+        )?),
         None => None,
     };
-    // The protocol refuses `vendetta.*` labels in a command: these are ours.
+    // The protocol refuses `vendetta.*` labels in a command: these are
+    // ours, written even when empty, so that an image's own labels (which
+    // Docker copies to its containers) can never supply them.
     let mut labels = p.labels.clone();
     let ours = [
         (TENANT_LABEL, reach.tenant_str().map(str::to_string)),
-        (MEMORY_LABEL, resources.memory.map(|m| m.to_string())),
-        (CPUS_LABEL, resources.cpus.map(|c| c.to_string())),
+        (MEMORY_LABEL, share.memory.map(|m| m.to_string())),
+        (CPUS_LABEL, share.cpus.map(|c| c.to_string())),
     ];
     for (key, value) in ours {
-        if let Some(v) = value {
-            labels.insert(key.to_string(), v);
-        }
+        labels.insert(key.to_string(), value.unwrap_or_default());
     }
     let spec = SessionSpec {
         id: p.session_id.clone(),
@@ -329,6 +349,7 @@ fn create(
         labels,
         command: p.command.clone(),
         timeout,
+        limits_must_hold: quota.is_some_and(|q| q.memory.is_some() || q.cpus.is_some()),
     };
     let session = prov.create(&spec).inspect_err(|_| {
         if spec.workspace.is_some() {
@@ -340,27 +361,26 @@ fn create(
 
 /// Why a tenant's create is refused by its quota, naming the rule.
 fn quota_refusal(over: &OverQuota) -> String {
-    let key = format!(
-        "limits.tenant_quotas.{} (or limits.tenant_quota)",
-        over.tenant
-    );
-    let amount = |v: f64| match over.rule {
+    let (t, rule) = (&over.tenant, over.rule);
+    let key = format!("limits.tenant_quotas.{t} (or limits.tenant_quota)");
+    let amount = |v: f64| match rule {
         "memory" => crate::protocol::size::format(v as u64),
         _ => format!("{v}"),
     };
-    if over.no_amount {
-        return format!(
-            "tenant {} has a {} quota ({key}.{}), so a create must name params.resources.{} (or the node set limits.session_defaults.{})",
-            over.tenant, over.rule, over.rule, over.rule, over.rule
-        );
+    match &over.how {
+        Over::Unsized => format!(
+            "tenant {t} has a {rule} quota ({key}.{rule}), so a create must name params.resources.{rule} (or the node set limits.session_defaults.{rule})"
+        ),
+        Over::Unlimited(id) => format!(
+            "tenant {t} has a {rule} quota ({key}.{rule} = {}), and its session {id} has no {rule} limit, so it counts as all of it; destroy that session",
+            amount(over.limit)
+        ),
+        Over::Used(used) => format!(
+            "tenant {t} would pass its quota {key}.{rule} = {} ({} in use or being created); destroy one of its sessions or ask for less",
+            amount(over.limit),
+            amount(*used)
+        ),
     }
-    format!(
-        "tenant {} would pass its quota {key}.{} = {} ({} in use or being created); destroy one of its sessions or ask for less",
-        over.tenant,
-        over.rule,
-        amount(over.limit),
-        amount(over.used)
-    )
 }
 
 fn destroy(rt: &Runtime, reach: &Tenancy, id: &SessionId) -> Result<Value, Failure> {
@@ -368,7 +388,7 @@ fn destroy(rt: &Runtime, reach: &Tenancy, id: &SessionId) -> Result<Value, Failu
         // Idempotent: destroying what is not there succeeds (and frees a
         // seal a crash may have left, unless the session is another
         // tenant's: then it is only "not there" for this sender).
-        if rt.sessions.get(id.as_str()).is_none() {
+        if rt.sessions.get(id.as_str()).is_none() && !rt.sessions.is_creating(id.as_str()) {
             rt.workspaces.release(id.as_str());
         }
         return Ok(json!({"id": id, "destroyed": false, "existed": false}));

@@ -6,7 +6,7 @@
 use super::Runtime;
 use crate::config::TenantQuota;
 use crate::protocol::event::{Event, SessionChange, SessionEvent};
-use crate::protocol::tenant::{CPUS_LABEL, MEMORY_LABEL, TENANT_LABEL};
+use crate::protocol::tenant::{tenant_of, CPUS_LABEL, MEMORY_LABEL};
 use crate::protocol::ProviderKind;
 use crate::providers::{Provider, ProviderError, Session, SessionStatus};
 use std::collections::BTreeMap;
@@ -32,7 +32,21 @@ pub(crate) struct SessionTable {
     /// Providers listed at least once: until then, their sessions are
     /// not counted, and a create must list them first.
     listed: Mutex<std::collections::BTreeSet<ProviderKind>>,
+    /// When each id was last changed by a command (a counter): a listing
+    /// that began before leaves it as the command left it, so a session
+    /// just created is never dropped by a listing that missed it.
+    touched: Mutex<Touched>,
 }
+
+#[derive(Default)]
+struct Touched {
+    now: u64,
+    at: BTreeMap<String, u64>,
+}
+
+/// How many changes a listing may lag behind before its ids' marks are
+/// forgotten.
+const TOUCH_WINDOW: u64 = 4096;
 
 /// What a session takes of its tenant's quota.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,26 +57,41 @@ pub(crate) struct Share {
 }
 
 impl Share {
-    /// A session's share, from the labels its create gave it.
+    /// A session's share, from the labels its create gave it. An amount
+    /// that is missing or not a finite number ≥ 0 is None: unlimited.
     fn of(s: &Session) -> Share {
+        let amount = |key: &str| {
+            s.labels
+                .get(key)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+        };
         Share {
-            tenant: s.labels.get(TENANT_LABEL).cloned(),
-            memory: s.labels.get(MEMORY_LABEL).and_then(|v| v.parse().ok()),
-            cpus: s.labels.get(CPUS_LABEL).and_then(|v| v.parse().ok()),
+            tenant: tenant_of(&s.labels).map(str::to_string),
+            memory: amount(MEMORY_LABEL).map(|m| m as u64),
+            cpus: amount(CPUS_LABEL),
         }
     }
 }
 
-/// A tenant quota a create would pass: which, its limit and what is used.
+/// A tenant quota a create would pass: which rule, and how.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct OverQuota {
     pub(crate) tenant: String,
     /// `max_sessions`, `memory` or `cpus`.
     pub(crate) rule: &'static str,
     pub(crate) limit: f64,
-    pub(crate) used: f64,
-    /// The create names no amount of a quota'd resource.
-    pub(crate) no_amount: bool,
+    pub(crate) how: Over,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Over {
+    /// What is in use (or being created) plus the create passes it.
+    Used(f64),
+    /// The create names no amount of the resource: unlimited.
+    Unsized,
+    /// One of the tenant's sessions has no limit of it, so it takes all.
+    Unlimited(String),
 }
 
 /// Why a create was not admitted.
@@ -119,11 +148,11 @@ impl SessionTable {
             return Err(NotAdmitted::Full(max));
         }
         if let (Some(tenant), Some(quota)) = (&share.tenant, quota) {
-            let shares: Vec<Share> = map
+            let shares: Vec<(String, Share)> = map
                 .values()
-                .map(Share::of)
-                .chain(pending().map(|(_, s)| s.clone()))
-                .filter(|s| s.tenant.as_ref() == Some(tenant))
+                .map(|s| (s.id.clone(), Share::of(s)))
+                .chain(pending().map(|(id, s)| (id.clone(), s.clone())))
+                .filter(|(_, s)| s.tenant.as_ref() == Some(tenant))
                 .collect();
             if let Some(over) = over_quota(tenant, &shares, &share, quota) {
                 return Err(NotAdmitted::Quota(over));
@@ -152,34 +181,76 @@ impl SessionTable {
             .cloned()
     }
 
+    /// A session a command created or changed.
     pub(crate) fn upsert(&self, s: Session) {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(s.id.clone(), s);
+        let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        self.touch(&s.id);
+        map.insert(s.id.clone(), s);
     }
 
+    /// A session a command destroyed.
     pub(crate) fn remove(&self, id: &str) -> Option<Session> {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
+        let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        self.touch(id);
+        map.remove(id)
     }
 
-    /// Replaces one provider's sessions with a fresh listing and returns
-    /// what changed.
-    pub(crate) fn replace(&self, kind: ProviderKind, fresh: Vec<Session>) -> Vec<Change> {
+    /// Whether a create of `id` is admitted and not finished.
+    pub(crate) fn is_creating(&self, id: &str) -> bool {
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    fn touch(&self, id: &str) {
+        let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        t.now += 1;
+        let now = t.now;
+        t.at.insert(id.to_string(), now);
+        if t.at.len() as u64 > TOUCH_WINDOW {
+            t.at.retain(|_, at| *at + TOUCH_WINDOW > now);
+        }
+    }
+
+    /// The mark to pass to [`SessionTable::replace`] for a listing that
+    /// begins now.
+    pub(crate) fn mark(&self) -> u64 {
+        self.touched.lock().unwrap_or_else(|p| p.into_inner()).now
+    }
+
+    /// Replaces one provider's sessions with a fresh listing begun at
+    /// `mark` and returns what changed. Sessions a command changed since
+    /// `mark` stay as the command left them.
+    pub(crate) fn replace(
+        &self,
+        kind: ProviderKind,
+        fresh: Vec<Session>,
+        mark: u64,
+    ) -> Vec<Change> {
         let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
         self.listed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(kind);
+        let newer: std::collections::BTreeSet<String> = {
+            let t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            t.at.iter()
+                .filter(|(_, at)| **at > mark)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
         let mut changes = Vec::new();
-        let fresh: BTreeMap<String, Session> =
-            fresh.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let fresh: BTreeMap<String, Session> = fresh
+            .into_iter()
+            .filter(|s| !newer.contains(&s.id))
+            .map(|s| (s.id.clone(), s))
+            .collect();
         let gone: Vec<String> = map
             .iter()
-            .filter(|(id, s)| s.provider == kind && !fresh.contains_key(*id))
+            .filter(|(id, s)| {
+                s.provider == kind && !fresh.contains_key(*id) && !newer.contains(*id)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
@@ -226,20 +297,23 @@ impl SessionTable {
 /// would break, given the tenant's `held` sessions.
 fn over_quota(
     tenant: &str,
-    held: &[Share],
+    held: &[(String, Share)],
     want: &Share,
     quota: &TenantQuota,
 ) -> Option<OverQuota> {
-    let over = |rule, limit: f64, used: f64, no_amount| OverQuota {
+    let over = |rule, limit: f64, how| OverQuota {
         tenant: tenant.to_string(),
         rule,
         limit,
-        used,
-        no_amount,
+        how,
     };
     if let Some(max) = quota.max_sessions {
         if held.len() >= max {
-            return Some(over("max_sessions", max as f64, held.len() as f64, false));
+            return Some(over(
+                "max_sessions",
+                max as f64,
+                Over::Used(held.len() as f64),
+            ));
         }
     }
     /// A quota'd resource: its rule, its limit, and what a share takes.
@@ -252,10 +326,15 @@ fn over_quota(
     ];
     for (rule, limit, amount) in amounts {
         let Some(limit) = limit else { continue };
-        let used: f64 = held.iter().filter_map(amount).sum();
+        // A session without a limit of it (made before the quota was
+        // set) could take all of it: nothing more fits.
+        if let Some((id, _)) = held.iter().find(|(_, s)| amount(s).is_none()) {
+            return Some(over(rule, limit, Over::Unlimited(id.clone())));
+        }
+        let used: f64 = held.iter().filter_map(|(_, s)| amount(s)).sum();
         match amount(want) {
-            None => return Some(over(rule, limit, used, true)),
-            Some(w) if used + w > limit + 1e-9 => return Some(over(rule, limit, used, false)),
+            None => return Some(over(rule, limit, Over::Unsized)),
+            Some(w) if used + w > limit + 1e-9 => return Some(over(rule, limit, Over::Used(used))),
             Some(_) => {}
         }
     }
@@ -267,8 +346,9 @@ fn over_quota(
 /// announced whoever noticed it first (the monitor or a `session list`).
 impl Runtime {
     pub(crate) fn sync_sessions(&self, p: &dyn Provider) -> Result<Vec<Session>, ProviderError> {
+        let mark = self.sessions.mark();
         let list = p.list()?;
-        for change in self.sessions.replace(p.kind(), list.clone()) {
+        for change in self.sessions.replace(p.kind(), list.clone(), mark) {
             let (s, event) = match change {
                 Change::Appeared(s) => (s, SessionChange::Discovered),
                 Change::Status { session, from } => {
@@ -314,9 +394,14 @@ mod tests {
                 s("a", SessionStatus::Running),
                 s("b", SessionStatus::Running),
             ],
+            t.mark(),
         );
         assert_eq!(c.len(), 2);
-        let c = t.replace(ProviderKind::Docker, vec![s("a", SessionStatus::Exited)]);
+        let c = t.replace(
+            ProviderKind::Docker,
+            vec![s("a", SessionStatus::Exited)],
+            t.mark(),
+        );
         assert_eq!(c.len(), 2);
         assert!(c.iter().any(|c| matches!(
             c,
@@ -330,9 +415,32 @@ mod tests {
             .any(|c| matches!(c, Change::Vanished(x) if x.id == "b")));
         assert_eq!(t.counts(), (1, 0));
         assert!(
-            t.replace(ProviderKind::Lxc, vec![]).is_empty(),
+            t.replace(ProviderKind::Lxc, vec![], t.mark()).is_empty(),
             "other providers' sessions are untouched"
         );
+    }
+
+    /// A listing that began before a create finished (or a destroy) does
+    /// not undo it: the session counts from its create on.
+    #[test]
+    fn a_listing_older_than_a_command_leaves_its_session_alone() {
+        let t = SessionTable::default();
+        t.upsert(s("old", SessionStatus::Running));
+        let mark = t.mark();
+        // Meanwhile: "new" created, "old" destroyed.
+        t.upsert(s("new", SessionStatus::Created));
+        t.remove("old");
+        // The listing still shows "old" and not "new".
+        let c = t.replace(
+            ProviderKind::Docker,
+            vec![s("old", SessionStatus::Running)],
+            mark,
+        );
+        assert!(c.is_empty(), "{c:?}");
+        assert!(t.get("new").is_some() && t.get("old").is_none());
+        // A listing begun after both is believed.
+        let c = t.replace(ProviderKind::Docker, vec![], t.mark());
+        assert!(matches!(&c[..], [Change::Vanished(x)] if x.id == "new"));
     }
 
     #[test]
@@ -376,6 +484,7 @@ mod tests {
     }
 
     fn tenant_session(id: &str, tenant: &str, memory: u64, cpus: &str) -> Session {
+        use crate::protocol::tenant::TENANT_LABEL;
         let mut s = s(id, SessionStatus::Running);
         s.labels = [
             (TENANT_LABEL, tenant.to_string()),
@@ -417,21 +526,24 @@ mod tests {
             panic!("memory is used up by a1 and the create in flight")
         };
         assert_eq!(
-            (over.tenant.as_str(), over.rule, over.used, over.no_amount),
-            ("a", "memory", (2u64 << 30) as f64, false)
+            (over.tenant.as_str(), over.rule, over.how),
+            ("a", "memory", Over::Used((2u64 << 30) as f64))
         );
         let Err(NotAdmitted::Quota(over)) = t.reserve("a3", share("a", None, Some(0.1)), 100, q)
         else {
             panic!("a create naming no memory cannot be counted")
         };
-        assert!(over.no_amount && over.rule == "memory");
+        assert_eq!((over.rule, over.how), ("memory", Over::Unsized));
         drop(r1);
         let Err(NotAdmitted::Quota(over)) =
             t.reserve("a3", share("a", Some(1 << 20), Some(0.6)), 100, q)
         else {
             panic!("cpus: 1.5 + 0.6 > 2")
         };
-        assert_eq!((over.rule, over.limit, over.used), ("cpus", 2.0, 1.5));
+        assert_eq!(
+            (over.rule, over.limit, over.how),
+            ("cpus", 2.0, Over::Used(1.5))
+        );
         let only_count = TenantQuota {
             max_sessions: Some(1),
             ..TenantQuota::default()
@@ -442,8 +554,8 @@ mod tests {
             panic!("a has 1 session")
         };
         assert_eq!(
-            (over.rule, over.limit, over.used),
-            ("max_sessions", 1.0, 1.0)
+            (over.rule, over.limit, over.how),
+            ("max_sessions", 1.0, Over::Used(1.0))
         );
         assert!(t
             .reserve("c1", share("c", None, None), 100, Some(&only_count))
@@ -453,6 +565,22 @@ mod tests {
                 .is_ok(),
             "the untenanted have no tenant quota"
         );
+        // Labels that are not finite amounts ≥ 0 (NaN, negative, missing)
+        // are no limit: that session takes the whole quota.
+        for bad in ["NaN", "-4", "inf", ""] {
+            let t = SessionTable::default();
+            t.upsert(tenant_session("x1", "x", 1 << 20, bad));
+            let Err(NotAdmitted::Quota(over)) =
+                t.reserve("x2", share("x", Some(1 << 20), Some(0.1)), 100, q)
+            else {
+                panic!("cpus {bad:?} must not count as little")
+            };
+            assert_eq!(
+                (over.rule, over.how),
+                ("cpus", Over::Unlimited("x1".into())),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

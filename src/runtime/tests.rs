@@ -367,3 +367,52 @@ fn an_unknown_session_and_a_bad_field_fail_with_their_codes() {
     assert_eq!(r.error, "params.command: is required");
     assert_eq!(h.execs(), 0);
 }
+
+/// Another tenant's destroy of a session still being created (its id is
+/// learnt from "is being created by another command") says it does not
+/// exist and leaves the creator's sealed workspace in place.
+#[test]
+fn a_destroy_leaves_the_seal_of_a_create_in_flight() {
+    use crate::protocol::tenant::Tenant;
+    let ws = std::env::temp_dir().join(format!("vrt-ws-{}", crate::os::random::random_hex(4)));
+    std::fs::create_dir_all(ws.join("a/dir")).unwrap();
+    let h = Harness::new(
+        FakeProvider::new(Exec::Succeed),
+        &format!("workspace_roots: [{}]\n", ws.display()),
+    );
+    let id = crate::protocol::SessionId::parse("victim").unwrap();
+    let creating =
+        h.rt.sessions
+            .reserve("victim", super::sessions::Share::default(), 10, None)
+            .unwrap();
+    let sealed = h.rt.workspaces.seal(&id, &ws.join("a/dir"), None).unwrap();
+    let b = Tenancy {
+        tenant: Some(Tenant::parse("b").unwrap()),
+        all: false,
+    };
+    let destroy = command(json!({"id": "d1", "type": "session", "action": "destroy",
+        "params": {"session_id": "victim"}}));
+    let r = super::dispatch::execute(&h.rt, &destroy, &b, &mut crate::providers::output::Discard);
+    assert_eq!(r.status, Status::Success, "{r:?}");
+    assert_eq!(
+        r.data,
+        json!({"id": "victim", "destroyed": false, "existed": false})
+    );
+    assert!(
+        crate::os::mount::is_mount_point(&sealed),
+        "the seal is still there"
+    );
+    let again = h.rt.workspaces.seal(
+        &crate::protocol::SessionId::parse("thief").unwrap(),
+        &ws.join("a/dir"),
+        None,
+    );
+    assert_eq!(
+        again.unwrap_err().code,
+        Code::Rejected,
+        "still sealed for its creator"
+    );
+    drop(creating);
+    h.rt.workspaces.release("victim");
+    std::fs::remove_dir_all(&ws).unwrap();
+}

@@ -8,11 +8,15 @@
 //!
 //! A workspace may not contain, or lie inside, a live session's (nor be
 //! the same): one session could otherwise reach into another's files.
+//! A tenant's workspaces lie in its own directory of a root,
+//! `ROOT/TENANT/`, opened without any symlink and then used as the root:
+//! no symlink a tenant's session makes can lead into another tenant's.
 //! Records (`sealed/<session>.json`) let the seals be made again after a
 //! reboot, when the mounts are gone.
 
 use super::dispatch::Failure;
 use crate::os;
+use crate::protocol::tenant::Tenant;
 use crate::protocol::{Code, SessionId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,6 +40,9 @@ struct Seal {
 #[derive(Serialize, Deserialize)]
 struct Record {
     path: PathBuf,
+    /// The tenant whose directory confines it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<Tenant>,
 }
 
 impl Workspaces {
@@ -92,7 +99,7 @@ impl Workspaces {
                 continue;
             };
             let target = self.dir.join(&session);
-            let opened = self.open_beneath_root(&record.path);
+            let opened = self.open_beneath_root(&record.path, record.tenant.as_ref());
             match opened {
                 Ok(dir) => {
                     if !os::mount::is_mount_point(&target) {
@@ -116,21 +123,27 @@ impl Workspaces {
     }
 
     /// Seals `requested` for `session` and returns the path to give the
-    /// runtime.
-    pub(crate) fn seal(&self, session: &SessionId, requested: &Path) -> Result<PathBuf, Failure> {
-        let dir = self.open_beneath_root(requested)?;
+    /// runtime; with `tenant`, only inside that tenant's directories.
+    pub(crate) fn seal(
+        &self,
+        session: &SessionId,
+        requested: &Path,
+        tenant: Option<&Tenant>,
+    ) -> Result<PathBuf, Failure> {
+        let dir = self.open_beneath_root(requested, tenant)?;
         let chain = self
             .chain(dir.try_clone().map_err(|e| self.unusable(requested, e))?)
             .map_err(|e| self.unusable(requested, e))?;
         let mut live = self.lock();
-        if let Some((other, _)) = live
-            .iter()
-            .find(|(_, s)| chain.contains(&s.chain[0]) || s.chain.contains(&chain[0]))
+        // The other session is not named: it may be another tenant's.
+        if live
+            .values()
+            .any(|s| chain.contains(&s.chain[0]) || s.chain.contains(&chain[0]))
         {
             return Err(Failure::new(
                 Code::Rejected,
                 format!(
-                    "params.workspace_path: {} is, holds, or lies inside the workspace of session {other}; give each session a directory of its own",
+                    "params.workspace_path: {} is, holds, or lies inside the workspace of a live session; give each session a directory of its own",
                     requested.display()
                 ),
             ));
@@ -152,6 +165,7 @@ impl Workspaces {
         }
         let record = serde_json::to_vec(&Record {
             path: requested.to_path_buf(),
+            tenant: tenant.cloned(),
         })
         .unwrap_or_default();
         let path = self.dir.join(format!("{session}.json"));
@@ -182,8 +196,13 @@ impl Workspaces {
     }
 
     /// Opens `requested` beneath the root it names, refusing anything
-    /// outside the roots.
-    fn open_beneath_root(&self, requested: &Path) -> Result<OwnedFd, Failure> {
+    /// outside the roots (or, for `tenant`, outside its directory of a
+    /// root, made when missing).
+    fn open_beneath_root(
+        &self,
+        requested: &Path,
+        tenant: Option<&Tenant>,
+    ) -> Result<OwnedFd, Failure> {
         let invalid =
             |m: String| Failure::new(Code::Invalid, format!("params.workspace_path: {m}"));
         if !os::mount::is_plain_absolute(requested) {
@@ -192,30 +211,60 @@ impl Workspaces {
                 requested.display()
             )));
         }
-        let Some((root, rel)) = self
-            .roots
+        let bases: Vec<PathBuf> = match tenant {
+            Some(t) => self.roots.iter().map(|r| r.join(t.as_str())).collect(),
+            None => self.roots.clone(),
+        };
+        let Some((base, rel)) = bases
             .iter()
-            .find_map(|r| requested.strip_prefix(r).ok().map(|rel| (r, rel)))
+            .find_map(|b| requested.strip_prefix(b).ok().map(|rel| (b, rel)))
         else {
+            let listed = bases
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(Failure::new(
                 Code::Rejected,
-                format!(
-                    "params.workspace_path: {} is not under workspace_roots ({})",
-                    requested.display(),
-                    self.roots
-                        .iter()
-                        .map(|r| r.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                match tenant {
+                    Some(t) => format!(
+                        "params.workspace_path: {} is not in tenant {t}'s workspace directories ({listed})",
+                        requested.display()
+                    ),
+                    None => format!(
+                        "params.workspace_path: {} is not under workspace_roots ({listed})",
+                        requested.display()
+                    ),
+                },
             ));
         };
+        let root = base.parent().filter(|_| tenant.is_some()).unwrap_or(base);
         let root_fd = os::mount::open_dir(root).map_err(|e| {
             Failure::new(
                 Code::Failed,
                 format!("workspace root {} cannot be opened: {e}", root.display()),
             )
         })?;
+        // A tenant's directory: made if missing, and never a symlink
+        // (which could point at another tenant's).
+        let root_fd = match tenant {
+            None => root_fd,
+            Some(t) => {
+                let _ = std::fs::create_dir(base);
+                os::mount::open_beneath_no_symlinks(&root_fd, Path::new(t.as_str())).map_err(
+                    |e| {
+                        Failure::new(
+                            Code::Rejected,
+                            format!(
+                                "tenant {t}'s workspace directory {} cannot be used ({e}); it must be a directory, not a symlink",
+                                base.display()
+                            ),
+                        )
+                    },
+                )?
+            }
+        };
+        let root = base;
         os::mount::open_beneath(&root_fd, rel).map_err(|e| match e.raw_os_error() {
             Some(libc::EXDEV) | Some(libc::ELOOP) => Failure::new(
                 Code::Rejected,
@@ -272,13 +321,13 @@ mod tests {
         std::fs::create_dir_all(&cache).unwrap();
         let w = Workspaces::open(&cache, std::slice::from_ref(&root));
         let id = |s: &str| SessionId::parse(s).unwrap();
-        let b = w.seal(&id("b"), &root.join("tenant/b")).unwrap();
+        let b = w.seal(&id("b"), &root.join("tenant/b"), None).unwrap();
         assert_eq!(b, cache.join("sealed/b"));
         // The name is swapped for a symlink to /: the seal holds b's dir.
         std::fs::rename(root.join("tenant/b"), root.join("tenant/b-old")).unwrap();
         std::os::unix::fs::symlink("/", root.join("tenant/b")).unwrap();
         assert_eq!(std::fs::read_to_string(b.join("file")).unwrap(), "b's");
-        let e = w.seal(&id("c"), &root.join("tenant/b")).unwrap_err();
+        let e = w.seal(&id("c"), &root.join("tenant/b"), None).unwrap_err();
         assert_eq!(e.code, Code::Rejected);
         assert_eq!(
             e.message,
@@ -289,16 +338,16 @@ mod tests {
             )
         );
         // Holding b's directory (its parent) is refused; a sibling is fine.
-        let e = w.seal(&id("a"), &root.join("tenant")).unwrap_err();
-        assert!(e.message.ends_with("is, holds, or lies inside the workspace of session b; give each session a directory of its own"), "{}", e.message);
-        w.seal(&id("o"), &root.join("other")).unwrap();
+        let e = w.seal(&id("a"), &root.join("tenant"), None).unwrap_err();
+        assert!(e.message.ends_with("is, holds, or lies inside the workspace of a live session; give each session a directory of its own"), "{}", e.message);
+        w.seal(&id("o"), &root.join("other"), None).unwrap();
         for (p, code) in [
             (PathBuf::from("/etc"), Code::Rejected),
             (root.join("../x"), Code::Invalid),
             (root.join("missing"), Code::Invalid),
         ] {
             assert_eq!(
-                w.seal(&id("x"), &p).unwrap_err().code,
+                w.seal(&id("x"), &p, None).unwrap_err().code,
                 code,
                 "{}",
                 p.display()
@@ -309,8 +358,73 @@ mod tests {
         w.release("b");
         assert!(!os::mount::is_mount_point(&b) && !b.exists());
         // Free again once b is gone.
-        w.seal(&id("a"), &root.join("tenant")).unwrap();
+        w.seal(&id("a"), &root.join("tenant"), None).unwrap();
         w.release("a");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// A tenant's workspaces are confined to ROOT/TENANT: a symlink there
+    /// (which its own session could make) cannot lead to a neighbour's,
+    /// and ROOT/TENANT itself may not be a symlink.
+    #[test]
+    fn a_tenants_workspaces_stay_in_its_directory() {
+        let d = std::env::temp_dir().join(format!("vwt-{}", crate::os::random::random_hex(4)));
+        let root = d.join("root");
+        std::fs::create_dir_all(root.join("b/secret")).unwrap();
+        let cache = d.join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let w = Workspaces::open(&cache, std::slice::from_ref(&root));
+        let id = |s: &str| SessionId::parse(s).unwrap();
+        let a = Tenant::parse("a").unwrap();
+        // ROOT/a is made on first use.
+        std::fs::create_dir_all(root.join("a")).ok();
+        std::fs::remove_dir(root.join("a")).unwrap();
+        let e = w
+            .seal(&id("x"), &root.join("a/missing"), Some(&a))
+            .unwrap_err();
+        assert_eq!(e.code, Code::Invalid, "{}", e.message);
+        assert!(root.join("a").is_dir());
+        std::fs::create_dir(root.join("a/ws")).unwrap();
+        w.seal(&id("a1"), &root.join("a/ws"), Some(&a)).unwrap();
+        // Outside its directory, even under the root: refused.
+        let e = w
+            .seal(&id("a2"), &root.join("b/secret"), Some(&a))
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message),
+            (
+                Code::Rejected,
+                format!(
+                    "params.workspace_path: {} is not in tenant a's workspace directories ({})",
+                    root.join("b/secret").display(),
+                    root.join("a").display()
+                )
+            )
+        );
+        // A symlink inside a's directory to b's: out of a's directory.
+        std::os::unix::fs::symlink("../b/secret", root.join("a/peek")).unwrap();
+        let e = w
+            .seal(&id("a3"), &root.join("a/peek"), Some(&a))
+            .unwrap_err();
+        assert_eq!(e.code, Code::Rejected, "{}", e.message);
+        assert!(e.message.contains("leads out of"), "{}", e.message);
+        // Untenanted, the same symlink stays beneath the root: allowed.
+        w.seal(&id("u1"), &root.join("a/peek"), None).unwrap();
+        // ROOT/c planted as a symlink to b's directory: refused for c.
+        std::os::unix::fs::symlink(root.join("b"), root.join("c")).unwrap();
+        let c = Tenant::parse("c").unwrap();
+        let e = w
+            .seal(&id("c1"), &root.join("c/secret"), Some(&c))
+            .unwrap_err();
+        assert_eq!(e.code, Code::Rejected, "{}", e.message);
+        assert!(
+            e.message.contains("it must be a directory, not a symlink"),
+            "{}",
+            e.message
+        );
+        for s in ["a1", "u1"] {
+            w.release(s);
+        }
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -473,6 +473,7 @@ mod tests {
             labels: Default::default(),
             command: None,
             timeout: Duration::from_secs(30),
+            limits_must_hold: false,
         })
         .unwrap();
         p.start(&id).unwrap();

@@ -368,6 +368,7 @@ mod tests {
             labels: Default::default(),
             command: None,
             timeout: Duration::from_secs(10),
+            limits_must_hold: false,
         };
         let s = p.create(&spec).unwrap();
         assert_eq!(s.warnings, [warning]);

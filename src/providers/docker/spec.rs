@@ -377,6 +377,7 @@ mod tests {
             labels: [("team".to_string(), "red".to_string())].into(),
             command: None,
             timeout: Duration::from_secs(30),
+            limits_must_hold: false,
         }
     }
 

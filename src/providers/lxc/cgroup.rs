@@ -242,7 +242,10 @@ mod tests {
             "{missing:?}"
         );
         assert!(missing[1].starts_with("resources.pids"), "{missing:?}");
-        let e = LxcError::Limits { missing };
+        let e = LxcError::Limits {
+            missing,
+            by_quota: false,
+        };
         assert!(
             matches!(ProviderError::from(e), ProviderError::Invalid(m) if m.contains("lxc.require_limits is true"))
         );

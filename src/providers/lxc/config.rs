@@ -99,6 +99,11 @@ pub(crate) fn ownership(
         meta.warnings.push(
             "the vendetta metadata in the container config is unreadable; image, labels and env are unknown".into(),
         );
+        // Its tenant is unknown: only admin may reach it.
+        meta.labels.insert(
+            crate::protocol::tenant::TENANT_LABEL.into(),
+            crate::protocol::tenant::UNKNOWN_TENANT.into(),
+        );
     }
     if meta.session != id {
         return Err(foreign(format!(

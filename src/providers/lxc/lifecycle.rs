@@ -172,8 +172,11 @@ impl LxcProvider {
         }
         let host = CgroupHost::detect();
         let (limits, missing) = limit_lines(&spec.resources, &host);
-        if !missing.is_empty() && self.cfg.require_limits {
-            return Err(LxcError::Limits { missing });
+        if !missing.is_empty() && (self.cfg.require_limits || spec.limits_must_hold) {
+            return Err(LxcError::Limits {
+                missing,
+                by_quota: !self.cfg.require_limits,
+            });
         }
         let warnings: Vec<String> = missing
             .iter()

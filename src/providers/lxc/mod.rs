@@ -105,8 +105,12 @@ pub(crate) enum LxcError {
     Name { id: String, reason: String },
     /// A request field this provider cannot honour.
     Spec { field: &'static str, reason: String },
-    /// Limits the host cannot enforce while `lxc.require_limits` is true.
-    Limits { missing: Vec<String> },
+    /// Limits the host cannot enforce while `lxc.require_limits` is true,
+    /// or a tenant quota counts them (`by_quota`).
+    Limits {
+        missing: Vec<String>,
+        by_quota: bool,
+    },
     /// No container of ours for this session.
     Missing { id: String },
     /// The name is taken by a container vendetta (on this node) did not create.
@@ -151,9 +155,14 @@ impl fmt::Display for LxcError {
         match self {
             LxcError::Name { id, reason } => write!(f, "session id {id:?} cannot name an lxc container: {reason}"),
             LxcError::Spec { field, reason } => write!(f, "params.{field}: {reason}"),
-            LxcError::Limits { missing } => write!(
+            LxcError::Limits { missing, by_quota: false } => write!(
                 f,
                 "this host cannot enforce {}; lxc.require_limits is true, so the session was not created (drop those resources or set lxc.require_limits: false)",
+                missing.join("; ")
+            ),
+            LxcError::Limits { missing, by_quota: true } => write!(
+                f,
+                "this host cannot enforce {}, and the tenant's quota counts them, so the session was not created (enable those cgroup controllers on the host)",
                 missing.join("; ")
             ),
             LxcError::Missing { id } => write!(f, "no lxc session {id} on this node; `session list` shows the ones there are"),

@@ -533,6 +533,7 @@ mod tests {
             labels: Default::default(),
             command: Some(vec!["x".into()]),
             timeout: Duration::from_secs(1),
+            limits_must_hold: false,
         };
         spec.resources.memory = Some((300 << 20) + 1);
         spec.resources.cpus = Some(1.5);
