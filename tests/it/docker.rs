@@ -28,7 +28,7 @@ const SOCK: &str = "/var/run/docker.sock";
 
 /// One call to the engine's API through curl; unversioned paths (the
 /// engine's newest version), so this check does not share our negotiation.
-fn engine(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+pub(crate) fn engine(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-s",
@@ -117,7 +117,7 @@ impl Drop for Sessions {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

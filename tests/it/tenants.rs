@@ -3,7 +3,7 @@
 //! answered as if they did not exist; lists, results by id and event
 //! streams are filtered; quotas per tenant hold under parallel creates.
 
-use crate::docker::{docker_agent, Sessions};
+use crate::docker::{docker_agent, engine, urlencode, Sessions, IMAGE};
 use crate::jwt::{now, pyjwt};
 use crate::util::{api_error, failed, next_id, ok, Agent, Events, TOKEN};
 use serde_json::{json, Value};
@@ -251,6 +251,19 @@ fn a_tenant_reaches_only_its_own_sessions() {
     assert!(a
         .log()
         .contains("JWT tenant claim is not a valid tenant name"));
+    let null_tenant = pyjwt(
+        &json!({"sub": "nil", "scope": USER, "exp": now() + 600, "tenant": null}),
+        SECRET,
+        "HS256",
+        &json!({}),
+    );
+    api_error(
+        a.get_as("/api/v1/sessions", Some(&null_tenant)),
+        401,
+        "unauthorized",
+        "missing or invalid bearer token",
+    );
+    assert!(a.log().contains("JWT tenant claim is not a string"));
     // The audit log names each command's tenant.
     let audit = std::fs::read_to_string(a.cache().join("audit.log")).unwrap();
     let line = audit
@@ -330,4 +343,141 @@ fn tenant_quotas_hold_under_parallel_creates() {
     let (_, r) = create(&a, "m5", json!({"memory": "6m", "cpus": 0.1}));
     failed(&r, "rejected", "memory = 64m (64m in use or being created)");
     assert!(a.is_alive());
+}
+
+/// An image that is not a tenant's own.
+struct Image(String);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        engine(
+            "DELETE",
+            &format!("/images/{}?force=1", urlencode(&self.0)),
+            None,
+        );
+    }
+}
+
+/// An image whose own labels claim a tenant and a NaN of CPUs: Docker
+/// copies image labels to containers, but the agent's win.
+#[test]
+fn an_images_labels_cannot_name_a_tenant() {
+    let g = Sessions::new("imglabel");
+    let a = tenant_agent("limits:\n  tenant_quota: {cpus: 1}\n");
+    let name = format!("vendetta-test/labelled-{}", std::process::id());
+    let (status, c) = engine(
+        "POST",
+        "/containers/create",
+        Some(&json!({"Image": IMAGE, "Cmd": ["true"]})),
+    );
+    assert_eq!(status, 201, "{c}");
+    let cid = c["Id"].as_str().unwrap().to_string();
+    let changes = "LABEL vendetta.tenant=team-b vendetta.cpus=NaN vendetta.memory=-1";
+    let (status, body) = engine(
+        "POST",
+        &format!(
+            "/commit?container={cid}&repo={}&tag=latest&changes={}",
+            urlencode(&name),
+            urlencode(changes)
+        ),
+        None,
+    );
+    engine("DELETE", &format!("/containers/{cid}?force=1"), None);
+    assert_eq!(status, 201, "{body}");
+    let _image = Image(format!("{name}:latest"));
+    let admin = token("root", "", "admin");
+    let id = g.id("x");
+    let (status, r) = post(
+        &a,
+        &admin,
+        "session",
+        "create",
+        json!({"session_id": id, "image": format!("{name}:latest")}),
+    );
+    assert_eq!(status, 200, "{r}");
+    let labels = &ok(&r)["labels"];
+    assert_eq!(
+        (&labels["vendetta.tenant"], &labels["vendetta.cpus"]),
+        (&json!(""), &json!("")),
+        "{r}"
+    );
+    let tb = token("bob", "team-b", USER);
+    assert!(
+        !listed(&a, &tb).contains(&id),
+        "team-b does not get the image's session"
+    );
+    let (status, r) = post(
+        &a,
+        &tb,
+        "session",
+        "exec",
+        json!({"session_id": id, "command": ["true"]}),
+    );
+    assert_eq!(status, 404, "{r}");
+    assert!(
+        listed(&a, &token("carol", "", USER)).contains(&id),
+        "it is untenanted"
+    );
+    // team-b's own quota is not broken by a NaN: 1 CPU, then no more.
+    let (_, r) = post(
+        &a,
+        &tb,
+        "session",
+        "create",
+        json!({"session_id": g.id("b1"), "image": format!("{name}:latest"), "resources": {"cpus": 1}}),
+    );
+    assert_eq!(ok(&r)["labels"]["vendetta.cpus"], "1", "{r}");
+    let (status, r) = post(
+        &a,
+        &tb,
+        "session",
+        "create",
+        json!({"session_id": g.id("b2"), "resources": {"cpus": 0.5}}),
+    );
+    assert_eq!(status, 403, "{r}");
+    failed(&r, "rejected", "cpus = 1 (1 in use or being created)");
+}
+
+/// A tenant's workspaces are in its own directory of a root; a symlink
+/// there cannot reach a neighbour's.
+#[test]
+fn a_tenants_workspace_stays_in_its_directory() {
+    let g = Sessions::new("tenantws");
+    let root = crate::util::TempDir::new("tenantroot");
+    std::fs::create_dir_all(root.path().join("team-b/private")).unwrap();
+    std::fs::write(root.path().join("team-b/private/secret"), "b's").unwrap();
+    let a = tenant_agent(&format!("workspace_roots: [{}]\n", root.path().display()));
+    let ta = token("alice", "team-a", USER);
+    let create = |name: &str, ws: &std::path::Path| {
+        post(
+            &a,
+            &ta,
+            "session",
+            "create",
+            json!({"session_id": g.id(name), "workspace_path": ws}),
+        )
+    };
+    let (status, r) = create("outside", &root.path().join("team-b/private"));
+    assert_eq!(status, 403, "{r}");
+    failed(
+        &r,
+        "rejected",
+        "is not in tenant team-a's workspace directories",
+    );
+    std::fs::create_dir_all(root.path().join("team-a/ws")).unwrap();
+    std::os::unix::fs::symlink("../team-b/private", root.path().join("team-a/peek")).unwrap();
+    let (status, r) = create("peek", &root.path().join("team-a/peek"));
+    assert_eq!(status, 403, "{r}");
+    failed(&r, "rejected", "leads out of");
+    let (status, r) = create("own", &root.path().join("team-a/ws"));
+    assert_eq!(status, 200, "{r}");
+    ok(&r);
+    let (_, r) = post(
+        &a,
+        &ta,
+        "session",
+        "destroy",
+        json!({"session_id": g.id("own")}),
+    );
+    assert_eq!(ok(&r)["existed"], true);
 }
