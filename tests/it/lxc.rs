@@ -723,5 +723,18 @@ fn a_workspace_swapped_for_a_symlink_stays_sealed() {
         "b's own\nls: /workspace/etc/shadow: No such file or directory\n",
         "{r}"
     );
+    // After start too: stopped and started again with the symlink in
+    // place, the container mounts the seal once more.
+    ok(&lab.cmd("stop", json!({"session_id": id, "timeout": "5s"})));
+    ok(&lab.cmd("start", json!({"session_id": id})));
+    let r = lab.exec(
+        &id,
+        json!({"command": ["sh", "-c", "cat /workspace/mine; ls /workspace/etc/shadow 2>&1 || true"]}),
+    );
+    assert_eq!(
+        ok(&r)["stdout"],
+        "b's own\nls: /workspace/etc/shadow: No such file or directory\n",
+        "after a restart: {r}"
+    );
     lab.destroy(&id);
 }

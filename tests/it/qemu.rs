@@ -343,6 +343,19 @@ fn workspace_is_shared_with_mount_tag_workspace() {
         .unwrap();
     drop(q);
     assert!(tree.to_string().contains("virtio-9p"), "{tree}");
+    // After start too: stopped and started with the symlink in place, the
+    // new QEMU shares the seal again.
+    ok(&h.cmd(
+        "session",
+        "stop",
+        json!({"session_id": id, "timeout": "5s"}),
+    ));
+    ok(&h.cmd("session", "start", json!({"session_id": id})));
+    let dir = vm_dir(&h, &id).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm_pid(&dir))).unwrap();
+    let again = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(again.contains(&format!("path={escaped},")), "{again}");
+    assert_eq!(std::fs::read_to_string(sealed.join("seen")).unwrap(), "yes");
     destroy(&h, &id);
 }
 
