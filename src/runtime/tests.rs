@@ -210,6 +210,33 @@ fn policy_refuses_before_anything_runs_and_the_refusal_is_stored() {
     );
 }
 
+/// The link and the API meet the same policy: a server's exec of a
+/// program outside exec.allowed_programs is refused like an API caller's,
+/// and its refusal is spooled for the server.
+#[test]
+fn the_coordination_server_meets_the_same_policy() {
+    let mut h = Harness::new(
+        FakeProvider::new(Exec::Succeed),
+        "exec:\n  allowed_programs: [sh]\n",
+    );
+    h.start();
+    let want = "params.command: \"true\" is not in exec.allowed_programs (sh)";
+    for (id, from) in [("srv", super::intake::Requester::server()), ("api", api())] {
+        let (r, _) = done(h.rt.submit(exec(id, json!({})), from, true));
+        assert_eq!(
+            (r.status, r.error.as_str()),
+            (Status::Rejected, want),
+            "{id}"
+        );
+    }
+    assert!(
+        h.rt.spool.read("srv").is_some(),
+        "the server gets its refusal"
+    );
+    assert!(h.rt.spool.read("api").is_none());
+    assert_eq!(h.execs(), 0);
+}
+
 #[test]
 fn a_full_queue_refuses_and_forgets_so_the_id_can_come_again() {
     let (release, gate) = bounded::<()>(0);
