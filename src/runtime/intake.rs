@@ -62,15 +62,33 @@ impl Requester {
     }
 }
 
-/// One line of the audit log.
+/// Who did something, and when: the head of every audit line.
 #[derive(Serialize)]
-struct AuditEntry<'a> {
+struct Who<'a> {
     time: String,
     caller: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     tenant: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer: Option<String>,
+}
+
+impl<'a> Who<'a> {
+    fn now(caller: &'a str, tenant: Option<&'a str>, peer: Option<IpAddr>) -> Who<'a> {
+        Who {
+            time: crate::protocol::time::now_rfc3339(),
+            caller,
+            tenant,
+            peer: peer.map(|p| p.to_string()),
+        }
+    }
+}
+
+/// One line of the audit log for a command.
+#[derive(Serialize)]
+struct AuditEntry<'a> {
+    #[serde(flatten)]
+    who: Who<'a>,
     origin: Origin,
     id: &'a str,
     command: String,
@@ -366,10 +384,7 @@ impl Runtime {
     /// One line in the audit log: who sent `command` and what became of it.
     fn audit(&self, command: &Command, from: &Requester, outcome: &str, code: Option<&str>) {
         self.audit.write(&AuditEntry {
-            time: crate::protocol::time::now_rfc3339(),
-            caller: &from.caller,
-            tenant: from.tenancy.tenant_str(),
-            peer: from.peer.map(|p| p.to_string()),
+            who: Who::now(&from.caller, from.tenancy.tenant_str(), from.peer),
             origin: from.origin,
             id: command.id.as_str(),
             command: command.name(),
@@ -396,22 +411,15 @@ impl Runtime {
     ) {
         #[derive(Serialize)]
         struct StreamEntry<'a> {
-            time: String,
-            caller: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            tenant: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            peer: Option<String>,
+            #[serde(flatten)]
+            who: Who<'a>,
             stream: &'a str,
             outcome: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             seconds: Option<u64>,
         }
         self.audit.write(&StreamEntry {
-            time: crate::protocol::time::now_rfc3339(),
-            caller,
-            tenant,
-            peer: peer.map(|p| p.to_string()),
+            who: Who::now(caller, tenant, peer),
             stream: route,
             outcome: if lasted.is_some() { "closed" } else { "opened" },
             seconds: lasted.map(|d| d.as_secs()),
