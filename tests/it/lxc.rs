@@ -713,28 +713,23 @@ fn a_workspace_swapped_for_a_symlink_stays_sealed() {
     ));
     std::fs::rename(&ws, root.path().join("b-moved")).unwrap();
     std::os::unix::fs::symlink("/", &ws).unwrap();
+    // The session sees only b's files: before a restart, and after one
+    // with the symlink still in place (the container mounts the seal again).
+    let sees_only_b = |lab: &Lab, when: &str| {
+        let r = lab.exec(
+            &id,
+            json!({"command": ["sh", "-c", "cat /workspace/mine; ls /workspace/etc/shadow 2>&1 || true"]}),
+        );
+        assert_eq!(
+            ok(&r)["stdout"],
+            "b's own\nls: /workspace/etc/shadow: No such file or directory\n",
+            "{when}: {r}"
+        );
+    };
     ok(&lab.cmd("start", json!({"session_id": id})));
-    let r = lab.exec(
-        &id,
-        json!({"command": ["sh", "-c", "cat /workspace/mine; ls /workspace/etc/shadow 2>&1 || true"]}),
-    );
-    assert_eq!(
-        ok(&r)["stdout"],
-        "b's own\nls: /workspace/etc/shadow: No such file or directory\n",
-        "{r}"
-    );
-    // After start too: stopped and started again with the symlink in
-    // place, the container mounts the seal once more.
+    sees_only_b(&lab, "after start");
     ok(&lab.cmd("stop", json!({"session_id": id, "timeout": "5s"})));
     ok(&lab.cmd("start", json!({"session_id": id})));
-    let r = lab.exec(
-        &id,
-        json!({"command": ["sh", "-c", "cat /workspace/mine; ls /workspace/etc/shadow 2>&1 || true"]}),
-    );
-    assert_eq!(
-        ok(&r)["stdout"],
-        "b's own\nls: /workspace/etc/shadow: No such file or directory\n",
-        "after a restart: {r}"
-    );
+    sees_only_b(&lab, "after a restart");
     lab.destroy(&id);
 }
