@@ -130,7 +130,7 @@ pub(super) fn handle(
                     } else {
                         Mode::Sync
                     };
-                    match post_command(rt, &mut request, mode, caller.as_ref()) {
+                    match post_command(rt, &mut request, mode, caller.as_ref(), &reach) {
                         Ok(Answer::Now(reply)) => reply,
                         Ok(Answer::Stream(job)) => return super::stream::serve(rt, request, job),
                         Err(e) => e.reply(),
@@ -326,6 +326,7 @@ fn post_command(
     request: &mut Request,
     mode: Mode,
     caller: Option<&Caller>,
+    reach: &Tenancy,
 ) -> Result<Answer, ApiError> {
     let body = read_body(request, rt.config.limits.max_body)?;
     let command = wire::parse(&body).map_err(ApiError::BadCommand)?;
@@ -337,10 +338,9 @@ fn post_command(
     }
     let from = Requester::api(
         caller.map_or_else(|| "anonymous".into(), Caller::name),
-        caller.map(|c| c.tenancy(rt)).unwrap_or_default(),
+        reach.clone(),
         peer,
     );
-    let reach = from.tenancy.clone();
     let id = command.id.clone();
     let timeout = rt.config.timeout_for(command.timeout_asked());
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(64);
@@ -381,7 +381,7 @@ fn post_command(
             id,
         }));
     }
-    wait_for(rt, &rx, timeout, &id, &reach).map(Answer::Now)
+    wait_for(rt, &rx, timeout, &id, reach).map(Answer::Now)
 }
 
 /// Waits for a queued command's result; if the wait outlasts the

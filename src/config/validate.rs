@@ -157,15 +157,7 @@ impl Config {
             ("limits.session_defaults", &self.limits.session_defaults),
             ("limits.session_max", &self.limits.session_max),
         ] {
-            if r.memory.is_some_and(|m| m < 6 << 20) {
-                return Err(bad(&format!("{name}.memory"), "must be at least 6m".into()));
-            }
-            if r.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
-                return Err(bad(
-                    &format!("{name}.cpus"),
-                    "must be more than 0 and at most 1024".into(),
-                ));
-            }
+            amounts(name, r.memory, r.cpus, 1024.0).map_err(|(k, m)| bad(&k, m))?;
             if r.pids.is_some_and(|p| p < 1) {
                 return Err(bad(&format!("{name}.pids"), "must be at least 1".into()));
             }
@@ -204,15 +196,7 @@ impl Config {
                     "must be at least 1".into(),
                 ));
             }
-            if q.memory.is_some_and(|m| m < 6 << 20) {
-                return Err(bad(&format!("{name}.memory"), "must be at least 6m".into()));
-            }
-            if q.cpus.is_some_and(|c| !(c > 0.0 && c <= 65536.0)) {
-                return Err(bad(
-                    &format!("{name}.cpus"),
-                    "must be more than 0 and at most 65536".into(),
-                ));
-            }
+            amounts(&name, q.memory, q.cpus, 65536.0).map_err(|(k, m)| bad(&k, m))?;
         }
         if self.limits.max_body < 1024 {
             return Err(bad("limits.max_body", "must be at least 1k".into()));
@@ -415,4 +399,24 @@ fn key_rules(
         )),
         _ => Ok(()),
     }
+}
+
+/// `NAME.memory` (at least 6m, Docker's least) and `NAME.cpus` (more than
+/// 0, at most `max_cpus`): the key and what is wrong.
+fn amounts(
+    name: &str,
+    memory: Option<u64>,
+    cpus: Option<f64>,
+    max_cpus: f64,
+) -> Result<(), (String, String)> {
+    if memory.is_some_and(|m| m < 6 << 20) {
+        return Err((format!("{name}.memory"), "must be at least 6m".into()));
+    }
+    if cpus.is_some_and(|c| !(c > 0.0 && c <= max_cpus)) {
+        return Err((
+            format!("{name}.cpus"),
+            format!("must be more than 0 and at most {max_cpus}"),
+        ));
+    }
+    Ok(())
 }
