@@ -48,8 +48,9 @@ impl Default for CounterVec {
 
 /// Upper bounds in seconds, from 1 ms to 5 min: local commands take
 /// milliseconds, execs and long polls take seconds to minutes.
-pub(crate) const BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
+pub(crate) const BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 60.0, 300.0,
 ];
 
 #[derive(Clone, Default)]
@@ -142,6 +143,10 @@ pub(crate) struct Metrics {
     /// outcome (acked | dropped | retry)
     pub(crate) results_reported: CounterVec,
     pub(crate) sse_clients_dropped: Counter,
+    /// Results answered `not_durable`: they could not be stored.
+    pub(crate) results_unstored: Counter,
+    /// Latency of the journal's flushes (fdatasync), fed by the journal.
+    pub(crate) journal_flush: std::sync::Arc<HistogramVec>,
 }
 
 /// Builds the exposition text. Each family is written whole (HELP, TYPE,
@@ -370,6 +375,17 @@ impl Metrics {
             "vendetta_sse_clients_dropped_total",
             "Event-stream clients dropped because they read too slowly.",
             self.sse_clients_dropped.get() as f64,
+        );
+        e.counter(
+            "vendetta_results_not_durable_total",
+            "Results answered with code not_durable: the command ran and its result could not be stored.",
+            self.results_unstored.get() as f64,
+        );
+        e.histogram_vec(
+            "vendetta_journal_flush_duration_seconds",
+            "How long a flush (fdatasync) of the journal took.",
+            &[],
+            &self.journal_flush,
         );
     }
 }

@@ -359,8 +359,15 @@ fn post_command(
             }));
         }
         Submitted::Queued(Some(rx)) => rx,
-        Submitted::Queued(None) => return Ok(Answer::Now(Reply::accepted(&id, State::Queued))),
-        Submitted::InProgress(state) => return Ok(Answer::Now(Reply::accepted(&id, state))),
+        // A 202 promises the command: it is on disk first.
+        Submitted::Queued(None) => {
+            durable(rt, &id)?;
+            return Ok(Answer::Now(Reply::accepted(&id, State::Queued)));
+        }
+        Submitted::InProgress(state) => {
+            durable(rt, &id)?;
+            return Ok(Answer::Now(Reply::accepted(&id, state)));
+        }
         Submitted::Refused(why) => {
             return Err(ApiError::Refused {
                 why,
@@ -458,6 +465,18 @@ fn debug(rt: &Runtime, path: &str) -> Result<Reply, ApiError> {
                 }
             }
             Reply::json(200, &Value::Object(doc))
+        }
+    })
+}
+
+/// Flushes the journal before a 202 is sent for `id`.
+fn durable(rt: &Runtime, id: &CommandId) -> Result<(), ApiError> {
+    rt.ledger.sync().map_err(|e| {
+        log::error!(command_id = id.as_str(); "cannot flush the journal before answering 202: {e}");
+        ApiError::Refused {
+            why: Refusal::StoreFailed,
+            queued: rt.queue_capacity(),
+            busy: rt.busy_workers(),
         }
     })
 }

@@ -273,13 +273,17 @@ impl Default for AuditLogConfig {
     }
 }
 
-/// Retention of stored results (the idempotency ledger).
+/// Retention of stored results (the journal).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Results {
     pub(crate) max_entries: usize,
     #[serde(with = "duration::config")]
     pub(crate) max_age: Duration,
+    /// What finished results may take on disk; unfinished commands and
+    /// results the server has not acknowledged come on top.
+    #[serde(with = "size")]
+    pub(crate) max_bytes: u64,
 }
 
 impl Default for Results {
@@ -287,6 +291,7 @@ impl Default for Results {
         Results {
             max_entries: 10_000,
             max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 256 << 20,
         }
     }
 }

@@ -233,6 +233,9 @@ impl Config {
                 ));
             }
         }
+        if self.results.max_bytes < 1 << 20 {
+            return Err(bad("results.max_bytes", "must be at least 1M".into()));
+        }
         if self.audit_log.max_size < 4096 {
             return Err(bad("audit_log.max_size", "must be at least 4k".into()));
         }

@@ -323,7 +323,7 @@ impl Running {
         if link.refused() {
             return;
         }
-        if link.rt.spool.pending() > 0 && Instant::now() < deadline {
+        if link.rt.ledger.pending_reports() > 0 && Instant::now() < deadline {
             reporter::round(link, None, deadline);
         }
         if link.rt.config.coordination.unregister_on_stop && link.registered() {

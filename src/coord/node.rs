@@ -139,7 +139,7 @@ pub(crate) fn heartbeat(rt: &Runtime, seq: u64, offline_since: Option<&str>) -> 
         "sessions": {"total": total, "running": running},
         "load": crate::os::host::load1().map(|l| (l * 100.0).round() / 100.0),
         "memory_available_bytes": crate::os::host::meminfo().map(|m| m.1),
-        "pending_results": rt.spool.pending(),
+        "pending_results": rt.ledger.pending_reports(),
     });
     if let Some(since) = offline_since {
         body["offline_since"] = Value::from(since);

@@ -172,5 +172,10 @@ fn handle_batch(link: &Link, batch: Value, shutdown: &Receiver<()>) -> Option<us
             }
         }
     }
+    // The next poll tells the server this batch was taken: what it
+    // brought is on disk first.
+    if let Err(e) = rt.ledger.sync() {
+        log::error!("cannot flush the journal after taking a batch of commands: {e}");
+    }
     Some(new)
 }

@@ -1,4 +1,5 @@
-//! The reporter thread: delivers spooled results, oldest first.
+//! The reporter thread: delivers the results the server has not
+//! acknowledged (kept in the journal), oldest first.
 //!
 //! A result leaves the spool only on a 2xx from the server, or when the
 //! server rejects it for good (a 4xx other than 408/429: logged and
@@ -48,14 +49,14 @@ pub(crate) enum Round {
     Shutdown,
 }
 
-/// One pass over the spool. With `shutdown`, retry delays end early when
+/// One pass over the results to deliver. With `shutdown`, retry delays end early when
 /// it closes; `deadline` bounds the whole pass.
 pub(crate) fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Instant) -> Round {
     let rt = &link.rt;
     let max_retries = rt.config.retry_policy.max_retries;
     let mut outcome = Round::Done;
-    'results: for id in rt.spool.ids() {
-        let Some(result) = rt.spool.read(&id) else {
+    'results: for id in rt.ledger.reports() {
+        let Some(result) = rt.ledger.report(&id) else {
             continue;
         };
         let body = match serde_json::to_value(&result) {
@@ -77,7 +78,7 @@ pub(crate) fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Inst
                 .min(Duration::from_secs(30));
             match link.client.call("POST", &path, Some(&body), left) {
                 Ok(_) => {
-                    rt.spool.remove(&id);
+                    rt.ledger.acknowledge(&id);
                     rt.metrics.results_reported.inc(&["acked"]);
                     log::debug!(command_id = id.as_str(); "result delivered");
                     link.up();
@@ -87,7 +88,7 @@ pub(crate) fn round(link: &Link, shutdown: Option<&Receiver<()>>, deadline: Inst
                     // 401/403 mean our token, not the result, is the problem: keep it.
                     Some(s) if (400..500).contains(&s) && !matches!(s, 401 | 403 | 408 | 429) => {
                         log::warn!(command_id = id.as_str(); "the server rejected the result for good: {e}; dropping it");
-                        rt.spool.remove(&id);
+                        rt.ledger.acknowledge(&id);
                         rt.metrics.results_reported.inc(&["dropped"]);
                         break;
                     }

@@ -120,17 +120,6 @@ pub(crate) fn move_aside(path: &Path, corrupt_dir: &Path) -> io::Result<PathBuf>
     Ok(dest)
 }
 
-/// Removes leftover temp files of interrupted writes.
-pub(crate) fn clean_temp_files(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().contains(".tmp-") {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
 /// A path as the C calls take it; a NUL byte inside cannot be passed.
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {

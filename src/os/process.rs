@@ -61,6 +61,13 @@ pub(crate) fn kill(pid: u32, sig: Signal) -> io::Result<()> {
     Ok(())
 }
 
+/// Ends this process at once, as `kill -9` would: no destructors, no
+/// flushes (the crash tests' way to die at a chosen point).
+pub(crate) fn kill_self() -> ! {
+    let _ = kill(std::process::id(), Signal::Kill);
+    std::process::abort()
+}
+
 /// Sends `sig` to every process in the process group `pgid`. Group 1 (init's)
 /// is refused along with the pids [`kill`] refuses: it is never ours.
 pub(crate) fn kill_group(pgid: u32, sig: Signal) -> io::Result<()> {

@@ -44,8 +44,11 @@ pub(crate) enum Code {
     /// `internal_error`
     Internal,
     /// `agent_restarted`: it was running when the agent stopped; it was
-    /// not run again.
+    /// not run again, and its effects are unknown (it may have run).
     Restarted,
+    /// `not_durable`: it ran, but its result could not be stored; the
+    /// agent holds it in memory and keeps trying to store it.
+    NotDurable,
     /// A code this build does not know, read back from a stored result
     /// (written by a newer agent before a rollback): kept as it was, so
     /// the result is still delivered.
@@ -54,7 +57,7 @@ pub(crate) enum Code {
 
 impl Code {
     /// Every code this build knows.
-    pub(crate) const ALL: [Code; 9] = [
+    pub(crate) const ALL: [Code; 10] = [
         Code::Invalid,
         Code::Rejected,
         Code::NotFound,
@@ -64,6 +67,7 @@ impl Code {
         Code::Failed,
         Code::Internal,
         Code::Restarted,
+        Code::NotDurable,
     ];
 
     pub(crate) fn as_str(&self) -> &str {
@@ -77,6 +81,7 @@ impl Code {
             Code::Failed => "failed",
             Code::Internal => "internal_error",
             Code::Restarted => "agent_restarted",
+            Code::NotDurable => "not_durable",
             Code::Other(s) => s,
         }
     }
@@ -172,7 +177,7 @@ impl CommandResult {
             duration_ms: (took.as_micros() as f64) / 1000.0,
             started: crate::protocol::time::rfc3339(started),
             finished: crate::protocol::time::rfc3339(finished),
-            command: echo.clone(),
+            command: capped_echo(echo),
         }
     }
 
@@ -202,14 +207,76 @@ impl CommandResult {
     ) -> Self {
         let mut r = Self::new(cmd.id.as_str(), &cmd.echo, node_id, code.status(), started);
         r.code = Some(code);
-        r.error = error;
+        r.error = capped_text(error, ERROR_CAP);
         r
     }
+}
+
+/// The most a result keeps of the command it answers (its JSON text):
+/// a caller must not make the store hold its megabytes twice.
+pub(crate) const ECHO_CAP: usize = 4096;
+/// The most a result keeps of an error text.
+pub(crate) const ERROR_CAP: usize = 4096;
+
+/// The command as a result echoes it: whole when its JSON is at most
+/// `ECHO_CAP` bytes, else its id, type and action with `"truncated": N`
+/// (the bytes it had).
+pub(crate) fn capped_echo(echo: &Value) -> Value {
+    let len = serde_json::to_vec(echo).map(|v| v.len()).unwrap_or(0);
+    if len <= ECHO_CAP {
+        return echo.clone();
+    }
+    let mut kept = serde_json::Map::new();
+    for key in ["id", "type", "action"] {
+        if let Some(v) = echo.get(key) {
+            let short = match v {
+                Value::String(s) => Value::String(capped_text(s.clone(), 256)),
+                Value::Number(_) | Value::Bool(_) | Value::Null => v.clone(),
+                _ => Value::String("(not a string)".into()),
+            };
+            kept.insert(key.to_string(), short);
+        }
+    }
+    kept.insert("truncated".into(), Value::from(len));
+    Value::Object(kept)
+}
+
+/// `text` cut to at most `cap` bytes (at a character boundary), saying
+/// how much was cut.
+pub(crate) fn capped_text(mut text: String, cap: usize) -> String {
+    if text.len() <= cap {
+        return text;
+    }
+    let total = text.len();
+    let mut end = cap.saturating_sub(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("... ({} more bytes cut)", total - end));
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoes_and_errors_are_capped() {
+        let small = serde_json::json!({"id": "a", "type": "session", "action": "exec"});
+        assert_eq!(capped_echo(&small), small);
+        let big = serde_json::json!({"id": "a", "type": "session", "action": "create",
+            "params": {"image": "x".repeat(900_000)}});
+        let capped = capped_echo(&big);
+        assert_eq!(
+            capped,
+            serde_json::json!({"id": "a", "type": "session", "action": "create", "truncated": 900_067})
+        );
+        let text = capped_text("é".repeat(5000), ERROR_CAP);
+        assert!(text.len() <= ERROR_CAP, "{}", text.len());
+        assert_eq!(text.len(), 4056 + "... (5944 more bytes cut)".len());
+        assert!(text.ends_with("é... (5944 more bytes cut)"));
+    }
 
     #[test]
     fn codes_keep_their_wire_names_and_an_unknown_one_survives_a_round_trip() {
@@ -218,9 +285,12 @@ mod tests {
             assert_eq!(text, format!("\"{}\"", code.as_str()));
             assert_eq!(serde_json::from_str::<Code>(&text).unwrap(), code);
         }
-        let later: Code = serde_json::from_str("\"not_durable\"").unwrap();
-        assert_eq!(later, Code::Other("not_durable".into()));
-        assert_eq!(serde_json::to_string(&later).unwrap(), "\"not_durable\"");
+        let later: Code = serde_json::from_str("\"from_a_newer_agent\"").unwrap();
+        assert_eq!(later, Code::Other("from_a_newer_agent".into()));
+        assert_eq!(
+            serde_json::to_string(&later).unwrap(),
+            "\"from_a_newer_agent\""
+        );
         assert_eq!(later.status(), Status::Failed);
     }
 }

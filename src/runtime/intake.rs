@@ -235,7 +235,8 @@ impl Runtime {
                 log::debug!(command_id = command.id.as_str(); "repeated command id: answering with the stored result");
                 if origin == Origin::Coordination {
                     // The server asks again because it has no result: send it again.
-                    self.deliver_to_server(&result);
+                    self.ledger.report_again(&result.id);
+                    let _ = self.report_wake.0.try_send(());
                 }
                 self.audit(&command, &from, "replayed", None);
                 return Submitted::Done {
@@ -273,7 +274,7 @@ impl Runtime {
             }),
         };
         if let Some(result) = immediate {
-            self.complete(&command, &from, &result);
+            let result = self.complete(&command, &from, result);
             return Submitted::Done {
                 result: Box::new(result),
                 replayed: false,
@@ -342,20 +343,25 @@ impl Runtime {
         }
     }
 
-    /// Records a finished command: ledger, spool (for the server), metrics,
-    /// event.
-    pub(crate) fn complete(&self, command: &Command, from: &Requester, result: &CommandResult) {
+    /// Records a finished command: ledger (stored, and for the server),
+    /// metrics, event. Returns the result as it is to be answered: with
+    /// code `not_durable` when it could not be stored.
+    pub(crate) fn complete(
+        &self,
+        command: &Command,
+        from: &Requester,
+        result: CommandResult,
+    ) -> CommandResult {
         let origin = from.origin;
-        // The ledger first: were the result delivered and unspooled before
-        // the ledger knew it, a crash then would report the command as
-        // interrupted after its real result. A crash between the two is
-        // harmless: the server sends the command again and gets the stored
-        // result.
-        if let Err(e) = self.ledger.finish(result) {
-            log::error!(command_id = result.id.as_str(); "cannot store result: {e}");
+        let report = origin == Origin::Coordination;
+        let finished = self.ledger.finish(result, report);
+        if let Err(e) = &finished.stored {
+            log::error!(command_id = finished.result.id.as_str(); "cannot store the result: {e}; it is answered with code not_durable and kept in memory");
+            self.metrics.results_unstored.inc();
         }
-        if origin == Origin::Coordination {
-            self.deliver_to_server(result);
+        let result = finished.result;
+        if report {
+            let _ = self.report_wake.0.try_send(());
         }
         self.metrics.commands_executed.inc(&[
             &command.kind,
@@ -379,6 +385,7 @@ impl Runtime {
             result.status.as_str(),
             result.code.as_ref().map(|c| c.as_str()),
         );
+        result
     }
 
     /// One line in the audit log: who sent `command` and what became of it.
@@ -438,19 +445,6 @@ impl Runtime {
             )
         })
     }
-
-    /// Spools a result for the reporter. A spool failure is logged; the
-    /// ledger still has the result and a re-sent command gets it again.
-    pub(crate) fn deliver_to_server(&self, result: &CommandResult) {
-        match self.spool.put(result) {
-            Ok(()) => {
-                let _ = self.report_wake.0.try_send(());
-            }
-            Err(e) => {
-                log::error!(command_id = result.id.as_str(); "cannot spool result for the server: {e}")
-            }
-        }
-    }
 }
 
 /// An event about a command; `kind` and `action` are the command's
@@ -472,8 +466,8 @@ pub(crate) fn command_event(
 }
 
 /// Stops what an interrupted exec left running in its session, so that
-/// the server can safely run the command again. Returns a clause for the
-/// failed result's message.
+/// nothing of it runs on. Returns a clause for the failed result's
+/// message.
 fn reap_interrupted(rt: &Runtime, command: &Command) -> String {
     let Ok(Request::SessionExec(p)) = &command.request else {
         return String::new();
@@ -505,12 +499,13 @@ fn reap_interrupted(rt: &Runtime, command: &Command) -> String {
     }
 }
 
-/// Handles commands found unfinished in the ledger at start. Queued ones
-/// never started, so they run now. Running ones were interrupted: they are
-/// reported as failed, never run twice, unless their result reached the
-/// spool before the crash. (Read-only commands are never journaled, so a
-/// read-only command is simply run again when the server re-sends it.)
-/// Call with the workers running: queuing blocks until there is room.
+/// Handles commands found unfinished in the journal at start, in the
+/// order they were accepted. Queued ones never started, so they run now.
+/// Running ones were interrupted: they may have run, wholly or in part,
+/// and are reported as such (`agent_restarted`), never run twice.
+/// (Read-only commands are never journaled, so a read-only command is
+/// simply run again when the server re-sends it.) Call with the workers
+/// running: queuing blocks until there is room.
 pub(crate) fn recover(rt: &Runtime, unfinished: Vec<Unfinished>) {
     for u in unfinished {
         let command = match crate::protocol::command::from_value(u.command.clone()) {
@@ -524,31 +519,23 @@ pub(crate) fn recover(rt: &Runtime, unfinished: Vec<Unfinished>) {
             }
         };
         if u.state == State::Running {
-            let result = match rt.spool.read(&u.id) {
-                Some(result) => {
-                    log::info!(command_id = u.id.as_str(); "command finished just before the restart; keeping its spooled result");
-                    result
-                }
-                None => {
-                    log::warn!(command_id = u.id.as_str(); "command was running when the agent stopped; reporting it as failed, not running it again");
-                    CommandResult::failure(
-                        &command,
-                        &rt.node_id,
-                        SystemTime::now(),
-                        Code::Restarted,
-                        format!(
-                            "agent restarted during execution; the command may have partly run and was not run again{}",
-                            reap_interrupted(rt, &command)
-                        ),
-                    )
-                }
-            };
-            rt.complete(&command, &Requester::recovered(&u), &result);
+            log::warn!(command_id = u.id.as_str(); "command was running when the agent stopped; reporting its outcome as unknown, not running it again");
+            let result = CommandResult::failure(
+                &command,
+                &rt.node_id,
+                SystemTime::now(),
+                Code::Restarted,
+                format!(
+                    "agent restarted during execution: the command may have run, wholly or in part, and was not run again; check its effects before sending it again under a new id{}",
+                    reap_interrupted(rt, &command)
+                ),
+            );
+            rt.complete(&command, &Requester::recovered(&u), result);
             continue;
         }
         if let Some(result) = rt.policy_rejection(&command) {
             // The config changed meanwhile: the policy of this start applies.
-            rt.complete(&command, &Requester::recovered(&u), &result);
+            rt.complete(&command, &Requester::recovered(&u), result);
             continue;
         }
         log::info!(command_id = u.id.as_str(); "running a command accepted before the restart");

@@ -4,10 +4,10 @@
 //! ```text
 //! submit (intake.rs) ─ dedupe by id (ledger) ─ policy ─▶ queue (bounded)
 //!   ─▶ worker (workers.rs) ─ dispatch.rs ─▶ provider
-//!   ─▶ complete: ledger, spool (for the server), metrics, event
+//!   ─▶ complete: ledger (the journal: stored, and for the server), metrics, event
 //! ```
 //!
-//! Owns: the [`Runtime`] (config, node identity, ledger, spool, provider
+//! Owns: the [`Runtime`] (config, node identity, ledger, provider
 //! registry, session table, events, link state, the job queue's sending
 //! end), the worker pool and the monitor loop.
 //!
@@ -33,7 +33,7 @@ use crate::config::{self, Config, Secret};
 use crate::metrics::Metrics;
 use crate::protocol::link::{LinkState, LinkStatus};
 use crate::providers::Registry;
-use crate::store::{ledger::Ledger, node, spool::Spool, StoreError};
+use crate::store::{ledger::Ledger, ledger::Retention, node, StoreError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use intake::Job;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,7 +57,6 @@ pub(crate) struct Runtime {
     pub(crate) events: events::Events,
     pub(crate) ledger: Ledger,
     pub(crate) audit: crate::store::audit::AuditLog,
-    pub(crate) spool: Spool,
     pub(crate) registry: Registry,
     pub(crate) sessions: sessions::SessionTable,
     /// Execs queued or running, against `limits.max_concurrent_execs`.
@@ -83,7 +82,7 @@ pub(crate) struct Opened {
 }
 
 impl Runtime {
-    /// Opens the durable state (cache dir, node id, token, ledger, spool)
+    /// Opens the durable state (cache dir, node id, token, ledger)
     /// and builds the providers the config enables.
     pub(crate) fn open(loaded: &config::Loaded) -> Result<Opened, StoreError> {
         Runtime::with_registry(loaded, Registry::from_config)
@@ -114,10 +113,17 @@ impl Runtime {
         };
         let (ledger, unfinished) = Ledger::open(
             &cache_dir,
-            config.results.max_entries,
-            config.results.max_age,
+            Retention {
+                max_entries: config.results.max_entries,
+                max_age: config.results.max_age,
+                max_bytes: config.results.max_bytes,
+            },
         )?;
-        let spool = Spool::open(&cache_dir)?;
+        let metrics = Metrics::default();
+        let flushes = metrics.journal_flush.clone();
+        ledger
+            .journal()
+            .observe_flushes(Box::new(move |took| flushes.observe(&[], took)));
         let (queue_tx, queue_rx) = bounded(config.queue_size);
         let link = LinkState::new(
             &config.coordination_url,
@@ -137,7 +143,7 @@ impl Runtime {
             jwt_keys: loaded.jwt_keys.clone(),
             started: Instant::now(),
             started_at: SystemTime::now(),
-            metrics: Metrics::default(),
+            metrics,
             events: events::Events::default(),
             ledger,
             audit: crate::store::audit::AuditLog::new(
@@ -149,7 +155,6 @@ impl Runtime {
                 config.audit_log.max_size,
                 config.audit_log.keep,
             ),
-            spool,
             registry,
             sessions: sessions::SessionTable::default(),
             execs: intake::ExecSlots::new(config.limits.max_concurrent_execs),

@@ -1,14 +1,12 @@
 //! The monitor thread: refreshes provider health and the session table
 //! every `monitor_interval`, publishes session changes it notices (a
-//! container that exited on its own), and prunes old results hourly.
+//! container that exited on its own), and keeps the journal (results
+//! held in memory stored, retention, compaction).
 
 use super::threads::{self, Control, Thread};
 use super::Runtime;
 use crossbeam_channel::{select, tick, Receiver, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub(crate) fn spawn(
     rt: &Arc<Runtime>,
@@ -23,18 +21,14 @@ pub(crate) fn spawn(
 
 fn monitor_loop(rt: &Runtime, shutdown: &Receiver<()>) {
     let ticker = tick(rt.config.monitor_interval);
-    let mut last_prune = Instant::now();
     refresh(rt);
-    prune(rt);
+    maintain(rt);
     loop {
         select! {
             recv(shutdown) -> _ => return,
             recv(ticker) -> _ => {
                 refresh(rt);
-                if last_prune.elapsed() >= PRUNE_EVERY {
-                    prune(rt);
-                    last_prune = Instant::now();
-                }
+                maintain(rt);
             }
         }
     }
@@ -53,9 +47,11 @@ pub(crate) fn refresh(rt: &Runtime) {
     }
 }
 
-fn prune(rt: &Runtime) {
-    let removed = rt.ledger.prune(|id| rt.spool.contains(id));
+/// Journal upkeep: stores results held in memory, drops results past
+/// retention, compacts old segments.
+fn maintain(rt: &Runtime) {
+    let removed = rt.ledger.maintain();
     if removed > 0 {
-        log::info!(removed = removed; "pruned old stored results");
+        log::info!(removed = removed; "dropped stored results past retention (results.*)");
     }
 }

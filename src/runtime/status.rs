@@ -6,6 +6,7 @@ use crate::protocol::link::LinkStatus;
 use crate::protocol::ProviderKind;
 use crate::VERSION;
 use serde_json::{json, Map, Value};
+use std::sync::atomic::Ordering;
 
 /// Free space below this on the cache_dir file system makes health degraded.
 const MIN_DISK_FREE: u64 = 256 << 20;
@@ -28,7 +29,7 @@ pub(crate) fn status(rt: &Runtime) -> Value {
         "sessions": {"total": total, "running": running},
         "queue": {"depth": rt.queue_depth(), "capacity": rt.queue_capacity()},
         "workers": {"busy": rt.busy_workers(), "total": rt.config.workers},
-        "pending_results": rt.spool.pending(),
+        "pending_results": rt.ledger.pending_reports(),
         "accepting": rt.accepting(),
         "link": rt.link(),
     })
@@ -138,7 +139,7 @@ pub(crate) fn health(rt: &Runtime) -> (bool, Value) {
             "link": {"ok": link_ok},
         },
         "link": link,
-        "pending_results": rt.spool.pending(),
+        "pending_results": rt.ledger.pending_reports(),
         "problems": problems,
     });
     (default_ok && !stopping, doc)
@@ -186,9 +187,36 @@ pub(crate) fn metrics_text(rt: &Runtime) -> String {
     );
     e.gauge(
         "vendetta_results_pending",
-        "Results spooled for the server and not yet acknowledged.",
-        rt.spool.pending() as f64,
+        "Results for the server it has not acknowledged yet.",
+        rt.ledger.pending_reports() as f64,
     );
+    e.gauge(
+        "vendetta_results_unstored",
+        "Results held in memory because they could not be stored (disk full); retried by the monitor.",
+        rt.ledger.unstored() as f64,
+    );
+    let journal = rt.ledger.journal();
+    e.counter(
+        "vendetta_journal_flushes_total",
+        "Flushes (fdatasync) of the journal; one serves every record appended before it.",
+        journal.stats.flushes.load(Ordering::Relaxed) as f64,
+    );
+    e.counter(
+        "vendetta_journal_records_total",
+        "Records appended to the journal.",
+        journal.stats.records.load(Ordering::Relaxed) as f64,
+    );
+    e.counter(
+        "vendetta_journal_written_bytes_total",
+        "Bytes appended to the journal.",
+        journal.stats.bytes.load(Ordering::Relaxed) as f64,
+    );
+    e.gauge(
+        "vendetta_journal_bytes",
+        "Bytes the journal's segments take on disk.",
+        journal.disk_bytes() as f64,
+    );
+
     let health = rt.registry.health();
     let up: Vec<(Vec<String>, f64)> = health
         .iter()

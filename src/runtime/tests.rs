@@ -230,10 +230,10 @@ fn the_coordination_server_meets_the_same_policy() {
         );
     }
     assert!(
-        h.rt.spool.read("srv").is_some(),
+        h.rt.ledger.report("srv").is_some(),
         "the server gets its refusal"
     );
-    assert!(h.rt.spool.read("api").is_none());
+    assert!(h.rt.ledger.report("api").is_none());
     assert_eq!(h.execs(), 0);
 }
 
@@ -363,13 +363,15 @@ fn a_command_queued_at_shutdown_is_kept_and_runs_at_the_next_start() {
     assert_eq!(next.unfinished[0].id, "b");
     next.start();
     // The spool is written after the ledger: once it has b, both do.
-    wait_until("b ran", || next.rt.spool.contains("b"));
+    wait_until("b ran", || {
+        next.rt.ledger.reports().contains(&"b".to_string())
+    });
     let Some(Found::Done(r)) = next.rt.ledger.lookup(&b_id, &Tenancy::everything()) else {
         unreachable!()
     };
     assert_eq!(r.status, Status::Success);
     assert_eq!(next.execs(), 2, "a before the stop, b after it");
-    assert_eq!(next.rt.spool.ids(), vec!["b".to_string()]);
+    assert_eq!(next.rt.ledger.reports(), vec!["b".to_string()]);
 }
 
 #[test]

@@ -54,7 +54,7 @@ pub(crate) fn run_job(rt: &Runtime, job: Job) {
     rt.busy.fetch_add(1, Ordering::Relaxed);
     let started = SystemTime::now();
     let clock = Instant::now();
-    let result = match rt.ledger.mark_running(&cmd.id, &cmd.echo) {
+    let result = match rt.ledger.mark_running(&cmd.id) {
         Err(e) => {
             log::error!(command_id = id; "cannot journal the command before running it: {e}");
             // It does not run, so its "queued" record must not run it at
@@ -104,7 +104,7 @@ pub(crate) fn run_job(rt: &Runtime, job: Job) {
     rt.metrics
         .command_duration
         .observe(&[&cmd.kind, &cmd.action], clock.elapsed());
-    rt.complete(cmd, &job.from, &result);
+    let result = rt.complete(cmd, &job.from, result);
     // Read-only commands (status polls, lists) would drown the log at info.
     let level = if cmd.read_only() {
         log::Level::Debug

@@ -1,34 +1,52 @@
-//! The idempotency ledger: what happened to each command id.
+//! The ledger: what happened to each command id, and which results the
+//! server still waits for, kept in the journal (`journal`).
 //!
-//! A command that changes something (create, start, stop, destroy, exec) is
-//! recorded on disk as `queued` when accepted, `running` before it starts
-//! and `done` with its result, each step an atomic write. So after a crash
-//! a `queued` command can safely run (it never started) and a `running` one
-//! is reported as interrupted rather than run a second time.
+//! A command that changes something (create, start, stop, destroy, exec)
+//! leaves up to four records: `intake` when accepted, `start` before it
+//! runs, `result` when done, `ack` once the server has its result. Only
+//! what was promised is flushed before the promise: the caller of
+//! `begin` flushes (`sync`) before it acknowledges the command to anyone;
+//! `mark_running` flushes before the command runs; `finish` before its
+//! result is reported. One flush covers every record appended before it,
+//! from every thread, so a command usually costs two flushes and sixteen
+//! concurrent ones far fewer.
 //!
-//! Read-only commands (system.*, session.list, service.*) are not written to
-//! disk: running one again is harmless, and the agent answers thousands of
-//! them. Their results stay in a small in-memory window so that a repeated
-//! id within it still gets the same answer.
+//! After a crash a command with an intake and no start never ran and runs
+//! now, in acceptance order; one with a start and no result may have run
+//! and is reported as such, never run again.
 //!
-//! Retention: `done` records older than `results.max_age`, or beyond the
-//! newest `results.max_entries`, are pruned by the monitor. Records of
-//! commands still queued or running are never pruned.
+//! Read-only commands (system.*, session.list, service.*) are not written:
+//! running one again is harmless, and the agent answers thousands of them.
+//! Their results stay in a small in-memory window so that a repeated id
+//! within it still gets the same answer.
+//!
+//! Retention (`maintain`): finished results the server has (or never
+//! wanted) are dropped beyond `results.max_entries`, past
+//! `results.max_age`, and oldest first while the journal holds more than
+//! `results.max_bytes`. Commands still queued or running, and results not
+//! yet acknowledged, are never dropped. Live records of an old segment are
+//! copied forward, then the segment is removed.
 
+use super::journal::record::{self, Op, Record, REPORT};
+use super::journal::{Journal, Loc, Lsn};
 use super::StoreError;
-use crate::os;
 pub(crate) use crate::protocol::command::Origin;
+use crate::protocol::result::{capped_text, Code, ERROR_CAP};
 use crate::protocol::tenant::Tenancy;
 use crate::protocol::{CommandId, CommandResult};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 /// How many read-only results are kept in memory.
 const RECENT_CAPACITY: usize = 256;
+
+/// Segment size: big enough that rotation is rare, small enough that
+/// compaction copies little at a time.
+const SEGMENT_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,39 +66,49 @@ impl State {
     }
 }
 
-/// The same record for writing, borrowing what it holds: a done record's
-/// result can be megabytes of output, not worth copying to serialize.
-/// Field order and names must stay those of [`Record`].
-#[derive(Serialize)]
-struct RecordOut<'a> {
-    state: State,
-    origin: Origin,
-    #[serde(skip_serializing_if = "is_default")]
-    tenancy: &'a Tenancy,
-    updated: String,
-    command: &'a Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'a CommandResult>,
+/// How long finished results are kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    pub(crate) max_entries: usize,
+    pub(crate) max_age: Duration,
+    pub(crate) max_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    state: State,
+/// The body of an intake record.
+#[derive(Serialize)]
+struct IntakeOut<'a> {
     origin: Origin,
-    /// Who sent it: a repeated id, a lookup and a run after a restart get
-    /// the sender's reach, not more. Absent in records of older agents.
+    tenancy: &'a Tenancy,
+    command: &'a Value,
+}
+
+#[derive(Deserialize)]
+struct IntakeIn {
+    origin: Origin,
     #[serde(default)]
     tenancy: Tenancy,
-    updated: String,
     command: Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    result: Option<CommandResult>,
+}
+
+/// The body of a result record.
+#[derive(Serialize)]
+struct ResultOut<'a> {
+    origin: Origin,
+    tenancy: &'a Tenancy,
+    result: &'a CommandResult,
+}
+
+#[derive(Deserialize)]
+struct ResultIn {
+    #[serde(default)]
+    tenancy: Tenancy,
+    result: CommandResult,
 }
 
 /// What `begin` found for an id.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Begin {
-    /// Not seen before; now recorded as queued.
+    /// Not seen before; now recorded as queued (not yet flushed).
     New,
     /// Already finished: here is its result.
     Done(Box<CommandResult>),
@@ -107,81 +135,99 @@ pub(crate) struct Unfinished {
     pub(crate) command: Value,
 }
 
+/// A durable command as the journal holds it.
+#[derive(Debug, Clone)]
+struct Entry {
+    seq: u64,
+    state: State,
+    /// The intake record while unfinished, the result record once done.
+    loc: Loc,
+    /// The start record while running.
+    start: Option<Loc>,
+    /// The result waits for the server's acknowledgement.
+    report: bool,
+    /// Unix seconds of the last step.
+    time: u64,
+}
+
 /// A command accepted and not finished.
 struct Flight {
     state: State,
     origin: Origin,
     tenancy: Tenancy,
-    /// Recorded on disk (not a read-only command).
+    /// Recorded in the journal (not a read-only command).
     durable: bool,
 }
 
+/// A result that could not be written: answered from memory, written
+/// again by `maintain`.
+struct Unstored {
+    result: CommandResult,
+    origin: Origin,
+    tenancy: Tenancy,
+    report: bool,
+    seq: u64,
+}
+
 struct Inner {
+    index: HashMap<Box<str>, Entry>,
     inflight: HashMap<String, Flight>,
     /// Read-only results, kept as their JSON text: a parsed result is a
     /// tree of small allocations several times larger.
     recent: VecDeque<(String, Tenancy, Box<str>)>,
+    unstored: Vec<Unstored>,
+    next_seq: u64,
 }
 
 pub(crate) struct Ledger {
-    dir: PathBuf,
-    corrupt: PathBuf,
-    max_entries: usize,
-    max_age: Duration,
+    journal: Journal,
+    retention: Retention,
     inner: Mutex<Inner>,
 }
 
+/// What `finish` made of a result.
+pub(crate) struct Finished {
+    /// The result as it is answered: with code `not_durable` when it
+    /// could not be stored.
+    pub(crate) result: CommandResult,
+    pub(crate) stored: Result<(), StoreError>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl Ledger {
-    /// Opens `cache_dir/results`, moving damaged records aside, and returns
-    /// the commands that were queued or running when the agent last stopped.
+    /// Opens the journal in `cache_dir` (taking over the files of older
+    /// agents, `results/` and `spool/`), and returns the commands that were
+    /// queued or running when the agent last stopped, in acceptance order.
     pub(crate) fn open(
         cache_dir: &Path,
-        max_entries: usize,
-        max_age: Duration,
+        retention: Retention,
     ) -> Result<(Ledger, Vec<Unfinished>), StoreError> {
-        let dir = cache_dir.join("results");
-        os::fs::ensure_dir(&dir)
-            .map_err(|e| StoreError::io("create the results directory", &dir, e))?;
-        os::fs::clean_temp_files(&dir);
-        let corrupt = cache_dir.join("corrupt");
-        let mut unfinished = Vec::new();
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| StoreError::io("read the results directory", &dir, e))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(id) = id_of(&path) else { continue };
-            // Done records (nearly all) are not parsed at start: they can
-            // hold megabytes of output each. A damaged one is found and
-            // moved aside when it is looked up.
-            if is_done(&path) {
-                continue;
-            }
-            match read_record(&path) {
-                Ok(r) if r.state == State::Done => {}
-                Ok(r) => unfinished.push(Unfinished {
-                    id,
-                    state: r.state,
-                    origin: r.origin,
-                    tenancy: r.tenancy,
-                    command: r.command,
-                }),
-                Err(reason) => match os::fs::move_aside(&path, &corrupt) {
-                    Ok(to) => log::warn!(
-                        "result record {} is damaged ({reason}); moved to {}",
-                        path.display(),
-                        to.display()
-                    ),
-                    Err(e) => log::warn!(
-                        "result record {} is damaged ({reason}) and could not be moved: {e}",
-                        path.display()
-                    ),
-                },
-            }
-        }
-        let mut inner = Inner {
-            inflight: HashMap::new(),
-            recent: VecDeque::new(),
+        let mut index: HashMap<Box<str>, Entry> = HashMap::new();
+        let mut next_seq = 1;
+        let journal = Journal::open(cache_dir, SEGMENT_BYTES, |loc, r| {
+            next_seq = next_seq.max(r.seq + 1);
+            apply(&mut index, loc, &r);
+        })?;
+        let ledger = Ledger {
+            journal,
+            retention,
+            inner: Mutex::new(Inner {
+                index,
+                inflight: HashMap::new(),
+                recent: VecDeque::new(),
+                unstored: Vec::new(),
+                next_seq,
+            }),
         };
+        super::migrate::from_files(cache_dir, &ledger)?;
+        let unfinished = ledger.load_unfinished();
+        let mut inner = ledger.lock();
         for u in &unfinished {
             inner.inflight.insert(
                 u.id.clone(),
@@ -193,28 +239,60 @@ impl Ledger {
                 },
             );
         }
-        let ledger = Ledger {
-            dir,
-            corrupt,
-            max_entries,
-            max_age,
-            inner: Mutex::new(inner),
-        };
+        drop(inner);
         Ok((ledger, unfinished))
     }
 
-    fn path(&self, id: &str) -> PathBuf {
-        // The prefix keeps ids such as "." and ".." from naming directories.
-        self.dir.join(format!("r-{id}.json"))
+    /// Unfinished commands, read back from their intake records, oldest
+    /// first. One whose intake cannot be read is forgotten with a warning.
+    fn load_unfinished(&self) -> Vec<Unfinished> {
+        let mut found: Vec<(u64, String, State, Loc)> = self
+            .lock()
+            .index
+            .iter()
+            .filter(|(_, e)| e.state != State::Done)
+            .map(|(id, e)| (e.seq, id.to_string(), e.state, e.loc))
+            .collect();
+        found.sort_by_key(|f| f.0);
+        let mut out = Vec::new();
+        for (_, id, state, loc) in found {
+            let parsed = self.journal.read(loc).and_then(|r| {
+                serde_json::from_slice::<IntakeIn>(&r.body).map_err(|e| StoreError::Invalid {
+                    what: "journal intake record",
+                    message: e.to_string(),
+                })
+            });
+            match parsed {
+                Ok(i) => out.push(Unfinished {
+                    id,
+                    state,
+                    origin: i.origin,
+                    tenancy: i.tenancy,
+                    command: i.command,
+                }),
+                Err(e) => {
+                    log::warn!(command_id = id.as_str(); "an unfinished command cannot be read back ({e}); it is dropped");
+                    self.lock().index.remove(id.as_str());
+                }
+            }
+        }
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes everything recorded so far durable: the caller is about to
+    /// acknowledge a command (a 202, a long-poll batch taken).
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        super::crash_point("intake");
+        self.journal.sync(self.journal.last_lsn())
+    }
+
     /// Checks an id and, if it is new, records it as queued for a sender
-    /// of `tenancy`. `durable` commands are written to disk before this
-    /// returns.
+    /// of `tenancy`. A `durable` command's intake is appended, not
+    /// flushed: see `sync`.
     pub(crate) fn begin(
         &self,
         id: &CommandId,
@@ -230,30 +308,49 @@ impl Ledger {
             }
             return Ok(Begin::InProgress(f.state));
         }
-        if let Some((owner, r)) = recent(&inner, id) {
+        if let Some((owner, r)) = find_kept(&inner, id.as_str()) {
             if !tenancy.reaches_command(&owner) {
                 return Ok(Begin::Taken);
             }
             return Ok(Begin::Done(Box::new(r)));
         }
-        let path = self.path(id.as_str());
-        if path.exists() {
-            match read_record(&path) {
-                Ok(r) if !tenancy.reaches_command(&r.tenancy) => return Ok(Begin::Taken),
-                Ok(Record {
-                    state: State::Done,
-                    result: Some(r),
-                    ..
-                }) => return Ok(Begin::Done(Box::new(r))),
-                Ok(r) => return Ok(Begin::InProgress(r.state)),
-                Err(reason) => {
-                    let _ = os::fs::move_aside(&path, &self.corrupt);
-                    log::warn!(
-                        "result record {} was damaged ({reason}); moved aside",
-                        path.display()
-                    );
+        if let Some(loc) = inner.index.get(id.as_str()).map(|e| e.loc) {
+            match self.read_result(loc) {
+                Ok((owner, _)) if !tenancy.reaches_command(&owner) => return Ok(Begin::Taken),
+                Ok((_, r)) => return Ok(Begin::Done(Box::new(r))),
+                Err(e) => {
+                    log::warn!(command_id = id.as_str(); "the stored result is damaged ({e}); the id is taken as new");
+                    inner.index.remove(id.as_str());
                 }
             }
+        }
+        if durable {
+            let seq = inner.next_seq;
+            let body = serde_json::to_vec(&IntakeOut {
+                origin,
+                tenancy,
+                command,
+            })
+            .map_err(|e| StoreError::Invalid {
+                what: "journal intake record",
+                message: e.to_string(),
+            })?;
+            let time = now_secs();
+            let (loc, _) = self
+                .journal
+                .append(Op::Intake, 0, seq, time, id.as_str(), &body)?;
+            inner.next_seq += 1;
+            inner.index.insert(
+                id.as_str().into(),
+                Entry {
+                    seq,
+                    state: State::Queued,
+                    loc,
+                    start: None,
+                    report: false,
+                    time,
+                },
+            );
         }
         inner.inflight.insert(
             id.as_str().to_string(),
@@ -264,38 +361,38 @@ impl Ledger {
                 durable,
             },
         );
-        if durable {
-            // The in-flight entry claims the id, so the write (an fsync) can
-            // happen without holding up every other lookup.
-            drop(inner);
-            let entry = Entry {
-                state: State::Queued,
-                origin,
-                tenancy,
-            };
-            if let Err(e) = self.write(&path, entry, command, None) {
-                self.lock().inflight.remove(id.as_str());
-                return Err(e);
-            }
-        }
         Ok(Begin::New)
     }
 
-    /// Marks a queued command as started. For durable commands the record
-    /// is on disk before the command may run.
-    /// Lookups say "running" only once the record does: a command shown
-    /// running is one that a crash would report as interrupted.
-    pub(crate) fn mark_running(&self, id: &CommandId, command: &Value) -> Result<(), StoreError> {
-        let Some((origin, tenancy, durable)) = self.flight(id.as_str()) else {
-            return Ok(());
-        };
-        if durable {
-            let entry = Entry {
-                state: State::Running,
-                origin,
-                tenancy: &tenancy,
+    /// Marks a queued command as started: for a durable one, the start is
+    /// on disk before this returns, so before the command may run.
+    /// Lookups say "running" only once it is: a command shown running is
+    /// one that a crash would report as interrupted.
+    pub(crate) fn mark_running(&self, id: &CommandId) -> Result<(), StoreError> {
+        let lsn = {
+            let mut inner = self.lock();
+            let Some(f) = inner.inflight.get(id.as_str()) else {
+                return Ok(());
             };
-            self.write(&self.path(id.as_str()), entry, command, None)?;
+            if f.durable {
+                let Some(seq) = inner.index.get(id.as_str()).map(|e| e.seq) else {
+                    return Ok(());
+                };
+                let (loc, lsn) =
+                    self.journal
+                        .append(Op::Start, 0, seq, now_secs(), id.as_str(), b"")?;
+                if let Some(e) = inner.index.get_mut(id.as_str()) {
+                    e.start = Some(loc);
+                    e.state = State::Running;
+                }
+                Some(lsn)
+            } else {
+                None
+            }
+        };
+        if let Some(lsn) = lsn {
+            self.journal.sync(lsn)?;
+            super::crash_point("start");
         }
         if let Some(f) = self.lock().inflight.get_mut(id.as_str()) {
             f.state = State::Running;
@@ -303,54 +400,149 @@ impl Ledger {
         Ok(())
     }
 
-    /// Origin, sender and durability of a command in flight.
-    fn flight(&self, id: &str) -> Option<(Origin, Tenancy, bool)> {
-        let inner = self.lock();
-        let f = inner.inflight.get(id)?;
-        Some((f.origin, f.tenancy.clone(), f.durable))
-    }
-
-    /// Stores the result and ends the command's in-flight state.
-    pub(crate) fn finish(&self, result: &CommandResult) -> Result<(), StoreError> {
-        let (origin, tenancy, durable) =
-            self.flight(&result.id)
-                .unwrap_or((Origin::Api, Tenancy::default(), false));
-        // Written while the command is still in flight (lookups see it
-        // running until its result is on disk), outside the lock.
-        let outcome = if durable {
-            let entry = Entry {
-                state: State::Done,
-                origin,
-                tenancy: &tenancy,
-            };
-            self.write(&self.path(&result.id), entry, &result.command, Some(result))
-        } else {
-            Ok(())
+    /// Stores the result (for the server too, with `report`) and ends the
+    /// command's in-flight state. A durable result is on disk before this
+    /// returns. One that cannot be written is kept in memory, answered
+    /// with code `not_durable`, and written again by `maintain`; a crash
+    /// before then reports the command as interrupted.
+    pub(crate) fn finish(&self, result: CommandResult, report: bool) -> Finished {
+        let flight = {
+            let inner = self.lock();
+            inner
+                .inflight
+                .get(&result.id)
+                .map(|f| (f.origin, f.tenancy.clone(), f.durable))
         };
-        let mut inner = self.lock();
-        // Read-only results live in memory; so does a durable one whose
-        // write failed (disk full), so that this run still answers with it.
-        // Its record on disk stays "running": after a restart the command
-        // is reported as interrupted, never run again.
-        if !durable || outcome.is_err() {
+        let (origin, tenancy, durable) = flight.unwrap_or((Origin::Api, Tenancy::default(), false));
+        if !durable {
+            let mut inner = self.lock();
             if inner.recent.len() >= RECENT_CAPACITY {
                 inner.recent.pop_front();
             }
-            let text = serde_json::to_string(result).unwrap_or_default();
+            let text = serde_json::to_string(&result).unwrap_or_default();
             inner
                 .recent
                 .push_back((result.id.clone(), tenancy, text.into_boxed_str()));
+            inner.inflight.remove(&result.id);
+            drop(inner);
+            if report {
+                // A read-only command from the server: delivered from memory.
+                self.keep_unstored(result.clone(), origin, Tenancy::everything(), report, 0);
+            }
+            return Finished {
+                result,
+                stored: Ok(()),
+            };
         }
+        let written = self.write_result(&result, origin, &tenancy, report);
+        let stored = written.and_then(|lsn| self.journal.sync(lsn));
+        let mut inner = self.lock();
         inner.inflight.remove(&result.id);
-        outcome
+        drop(inner);
+        match stored {
+            Ok(()) => {
+                super::crash_point("result");
+                Finished {
+                    result,
+                    stored: Ok(()),
+                }
+            }
+            Err(e) => {
+                let amended = not_durable(result, &e);
+                let seq = self
+                    .lock()
+                    .index
+                    .get(amended.id.as_str())
+                    .map_or(0, |e| e.seq);
+                self.keep_unstored(amended.clone(), origin, tenancy, report, seq);
+                Finished {
+                    result: amended,
+                    stored: Err(e),
+                }
+            }
+        }
     }
 
-    /// Forgets a command that was accepted but could not be queued.
+    /// Appends a result record and points the index at it.
+    fn write_result(
+        &self,
+        result: &CommandResult,
+        origin: Origin,
+        tenancy: &Tenancy,
+        report: bool,
+    ) -> Result<Lsn, StoreError> {
+        let body = serde_json::to_vec(&ResultOut {
+            origin,
+            tenancy,
+            result,
+        })
+        .map_err(|e| StoreError::Invalid {
+            what: "journal result record",
+            message: e.to_string(),
+        })?;
+        let mut inner = self.lock();
+        let seq = match inner.index.get(result.id.as_str()) {
+            Some(e) => e.seq,
+            None => {
+                inner.next_seq += 1;
+                inner.next_seq - 1
+            }
+        };
+        let time = now_secs();
+        let flags = if report { REPORT } else { 0 };
+        let (loc, lsn) = self
+            .journal
+            .append(Op::Result, flags, seq, time, &result.id, &body)?;
+        inner.index.insert(
+            result.id.as_str().into(),
+            Entry {
+                seq,
+                state: State::Done,
+                loc,
+                start: None,
+                report,
+                time,
+            },
+        );
+        Ok(lsn)
+    }
+
+    fn keep_unstored(
+        &self,
+        result: CommandResult,
+        origin: Origin,
+        tenancy: Tenancy,
+        report: bool,
+        seq: u64,
+    ) {
+        let mut inner = self.lock();
+        inner.unstored.retain(|u| u.result.id != result.id);
+        inner.unstored.push(Unstored {
+            result,
+            origin,
+            tenancy,
+            report,
+            seq,
+        });
+    }
+
+    /// Forgets a command that was accepted but will not run.
     pub(crate) fn forget(&self, id: &CommandId) {
         let mut inner = self.lock();
-        if let Some(f) = inner.inflight.remove(id.as_str()) {
-            if f.durable {
-                let _ = std::fs::remove_file(self.path(id.as_str()));
+        let Some(f) = inner.inflight.remove(id.as_str()) else {
+            return;
+        };
+        if f.durable {
+            if let Some(e) = inner.index.remove(id.as_str()) {
+                if let Err(err) =
+                    self.journal
+                        .append(Op::Forget, 0, e.seq, now_secs(), id.as_str(), b"")
+                {
+                    // Without it a restart runs the command after all: the
+                    // intake stays in the index to say so.
+                    log::warn!(command_id = id.as_str(); "cannot record that the command was withdrawn ({err}); it will run after a restart");
+                    inner.index.insert(id.as_str().into(), e);
+                }
             }
         }
     }
@@ -364,25 +556,40 @@ impl Ledger {
                 .reaches_command(&f.tenancy)
                 .then_some(Found::InProgress(f.state));
         }
-        if let Some((owner, r)) = recent(&inner, id) {
+        if let Some((owner, r)) = find_kept(&inner, id.as_str()) {
             return tenancy
                 .reaches_command(&owner)
                 .then(|| Found::Done(Box::new(r)));
         }
+        let loc = inner.index.get(id.as_str())?.loc;
         drop(inner);
-        match read_record(&self.path(id.as_str())) {
-            Ok(r) if !tenancy.reaches_command(&r.tenancy) => None,
-            Ok(Record {
-                state: State::Done,
-                result: Some(r),
-                ..
-            }) => Some(Found::Done(Box::new(r))),
-            Ok(r) => Some(Found::InProgress(r.state)),
-            Err(_) => None,
+        match self.read_result(loc) {
+            Ok((owner, r)) => tenancy
+                .reaches_command(&owner)
+                .then(|| Found::Done(Box::new(r))),
+            Err(e) => {
+                log::warn!(command_id = id.as_str(); "cannot read the stored result: {e}");
+                None
+            }
         }
     }
 
-    /// Whether an unfinished command is recorded on disk (so it survives a
+    fn read_result(&self, loc: Loc) -> Result<(Tenancy, CommandResult), StoreError> {
+        let r = self.journal.read(loc)?;
+        if r.op != Op::Result {
+            return Err(StoreError::Invalid {
+                what: "journal record",
+                message: "not a result".into(),
+            });
+        }
+        let body: ResultIn = serde_json::from_slice(&r.body).map_err(|e| StoreError::Invalid {
+            what: "journal result record",
+            message: e.to_string(),
+        })?;
+        Ok((body.tenancy, body.result))
+    }
+
+    /// Whether an unfinished command is in the journal (so it survives a
     /// restart); read-only commands are not.
     pub(crate) fn journaled(&self, id: &CommandId) -> bool {
         self.lock()
@@ -391,343 +598,425 @@ impl Ledger {
             .is_some_and(|f| f.durable)
     }
 
-    /// Deletes done records past the retention limits. Returns how many.
-    /// `keep` names ids whose record must stay whatever its age (results
-    /// still waiting in the spool: their command may be sent again).
-    pub(crate) fn prune(&self, keep: impl Fn(&str) -> bool) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return 0;
+    // The server's side: results it has not acknowledged.
+
+    /// Ids of results the server has not acknowledged, oldest first.
+    pub(crate) fn reports(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut ids: Vec<(u64, u64, String)> = inner
+            .index
+            .iter()
+            .filter(|(_, e)| e.report)
+            .map(|(id, e)| (e.time, e.seq, id.to_string()))
+            .collect();
+        ids.extend(
+            inner
+                .unstored
+                .iter()
+                .filter(|u| u.report)
+                .map(|u| (0, u.seq, u.result.id.clone())),
+        );
+        ids.sort();
+        ids.dedup_by(|a, b| a.2 == b.2);
+        ids.into_iter().map(|(_, _, id)| id).collect()
+    }
+
+    /// A result for the server.
+    pub(crate) fn report(&self, id: &str) -> Option<CommandResult> {
+        let inner = self.lock();
+        if let Some(u) = inner.unstored.iter().find(|u| u.result.id == id) {
+            return Some(u.result.clone());
+        }
+        let loc = inner.index.get(id).filter(|e| e.report)?.loc;
+        drop(inner);
+        match self.read_result(loc) {
+            Ok((_, r)) => Some(r),
+            Err(e) => {
+                // Unreadable: it can never be delivered, so it stops
+                // holding up the others.
+                log::warn!(command_id = id; "a result for the server cannot be read ({e}); dropping it");
+                self.acknowledge(id);
+                None
+            }
+        }
+    }
+
+    /// The server has the result (or refused it for good). Not flushed: a
+    /// crash before the next flush only sends it again.
+    pub(crate) fn acknowledge(&self, id: &str) {
+        let mut inner = self.lock();
+        for u in inner.unstored.iter_mut().filter(|u| u.result.id == id) {
+            u.report = false;
+        }
+        if let Some(e) = inner.index.get_mut(id).filter(|e| e.report) {
+            e.report = false;
+            let seq = e.seq;
+            if let Err(err) = self.journal.append(Op::Ack, 0, seq, now_secs(), id, b"") {
+                log::debug!(command_id = id; "cannot record the acknowledgement ({err}); the result may be sent again after a restart");
+            }
+        }
+        drop(inner);
+        super::crash_point("ack");
+    }
+
+    /// The server asked again for a finished command: send its result
+    /// again.
+    pub(crate) fn report_again(&self, id: &str) {
+        let mut inner = self.lock();
+        if let Some(u) = inner.unstored.iter_mut().find(|u| u.result.id == id) {
+            u.report = true;
+            return;
+        }
+        let Some(e) = inner.index.get_mut(id).filter(|e| e.state == State::Done) else {
+            return;
         };
-        let mut done: Vec<(SystemTime, PathBuf)> = Vec::new();
-        let inflight: Vec<String> = self.lock().inflight.keys().cloned().collect();
-        for e in entries.flatten() {
-            let path = e.path();
-            let Some(id) = id_of(&path) else { continue };
-            if inflight.contains(&id) || keep(&id) {
+        if e.report {
+            return;
+        }
+        e.report = true;
+        let seq = e.seq;
+        let _ = self.journal.append(Op::Report, 0, seq, now_secs(), id, b"");
+    }
+
+    /// Results the server has not acknowledged.
+    pub(crate) fn pending_reports(&self) -> usize {
+        let inner = self.lock();
+        let unstored = inner.unstored.iter().filter(|u| u.report);
+        let stored = inner.index.values().filter(|e| e.report).count();
+        stored
+            + unstored
+                .filter(|u| {
+                    !inner
+                        .index
+                        .get(u.result.id.as_str())
+                        .is_some_and(|e| e.report)
+                })
+                .count()
+    }
+
+    pub(crate) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Results held in memory because they could not be written.
+    pub(crate) fn unstored(&self) -> usize {
+        self.lock().unstored.len()
+    }
+
+    // Upkeep, from the monitor.
+
+    /// Writes results held in memory, applies retention and compacts old
+    /// segments. Returns how many results were dropped.
+    pub(crate) fn maintain(&self) -> usize {
+        self.store_unstored();
+        let dropped = self.apply_retention();
+        if let Err(e) = self.compact() {
+            log::warn!("cannot compact the journal: {e}");
+        }
+        dropped
+    }
+
+    fn store_unstored(&self) {
+        let pending: Vec<(String, Origin, Tenancy, bool, CommandResult)> = self
+            .lock()
+            .unstored
+            .iter()
+            .filter(|u| u.seq != 0)
+            .map(|u| {
+                (
+                    u.result.id.clone(),
+                    u.origin,
+                    u.tenancy.clone(),
+                    u.report,
+                    u.result.clone(),
+                )
+            })
+            .collect();
+        for (id, origin, tenancy, report, result) in pending {
+            let stored = self
+                .write_result(&result, origin, &tenancy, report)
+                .and_then(|lsn| self.journal.sync(lsn));
+            match stored {
+                Ok(()) => {
+                    self.lock().unstored.retain(|u| u.result.id != id);
+                    log::info!(command_id = id.as_str(); "a result kept in memory is now stored");
+                }
+                Err(e) => {
+                    log::warn!(command_id = id.as_str(); "a result is still not stored ({e}); free space in cache_dir");
+                    break;
+                }
+            }
+        }
+        // Read-only results for the server, once delivered, are done with.
+        self.lock().unstored.retain(|u| u.seq != 0 || u.report);
+    }
+
+    fn apply_retention(&self) -> usize {
+        let mut inner = self.lock();
+        let mut done: Vec<(u64, u64, Box<str>, u32)> = inner
+            .index
+            .iter()
+            .filter(|(_, e)| e.state == State::Done && !e.report)
+            .map(|(id, e)| (e.time, e.seq, id.clone(), e.loc.len))
+            .collect();
+        done.sort();
+        let live_bytes: u64 = inner
+            .index
+            .values()
+            .map(|e| e.loc.len as u64 + e.start.map_or(0, |s| s.len as u64))
+            .sum();
+        let now = now_secs();
+        let excess = done.len().saturating_sub(self.retention.max_entries);
+        let mut over = live_bytes.saturating_sub(self.retention.max_bytes);
+        let mut dropped = 0;
+        for (i, (time, _, id, len)) in done.into_iter().enumerate() {
+            let old = now.saturating_sub(time) > self.retention.max_age.as_secs();
+            if i < excess || old || over > 0 {
+                inner.index.remove(&id);
+                over = over.saturating_sub(len as u64);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Removes sealed segments that hold nothing live, after copying
+    /// forward what is live in segments that are mostly dead.
+    fn compact(&self) -> Result<(), StoreError> {
+        for (seg, size) in self.journal.sealed_segments() {
+            let live: u64 = {
+                let inner = self.lock();
+                inner
+                    .index
+                    .values()
+                    .flat_map(|e| [Some(e.loc), e.start])
+                    .flatten()
+                    .filter(|l| l.seg == seg)
+                    .map(|l| l.len as u64)
+                    .sum()
+            };
+            if live > 0 && live * 2 > size {
                 continue;
             }
-            let mtime = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            done.push((mtime, path));
+            if live > 0 {
+                self.copy_forward(seg)?;
+            }
+            self.journal.remove_segment(seg)?;
         }
-        done.sort();
-        let now = SystemTime::now();
-        let excess = done.len().saturating_sub(self.max_entries);
-        let mut removed = 0;
-        for (i, (mtime, path)) in done.iter().enumerate() {
-            let old = now
-                .duration_since(*mtime)
-                .map(|age| age > self.max_age)
-                .unwrap_or(false);
-            if (i < excess || old) && std::fs::remove_file(path).is_ok() {
-                removed += 1;
+        Ok(())
+    }
+
+    /// Copies the live records of `seg` to the active segment and flushes.
+    fn copy_forward(&self, seg: u32) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let ids: Vec<Box<str>> = inner
+            .index
+            .iter()
+            .filter(|(_, e)| e.loc.seg == seg || e.start.is_some_and(|s| s.seg == seg))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let Some(e) = inner.index.get(&id).cloned() else {
+                continue;
+            };
+            let mut moved = e.clone();
+            let mut frame = self.journal.read_frame(e.loc)?;
+            if e.state == State::Done {
+                record::set_flags(&mut frame, if e.report { REPORT } else { 0 });
+            }
+            moved.loc = self.journal.append_frame(&frame)?.0;
+            if let Some(start) = e.start {
+                let frame = self.journal.read_frame(start)?;
+                moved.start = Some(self.journal.append_frame(&frame)?.0);
+            }
+            inner.index.insert(id, moved);
+        }
+        drop(inner);
+        self.journal.sync(self.journal.last_lsn())
+    }
+}
+
+/// Folds one record read at start into the index. Records of one command
+/// share its seq; one older than what the index holds for the id is stale
+/// (the id was used again after its result was dropped).
+fn apply(index: &mut HashMap<Box<str>, Entry>, loc: Loc, r: &Record) {
+    let current = index.get(r.id.as_str()).map(|e| e.seq);
+    if current.is_some_and(|seq| r.seq < seq) {
+        return;
+    }
+    let fresh = current != Some(r.seq);
+    match r.op {
+        Op::Intake => {
+            index.insert(
+                r.id.as_str().into(),
+                Entry {
+                    seq: r.seq,
+                    state: State::Queued,
+                    loc,
+                    start: None,
+                    report: false,
+                    time: r.time,
+                },
+            );
+        }
+        Op::Start if !fresh => {
+            if let Some(e) = index.get_mut(r.id.as_str()) {
+                if e.state != State::Done {
+                    e.state = State::Running;
+                    e.start = Some(loc);
+                }
             }
         }
-        removed
+        Op::Result => {
+            index.insert(
+                r.id.as_str().into(),
+                Entry {
+                    seq: r.seq,
+                    state: State::Done,
+                    loc,
+                    start: None,
+                    report: r.flags & REPORT != 0,
+                    time: r.time,
+                },
+            );
+        }
+        Op::Ack if !fresh => {
+            if let Some(e) = index.get_mut(r.id.as_str()) {
+                e.report = false;
+            }
+        }
+        Op::Report if !fresh => {
+            if let Some(e) = index.get_mut(r.id.as_str()) {
+                e.report = e.state == State::Done;
+            }
+        }
+        Op::Forget if !fresh => {
+            if index
+                .get(r.id.as_str())
+                .is_some_and(|e| e.state == State::Queued)
+            {
+                index.remove(r.id.as_str());
+            }
+        }
+        _ => {}
     }
+}
 
-    fn write(
-        &self,
-        path: &Path,
-        entry: Entry<'_>,
-        command: &Value,
-        result: Option<&CommandResult>,
-    ) -> Result<(), StoreError> {
-        let record = RecordOut {
-            state: entry.state,
-            origin: entry.origin,
-            tenancy: entry.tenancy,
-            updated: crate::protocol::time::now_rfc3339(),
-            command,
-            result,
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Invalid {
-            what: "result record",
-            message: e.to_string(),
-        })?;
-        os::fs::write_atomic(path, &bytes, 0o600)
-            .map_err(|e| StoreError::io("write a result record", path, e))
+/// A result held in memory: read-only, or not stored.
+fn find_kept(inner: &Inner, id: &str) -> Option<(Tenancy, CommandResult)> {
+    if let Some(u) = inner
+        .unstored
+        .iter()
+        .find(|u| u.result.id == id && u.seq != 0)
+    {
+        return Some((u.tenancy.clone(), u.result.clone()));
     }
-}
-
-/// Whether a record says `"state":"done"`, read from its first bytes only
-/// (serde writes `state` first).
-fn is_done(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 32];
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let n = f.read(&mut head).unwrap_or(0);
-    head[..n].starts_with(br#"{"state":"done""#)
-}
-
-/// What a record says about its command besides the command itself.
-#[derive(Clone, Copy)]
-struct Entry<'a> {
-    state: State,
-    origin: Origin,
-    tenancy: &'a Tenancy,
-}
-
-fn is_default(t: &&Tenancy) -> bool {
-    **t == Tenancy::default()
-}
-
-/// A read-only result kept in memory, with its sender.
-fn recent(inner: &Inner, id: &CommandId) -> Option<(Tenancy, CommandResult)> {
-    let (_, owner, text) = inner.recent.iter().find(|(k, _, _)| k == id.as_str())?;
+    let (_, owner, text) = inner.recent.iter().find(|(k, _, _)| k == id)?;
     Some((owner.clone(), serde_json::from_str(text).ok()?))
 }
 
-fn id_of(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let id = name.strip_prefix("r-")?.strip_suffix(".json")?;
-    CommandId::parse(id).ok().map(|_| id.to_string())
+/// The result as answered when it could not be stored.
+fn not_durable(mut result: CommandResult, e: &StoreError) -> CommandResult {
+    let what = match &result.code {
+        Some(code) => format!("status {}, code {code}", result.status.as_str()),
+        None => format!("status {}", result.status.as_str()),
+    };
+    let earlier = if result.error.is_empty() {
+        String::new()
+    } else {
+        format!("; its error: {}", result.error)
+    };
+    result.error = capped_text(
+        format!(
+            "the command ran ({what}) but its result could not be stored: {e}; the agent keeps it in memory and stores it once cache_dir has room again{earlier}"
+        ),
+        ERROR_CAP,
+    );
+    result.code = Some(Code::NotDurable);
+    result
 }
 
-fn read_record(path: &Path) -> Result<Record, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let r: Record = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    if r.state == State::Done && r.result.is_none() {
-        return Err("a done record without a result".into());
-    }
-    Ok(r)
+/// Records a command of an older agent's files (see `migrate`).
+pub(crate) struct Migrated<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) state: State,
+    pub(crate) origin: Origin,
+    pub(crate) tenancy: &'a Tenancy,
+    pub(crate) command: &'a Value,
+    pub(crate) result: Option<&'a CommandResult>,
+    pub(crate) report: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::result::Status;
-    use serde_json::json;
-
-    fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "vendetta-ledger-{}",
-            crate::os::random::random_hex(4)
-        ));
-        os::fs::ensure_dir(&d).unwrap();
-        d
-    }
-
-    fn result(id: &str) -> CommandResult {
-        CommandResult::new(
-            id,
-            &json!({"id": id}),
-            "n",
-            Status::Success,
-            SystemTime::now(),
-        )
-    }
-
-    #[test]
-    fn dedupes_across_reopen() {
-        let dir = tmp();
-        let id = CommandId::parse("c1").unwrap();
-        let (l, unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
-        assert!(unfinished.is_empty());
-        assert_eq!(
-            l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true)
-                .unwrap(),
-            Begin::New
-        );
-        assert_eq!(
-            l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true)
-                .unwrap(),
-            Begin::InProgress(State::Queued)
-        );
-        l.mark_running(&id, &json!({})).unwrap();
-        l.finish(&result("c1")).unwrap();
-        drop(l);
-        let (l, unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
-        assert!(unfinished.is_empty());
-        assert!(
-            matches!(l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true).unwrap(), Begin::Done(r) if r.id == "c1")
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// A command id is a tenant's own: another tenant repeating it, or
-    /// looking it up, learns nothing; the sender survives a restart.
-    #[test]
-    fn ids_are_kept_per_sender() {
-        let dir = tmp();
-        let tenant = |t: &str| Tenancy {
-            tenant: Some(crate::protocol::tenant::Tenant::parse(t).unwrap()),
-            all: false,
+impl Ledger {
+    /// Takes over one command from an older agent's files, unless the
+    /// journal knows it already (a migration cut short and run again).
+    pub(crate) fn migrate(&self, m: Migrated<'_>) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.index.contains_key(m.id) {
+            return Ok(());
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let time = now_secs();
+        let entry = match (m.state, m.result) {
+            (State::Done, Some(result)) => {
+                let body = serde_json::to_vec(&ResultOut {
+                    origin: m.origin,
+                    tenancy: m.tenancy,
+                    result,
+                })
+                .map_err(|e| StoreError::Invalid {
+                    what: "journal result record",
+                    message: e.to_string(),
+                })?;
+                let flags = if m.report { REPORT } else { 0 };
+                let (loc, _) = self
+                    .journal
+                    .append(Op::Result, flags, seq, time, m.id, &body)?;
+                Entry {
+                    seq,
+                    state: State::Done,
+                    loc,
+                    start: None,
+                    report: m.report,
+                    time,
+                }
+            }
+            (state, _) => {
+                let body = serde_json::to_vec(&IntakeOut {
+                    origin: m.origin,
+                    tenancy: m.tenancy,
+                    command: m.command,
+                })
+                .map_err(|e| StoreError::Invalid {
+                    what: "journal intake record",
+                    message: e.to_string(),
+                })?;
+                let (loc, _) = self.journal.append(Op::Intake, 0, seq, time, m.id, &body)?;
+                let start = if state == State::Running {
+                    Some(self.journal.append(Op::Start, 0, seq, time, m.id, b"")?.0)
+                } else {
+                    None
+                };
+                Entry {
+                    seq,
+                    state: if state == State::Running {
+                        State::Running
+                    } else {
+                        State::Queued
+                    },
+                    loc,
+                    start,
+                    report: false,
+                    time,
+                }
+            }
         };
-        let (a, b) = (tenant("a"), tenant("b"));
-        let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
-        let id = CommandId::parse("shared").unwrap();
-        let ro = CommandId::parse("ro").unwrap();
-        assert_eq!(
-            l.begin(&id, Origin::Api, &a, &json!({}), true).unwrap(),
-            Begin::New
-        );
-        assert_eq!(
-            l.begin(&ro, Origin::Api, &a, &json!({}), false).unwrap(),
-            Begin::New
-        );
-        assert_eq!(
-            l.begin(&id, Origin::Api, &b, &json!({}), true).unwrap(),
-            Begin::Taken
-        );
-        assert_eq!(l.lookup(&id, &b), None);
-        assert_eq!(l.lookup(&id, &a), Some(Found::InProgress(State::Queued)));
-        l.finish(&result("ro")).unwrap();
-        assert_eq!(
-            l.begin(&ro, Origin::Api, &b, &json!({}), false).unwrap(),
-            Begin::Taken
-        );
-        assert_eq!(l.lookup(&ro, &b), None);
-        assert!(matches!(l.lookup(&ro, &a), Some(Found::Done(_))));
-        drop(l);
-        let (l, unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
-        assert_eq!(
-            unfinished[0].tenancy, a,
-            "a queued command runs for its sender after a restart"
-        );
-        l.mark_running(&id, &json!({})).unwrap();
-        l.finish(&result("shared")).unwrap();
-        assert_eq!(
-            l.begin(&id, Origin::Api, &b, &json!({}), true).unwrap(),
-            Begin::Taken
-        );
-        assert_eq!(l.lookup(&id, &Tenancy::default()), None);
-        assert!(matches!(l.lookup(&id, &a), Some(Found::Done(_))));
-        assert!(matches!(
-            l.lookup(&id, &Tenancy::everything()),
-            Some(Found::Done(_))
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
+        inner.index.insert(m.id.into(), entry);
+        Ok(())
     }
 
-    #[test]
-    fn running_is_shown_only_once_the_record_says_so() {
-        let dir = tmp();
-        let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
-        let id = CommandId::parse("r1").unwrap();
-        l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true)
-            .unwrap();
-        // The record cannot be written: the command must not look running
-        // (a crash now would run it at the next start, not report it).
-        std::fs::remove_dir_all(dir.join("results")).unwrap();
-        assert_eq!(
-            l.mark_running(&id, &json!({})).unwrap_err().to_string(),
-            format!(
-                "cannot write a result record ({}): No such file or directory (os error 2)",
-                dir.join("results/r-r1.json").display()
-            )
-        );
-        assert!(matches!(
-            l.lookup(&id, &Tenancy::everything()),
-            Some(Found::InProgress(State::Queued))
-        ));
-        std::fs::create_dir_all(dir.join("results")).unwrap();
-        l.mark_running(&id, &json!({})).unwrap();
-        assert!(matches!(
-            l.lookup(&id, &Tenancy::everything()),
-            Some(Found::InProgress(State::Running))
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn reports_unfinished_and_moves_garbage_aside() {
-        let dir = tmp();
-        let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
-        let q = CommandId::parse("queued-1").unwrap();
-        let r = CommandId::parse("running-1").unwrap();
-        l.begin(
-            &q,
-            Origin::Coordination,
-            &Tenancy::everything(),
-            &json!({"id":"queued-1"}),
-            true,
-        )
-        .unwrap();
-        l.begin(
-            &r,
-            Origin::Api,
-            &Tenancy::everything(),
-            &json!({"id":"running-1"}),
-            true,
-        )
-        .unwrap();
-        l.mark_running(&r, &json!({"id":"running-1"})).unwrap();
-        drop(l);
-        std::fs::write(dir.join("results/r-bad.json"), b"{truncated").unwrap();
-        let (_, mut unfinished) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
-        unfinished.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(unfinished.len(), 2);
-        assert_eq!(
-            (unfinished[0].id.as_str(), unfinished[0].state),
-            ("queued-1", State::Queued)
-        );
-        assert_eq!(unfinished[0].origin, Origin::Coordination);
-        assert_eq!(
-            (unfinished[1].id.as_str(), unfinished[1].state),
-            ("running-1", State::Running)
-        );
-        assert!(!dir.join("results/r-bad.json").exists());
-        assert_eq!(std::fs::read_dir(dir.join("corrupt")).unwrap().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn read_only_results_stay_in_memory_and_are_bounded() {
-        let dir = tmp();
-        let (l, _) = Ledger::open(&dir, 100, Duration::from_secs(3600)).unwrap();
-        for i in 0..(RECENT_CAPACITY + 10) {
-            let id = CommandId::parse(&format!("s{i}")).unwrap();
-            assert_eq!(
-                l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), false)
-                    .unwrap(),
-                Begin::New
-            );
-            l.finish(&result(&format!("s{i}"))).unwrap();
-        }
-        assert_eq!(std::fs::read_dir(dir.join("results")).unwrap().count(), 0);
-        assert!(
-            l.lookup(&CommandId::parse("s0").unwrap(), &Tenancy::everything())
-                .is_none(),
-            "oldest fell out of the window"
-        );
-        let last = format!("s{}", RECENT_CAPACITY + 9);
-        assert!(matches!(
-            l.lookup(&CommandId::parse(&last).unwrap(), &Tenancy::everything()),
-            Some(Found::Done(_))
-        ));
-        assert_eq!(l.lock().recent.len(), RECENT_CAPACITY);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn prunes_beyond_max_entries() {
-        let dir = tmp();
-        let (l, _) = Ledger::open(&dir, 3, Duration::from_secs(3600)).unwrap();
-        for i in 0..5 {
-            let id = CommandId::parse(&format!("d{i}")).unwrap();
-            l.begin(&id, Origin::Api, &Tenancy::everything(), &json!({}), true)
-                .unwrap();
-            l.finish(&result(&format!("d{i}"))).unwrap();
-        }
-        let keep = CommandId::parse("still-running").unwrap();
-        l.begin(&keep, Origin::Api, &Tenancy::everything(), &json!({}), true)
-            .unwrap();
-        assert_eq!(l.prune(|id| id == "d0"), 1, "d0 is still spooled: kept");
-        assert!(l
-            .lookup(&CommandId::parse("d0").unwrap(), &Tenancy::everything())
-            .is_some());
-        assert_eq!(
-            l.prune(|_| false),
-            1,
-            "once it left the spool, the oldest goes"
-        );
-        assert!(l.lookup(&keep, &Tenancy::everything()).is_some());
-        assert_eq!(std::fs::read_dir(dir.join("results")).unwrap().count(), 4);
-        std::fs::remove_dir_all(&dir).unwrap();
+    pub(crate) fn sync_all(&self) -> Result<(), StoreError> {
+        self.journal.sync(self.journal.last_lsn())
     }
 }
