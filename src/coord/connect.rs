@@ -94,7 +94,9 @@ pub(crate) fn connect(
     })
     .map_err(ConnectError::Config)?;
 
-    let (_, node_id, name) = crate::store::node::identity(&cfg).map_err(ConnectError::Store)?;
+    let (_, node_id, name) =
+        crate::store::node::identity(&cfg, &|| crate::runtime::node_witnesses(&cfg))
+            .map_err(ConnectError::Store)?;
     let address = node::local_address(url);
     let registry = crate::providers::Registry::from_config(&cfg, &node_id);
     let facts = node::NodeFacts::new(

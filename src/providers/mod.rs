@@ -187,6 +187,12 @@ pub(crate) trait Provider: Send + Sync {
     /// Every session this provider manages for this node.
     fn list(&self) -> Result<Vec<Session>, ProviderError>;
 
+    /// The node ids written on the sessions this provider finds, whatever
+    /// their node: witnesses for recovering a damaged node id.
+    fn node_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Kills what an exec left running when the agent died during it: the
     /// processes tagged with `command_id` (see [`COMMAND_ID_ENV`]), in
     /// session `id` if it is one of this provider's. Returns how many it

@@ -320,13 +320,20 @@ impl Runtime {
                 CommandState::Refused { reason },
             ));
         };
-        match self.queue.try_send(Job {
+        let job = Job {
             command,
             from,
             _slot: slot,
             reply,
             stream,
-        }) {
+        };
+        // Jobs parked behind others of their session count as queued.
+        let queued = if self.lanes.waiting() + self.queue.len() >= self.queue_capacity() {
+            Err(TrySendError::Full(job))
+        } else {
+            self.queue.try_send(job)
+        };
+        match queued {
             Ok(()) => Submitted::Queued(rx),
             Err(TrySendError::Full(job)) => {
                 refused(RefusedReason::QueueFull);

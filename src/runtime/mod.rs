@@ -19,6 +19,7 @@
 pub(crate) mod dispatch;
 pub(crate) mod events;
 pub(crate) mod intake;
+pub(crate) mod lanes;
 pub(crate) mod monitor;
 pub(crate) mod policy;
 pub(crate) mod sessions;
@@ -64,6 +65,8 @@ pub(crate) struct Runtime {
     pub(crate) workspaces: workspace::Workspaces,
     link: Mutex<LinkState>,
     queue: Sender<Job>,
+    /// Per-session order (jobs parked behind others of their session).
+    pub(crate) lanes: lanes::Lanes,
     /// Wakes the coordination reporter when a result is spooled.
     pub(crate) report_wake: (Sender<()>, Receiver<()>),
     accepting: AtomicBool,
@@ -95,7 +98,7 @@ impl Runtime {
         registry: impl FnOnce(&Config, &str) -> Registry,
     ) -> Result<Opened, StoreError> {
         let config = loaded.config.clone();
-        let (cache_dir, node_id, node_name) = node::identity(&config)?;
+        let (cache_dir, node_id, node_name) = node::identity(&config, &|| node_witnesses(&config))?;
         let registry = registry(&config, &node_id);
         let auth_usable = config.auth_token.expose().len() >= node::MIN_TOKEN;
         if config.api_token.is_empty() && !config.auth_token.is_empty() && !auth_usable {
@@ -161,6 +164,7 @@ impl Runtime {
             workspaces: workspace::Workspaces::open(&cache_dir, &config.workspace_roots),
             link: Mutex::new(link),
             queue: queue_tx,
+            lanes: lanes::Lanes::default(),
             report_wake: bounded(1),
             accepting: AtomicBool::new(true),
             busy: AtomicUsize::new(0),
@@ -174,8 +178,10 @@ impl Runtime {
         })
     }
 
+    /// Commands accepted and not started: queued, or parked behind
+    /// others of their session.
     pub(crate) fn queue_depth(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.lanes.waiting()
     }
 
     pub(crate) fn queue_capacity(&self) -> usize {
@@ -261,4 +267,13 @@ impl Drop for Pass<'_> {
         *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
         self.0.freed.notify_one();
     }
+}
+
+/// The node ids on the sessions every enabled provider finds: asked only
+/// when the stored node id is damaged.
+pub(crate) fn node_witnesses(config: &Config) -> Vec<String> {
+    Registry::from_config(config, "")
+        .all()
+        .flat_map(|p| p.node_ids())
+        .collect()
 }

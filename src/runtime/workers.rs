@@ -1,8 +1,8 @@
 //! The worker pool: takes jobs off the bounded queue and runs them.
 //!
-//! A worker finishes the command in hand when shutdown comes and takes no
-//! new one; what is still queued stays journaled in the ledger and runs
-//! after the restart. A panic inside a command becomes a `failed` result;
+//! Commands of one session keep their order (`lanes`). A worker finishes
+//! the command in hand when shutdown comes and takes no new one; what is
+//! still queued or parked stays journaled and runs after the restart. A panic inside a command becomes a `failed` result;
 //! the worker lives on.
 
 use super::intake::command_event;
@@ -38,10 +38,23 @@ fn worker_loop(rt: &Runtime, queue: &Receiver<Job>, shutdown: &Receiver<()>) {
     loop {
         // Biased: once shutdown is signalled no new job is taken, even if
         // the queue is ready too.
+        // Jobs that waited for others of their session go first.
         select_biased! {
             recv(shutdown) -> _ => return,
+            recv(rt.lanes.ready()) -> job => {
+                if let Ok(job) = job {
+                    let ticket = rt.lanes.ticket_for(&job);
+                    run_job(rt, job);
+                    rt.lanes.done(ticket);
+                }
+            }
             recv(queue) -> job => match job {
-                Ok(job) => run_job(rt, job),
+                Ok(job) => {
+                    if let Some((job, ticket)) = rt.lanes.admit(job) {
+                        run_job(rt, job);
+                        rt.lanes.done(ticket);
+                    }
+                }
                 Err(_) => return,
             },
         }

@@ -11,6 +11,7 @@ use std::path::Path;
 /// `agent connect` both register with.
 pub(crate) fn identity(
     config: &crate::config::Config,
+    witnesses: &dyn Fn() -> Vec<String>,
 ) -> Result<(std::path::PathBuf, String, String), StoreError> {
     let cache_dir = config.cache_dir();
     os::fs::ensure_dir(&cache_dir)
@@ -31,7 +32,7 @@ pub(crate) fn identity(
             ))
         }
     }
-    let id = load_or_create_id(&cache_dir, &config.node_id)?;
+    let id = load_or_create_id(&cache_dir, &config.node_id, witnesses)?;
     let name = if config.node_name.is_empty() {
         crate::os::host::hostname()
     } else {
@@ -40,8 +41,23 @@ pub(crate) fn identity(
     Ok((cache_dir, id, name))
 }
 
-/// The configured id, else the stored one, else a new one that is stored.
-pub(crate) fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<String, StoreError> {
+/// The configured id, else the stored one, else a recovered one, else a
+/// new one; stored unless configured.
+///
+/// A `node_id` file that is damaged (not an id, not UTF-8) is set aside
+/// and the id recovered before a new one is made: the sessions of this
+/// node carry it, and a new id would orphan them ("belongs to another
+/// node"). The journal in `cache_dir` (results name their node) is taken
+/// as it is; failing that, the node ids on the providers' sessions
+/// (`witnesses`, called only then) count when they all agree, since an
+/// engine may hold other agents' sessions too. A missing file is
+/// recovered from the journal only: a fresh agent beside another must
+/// not take its id.
+pub(crate) fn load_or_create_id(
+    cache_dir: &Path,
+    configured: &str,
+    witnesses: &dyn Fn() -> Vec<String>,
+) -> Result<String, StoreError> {
     if !configured.is_empty() {
         if !valid_node_id(configured) {
             return Err(StoreError::Invalid {
@@ -54,21 +70,63 @@ pub(crate) fn load_or_create_id(cache_dir: &Path, configured: &str) -> Result<St
         return Ok(configured.to_string());
     }
     let path = cache_dir.join("node_id");
-    match std::fs::read_to_string(&path) {
-        Ok(s) if valid_node_id(s.trim()) => return Ok(s.trim().to_string()),
-        Ok(_) => {
-            let moved = os::fs::move_aside(&path, &cache_dir.join("corrupt"))
-                .map_err(|e| StoreError::io("move aside a damaged node_id file", &path, e))?;
-            log::warn!(
-                "node_id file {} was damaged; moved to {} and made a new id",
+    let damaged = match std::fs::read(&path) {
+        Ok(bytes) => match std::str::from_utf8(&bytes).map(str::trim) {
+            Ok(s) if valid_node_id(s) => return Ok(s.to_string()),
+            _ => true,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(StoreError::io("read the node id", &path, e)),
+    };
+    let recovered = match super::journal::newest_node_id(cache_dir) {
+        Some(id) => Some((id, "the journal's results".to_string())),
+        None if damaged => {
+            let mut seen: Vec<String> = witnesses()
+                .into_iter()
+                .filter(|id| valid_node_id(id))
+                .collect();
+            seen.sort();
+            seen.dedup();
+            match seen.as_slice() {
+                [one] => Some((one.clone(), "the labels of its sessions".to_string())),
+                [] => None,
+                many => {
+                    log::warn!(
+                        "the sessions found name several node ids ({}); none is taken: set node_id in the config to keep one",
+                        many.join(", ")
+                    );
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if damaged {
+        match os::fs::move_aside(&path, &cache_dir.join("corrupt")) {
+            Ok(moved) => log::warn!(
+                "node_id file {} was damaged; moved to {}",
                 path.display(),
                 moved.display()
-            );
+            ),
+            Err(e) => log::warn!(
+                "node_id file {} is damaged and cannot be moved aside ({e}); it is overwritten",
+                path.display()
+            ),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StoreError::io("read the node id", &path, e)),
     }
-    let id = format!("node-{}", crate::os::random::random_hex(6));
+    let id = match recovered {
+        Some((id, from)) => {
+            log::warn!("node id {id} recovered from {from}");
+            id
+        }
+        None => {
+            let id = format!("node-{}", crate::os::random::random_hex(6));
+            if damaged {
+                log::warn!("no trace of the old node id was found; this node is now {id}");
+            }
+            id
+        }
+    };
     os::fs::write_atomic(&path, format!("{id}\n").as_bytes(), 0o644)
         .map_err(|e| StoreError::io("store the node id", &path, e))?;
     Ok(id)
@@ -124,19 +182,53 @@ mod tests {
             crate::os::random::random_hex(4)
         ));
         os::fs::ensure_dir(&dir).unwrap();
-        let a = load_or_create_id(&dir, "").unwrap();
-        let b = load_or_create_id(&dir, "").unwrap();
+        let none = || Vec::new();
+        let a = load_or_create_id(&dir, "", &none).unwrap();
+        let b = load_or_create_id(&dir, "", &none).unwrap();
         assert_eq!(a, b);
         assert!(a.starts_with("node-"));
-        assert_eq!(load_or_create_id(&dir, "edge-7").unwrap(), "edge-7");
+        assert_eq!(load_or_create_id(&dir, "edge-7", &none).unwrap(), "edge-7");
         assert_eq!(
-            load_or_create_id(&dir, "../etc").unwrap_err().to_string(),
+            load_or_create_id(&dir, "../etc", &none)
+                .unwrap_err()
+                .to_string(),
             "node_id: \"../etc\" is not a node id; use 1-64 characters of [A-Za-z0-9._-]"
         );
         std::fs::write(dir.join("node_id"), "garbage/\n").unwrap();
-        let c = load_or_create_id(&dir, "").unwrap();
+        let c = load_or_create_id(&dir, "", &none).unwrap();
         assert_ne!(c, a);
         assert!(dir.join("corrupt").read_dir().unwrap().count() == 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A damaged file never stops a start, and the id comes back from
+    /// the sessions when they agree, not when they disagree; a missing
+    /// file with no journal is a new node, whatever the engine holds.
+    #[test]
+    fn a_damaged_id_is_recovered_from_agreeing_witnesses() {
+        let dir = std::env::temp_dir().join(format!(
+            "vendetta-node-{}",
+            crate::os::random::random_hex(4)
+        ));
+        os::fs::ensure_dir(&dir).unwrap();
+        let agree = || vec!["node-old".to_string(), "node-old".to_string()];
+        let split = || vec!["node-old".to_string(), "node-other".to_string()];
+        std::fs::write(dir.join("node_id"), b"node-\xff\xfe\n").unwrap();
+        assert_eq!(load_or_create_id(&dir, "", &agree).unwrap(), "node-old");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("node_id")).unwrap(),
+            "node-old\n"
+        );
+        std::fs::write(dir.join("node_id"), b"\0\0\0").unwrap();
+        let fresh = load_or_create_id(&dir, "", &split).unwrap();
+        assert!(fresh.starts_with("node-") && fresh != "node-old" && fresh != "node-other");
+        std::fs::remove_file(dir.join("node_id")).unwrap();
+        let new = load_or_create_id(&dir, "", &agree).unwrap();
+        assert_ne!(
+            new, "node-old",
+            "a missing file does not take a neighbour's id"
+        );
+        assert_eq!(dir.join("corrupt").read_dir().unwrap().count(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -327,6 +327,22 @@ impl Provider for DockerProvider {
         Ok(self.list_inner()?)
     }
 
+    fn node_ids(&self) -> Vec<String> {
+        let filter = serde_json::json!({"label": [format!("{}=true", spec::LABEL_MANAGED)]});
+        let path = format!(
+            "/containers/json?all=1&filters={}",
+            crate::http::encode(&filter.to_string())
+        );
+        let Ok(serde_json::Value::Array(items)) = self.engine.get_json(&path) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|c| c["Labels"][spec::LABEL_NODE].as_str())
+            .map(str::to_string)
+            .collect()
+    }
+
     fn reap_interrupted(&self, id: &SessionId, command_id: &str) -> Result<usize, ProviderError> {
         match self.resolve(id)? {
             Some(cid) => Ok(exec::reap(&self.engine, &cid, command_id)?),

@@ -312,6 +312,20 @@ impl Provider for LxcProvider {
     fn reap_interrupted(&self, id: &SessionId, command_id: &str) -> Result<usize, ProviderError> {
         Ok(self.reap_tagged(id, command_id)?)
     }
+
+    fn node_ids(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.cfg.lxcpath) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(PREFIX))
+            .filter_map(|e| std::fs::read_to_string(e.path().join("config")).ok())
+            .map(|text| config::parse_marker(&text))
+            .filter(|m| m.managed)
+            .filter_map(|m| m.node)
+            .collect()
+    }
 }
 
 #[cfg(test)]

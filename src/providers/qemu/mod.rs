@@ -295,6 +295,22 @@ impl Provider for QemuProvider {
     fn list(&self) -> Result<Vec<Session>, ProviderError> {
         Ok(self.list_vms())
     }
+
+    fn node_ids(&self) -> Vec<String> {
+        #[derive(serde::Deserialize)]
+        struct Owner {
+            node_id: String,
+        }
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join(record::STATE_FILE)).ok())
+            .filter_map(|b| serde_json::from_slice::<Owner>(&b).ok())
+            .map(|o| o.node_id)
+            .collect()
+    }
 }
 
 #[cfg(test)]

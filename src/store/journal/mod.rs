@@ -345,6 +345,40 @@ impl Journal {
     }
 }
 
+/// The node id named by the newest result in `cache_dir`'s journal, read
+/// without opening it (the agent's identity comes first): a witness for
+/// recovering a damaged `node_id` file.
+pub(crate) fn newest_node_id(cache_dir: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        result: Named,
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        node_id: String,
+    }
+    let dir = cache_dir.join("journal");
+    for seg in list_segments(&dir).ok()?.into_iter().rev() {
+        let Ok(bytes) = std::fs::read(seg_path(&dir, seg)) else {
+            continue;
+        };
+        let mut pos = MAGIC.len().min(bytes.len());
+        let mut newest = None;
+        while let Decoded::Record(r, n) = record::decode(&bytes[pos..]) {
+            if r.op == Op::Result {
+                if let Ok(b) = serde_json::from_slice::<Body>(&r.body) {
+                    newest = Some(b.result.node_id);
+                }
+            }
+            pos += n;
+        }
+        if newest.is_some() {
+            return newest;
+        }
+    }
+    None
+}
+
 /// Creates segment `seg` with its magic, durable with its directory entry.
 fn create_segment(dir: &Path, seg: u32) -> Result<(File, u64), StoreError> {
     let path = seg_path(dir, seg);
