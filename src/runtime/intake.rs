@@ -216,19 +216,38 @@ impl Runtime {
             return Submitted::Refused(Refusal::ShuttingDown);
         }
         let durable = !command.read_only();
-        let begin =
-            match self
-                .ledger
-                .begin(&command.id, origin, &from.tenancy, &command.echo, durable)
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    log::error!(command_id = command.id.as_str(); "cannot record command: {e}");
-                    self.metrics.commands_refused.inc(&["store_failed"]);
-                    self.audit(&command, &from, "refused", Some("store_failed"));
-                    return Submitted::Refused(Refusal::StoreFailed);
-                }
-            };
+        // Answered at once, but recorded like any result. The journal
+        // keeps such a command's echo capped: it never runs, so it is not
+        // replayed, and a caller must not fill the disk with it.
+        let immediate = match &command.request {
+            Err(field) => Some((
+                "invalid",
+                CommandResult::failure(
+                    &command,
+                    &self.node_id,
+                    SystemTime::now(),
+                    Code::Invalid,
+                    field.to_string(),
+                ),
+            )),
+            Ok(_) => self.policy_rejection(&command).map(|r| ("policy", r)),
+        };
+        let echo = match &immediate {
+            Some(_) => std::borrow::Cow::Owned(crate::protocol::result::capped_echo(&command.echo)),
+            None => std::borrow::Cow::Borrowed(&command.echo),
+        };
+        let begin = match self
+            .ledger
+            .begin(&command.id, origin, &from.tenancy, &echo, durable)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!(command_id = command.id.as_str(); "cannot record command: {e}");
+                self.metrics.commands_refused.inc(&["store_failed"]);
+                self.audit(&command, &from, "refused", Some("store_failed"));
+                return Submitted::Refused(Refusal::StoreFailed);
+            }
+        };
         match begin {
             Begin::Done(result) => {
                 self.metrics.commands_refused.inc(&["duplicate"]);
@@ -257,23 +276,8 @@ impl Runtime {
             Begin::New => {}
         }
 
-        // Answered at once, but recorded like any result.
-        let immediate = match &command.request {
-            Err(field) => {
-                self.metrics.commands_refused.inc(&["invalid"]);
-                Some(CommandResult::failure(
-                    &command,
-                    &self.node_id,
-                    SystemTime::now(),
-                    Code::Invalid,
-                    field.to_string(),
-                ))
-            }
-            Ok(_) => self.policy_rejection(&command).inspect(|_| {
-                self.metrics.commands_refused.inc(&["policy"]);
-            }),
-        };
-        if let Some(result) = immediate {
+        if let Some((why, result)) = immediate {
+            self.metrics.commands_refused.inc(&[why]);
             let result = self.complete(&command, &from, result);
             return Submitted::Done {
                 result: Box::new(result),

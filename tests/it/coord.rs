@@ -552,3 +552,63 @@ fn a_server_that_answers_polls_at_once_is_not_hammered() {
     );
     server.wait_results(&id, 1, Duration::from_secs(5));
 }
+
+/// Killed (SIGKILL) right after taking a batch from the long poll and
+/// after recording the server's acknowledgement of a result: each command
+/// runs once, every result reaches the server (perhaps twice, which the
+/// contract allows), and nothing is left pending.
+#[test]
+fn kill9_after_a_batch_and_after_an_acknowledgement_loses_nothing_and_runs_nothing_twice() {
+    for point in ["intake", "ack"] {
+        let server = CoordServer::start();
+        let mut a = Agent::configure(&format!("link-{point}"), &link_yaml(&server, ""));
+        a.spawn_with(&[("VENDETTA_CRASH_AT", point)]);
+        a.wait_ready();
+        let node = registered(&server);
+        let ids: Vec<String> = (0..3)
+            .map(|i| format!("{point}{i}-{}", next_id()))
+            .collect();
+        for id in &ids {
+            server.queue(&node, destroy_cmd(id));
+        }
+        a.wait_crash();
+        assert!(a.log().contains(&format!("VENDETTA_CRASH_AT={point}")));
+        a.restart();
+        let audit = || std::fs::read_to_string(a.cache().join("audit.log")).unwrap_or_default();
+        let mut succeeded = 0;
+        for id in &ids {
+            let got = server.wait_results(id, 1, Duration::from_secs(20));
+            // One that had started when the agent died (the workers run
+            // beside the poller and the reporter) is reported so.
+            if got[0]["code"] == "agent_restarted" {
+                failed(
+                    &got[0],
+                    "agent_restarted",
+                    "agent restarted during execution",
+                );
+            } else {
+                ok(&got[0]);
+                succeeded += 1;
+            }
+            assert!(
+                got.iter().all(|r| r == &got[0]),
+                "{point}: {id}: the same result each time"
+            );
+        }
+        if point == "ack" {
+            assert!(succeeded >= 1, "the acknowledged one had succeeded");
+        }
+        wait_pending(&a, 0);
+        for id in &ids {
+            let runs = audit()
+                .lines()
+                .filter(|l| l.contains(&format!("\"id\":\"{id}\"")))
+                .filter(|l| {
+                    l.contains("\"outcome\":\"success\"") || l.contains("\"outcome\":\"failed\"")
+                })
+                .count();
+            assert_eq!(runs, 1, "{point}: {id} finished once:\n{}", audit());
+        }
+        a.stop();
+    }
+}

@@ -6,6 +6,7 @@ mod connect;
 mod coord;
 mod docker;
 mod docs;
+mod journal;
 mod jwt;
 mod longrun;
 mod lxc;

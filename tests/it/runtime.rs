@@ -75,6 +75,11 @@ fn interrupted_and_queued_commands_are_recovered() {
     std::fs::write(results.join("r-was-queued.json"), queued.to_string()).unwrap();
     std::fs::write(results.join("r-was-running.json"), running.to_string()).unwrap();
     std::fs::write(results.join("r-garbled.json"), "{\"state\": \"do").unwrap();
+    // Filed under another id's name: it would run again at every start
+    // and its name would say "queued" forever.
+    let renamed = json!({"state": "queued", "origin": "api", "updated": "x",
+        "command": {"id": "real-id", "type": "session", "action": "destroy", "params": {"session_id": "x"}}});
+    std::fs::write(results.join("r-renamed.json"), renamed.to_string()).unwrap();
     a.spawn();
     a.wait_ready();
     // A queued command never ran, so it runs now.
@@ -82,11 +87,33 @@ fn interrupted_and_queued_commands_are_recovered() {
     let (s, r) = a.command("was-running");
     assert_eq!(s, 200, "{r}");
     failed(&r, "agent_restarted", "agent restarted during execution");
+    for id in ["renamed", "real-id", "garbled"] {
+        assert_eq!(a.command(id).0, 404, "{id} is not taken over");
+    }
+    let aside: Vec<String> = a
+        .cache()
+        .join("corrupt")
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    let log = a.log();
     assert!(
-        a.cache().join("corrupt").read_dir().unwrap().count() >= 1,
-        "garbled record moved aside"
+        log.contains("r-renamed.json cannot be taken over (it holds command id Some(\\\"real-id\\\"), not \\\"renamed\\\")"),
+        "{log}"
     );
-    assert!(a.log().contains("damaged"));
+    assert!(!results.exists(), "the old files are gone once migrated");
+    // Taken over once: the next start finds them in the journal.
+    a.stop();
+    a.spawn();
+    a.wait_ready();
+    failed(
+        &a.command("was-running").1,
+        "agent_restarted",
+        "agent restarted during execution",
+    );
+    ok(&a.command("was-queued").1);
     a.stop();
 }
 
@@ -140,12 +167,12 @@ fn text_logs_carry_key_values() {
 }
 
 /// A tmpfs mounted for one test (root only), unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
+pub(crate) struct SmallDisk(pub(crate) std::path::PathBuf);
 
 impl SmallDisk {
     /// Mounts it, or fails the test with mount's own reason (never skips:
     /// the test needs root).
-    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+    pub(crate) fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(dir).unwrap();
         run_ok(
             std::process::Command::new("mount")
@@ -165,16 +192,16 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Fills the file system holding `dir` but for one page.
-fn fill_but_a_page(dir: &std::path::Path) -> std::path::PathBuf {
+/// Fills the file system holding `dir`, the journal's open segment too.
+pub(crate) fn fill(dir: &std::path::Path) -> std::path::PathBuf {
     use std::io::Write;
     let filler = dir.join("filler");
     let mut f = std::fs::File::create(&filler).unwrap();
     let page = [0u8; 4096];
     while f.write_all(&page).is_ok() {}
+    // What is left is less than a page: byte by byte.
+    while f.write_all(&[0]).is_ok() {}
     let _ = f.sync_all();
-    let len = f.metadata().unwrap().len();
-    f.set_len(len.saturating_sub(4096)).unwrap();
     filler
 }
 
@@ -185,16 +212,20 @@ fn a_full_disk_never_makes_a_command_run_later() {
     a.spawn();
     a.wait_ready();
     a.cmd("system", "status", json!({}));
-    let filler = fill_but_a_page(&disk.0);
+    let filler = fill(&disk.0);
     let id = format!("full-{}", next_id());
     let body =
         json!({"id": id, "type": "session", "action": "destroy", "params": {"session_id": "s"}})
             .to_string();
     let (s, r) = a.post(&body);
-    assert_eq!(s, 200, "{r}");
-    failed(&r, "internal_error", "not run");
-    let (s, stored) = a.command(&id);
-    assert_eq!((s, &stored), (200, &r), "this run remembers it");
+    assert_eq!(s, 503, "{r}");
+    assert_eq!(r["code"], "store_failed", "{r}");
+    api_error(
+        a.command(&id),
+        404,
+        "not_found",
+        &format!("no result stored for command {id}"),
+    );
     std::fs::remove_file(filler).unwrap();
     a.stop();
     a.restart();

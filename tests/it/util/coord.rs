@@ -127,9 +127,12 @@ impl CoordServer {
 
     /// Starts listening (again) on the same port.
     pub(crate) fn listen(&mut self) {
-        self.held = None;
-        let listener =
-            TcpListener::bind(("127.0.0.1", self.port)).expect("bind coordination test server");
+        let listener = match self.held.take() {
+            Some(held) => held.into_listener(),
+            None => {
+                TcpListener::bind(("127.0.0.1", self.port)).expect("bind coordination test server")
+            }
+        };
         listener.set_nonblocking(true).unwrap();
         let on = Arc::new(AtomicBool::new(true));
         self.listening = Some(on.clone());

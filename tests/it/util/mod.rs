@@ -115,6 +115,22 @@ impl HeldPort {
     }
 }
 
+impl HeldPort {
+    /// Starts listening on the held port: no gap in which another socket
+    /// (an outgoing connection's source port) could take it.
+    pub(crate) fn into_listener(self) -> TcpListener {
+        use std::os::fd::FromRawFd;
+        let fd = self.fd;
+        std::mem::forget(self);
+        // SAFETY: `fd` is a bound socket this struct owned; ownership
+        // passes to the TcpListener.
+        unsafe {
+            assert_eq!(libc::listen(fd, 128), 0, "listen");
+            TcpListener::from_raw_fd(fd)
+        }
+    }
+}
+
 impl Default for HeldPort {
     fn default() -> Self {
         Self::new()
@@ -204,11 +220,18 @@ impl Agent {
     }
 
     pub(crate) fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// Starts the agent with `env` added to its environment (such as
+    /// `VENDETTA_CRASH_AT`, for the crash tests).
+    pub(crate) fn spawn_with(&mut self, env: &[(&str, &str)]) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let child = Command::new(BIN)
             .args(["agent", "start", "--config"])
             .arg(&self.config)
+            .envs(env.iter().copied())
             .env_remove("VENDETTA_CONFIG")
             .env_remove("VENDETTA_LOG_LEVEL")
             .stdin(Stdio::null())
@@ -277,6 +300,16 @@ impl Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Waits for the agent to die on its own (a crash point): its exit.
+    pub(crate) fn wait_crash(&mut self) -> ExitStatus {
+        let status = self
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("the agent did not crash; log:\n{}", self.log()));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{}", self.log());
+        status
     }
 
     pub(crate) fn restart(&mut self) {
