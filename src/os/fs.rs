@@ -172,6 +172,29 @@ pub(crate) fn statvfs(path: &Path) -> io::Result<Statvfs> {
     })
 }
 
+/// Allocates `len` bytes of `file` from `offset` without changing its
+/// size (fallocate with FALLOC_FL_KEEP_SIZE): later writes there cannot
+/// fail for want of space. `Unsupported` where the file system cannot.
+pub(crate) fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    // SAFETY: fallocate(2) takes a fd we borrow for the call and two
+    // integers; it touches no memory of ours.
+    if unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, len) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, e));
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

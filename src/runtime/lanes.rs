@@ -7,9 +7,9 @@
 //!
 //! - an exec (shared) starts once nothing exclusive runs in its session;
 //!   execs run side by side;
-//! - create and start (exclusive) start once nothing runs in it;
-//! - stop and destroy (final) start once nothing exclusive or final runs;
-//!   an exec already running is theirs to end, as with `docker rm -f`;
+//! - create, start, stop and destroy (exclusive) start once nothing runs
+//!   in it: a destroy waits for the execs accepted before it, so that
+//!   none of them is cut off halfway by a command that came later;
 //! - and none starts while an earlier one of its session still waits.
 //!
 //! A job that may not start yet is parked here, not in a worker: the
@@ -31,7 +31,6 @@ use std::sync::Mutex;
 enum Kind {
     Shared,
     Exclusive,
-    Final,
 }
 
 /// The lane a command runs in, if it is about one session.
@@ -39,8 +38,10 @@ fn lane_of(command: &Command) -> Option<(SessionId, Kind)> {
     let request = command.request.as_ref().ok()?;
     let kind = match request {
         Request::SessionExec(_) => Kind::Shared,
-        Request::SessionCreate(_) | Request::SessionStart(_) => Kind::Exclusive,
-        Request::SessionStop(_) | Request::SessionDestroy(_) => Kind::Final,
+        Request::SessionCreate(_)
+        | Request::SessionStart(_)
+        | Request::SessionStop(_)
+        | Request::SessionDestroy(_) => Kind::Exclusive,
         // Read-only: they order nothing.
         _ => return None,
     };
@@ -51,16 +52,14 @@ fn lane_of(command: &Command) -> Option<(SessionId, Kind)> {
 struct Lane {
     shared: usize,
     exclusive: bool,
-    finals: usize,
     waiting: VecDeque<(Kind, Job)>,
 }
 
 impl Lane {
     fn may_start(&self, kind: Kind) -> bool {
         match kind {
-            Kind::Shared => !self.exclusive && self.finals == 0,
-            Kind::Exclusive => !self.exclusive && self.finals == 0 && self.shared == 0,
-            Kind::Final => !self.exclusive && self.finals == 0,
+            Kind::Shared => !self.exclusive,
+            Kind::Exclusive => !self.exclusive && self.shared == 0,
         }
     }
 
@@ -68,7 +67,6 @@ impl Lane {
         match kind {
             Kind::Shared => self.shared += 1,
             Kind::Exclusive => self.exclusive = true,
-            Kind::Final => self.finals += 1,
         }
     }
 
@@ -76,12 +74,11 @@ impl Lane {
         match kind {
             Kind::Shared => self.shared = self.shared.saturating_sub(1),
             Kind::Exclusive => self.exclusive = false,
-            Kind::Final => self.finals = self.finals.saturating_sub(1),
         }
     }
 
     fn idle(&self) -> bool {
-        self.shared == 0 && !self.exclusive && self.finals == 0 && self.waiting.is_empty()
+        self.shared == 0 && !self.exclusive && self.waiting.is_empty()
     }
 }
 
@@ -221,18 +218,19 @@ mod tests {
         let (_, other) = l.admit(job("o", "create", "s2")).expect("s2 is free");
         assert_eq!(l.waiting(), 4);
         l.done(create);
-        // Both execs may run together, and the destroy may join them;
-        // the exec behind the destroy waits for it.
-        assert_eq!(ready_ids(&l), ["e1", "e2", "d"]);
-        assert_eq!(l.waiting(), 1);
+        // Both execs may run together; the destroy waits for them, and
+        // the exec behind the destroy for it.
+        assert_eq!(ready_ids(&l), ["e1", "e2"]);
+        assert_eq!(l.waiting(), 2);
         let [e1, e2, d] = [
             l.ticket_for(&job("e1", "exec", "s1")),
             l.ticket_for(&job("e2", "exec", "s1")),
             l.ticket_for(&job("d", "destroy", "s1")),
         ];
         l.done(e1);
-        l.done(e2);
         assert!(ready_ids(&l).is_empty());
+        l.done(e2);
+        assert_eq!(ready_ids(&l), ["d"]);
         l.done(d);
         assert_eq!(ready_ids(&l), ["e3"]);
         l.done(l.ticket_for(&job("e3", "exec", "s1")));

@@ -28,7 +28,7 @@
 //! copied forward, then the segment is removed.
 
 use super::journal::record::{self, Op, Record, REPORT};
-use super::journal::{Journal, Loc, Lsn};
+use super::journal::{Journal, Loc, Lsn, Room};
 use super::StoreError;
 pub(crate) use crate::protocol::command::Origin;
 use crate::protocol::result::{capped_text, Code, ERROR_CAP};
@@ -336,9 +336,9 @@ impl Ledger {
                 message: e.to_string(),
             })?;
             let time = now_secs();
-            let (loc, _) = self
-                .journal
-                .append(Op::Intake, 0, seq, time, id.as_str(), &body)?;
+            let (loc, _) =
+                self.journal
+                    .append(Room::New, Op::Intake, 0, seq, time, id.as_str(), &body)?;
             inner.next_seq += 1;
             inner.index.insert(
                 id.as_str().into(),
@@ -378,9 +378,15 @@ impl Ledger {
                 let Some(seq) = inner.index.get(id.as_str()).map(|e| e.seq) else {
                     return Ok(());
                 };
-                let (loc, lsn) =
-                    self.journal
-                        .append(Op::Start, 0, seq, now_secs(), id.as_str(), b"")?;
+                let (loc, lsn) = self.journal.append(
+                    Room::Following,
+                    Op::Start,
+                    0,
+                    seq,
+                    now_secs(),
+                    id.as_str(),
+                    b"",
+                )?;
                 if let Some(e) = inner.index.get_mut(id.as_str()) {
                     e.start = Some(loc);
                     e.state = State::Running;
@@ -490,9 +496,9 @@ impl Ledger {
         };
         let time = now_secs();
         let flags = if report { REPORT } else { 0 };
-        let (loc, lsn) = self
-            .journal
-            .append(Op::Result, flags, seq, time, &result.id, &body)?;
+        let (loc, lsn) =
+            self.journal
+                .append(Room::New, Op::Result, flags, seq, time, &result.id, &body)?;
         inner.index.insert(
             result.id.as_str().into(),
             Entry {
@@ -534,10 +540,15 @@ impl Ledger {
         };
         if f.durable {
             if let Some(e) = inner.index.remove(id.as_str()) {
-                if let Err(err) =
-                    self.journal
-                        .append(Op::Forget, 0, e.seq, now_secs(), id.as_str(), b"")
-                {
+                if let Err(err) = self.journal.append(
+                    Room::Following,
+                    Op::Forget,
+                    0,
+                    e.seq,
+                    now_secs(),
+                    id.as_str(),
+                    b"",
+                ) {
                     // Without it a restart runs the command after all: the
                     // intake stays in the index to say so.
                     log::warn!(command_id = id.as_str(); "cannot record that the command was withdrawn ({err}); it will run after a restart");
@@ -651,7 +662,10 @@ impl Ledger {
         if let Some(e) = inner.index.get_mut(id).filter(|e| e.report) {
             e.report = false;
             let seq = e.seq;
-            if let Err(err) = self.journal.append(Op::Ack, 0, seq, now_secs(), id, b"") {
+            if let Err(err) =
+                self.journal
+                    .append(Room::Following, Op::Ack, 0, seq, now_secs(), id, b"")
+            {
                 log::debug!(command_id = id; "cannot record the acknowledgement ({err}); the result may be sent again after a restart");
             }
         }
@@ -675,7 +689,9 @@ impl Ledger {
         }
         e.report = true;
         let seq = e.seq;
-        let _ = self.journal.append(Op::Report, 0, seq, now_secs(), id, b"");
+        let _ = self
+            .journal
+            .append(Room::Following, Op::Report, 0, seq, now_secs(), id, b"");
     }
 
     /// Results the server has not acknowledged.
@@ -700,7 +716,7 @@ impl Ledger {
 
     /// Results held in memory because they could not be written.
     pub(crate) fn unstored(&self) -> usize {
-        self.lock().unstored.len()
+        self.lock().unstored.iter().filter(|u| u.seq != 0).count()
     }
 
     // Upkeep, from the monitor.
@@ -824,10 +840,10 @@ impl Ledger {
             if e.state == State::Done {
                 record::set_flags(&mut frame, if e.report { REPORT } else { 0 });
             }
-            moved.loc = self.journal.append_frame(&frame)?.0;
+            moved.loc = self.journal.append_frame(Room::New, &frame)?.0;
             if let Some(start) = e.start {
                 let frame = self.journal.read_frame(start)?;
-                moved.start = Some(self.journal.append_frame(&frame)?.0);
+                moved.start = Some(self.journal.append_frame(Room::New, &frame)?.0);
             }
             inner.index.insert(id, moved);
         }
@@ -890,13 +906,13 @@ fn apply(index: &mut HashMap<Box<str>, Entry>, loc: Loc, r: &Record) {
                 e.report = e.state == State::Done;
             }
         }
-        Op::Forget if !fresh => {
-            if index
-                .get(r.id.as_str())
-                .is_some_and(|e| e.state == State::Queued)
-            {
-                index.remove(r.id.as_str());
-            }
+        Op::Forget
+            if !fresh
+                && index
+                    .get(r.id.as_str())
+                    .is_some_and(|e| e.state == State::Queued) =>
+        {
+            index.remove(r.id.as_str());
         }
         _ => {}
     }
@@ -970,9 +986,9 @@ impl Ledger {
                     message: e.to_string(),
                 })?;
                 let flags = if m.report { REPORT } else { 0 };
-                let (loc, _) = self
-                    .journal
-                    .append(Op::Result, flags, seq, time, m.id, &body)?;
+                let (loc, _) =
+                    self.journal
+                        .append(Room::New, Op::Result, flags, seq, time, m.id, &body)?;
                 Entry {
                     seq,
                     state: State::Done,
@@ -992,9 +1008,15 @@ impl Ledger {
                     what: "journal intake record",
                     message: e.to_string(),
                 })?;
-                let (loc, _) = self.journal.append(Op::Intake, 0, seq, time, m.id, &body)?;
+                let (loc, _) =
+                    self.journal
+                        .append(Room::New, Op::Intake, 0, seq, time, m.id, &body)?;
                 let start = if state == State::Running {
-                    Some(self.journal.append(Op::Start, 0, seq, time, m.id, b"")?.0)
+                    Some(
+                        self.journal
+                            .append(Room::Following, Op::Start, 0, seq, time, m.id, b"")?
+                            .0,
+                    )
                 } else {
                     None
                 };

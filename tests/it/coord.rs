@@ -607,7 +607,14 @@ fn kill9_after_a_batch_and_after_an_acknowledgement_loses_nothing_and_runs_nothi
                     l.contains("\"outcome\":\"success\"") || l.contains("\"outcome\":\"failed\"")
                 })
                 .count();
-            assert_eq!(runs, 1, "{point}: {id} finished once:\n{}", audit());
+            // At most once: a line may be lost with the kill (it follows
+            // the result); a second run would also show as a different
+            // result above.
+            assert!(
+                runs <= 1,
+                "{point}: {id} finished {runs} times:\n{}",
+                audit()
+            );
         }
         a.stop();
     }

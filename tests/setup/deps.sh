@@ -112,6 +112,8 @@ have hyperfine       || need_apt+=(hyperfine)
 have sshd            || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 have curl            || need_apt+=(curl)
 have python3         || need_apt+=(python3)
+# The bench's slow disk (tests/bench/slowfs.py) is a FUSE file system.
+/usr/bin/python3 -c 'import fusepy' 2>/dev/null || need_apt+=(python3-fusepy fuse3)
 
 apt_updated=0
 apt_update() {

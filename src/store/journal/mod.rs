@@ -30,6 +30,25 @@ use std::time::{Duration, Instant};
 /// The first bytes of every segment file.
 const MAGIC: &[u8; 8] = b"VNDJRNL1";
 
+/// Space kept allocated ahead of the active segment's end. A new command
+/// is taken only while it can be kept, so the small records of commands
+/// already taken (start, withdrawal, acknowledgement) always fit, even on
+/// a full disk: an accepted command can always be started or withdrawn.
+const HEADROOM: u64 = 64 << 10;
+/// How far ahead the allocation is pushed at a time.
+const RESERVE_STEP: u64 = 256 << 10;
+
+/// What an append is for: whether it must leave the headroom whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// An intake, a result or a copy: refused unless the headroom stays
+    /// (a result refused so is kept in memory: `not_durable`).
+    New,
+    /// A small record of work already taken (start, withdrawal,
+    /// acknowledgement): may use the headroom.
+    Following,
+}
+
 /// Where a record lives: segment number, offset and length of its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
@@ -62,6 +81,9 @@ struct Writer {
     lsn: Lsn,
     /// A failed write could not be cut off: start a new segment first.
     broken: bool,
+    /// Bytes of the active segment allocated (see `HEADROOM`); None where
+    /// the file system cannot allocate ahead.
+    reserved: Option<u64>,
 }
 
 struct Flush {
@@ -152,6 +174,7 @@ impl Journal {
                 pos,
                 lsn: 0,
                 broken: false,
+                reserved: Some(pos),
             }),
             flush: Mutex::new(Flush {
                 synced: 0,
@@ -168,8 +191,10 @@ impl Journal {
     }
 
     /// Appends one record (not yet durable: see `sync`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn append(
         &self,
+        room: Room,
         op: Op,
         flags: u8,
         seq: u64,
@@ -177,14 +202,17 @@ impl Journal {
         id: &str,
         body: &[u8],
     ) -> Result<(Loc, Lsn), StoreError> {
-        self.append_frame(&record::encode(op, flags, seq, time, id, body))
+        self.append_frame(room, &record::encode(op, flags, seq, time, id, body))
     }
 
     /// Appends an encoded record (a copy made by compaction).
-    pub(crate) fn append_frame(&self, frame: &[u8]) -> Result<(Loc, Lsn), StoreError> {
+    pub(crate) fn append_frame(&self, room: Room, frame: &[u8]) -> Result<(Loc, Lsn), StoreError> {
         let mut w = lock(&self.writer);
         let len = frame.len() as u64;
-        if w.broken || (w.pos > MAGIC.len() as u64 && w.pos + len > self.segment_bytes) {
+        // Only records that take on work open a new segment: the small
+        // ones that follow stay in the headroom of this one.
+        let full = w.pos > MAGIC.len() as u64 && w.pos + len > self.segment_bytes;
+        if w.broken || (full && room == Room::New) {
             self.rotate(&mut w)?;
         }
         if w.pos + len > u32::MAX as u64 {
@@ -194,6 +222,13 @@ impl Journal {
             });
         }
         let path = seg_path(&self.dir, w.seg);
+        let need = w.pos + len + if room == Room::New { HEADROOM } else { 0 };
+        if let Err(e) = self.reserve(&mut w, need) {
+            if room == Room::New {
+                return Err(StoreError::io("find room in the journal", &path, e));
+            }
+            // Following records try their luck beyond what is kept.
+        }
         if let Err(e) = w.file.write_all_at(frame, w.pos) {
             // Cut the partial record off, so the next one follows a whole
             // record; if even that fails, the next append starts a new
@@ -215,6 +250,31 @@ impl Journal {
         Ok((loc, w.lsn))
     }
 
+    /// Makes sure the active segment has space allocated up to `upto`.
+    fn reserve(&self, w: &mut Writer, upto: u64) -> std::io::Result<()> {
+        let Some(reserved) = w.reserved else {
+            return Ok(());
+        };
+        if upto <= reserved {
+            return Ok(());
+        }
+        let to = upto + RESERVE_STEP;
+        let exact = match os::fs::reserve(&w.file, reserved, to - reserved) {
+            Ok(()) => {
+                w.reserved = Some(to);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                log::debug!("the file system under the journal cannot allocate ahead: {e}");
+                w.reserved = None;
+                return Ok(());
+            }
+            // Not a step ahead: just what is needed.
+            Err(_) => os::fs::reserve(&w.file, reserved, upto - reserved),
+        };
+        exact.map(|()| w.reserved = Some(upto))
+    }
+
     /// The newest append: `sync(last_lsn())` makes everything durable.
     pub(crate) fn last_lsn(&self) -> Lsn {
         lock(&self.writer).lsn
@@ -234,6 +294,7 @@ impl Journal {
         w.seg += 1;
         w.pos = pos;
         w.broken = false;
+        w.reserved = w.reserved.map(|_| pos);
         Ok(())
     }
 
@@ -510,7 +571,15 @@ mod tests {
         let mut last = 0;
         for i in 0..20u64 {
             let (_, lsn) = j
-                .append(Op::Intake, 0, i, 0, &format!("c{i}"), b"{\"x\":1}")
+                .append(
+                    Room::New,
+                    Op::Intake,
+                    0,
+                    i,
+                    0,
+                    &format!("c{i}"),
+                    b"{\"x\":1}",
+                )
                 .unwrap();
             last = lsn;
         }
@@ -529,8 +598,12 @@ mod tests {
     fn a_torn_or_damaged_tail_is_cut_and_kept_aside() {
         let dir = tmp();
         let (j, _) = collect(&dir, 1 << 20);
-        let (_, a) = j.append(Op::Intake, 0, 1, 0, "a", b"{}").unwrap();
-        let (_, b) = j.append(Op::Intake, 0, 2, 0, "b", b"{}").unwrap();
+        let (_, a) = j
+            .append(Room::New, Op::Intake, 0, 1, 0, "a", b"{}")
+            .unwrap();
+        let (_, b) = j
+            .append(Room::New, Op::Intake, 0, 2, 0, "b", b"{}")
+            .unwrap();
         j.sync(a.max(b)).unwrap();
         drop(j);
         let seg = dir.join("journal/00000001.seg");
@@ -542,7 +615,9 @@ mod tests {
         assert_eq!(seen[0].1.id, "a");
         assert_eq!(std::fs::read_dir(dir.join("corrupt")).unwrap().count(), 1);
         // Appends go on after the last whole record.
-        let (_, c) = j.append(Op::Intake, 0, 3, 0, "c", b"{}").unwrap();
+        let (_, c) = j
+            .append(Room::New, Op::Intake, 0, 3, 0, "c", b"{}")
+            .unwrap();
         j.sync(c).unwrap();
         drop(j);
         // A flipped bit in "c".
@@ -559,7 +634,9 @@ mod tests {
         std::fs::write(&seg, b"not a journal").unwrap();
         let (j, seen) = collect(&dir, 1 << 20);
         assert!(seen.is_empty());
-        let (_, d) = j.append(Op::Intake, 0, 4, 0, "d", b"{}").unwrap();
+        let (_, d) = j
+            .append(Room::New, Op::Intake, 0, 4, 0, "d", b"{}")
+            .unwrap();
         j.sync(d).unwrap();
         drop(j);
         assert_eq!(collect(&dir, 1 << 20).1.len(), 1);
@@ -577,7 +654,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..50 {
                         let (_, lsn) = j
-                            .append(Op::Start, 0, i, 0, &format!("t{t}-{i}"), b"")
+                            .append(Room::New, Op::Start, 0, i, 0, &format!("t{t}-{i}"), b"")
                             .unwrap();
                         j.sync(lsn).unwrap();
                     }

@@ -129,8 +129,15 @@ impl CoordServer {
     pub(crate) fn listen(&mut self) {
         let listener = match self.held.take() {
             Some(held) => held.into_listener(),
+            // Listening again: an outgoing connection may hold the port
+            // as its source for a moment; it is ours again once it closes.
             None => {
-                TcpListener::bind(("127.0.0.1", self.port)).expect("bind coordination test server")
+                let mut bound = None;
+                crate::util::wait_until(Duration::from_secs(10), || {
+                    bound = TcpListener::bind(("127.0.0.1", self.port)).ok();
+                    bound.is_some()
+                });
+                bound.expect("bind coordination test server (port taken for 10 s)")
             }
         };
         listener.set_nonblocking(true).unwrap();
