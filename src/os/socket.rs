@@ -203,6 +203,31 @@ pub(crate) fn closed_tcp_port() -> io::Result<ClosedPort> {
     })
 }
 
+/// Which of `fds` have something to read (or hung up), waiting at most
+/// `timeout` for one to (poll(2)).
+pub(crate) fn readable(fds: &[std::os::fd::RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll(2) reads and writes `polls`, an array we own of exactly
+    // the length passed; the fds are only looked at, never closed.
+    let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(polls.iter().map(|p| p.revents != 0).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

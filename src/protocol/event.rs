@@ -95,6 +95,10 @@ pub(crate) struct SessionEvent {
     /// The session's tenant (its `vendetta.tenant` label).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tenant: Option<String>,
+    /// What the runtime itself reported, when it did (`qmp:SHUTDOWN`);
+    /// absent on changes a listing noticed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cause: Option<String>,
 }
 
 impl SessionEvent {
@@ -115,6 +119,7 @@ impl SessionEvent {
             status: SessionState::Is(session.status),
             exit_code: None,
             tenant: tenant_of(&session.labels).map(str::to_string),
+            cause: None,
         }
     }
 }
@@ -225,6 +230,7 @@ mod tests {
             status: SessionState::Destroyed,
             exit_code: None,
             tenant: None,
+            cause: None,
         });
         assert_eq!(gone.kind(), "session");
         let tenant = |t: &str| Tenancy {

@@ -153,6 +153,18 @@ impl fmt::Display for ProviderError {
 
 impl std::error::Error for ProviderError {}
 
+/// A session's change that its runtime announced by itself.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Notice {
+    pub(crate) session_id: String,
+    pub(crate) status: SessionStatus,
+    /// What the runtime said, e.g. `qmp:SHUTDOWN`.
+    pub(crate) cause: String,
+}
+
+/// Takes a provider's notices (see `Provider::watch`).
+pub(crate) type NoticeSink = std::sync::Arc<dyn Fn(Notice) + Send + Sync>;
+
 /// A place sessions can live. All methods block; all are bounded by the
 /// timeouts in their arguments or the provider's own config.
 pub(crate) trait Provider: Send + Sync {
@@ -192,6 +204,11 @@ pub(crate) trait Provider: Send + Sync {
     fn node_ids(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Where to report changes the runtime announces on its own (QEMU's
+    /// events), as they happen; providers that only learn by listing
+    /// ignore it.
+    fn watch(&self, _sink: NoticeSink) {}
 
     /// Kills what an exec left running when the agent died during it: the
     /// processes tagged with `command_id` (see [`COMMAND_ID_ENV`]), in

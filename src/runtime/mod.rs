@@ -171,6 +171,9 @@ impl Runtime {
             listings: Gate::new(config.workers),
             config,
         });
+        for p in runtime.registry.all() {
+            p.watch(sessions::notice_sink(&runtime));
+        }
         Ok(Opened {
             runtime,
             jobs: queue_rx,

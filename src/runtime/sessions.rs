@@ -367,6 +367,34 @@ impl Runtime {
     }
 }
 
+/// Where providers report what their runtimes announce (QEMU's events):
+/// the session table takes the new status and the event stream shows it
+/// with its cause. A notice that changes nothing (the agent's own command
+/// already said so) makes no event. Holds the runtime weakly: providers
+/// live inside it.
+pub(crate) fn notice_sink(rt: &std::sync::Arc<Runtime>) -> crate::providers::NoticeSink {
+    let weak = std::sync::Arc::downgrade(rt);
+    std::sync::Arc::new(move |n: crate::providers::Notice| {
+        let Some(rt) = weak.upgrade() else {
+            return;
+        };
+        // Not in the table yet: the next listing finds it.
+        let Some(mut s) = rt.sessions.get(&n.session_id) else {
+            return;
+        };
+        if s.status == n.status {
+            return;
+        }
+        log::info!(session_id = n.session_id.as_str(), cause = n.cause.as_str(); "session went from {} to {}", s.status.as_str(), n.status.as_str());
+        s.status = n.status;
+        rt.sessions.upsert(s.clone());
+        rt.events.publish(Event::Session(SessionEvent {
+            cause: Some(n.cause),
+            ..SessionEvent::noticed(&s, SessionChange::Status)
+        }));
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

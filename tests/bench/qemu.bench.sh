@@ -59,7 +59,7 @@ def find_dirs():
     for d in glob.glob(f"{work}/a/cache/qemu/*/vm.json"):
         dirs[json.load(open(d))["id"]] = os.path.dirname(d)
 find_dirs()
-qmp_sock = os.path.join(dirs[ids[0]], "qmp.sock")
+qmp_sock = os.path.join(dirs[ids[0]], "qmp-user.sock")
 
 # QMP round trip through the agent: session list with one running VM is
 # one QMP connection (greeting, qmp_capabilities, query-status) and is not

@@ -5,7 +5,8 @@
 
 use super::identity::{adopt_from_pidfile, kill, proc_stat, ProcId};
 use super::record::{
-    clean_stale, VmRecord, DISK, LAUNCH_LOG, PID_FILE, QGA_SOCK, QMP_SOCK, SERIAL_LOG,
+    clean_stale, VmRecord, DISK, LAUNCH_LOG, PID_FILE, QGA_SOCK, QMP_SOCK, QMP_USER_SOCK,
+    SERIAL_LOG,
 };
 use super::{QemuError, QemuProvider};
 use crate::os::process;
@@ -140,6 +141,7 @@ impl QemuProvider {
         }
         push(&["-nodefaults", "-display", "none"]);
         let qmp = opt_path(&dir.join(QMP_SOCK))?;
+        let qmp_user = opt_path(&dir.join(QMP_USER_SOCK))?;
         let qga = opt_path(&dir.join(QGA_SOCK))?;
         let serial = opt_path(&dir.join(SERIAL_LOG))?;
         push(&[
@@ -147,6 +149,10 @@ impl QemuProvider {
             &format!("socket,id=qmp0,path={qmp},server=on,wait=off"),
             "-mon",
             "chardev=qmp0,mode=control",
+            "-chardev",
+            &format!("socket,id=qmp1,path={qmp_user},server=on,wait=off"),
+            "-mon",
+            "chardev=qmp1,mode=control",
             "-chardev",
             &format!("socket,id=qga0,path={qga},server=on,wait=off"),
             "-chardev",
@@ -497,6 +503,7 @@ mod tests {
         for want in [
             "-name web-1 -machine q35 -accel kvm -accel tcg -m 256M -smp 2 -nodefaults -display none",
             "socket,id=qmp0,path=/c/qemu/0a1b2c3d/qmp.sock,server=on,wait=off -mon chardev=qmp0,mode=control",
+            "socket,id=qmp1,path=/c/qemu/0a1b2c3d/qmp-user.sock,server=on,wait=off -mon chardev=qmp1,mode=control",
             "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
             "user,id=net0,hostfwd=tcp:127.0.0.1:18080-:80,hostfwd=udp:127.0.0.1:15353-:53",
             "local,path=/srv/a,,b,mount_tag=workspace,",

@@ -8,6 +8,7 @@
 
 use super::identity::{adopt_from_pidfile, identify, kill, signal_ours, wait_gone, Identity};
 use super::launch::run_logged;
+use super::monitor::Call;
 use super::qmp::Qmp;
 use super::record::{clean_stale, VmRecord, DISK, PID_FILE, QMP_SOCK};
 use super::{lock_within, QemuError, QemuProvider};
@@ -122,25 +123,27 @@ impl QemuProvider {
             }
         }
         self.launch(dir, rec, deadline.saturating_duration_since(Instant::now()))?;
-        let mut q =
-            Qmp::connect(&dir.join(QMP_SOCK), QMP_TIMEOUT).map_err(|source| QemuError::Qmp {
+        let ask_kvm = !self.cfg.extra_args.iter().any(|x| x.contains("accel"));
+        let (state, kvm) = self
+            .monitors
+            .with(&rec.id, &dir.join(QMP_SOCK), QMP_TIMEOUT, Call::Act, |q| {
+                let state = q.status(QMP_TIMEOUT)?;
+                let kvm = if ask_kvm {
+                    q.execute("query-kvm", None, QMP_TIMEOUT).ok()
+                } else {
+                    None
+                };
+                Ok((state, kvm))
+            })
+            .map_err(|source| QemuError::Qmp {
                 id: rec.id.clone(),
                 source,
             })?;
-        let state = q.status(QMP_TIMEOUT).map_err(|source| QemuError::Qmp {
-            id: rec.id.clone(),
-            source,
-        })?;
         rec.status = status_for(&state);
-        if !self.cfg.extra_args.iter().any(|x| x.contains("accel")) {
-            if let Ok(kvm) = q.execute("query-kvm", None, QMP_TIMEOUT) {
-                if kvm["enabled"] != true {
-                    rec.warnings.push(
-                        "KVM is not usable here: the VM runs under TCG emulation, much slower"
-                            .into(),
-                    );
-                }
-            }
+        if kvm.is_some_and(|k| k["enabled"] != true) {
+            rec.warnings.push(
+                "KVM is not usable here: the VM runs under TCG emulation, much slower".into(),
+            );
         }
         self.write_record_durable(dir, rec)
     }
@@ -167,16 +170,18 @@ impl QemuProvider {
         if !ours(&rec) {
             self.launch(&dir, &mut rec, START_TIMEOUT)?;
         }
-        let mut q = Qmp::connect(&dir.join(QMP_SOCK), QMP_TIMEOUT).map_err(qmp_err)?;
-        let state = q.status(QMP_TIMEOUT).map_err(qmp_err)?;
-        if state != "running" {
-            if needs_reset(&state) {
-                q.execute("system_reset", None, QMP_TIMEOUT)
-                    .map_err(qmp_err)?;
-            }
-            q.execute("cont", None, QMP_TIMEOUT).map_err(qmp_err)?;
-        }
-        drop(q);
+        self.monitors
+            .with(id, &dir.join(QMP_SOCK), QMP_TIMEOUT, Call::Act, |q| {
+                let state = q.status(QMP_TIMEOUT)?;
+                if state != "running" {
+                    if needs_reset(&state) {
+                        q.execute("system_reset", None, QMP_TIMEOUT)?;
+                    }
+                    q.execute("cont", None, QMP_TIMEOUT)?;
+                }
+                Ok(())
+            })
+            .map_err(qmp_err)?;
         rec.status = SessionStatus::Running;
         rec.exit_code = None;
         if rec != before {
@@ -270,15 +275,20 @@ impl QemuProvider {
         let identity = rec.process.as_ref().map(identify);
         match identity {
             Some(Identity::Ours) => {
-                match Qmp::connect(&dir.join(QMP_SOCK), qmp_timeout)
-                    .and_then(|mut q| q.status(qmp_timeout))
-                {
+                match self.monitors.with(
+                    &rec.id,
+                    &dir.join(QMP_SOCK),
+                    qmp_timeout,
+                    Call::Look,
+                    |q| q.status(qmp_timeout),
+                ) {
                     Ok(state) => rec.status = status_for(&state),
                     // Busy or slow: keep what we knew.
                     Err(e) => log::debug!(session_id = rec.id.as_str(); "qmp status: {e}"),
                 }
             }
             other => {
+                self.monitors.forget(&rec.id);
                 if matches!(rec.status, SessionStatus::Created | SessionStatus::Running) {
                     // QEMU removes its pidfile when it shuts down; a pidfile
                     // left behind (or a reused pid) means it did not.
@@ -315,12 +325,21 @@ impl QemuProvider {
         // Keep a little of the grace for quit, so the VM is gone within it.
         let soft_until = started + grace.saturating_sub((grace / 4).min(Duration::from_secs(1)));
         let connect_timeout = QMP_TIMEOUT.min(grace.max(Duration::from_secs(1)));
-        let mut qmp = match Qmp::connect(&dir.join(QMP_SOCK), connect_timeout) {
-            Ok(q) => Some(q),
-            Err(e) => {
-                log::warn!(session_id = rec.id.as_str(); "stop: {e}; going on with signals");
-                None
-            }
+        // The held connection if it still answers (else a new one): its
+        // events from now on are this stop's.
+        let held = self
+            .monitors
+            .take(&rec.id)
+            .and_then(|mut q| q.status(QMP_TIMEOUT).is_ok().then_some(q));
+        let mut qmp = match held {
+            Some(q) => Some(q),
+            None => match Qmp::connect(&dir.join(QMP_SOCK), connect_timeout) {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    log::warn!(session_id = rec.id.as_str(); "stop: {e}; going on with signals");
+                    None
+                }
+            },
         };
         if let Some(q) = qmp.as_mut().filter(|_| !grace.is_zero()) {
             // A guest that is not running cannot act on ACPI.

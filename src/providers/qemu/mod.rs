@@ -28,6 +28,7 @@ pub(crate) mod health;
 pub(crate) mod identity;
 pub(crate) mod launch;
 pub(crate) mod lifecycle;
+pub(crate) mod monitor;
 pub(crate) mod qga;
 pub(crate) mod qmp;
 pub(crate) mod record;
@@ -212,6 +213,8 @@ pub(crate) struct QemuProvider {
     version_probe: Mutex<Option<VersionProbe>>,
     /// Directories whose vm.json we already warned about.
     warned: Mutex<HashSet<PathBuf>>,
+    /// The QMP connection held open per running VM.
+    pub(crate) monitors: monitor::Monitors,
 }
 
 impl QemuProvider {
@@ -224,6 +227,7 @@ impl QemuProvider {
             exec_locks: Mutex::new(HashMap::new()),
             version_probe: Mutex::new(None),
             warned: Mutex::new(HashSet::new()),
+            monitors: monitor::Monitors::default(),
         }
     }
 
@@ -294,6 +298,10 @@ impl Provider for QemuProvider {
 
     fn list(&self) -> Result<Vec<Session>, ProviderError> {
         Ok(self.list_vms())
+    }
+
+    fn watch(&self, sink: crate::providers::NoticeSink) {
+        self.monitors.set_sink(sink);
     }
 
     fn node_ids(&self) -> Vec<String> {

@@ -8,8 +8,8 @@
 //! event *before* the reply to the command that caused it). Every read is
 //! bounded by a deadline.
 //!
-//! QMP serves one client at a time: the provider connects per operation
-//! and drops the connection when done.
+//! QMP serves one client at a time: the provider holds one connection per
+//! running VM (`monitor`), and leaves a second monitor socket to others.
 
 use super::wire::{self, clip, Peer, Refusal, Wire, WireError};
 use serde_json::Value;
@@ -130,6 +130,12 @@ enum Message {
 }
 
 impl Qmp<UnixStream> {
+    /// The socket, for poll(2).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.wire.stream.as_raw_fd()
+    }
+
     /// Connects to the socket at `path` and negotiates, within `timeout`.
     pub(crate) fn connect(path: &Path, timeout: Duration) -> Result<Qmp<UnixStream>, QmpError> {
         let started = Instant::now();
@@ -256,9 +262,28 @@ impl<S: Read + Write> Qmp<S> {
     }
 
     /// The events received so far and not yet taken.
-    #[cfg(test)]
     pub(crate) fn take_events(&mut self) -> Vec<Event> {
         self.events.drain(..).collect()
+    }
+
+    /// Reads what QEMU sent unasked (events), once the socket has
+    /// something to read: the messages buffered or arriving within a
+    /// short wait. A closed connection is `Err(Closed)`.
+    pub(crate) fn pump(&mut self) -> Result<Vec<Event>, QmpError> {
+        let deadline = Instant::now() + Duration::from_millis(20);
+        loop {
+            match self.read_message(deadline, "reading events") {
+                Ok(Message::Event(e)) => self.events.push_back(e),
+                // A late reply to a call that gave up: nobody's.
+                Ok(_) => {}
+                Err(QmpError::Wire(WireError::Timeout { .. })) => break,
+                Err(e) => return Err(e),
+            }
+            if !self.wire.has_line() {
+                break;
+            }
+        }
+        Ok(self.take_events())
     }
 
     /// `query-status`: the run state, e.g. "prelaunch", "running".

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 
 pub(crate) const STATE_FILE: &str = "vm.json";
 pub(crate) const QMP_SOCK: &str = "qmp.sock";
+/// The VM's second QMP monitor, left free for operators and tools: the
+/// agent holds the first one open (`monitor`).
+pub(crate) const QMP_USER_SOCK: &str = "qmp-user.sock";
 pub(crate) const QGA_SOCK: &str = "qga.sock";
 pub(crate) const PID_FILE: &str = "qemu.pid";
 pub(crate) const SERIAL_LOG: &str = "serial.log";
@@ -200,7 +203,7 @@ fn store(
 
 /// Removes sockets and the pidfile a dead QEMU left behind.
 pub(crate) fn clean_stale(dir: &Path) {
-    for f in [QMP_SOCK, QGA_SOCK, PID_FILE] {
+    for f in [QMP_SOCK, QMP_USER_SOCK, QGA_SOCK, PID_FILE] {
         let _ = std::fs::remove_file(dir.join(f));
     }
 }

@@ -223,6 +223,11 @@ impl<S: Read + Write> Wire<S> {
         }
     }
 
+    /// Whether a whole line is buffered, to be read without waiting.
+    pub(crate) fn has_line(&self) -> bool {
+        self.buf[self.pos..].contains(&b'\n')
+    }
+
     /// The next byte.
     pub(crate) fn byte(&mut self, deadline: Instant) -> Result<u8, Fault> {
         let b = self.peek(deadline)?;
