@@ -85,8 +85,23 @@ fn non_empty(m: Map<String, Value>) -> Option<Value> {
     (!m.is_empty()).then_some(Value::Object(m))
 }
 
+/// Says so on stderr when the agent ran the command but could not store
+/// its result (code `not_durable`): a crash before it is stored would
+/// report the command as interrupted.
+fn warn_not_durable(result: &Value) {
+    if result["code"] == "not_durable" {
+        eprintln!(
+            "vendetta: warning: {}",
+            result["error"]
+                .as_str()
+                .unwrap_or("the result could not be stored")
+        );
+    }
+}
+
 /// Prints a result: JSON, or `show` on success; a failure is an error.
 fn report(result: Value, json_out: bool, show: impl FnOnce(&Value)) -> Result<i32, CliError> {
+    warn_not_durable(&result);
     let ok = result["status"] == "success";
     if json_out {
         println!(
@@ -285,6 +300,7 @@ fn exec(
         }
         r
     };
+    warn_not_durable(&r);
     match r["status"].as_str() {
         Some("success") => Ok(r["data"]["exit_code"]
             .as_i64()

@@ -211,7 +211,7 @@ fn after_a_crash_queued_commands_replay_in_order_and_sessions_never_overtake() {
 fn a_result_that_cannot_be_stored_is_answered_not_durable_and_stored_when_room_returns() {
     let g = Sessions::new("unstored");
     let mut a = Agent::configure("unstored", &docker_config(""));
-    let disk = SmallDisk::mount(&a.cache(), "2m");
+    let disk = SmallDisk::mount(&a.cache(), "4m");
     a.spawn();
     a.wait_ready();
     let s = g.id("s");
@@ -250,7 +250,24 @@ fn a_result_that_cannot_be_stored_is_answered_not_durable_and_stored_when_room_r
         (200, r.clone()),
         "answered from memory meanwhile"
     );
-    assert!(a.metrics().contains("vendetta_results_unstored 1\n"));
+    // The CLI prints the output and says the result is not stored.
+    let out = a.cli(&[
+        "session",
+        "exec",
+        &s,
+        "--",
+        "sh",
+        "-c",
+        "head -c 900000 /dev/zero | tr '\\0' y",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout.len(), 900_000);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("vendetta: warning: the command ran (status success) but its result could not be stored: cannot find room in the journal"),
+        "{stderr}"
+    );
+    assert!(a.metrics().contains("vendetta_results_unstored 2\n"));
     std::fs::remove_file(&filler).unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || a
