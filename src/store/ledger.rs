@@ -1042,3 +1042,276 @@ impl Ledger {
         self.journal.sync(self.journal.last_lsn())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::result::Status;
+    use crate::protocol::tenant::Tenant;
+    use serde_json::json;
+
+    fn tmp() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "vendetta-ledger-{}",
+            crate::os::random::random_hex(4)
+        ));
+        crate::os::fs::ensure_dir(&d).unwrap();
+        d
+    }
+
+    const KEEP: Retention = Retention {
+        max_entries: 100,
+        max_age: Duration::from_secs(3600),
+        max_bytes: 1 << 30,
+    };
+
+    fn id(s: &str) -> CommandId {
+        CommandId::parse(s).unwrap()
+    }
+
+    fn result(i: &str) -> CommandResult {
+        CommandResult::new(
+            i,
+            &json!({"id": i}),
+            "n",
+            Status::Success,
+            SystemTime::now(),
+        )
+    }
+
+    /// Runs `i` through intake, start and result.
+    fn run(l: &Ledger, i: &str, report: bool) {
+        let origin = if report {
+            Origin::Coordination
+        } else {
+            Origin::Api
+        };
+        let e = Tenancy::everything();
+        assert_eq!(
+            l.begin(&id(i), origin, &e, &json!({"id": i}), true)
+                .unwrap(),
+            Begin::New
+        );
+        l.mark_running(&id(i)).unwrap();
+        assert!(l.finish(result(i), report).stored.is_ok());
+    }
+
+    #[test]
+    fn ids_hold_across_reopen_and_unfinished_come_back_in_acceptance_order() {
+        let dir = tmp();
+        let (l, unfinished) = Ledger::open(&dir, KEEP).unwrap();
+        assert!(unfinished.is_empty());
+        let e = Tenancy::everything();
+        run(&l, "done", false);
+        for i in ["q3", "q1", "q2"] {
+            l.begin(&id(i), Origin::Api, &e, &json!({"id": i}), true)
+                .unwrap();
+        }
+        l.mark_running(&id("q1")).unwrap();
+        l.forget(&id("q2"));
+        assert_eq!(
+            l.begin(&id("q3"), Origin::Api, &e, &json!({}), true)
+                .unwrap(),
+            Begin::InProgress(State::Queued)
+        );
+        l.sync().unwrap();
+        drop(l);
+        let (l, unfinished) = Ledger::open(&dir, KEEP).unwrap();
+        let got: Vec<(&str, State)> = unfinished
+            .iter()
+            .map(|u| (u.id.as_str(), u.state))
+            .collect();
+        assert_eq!(
+            got,
+            [("q3", State::Queued), ("q1", State::Running)],
+            "acceptance order; the withdrawn one is gone"
+        );
+        assert!(matches!(
+            l.begin(&id("done"), Origin::Api, &e, &json!({}), true).unwrap(),
+            Begin::Done(r) if r.id == "done"
+        ));
+        assert_eq!(
+            l.begin(&id("q1"), Origin::Api, &e, &json!({}), true)
+                .unwrap(),
+            Begin::InProgress(State::Running)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A command id is a tenant's own: another tenant repeating it, or
+    /// looking it up, learns nothing; the sender survives a restart.
+    #[test]
+    fn ids_are_kept_per_sender() {
+        let dir = tmp();
+        let tenant = |t: &str| Tenancy {
+            tenant: Some(Tenant::parse(t).unwrap()),
+            all: false,
+        };
+        let (a, b) = (tenant("a"), tenant("b"));
+        let (l, _) = Ledger::open(&dir, KEEP).unwrap();
+        assert_eq!(
+            l.begin(&id("shared"), Origin::Api, &a, &json!({}), true)
+                .unwrap(),
+            Begin::New
+        );
+        assert_eq!(
+            l.begin(&id("ro"), Origin::Api, &a, &json!({}), false)
+                .unwrap(),
+            Begin::New
+        );
+        assert_eq!(
+            l.begin(&id("shared"), Origin::Api, &b, &json!({}), true)
+                .unwrap(),
+            Begin::Taken
+        );
+        assert_eq!(l.lookup(&id("shared"), &b), None);
+        l.finish(result("ro"), false);
+        assert_eq!(
+            l.begin(&id("ro"), Origin::Api, &b, &json!({}), false)
+                .unwrap(),
+            Begin::Taken
+        );
+        drop(l);
+        let (l, unfinished) = Ledger::open(&dir, KEEP).unwrap();
+        assert_eq!(unfinished[0].tenancy, a, "it runs for its sender");
+        l.mark_running(&id("shared")).unwrap();
+        assert!(l.finish(result("shared"), false).stored.is_ok());
+        assert_eq!(l.lookup(&id("shared"), &b), None);
+        assert!(matches!(l.lookup(&id("shared"), &a), Some(Found::Done(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn results_for_the_server_wait_for_its_acknowledgement_across_reopen() {
+        let dir = tmp();
+        let (l, _) = Ledger::open(&dir, KEEP).unwrap();
+        run(&l, "r1", true);
+        run(&l, "r2", true);
+        run(&l, "local", false);
+        assert_eq!(l.reports(), ["r1", "r2"]);
+        assert_eq!(l.pending_reports(), 2);
+        l.acknowledge("r1");
+        assert_eq!(l.reports(), ["r2"]);
+        drop(l);
+        let (l, _) = Ledger::open(&dir, KEEP).unwrap();
+        assert_eq!(l.reports(), ["r2"], "the acknowledgement was kept");
+        assert_eq!(l.report("r2").unwrap().id, "r2");
+        l.report_again("r1");
+        assert_eq!(l.pending_reports(), 2);
+        l.acknowledge("r1");
+        l.acknowledge("r2");
+        assert_eq!(l.pending_reports(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Retention drops the oldest finished results beyond the count, and
+    /// never one the server waits for; compaction then removes segments
+    /// that hold nothing live, and what is live survives it.
+    #[test]
+    fn retention_and_compaction_keep_what_is_live() {
+        let dir = tmp();
+        let few = Retention {
+            max_entries: 3,
+            ..KEEP
+        };
+        let (l, _) = Ledger::open(&dir, few).unwrap();
+        run(&l, "server", true);
+        for i in 0..6 {
+            run(&l, &format!("d{i}"), false);
+        }
+        l.begin(
+            &id("waiting"),
+            Origin::Api,
+            &Tenancy::everything(),
+            &json!({"id": "waiting"}),
+            true,
+        )
+        .unwrap();
+        assert_eq!(l.maintain(), 3, "d0, d1 and d2 go; the reported one stays");
+        let e = Tenancy::everything();
+        assert!(l.lookup(&id("d0"), &e).is_none());
+        assert!(matches!(l.lookup(&id("d5"), &e), Some(Found::Done(_))));
+        assert!(matches!(l.lookup(&id("server"), &e), Some(Found::Done(_))));
+        drop(l);
+        // Reopened, the dropped ones are read back from the old segment
+        // and dropped again; segments hold at most 8 MiB, so force a
+        // rotation by hand: compaction works on sealed segments.
+        let (l, unfinished) = Ledger::open(&dir, few).unwrap();
+        assert_eq!(unfinished.len(), 1);
+        l.journal.seal_for_test();
+        assert_eq!(l.maintain(), 3);
+        assert_eq!(l.journal.sealed_segments().len(), 0, "the old segment went");
+        drop(l);
+        let (l, unfinished) = Ledger::open(&dir, few).unwrap();
+        assert_eq!(unfinished.len(), 1, "the queued one survived compaction");
+        assert_eq!(l.reports(), ["server"]);
+        assert!(matches!(l.lookup(&id("d4"), &e), Some(Found::Done(_))));
+        assert!(l.lookup(&id("d1"), &e).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn max_bytes_drops_the_oldest_results() {
+        let dir = tmp();
+        let (l, _) = Ledger::open(
+            &dir,
+            Retention {
+                max_bytes: 1,
+                ..KEEP
+            },
+        )
+        .unwrap();
+        run(&l, "a", false);
+        run(&l, "b", true);
+        assert_eq!(l.maintain(), 1, "only the one the server has may go");
+        assert!(l.lookup(&id("a"), &Tenancy::everything()).is_none());
+        assert_eq!(l.reports(), ["b"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_result_that_cannot_be_written_is_kept_and_stored_later() {
+        let dir = tmp();
+        let (l, _) = Ledger::open(&dir, KEEP).unwrap();
+        let e = Tenancy::everything();
+        l.begin(
+            &id("x"),
+            Origin::Coordination,
+            &e,
+            &json!({"id": "x"}),
+            true,
+        )
+        .unwrap();
+        l.mark_running(&id("x")).unwrap();
+        // The next append needs a new segment, in a directory that is
+        // gone: refused, as on a full disk.
+        l.journal.break_for_test();
+        std::fs::remove_dir_all(dir.join("journal")).unwrap();
+        let f = l.finish(result("x"), true);
+        let err = f.stored.unwrap_err().to_string();
+        assert!(err.starts_with("cannot create a journal segment"), "{err}");
+        assert_eq!(f.result.code, Some(Code::NotDurable));
+        assert!(f.result.error.starts_with(
+            "the command ran (status success) but its result could not be stored: cannot create a journal segment"
+        ));
+        assert_eq!(l.unstored(), 1);
+        assert_eq!(l.reports(), ["x"], "delivered from memory");
+        assert!(
+            matches!(l.lookup(&id("x"), &e), Some(Found::Done(r)) if r.code == Some(Code::NotDurable))
+        );
+        l.maintain();
+        assert_eq!(l.unstored(), 1, "still no room");
+        crate::os::fs::ensure_dir(&dir.join("journal")).unwrap();
+        l.maintain();
+        assert_eq!(l.unstored(), 0, "stored once there is room");
+        assert_eq!(l.reports(), ["x"]);
+        drop(l);
+        let (l, unfinished) = Ledger::open(&dir, KEEP).unwrap();
+        assert!(unfinished.is_empty());
+        assert!(
+            matches!(l.lookup(&id("x"), &e), Some(Found::Done(r)) if r.code == Some(Code::NotDurable)),
+            "as it was answered"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

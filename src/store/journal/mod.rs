@@ -298,6 +298,20 @@ impl Journal {
         Ok(())
     }
 
+    /// Starts a new segment now (tests: compaction works on sealed ones).
+    #[cfg(test)]
+    pub(crate) fn seal_for_test(&self) {
+        let mut w = lock(&self.writer);
+        self.rotate(&mut w).unwrap();
+    }
+
+    /// Makes the next append start a new segment (tests: with the
+    /// directory gone, that fails as a full disk would).
+    #[cfg(test)]
+    pub(crate) fn break_for_test(&self) {
+        lock(&self.writer).broken = true;
+    }
+
     /// Returns once append `lsn` and all before it are on disk.
     pub(crate) fn sync(&self, lsn: Lsn) -> Result<(), StoreError> {
         let mut f = lock(&self.flush);
