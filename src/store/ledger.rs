@@ -193,6 +193,14 @@ pub(crate) struct Finished {
     pub(crate) stored: Result<(), StoreError>,
 }
 
+/// A record's JSON body.
+fn body<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Invalid {
+        what,
+        message: e.to_string(),
+    })
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -326,15 +334,14 @@ impl Ledger {
         }
         if durable {
             let seq = inner.next_seq;
-            let body = serde_json::to_vec(&IntakeOut {
-                origin,
-                tenancy,
-                command,
-            })
-            .map_err(|e| StoreError::Invalid {
-                what: "journal intake record",
-                message: e.to_string(),
-            })?;
+            let body = body(
+                "journal intake record",
+                &IntakeOut {
+                    origin,
+                    tenancy,
+                    command,
+                },
+            )?;
             let time = now_secs();
             let (loc, _) =
                 self.journal
@@ -477,15 +484,14 @@ impl Ledger {
         tenancy: &Tenancy,
         report: bool,
     ) -> Result<Lsn, StoreError> {
-        let body = serde_json::to_vec(&ResultOut {
-            origin,
-            tenancy,
-            result,
-        })
-        .map_err(|e| StoreError::Invalid {
-            what: "journal result record",
-            message: e.to_string(),
-        })?;
+        let body = body(
+            "journal result record",
+            &ResultOut {
+                origin,
+                tenancy,
+                result,
+            },
+        )?;
         let mut inner = self.lock();
         let seq = match inner.index.get(result.id.as_str()) {
             Some(e) => e.seq,
@@ -976,15 +982,14 @@ impl Ledger {
         let time = now_secs();
         let entry = match (m.state, m.result) {
             (State::Done, Some(result)) => {
-                let body = serde_json::to_vec(&ResultOut {
-                    origin: m.origin,
-                    tenancy: m.tenancy,
-                    result,
-                })
-                .map_err(|e| StoreError::Invalid {
-                    what: "journal result record",
-                    message: e.to_string(),
-                })?;
+                let body = body(
+                    "journal result record",
+                    &ResultOut {
+                        origin: m.origin,
+                        tenancy: m.tenancy,
+                        result,
+                    },
+                )?;
                 let flags = if m.report { REPORT } else { 0 };
                 let (loc, _) =
                     self.journal
@@ -999,15 +1004,14 @@ impl Ledger {
                 }
             }
             (state, _) => {
-                let body = serde_json::to_vec(&IntakeOut {
-                    origin: m.origin,
-                    tenancy: m.tenancy,
-                    command: m.command,
-                })
-                .map_err(|e| StoreError::Invalid {
-                    what: "journal intake record",
-                    message: e.to_string(),
-                })?;
+                let body = body(
+                    "journal intake record",
+                    &IntakeOut {
+                        origin: m.origin,
+                        tenancy: m.tenancy,
+                        command: m.command,
+                    },
+                )?;
                 let (loc, _) =
                     self.journal
                         .append(Room::New, Op::Intake, 0, seq, time, m.id, &body)?;

@@ -350,26 +350,22 @@ impl Journal {
 
     /// Reads a record back.
     pub(crate) fn read(&self, loc: Loc) -> Result<Record, StoreError> {
-        let path = seg_path(&self.dir, loc.seg);
-        let file =
-            File::open(&path).map_err(|e| StoreError::io("open a journal segment", &path, e))?;
-        let mut buf = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.off as u64)
-            .map_err(|e| StoreError::io("read the journal", &path, e))?;
+        let buf = self.read_frame(loc)?;
+        let at = || format!("{} at {}", seg_path(&self.dir, loc.seg).display(), loc.off);
         match record::decode(&buf) {
             Decoded::Record(r, _) => Ok(r),
             Decoded::Torn => Err(StoreError::Invalid {
                 what: "journal record",
-                message: format!("{} at {} is cut short", path.display(), loc.off),
+                message: format!("{} is cut short", at()),
             }),
             Decoded::Damaged(why) => Err(StoreError::Invalid {
                 what: "journal record",
-                message: format!("{} at {}: {why}", path.display(), loc.off),
+                message: format!("{}: {why}", at()),
             }),
         }
     }
 
-    /// Reads a record's frame as it is on disk, for copying.
+    /// Reads a record's frame as it is on disk (for copying it as is).
     pub(crate) fn read_frame(&self, loc: Loc) -> Result<Vec<u8>, StoreError> {
         let path = seg_path(&self.dir, loc.seg);
         let file =
