@@ -367,7 +367,15 @@ class Admin(BaseHTTPRequestHandler):
                 created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 for nid in nodes:
                     for i in range(int(b["n"])):
-                        S.queued[nid].append({"id": f"{b.get('prefix', 'c')}-{nid[-6:]}-{i}", "type": "system", "action": "status", "created": created})
+                        cid = f"{b.get('prefix', 'c')}-{nid[-6:]}-{i}"
+                        if b.get("durable"):
+                            # A change the agent journals: a destroy of a
+                            # session that does not exist.
+                            cmd = {"id": cid, "type": "session", "action": "destroy", "params": {"session_id": f"none-{cid}"}}
+                        else:
+                            cmd = {"id": cid, "type": "system", "action": "status"}
+                        cmd["created"] = created
+                        S.queued[nid].append(cmd)
                 S.queued_at = time.monotonic()
                 S.cond.notify_all()
                 self.reply({"queued_at": S.queued_at, "nodes": len(nodes)})

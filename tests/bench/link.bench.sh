@@ -156,6 +156,41 @@ r = json.loads(s["body"])
 size = lambda v: len(json.dumps(v, separators=(",", ":")))
 print("result JSON by field (bytes):", {k: size(v) for k, v in r.items()})' >&2
 stop_agent
+
+# Durable commands through the link, 16 per fetch: each is journaled
+# (intake, start, result, acknowledgement). QEMU alone: a destroy of an
+# unknown session is a look into an empty directory.
+regs=$(sim_get stats | json 'len(d["registrations"])')
+start_agent "$work/durable" "$LINK_YAML
+provider: qemu
+providers: [qemu]
+workers: 16"
+node=$(cat "$work/durable/cache/node_id")
+for _ in $(seq 1 100); do
+    [ "$(sim_get stats | json 'len(d["registrations"])')" -gt "$regs" ] && break
+    sleep 0.1
+done
+durable() {
+    local n=$1
+    sim_post config '{"batch": 16}' >/dev/null
+    sim_post reset >/dev/null
+    flushes0=$(curl -fs -H "Authorization: Bearer $AGENT_TOKEN" "$AGENT_URL/metrics" | awk '/^vendetta_journal_flushes_total / {print $2}')
+    sim_post queue "{\"node\": \"$node\", \"n\": $n, \"prefix\": \"d$RANDOM\", \"durable\": true}" >/dev/null
+    sim_get "wait_results?n=$n&timeout=90" >"$work/wait.json"
+    flushes1=$(curl -fs -H "Authorization: Bearer $AGENT_TOKEN" "$AGENT_URL/metrics" | awk '/^vendetta_journal_flushes_total / {print $2}')
+    python3 - "$work/wait.json" "$n" "$flushes0" "$flushes1" <<'PY'
+import json, sys
+w, n, f0, f1 = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+if w["unique_results"] < n:
+    sys.exit(f"only {w['unique_results']} of {n} durable results arrived")
+secs = w["last_result_at"] - w["queued_at"]
+print(f"{n/secs:.0f} {(f1 - f0) / n:.2f} {secs:.2f}")
+PY
+}
+durable 100 >/dev/null # warm-up
+read -r drate dflush dsecs < <(durable 1000)
+row link "durable commands/s end to end, 16 per fetch (session destroy)" "$drate/s" "" "1000 in $dsecs s; $dflush journal flushes per command"
+stop_agent
 sim_post config '{"batch": 10}' >/dev/null
 
 # --- Idle CPU and the heartbeat ------------------------------------------
