@@ -14,6 +14,7 @@ use crate::util::{
     host_pids, next_id, ok, run_ok, sessions, start_sleep, wait_until, Agent, Events, TempDir,
 };
 use serde_json::{json, Value};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -438,11 +439,17 @@ fn lifecycle_is_idempotent() {
     let status_of = |a: &Agent| find_session(&session_list(a), &id).unwrap();
     assert_eq!(status_of(&a)["status"], "stopped");
     // Started and killed behind the agent's back: that exit is not ours.
+    // A change the agent did not make shows once its engine event is
+    // applied (milliseconds), not at the very next list.
     assert_eq!(
         engine("POST", &format!("/containers/{name}/start"), None).0,
         204
     );
-    assert_eq!(status_of(&a)["status"], "running");
+    assert!(
+        wait_until(Duration::from_secs(10), || status_of(&a)["status"]
+            == "running"),
+        "a start behind the agent's back never showed"
+    );
     assert_eq!(
         engine("POST", &format!("/containers/{name}/kill"), None).0,
         204
@@ -682,11 +689,14 @@ fn twenty_sessions_created_concurrently() {
 /// Test double of an engine outage: a Unix socket that forwards each
 /// connection to the real engine, and that the test can take down (its
 /// socket file stays and refuses connections, as a dead dockerd's does,
-/// and open connections are cut) and bring back.
+/// and open connections are cut) and bring back. It notes the request line
+/// each connection starts with (the agent sends one request per
+/// connection), to show which calls the agent made.
 struct EngineProxy {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<UnixStream>>>,
+    requests: Arc<Mutex<Vec<String>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -696,10 +706,16 @@ impl EngineProxy {
             path: path.to_path_buf(),
             stop: Arc::new(AtomicBool::new(false)),
             conns: Arc::new(Mutex::new(Vec::new())),
+            requests: Arc::new(Mutex::new(Vec::new())),
             thread: None,
         };
         p.up();
         p
+    }
+
+    /// The request lines seen so far.
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     fn up(&mut self) {
@@ -708,6 +724,7 @@ impl EngineProxy {
         listener.set_nonblocking(true).unwrap();
         self.stop.store(false, Ordering::SeqCst);
         let (stop, conns) = (self.stop.clone(), self.conns.clone());
+        let requests = self.requests.clone();
         self.thread = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
@@ -722,12 +739,27 @@ impl EngineProxy {
                 let mut keep = conns.lock().unwrap();
                 keep.push(client.try_clone().unwrap());
                 keep.push(upstream.try_clone().unwrap());
-                for (mut from, to) in [
-                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
-                    (upstream, client),
+                for (mut from, to, note) in [
+                    (
+                        client.try_clone().unwrap(),
+                        upstream.try_clone().unwrap(),
+                        Some(requests.clone()),
+                    ),
+                    (upstream, client, None),
                 ] {
                     std::thread::spawn(move || {
                         let mut to_w = &to;
+                        if let Some(note) = note {
+                            // The request is written at once: its line is
+                            // in the first read.
+                            let mut first = [0u8; 8192];
+                            let n = from.read(&mut first).unwrap_or(0);
+                            let line = String::from_utf8_lossy(&first[..n]);
+                            note.lock()
+                                .unwrap()
+                                .push(line.lines().next().unwrap_or("").to_string());
+                            let _ = to_w.write_all(&first[..n]);
+                        }
                         let _ = std::io::copy(&mut from, &mut to_w);
                         let _ = to.shutdown(std::net::Shutdown::Write);
                     });
@@ -767,6 +799,16 @@ fn engine_outage_turns_health_red_fails_clearly_and_recovers() {
     assert_eq!(ok(&sh(&a, &id, "echo before"))["stdout"], "before\n");
     let docker_ok = |a: &Agent| a.get("/health").1["providers"]["docker"]["ok"] == true;
     assert!(docker_ok(&a));
+    assert!(
+        wait_until(Duration::from_secs(10), || following(&a)),
+        "the docker events watcher never followed the engine"
+    );
+    assert_no_listing(&proxy, || {
+        assert_eq!(
+            find_session(&session_list(&a), &id).unwrap()["status"],
+            "running"
+        );
+    });
 
     // An exec in flight when the engine goes fails at once, clearly.
     let marker = (400_000 + std::process::id() % 100_000).to_string();
@@ -816,6 +858,114 @@ fn engine_outage_turns_health_red_fails_clearly_and_recovers() {
     assert_eq!(ok(&sh(&a, &id, "echo after"))["stdout"], "after\n");
     assert!(a.log().contains("provider docker is down"));
     assert!(a.log().contains("provider docker is back"));
+    // The list answers at once (from the engine until the events watcher,
+    // backing off, follows it again, then from its table).
+    assert_eq!(
+        find_session(&session_list(&a), &id).unwrap()["status"],
+        "running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || a
+            .log()
+            .contains("following the engine's events again")),
+        "the docker events watcher did not come back"
+    );
+    assert_no_listing(&proxy, || {
+        assert_eq!(
+            find_session(&session_list(&a), &id).unwrap()["status"],
+            "running"
+        );
+    });
+    let warned = a
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"warn\"") && l.contains("docker events:"))
+        .count();
+    assert_eq!(warned, 1, "the lost stream is logged once at warn");
+}
+
+/// Whether the agent's Docker provider follows the engine's events (its
+/// list answers from them).
+fn following(a: &Agent) -> bool {
+    a.log()
+        .contains("docker events: following the engine's events")
+}
+
+/// Runs `f` and checks that the agent listed and inspected no container
+/// through `proxy` meanwhile.
+fn assert_no_listing(proxy: &EngineProxy, f: impl FnOnce()) {
+    let before = proxy.requests().len();
+    f();
+    let calls = proxy.requests()[before..].to_vec();
+    assert!(
+        calls.iter().all(|r| !r.contains("/containers/")),
+        "the list asked the engine: {calls:?}"
+    );
+}
+
+#[test]
+fn changes_behind_the_agents_back_show_from_the_engines_events() {
+    let g = Sessions::new("events");
+    let dir = TempDir::new("devt");
+    let sock = dir.path().join("engine.sock");
+    let proxy = EngineProxy::start(&sock);
+    let a = docker_agent(&format!("  socket: {}\n", sock.display()));
+    let (killed, removed) = (g.id("killed"), g.id("removed"));
+    create_started(&a, &killed, json!({}));
+    create_started(&a, &removed, json!({"ports": ["80"]}));
+    assert!(
+        wait_until(Duration::from_secs(10), || following(&a)),
+        "the docker events watcher never followed the engine"
+    );
+    assert_no_listing(&proxy, || {
+        // Made by the agent: listed at once, with what its start assigned.
+        let listed = session_list(&a);
+        assert_eq!(find_session(&listed, &killed).unwrap()["status"], "running");
+        let r = find_session(&listed, &removed).unwrap();
+        assert!(r["ports"]["80/tcp"].as_u64().unwrap() > 0, "{r}");
+
+        // Killed behind the agent's back: exited, with the code from the
+        // engine's die event.
+        let (st, _) = engine("POST", &format!("/containers/vendetta-{killed}/kill"), None);
+        assert_eq!(st, 204);
+        let mut s = Value::Null;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                s = find_session(&session_list(&a), &killed).unwrap();
+                s["status"] == "exited"
+            }),
+            "{s}"
+        );
+        assert_eq!(s["exit_code"], 137, "{s}");
+
+        // Removed behind its back: gone from the list.
+        let (st, _) = engine(
+            "DELETE",
+            &format!("/containers/vendetta-{removed}?force=1"),
+            None,
+        );
+        assert_eq!(st, 204);
+        assert!(
+            wait_until(Duration::from_secs(10), || find_session(
+                &session_list(&a),
+                &removed
+            )
+            .is_none()),
+            "a removed container stayed in the list"
+        );
+    });
+    // The agent's own changes are in the next list, without waiting for
+    // their events.
+    assert_eq!(
+        ok(&a.cmd("session", "start", json!({"session_id": killed})))["status"],
+        "running"
+    );
+    assert_eq!(
+        find_session(&session_list(&a), &killed).unwrap()["status"],
+        "running"
+    );
+    destroy(&a, &killed);
+    assert!(find_session(&session_list(&a), &killed).is_none());
 }
 
 #[test]

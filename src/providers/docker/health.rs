@@ -3,13 +3,13 @@
 //! has one, else a TCP probe aimed at the container itself).
 
 use super::engine::{MAX_API, MIN_API};
-use super::{DockerError, DockerProvider};
+use super::{Docker, DockerError};
 use crate::protocol::SessionId;
 use crate::providers::{probe, Health, ServiceHealth, Session};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 
-impl DockerProvider {
+impl Docker {
     /// [`Provider::health`](crate::providers::Provider::health): whether
     /// the engine answers, at which version.
     pub(crate) fn health_now(&self) -> Health {

@@ -1,14 +1,15 @@
 //! Finding sessions: a session's container by name, accepted only when its
 //! labels say it is ours (then remembered by its immutable id), inspect,
-//! and the listing by label that finds sessions again after a restart.
+//! and the full listing by label that finds sessions again after a restart
+//! (and primes the events-kept [`table`](super::table)).
 
 use super::engine::{api_error, call_name, parse_json};
-use super::{spec, DockerError, DockerProvider};
+use super::{spec, table, Docker, DockerError};
 use crate::protocol::SessionId;
 use crate::providers::{Session, SessionStatus};
 use serde_json::Value;
 
-impl DockerProvider {
+impl Docker {
     /// The container id of session `id` once its labels say it is ours;
     /// None when no container has the session's name.
     pub(crate) fn resolve(&self, id: &SessionId) -> Result<Option<String>, DockerError> {
@@ -36,6 +37,7 @@ impl DockerProvider {
     /// A 404 on a cached id: the container went away behind our back.
     pub(crate) fn gone(&self, id: &SessionId) -> DockerError {
         self.known().remove(id.as_str());
+        self.table.remove(id.as_str(), None, table::now());
         DockerError::NoSession { id: id.to_string() }
     }
 
@@ -67,9 +69,24 @@ impl DockerProvider {
         ))
     }
 
-    /// Our containers by label; an exited one is inspected once more for
-    /// its exit code, which a listing does not carry.
+    /// The session as inspect shows it now, also written to the table (a
+    /// change the provider made shows in a list before its event comes).
+    pub(crate) fn observe(&self, id: &SessionId, cid: &str) -> Result<Session, DockerError> {
+        let seen = table::now();
+        let s = self.session(id, cid)?;
+        self.table.upsert(s.clone(), cid, seen);
+        Ok(s)
+    }
+
+    /// The full listing, when the table cannot answer.
     pub(crate) fn list_inner(&self) -> Result<Vec<Session>, DockerError> {
+        Ok(self.list_full()?.into_iter().map(|(s, _)| s).collect())
+    }
+
+    /// Our containers by label, with their container ids; an exited one is
+    /// inspected once more for its exit code, which a listing does not
+    /// carry.
+    pub(crate) fn list_full(&self) -> Result<Vec<(Session, String)>, DockerError> {
         let path = format!(
             "/containers/json?all=1&filters={}",
             spec::list_filter(&self.node_id)
@@ -104,8 +121,8 @@ impl DockerProvider {
                     Err(e) => return Err(e),
                 }
             }
-            self.known().insert(s.id.clone(), cid);
-            out.push(s);
+            self.known().insert(s.id.clone(), cid.clone());
+            out.push((s, cid));
         }
         Ok(out)
     }

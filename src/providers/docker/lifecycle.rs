@@ -6,7 +6,7 @@
 
 use super::engine::{api_error, call_name, message_of};
 use super::inspect::container_id;
-use super::{spec, DockerError, DockerProvider};
+use super::{spec, table, Docker, DockerError};
 use crate::http::{self, encode, Request};
 use crate::protocol::SessionId;
 use crate::providers::{Session, SessionSpec};
@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-impl DockerProvider {
+impl Docker {
     /// A bodiless lifecycle POST where 204 is done and 304 is "already so".
     fn lifecycle(
         &self,
@@ -188,7 +188,7 @@ impl DockerProvider {
         });
         self.known()
             .insert(spec.id.as_str().to_string(), cid.clone());
-        self.session(&spec.id, &cid)
+        self.observe(&spec.id, &cid)
     }
 
     /// Starts it; starting a running one succeeds.
@@ -196,7 +196,7 @@ impl DockerProvider {
         let cid = self.resolve_existing(id)?;
         self.lifecycle(id, &cid, "start", "", self.engine.timeout)?;
         self.state.update(id, |r| r.stopped = false);
-        self.session(id, &cid)
+        self.observe(id, &cid)
     }
 
     /// Stops it within `grace`; marked as stopped by us before the call.
@@ -221,13 +221,14 @@ impl DockerProvider {
             self.state.update(id, |r| r.stopped = was);
             return Err(e);
         }
-        self.session(id, &cid)
+        self.observe(id, &cid)
     }
 
     /// Removes it with its anonymous volumes; false when there was none.
     pub(crate) fn destroy_container(&self, id: &SessionId) -> Result<bool, DockerError> {
         let Some(cid) = self.resolve(id)? else {
             self.state.remove(id);
+            self.table.remove(id.as_str(), None, table::now());
             return Ok(false);
         };
         let path = format!("/containers/{cid}?force=1&v=1");
@@ -248,6 +249,7 @@ impl DockerProvider {
             _ => return Err(api_error(&call_name("DELETE", &path), &resp)),
         };
         self.known().remove(id.as_str());
+        self.table.remove(id.as_str(), Some(&cid), table::now());
         self.state.remove(id);
         Ok(existed)
     }
@@ -269,7 +271,7 @@ fn split_reference(image: &str) -> (&str, Option<&str>) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::providers::docker::state;
+    use crate::providers::docker::{state, DockerProvider};
     use crate::providers::{Provider, SessionStatus};
     use serde_json::json;
 

@@ -15,7 +15,10 @@
 //! - [`http`]: HTTP/1.1 over the Unix socket; [`engine`]: the socket, API
 //!   version negotiation, one call.
 //! - [`spec`]: the create body and session records from engine answers.
-//! - [`inspect`]: finding our containers, inspect, the listing.
+//! - [`inspect`]: finding our containers, inspect, the full listing.
+//! - [`table`]: this node's sessions as the engine's events keep them,
+//!   which `list` answers from; [`events`]: the "docker-events" thread
+//!   that primes and follows it.
 //! - [`lifecycle`]: create (and pull), start, stop, destroy.
 //! - [`exec`]: hijacked exec, frame demuxer, kill on timeout, reap.
 //! - [`health`]: the engine's health and a session's services'.
@@ -25,12 +28,14 @@
 //! the coordination link. Syscalls go through [`crate::os`].
 
 pub(crate) mod engine;
+pub(crate) mod events;
 pub(crate) mod exec;
 pub(crate) mod health;
 pub(crate) mod inspect;
 pub(crate) mod lifecycle;
 pub(crate) mod spec;
 pub(crate) mod state;
+pub(crate) mod table;
 
 use super::{
     ExecOutput, ExecSpec, Health, OutputSink, Provider, ProviderError, ServiceHealth, Session,
@@ -42,8 +47,9 @@ use crate::protocol::{ProviderKind, SessionId};
 use engine::{Engine, MAX_API, MIN_API};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 /// Everything that can go wrong talking to the engine, by what failed.
@@ -215,8 +221,17 @@ impl From<DockerError> for ProviderError {
     }
 }
 
-/// The Docker provider: one engine socket, this node's containers.
+/// The Docker provider: a handle on the [`Docker`] state it shares with
+/// its events watcher, which holds only a weak reference: dropping the
+/// provider ends the watcher.
 pub(crate) struct DockerProvider {
+    docker: Arc<Docker>,
+    /// Starts the "docker-events" thread on the first list.
+    watcher: Once,
+}
+
+/// One engine socket, this node's containers.
+pub(crate) struct Docker {
     engine: Engine,
     node_id: String,
     default_image: String,
@@ -226,24 +241,51 @@ pub(crate) struct DockerProvider {
     known: Mutex<HashMap<String, String>>,
     /// Sessions with a stop in flight: still running, already marked.
     stops: Mutex<HashSet<String>>,
+    /// This node's sessions, kept by the engine's events; `list` answers
+    /// from it while the watcher follows them.
+    table: table::Table,
 }
 
 impl DockerProvider {
     pub(crate) fn new(config: &Config, node_id: &str) -> DockerProvider {
         DockerProvider {
-            engine: Engine::new(
-                socket_path(config.docker.socket.as_deref()),
-                config.docker.api_timeout,
-            ),
-            node_id: node_id.to_string(),
-            default_image: config.docker.image.clone(),
-            pull: config.docker.pull,
-            state: state::LocalState::load(config.cache_dir().join("docker")),
-            known: Mutex::new(HashMap::new()),
-            stops: Mutex::new(HashSet::new()),
+            docker: Arc::new(Docker {
+                engine: Engine::new(
+                    socket_path(config.docker.socket.as_deref()),
+                    config.docker.api_timeout,
+                ),
+                node_id: node_id.to_string(),
+                default_image: config.docker.image.clone(),
+                pull: config.docker.pull,
+                state: state::LocalState::load(config.cache_dir().join("docker")),
+                known: Mutex::new(HashMap::new()),
+                stops: Mutex::new(HashSet::new()),
+                table: table::Table::default(),
+            }),
+            watcher: Once::new(),
         }
     }
 
+    /// Starts the events watcher, once. Without it (the thread could not
+    /// be made) every list asks the engine.
+    fn start_watcher(&self) {
+        self.watcher.call_once(|| {
+            if let Err(e) = events::spawn(Arc::downgrade(&self.docker)) {
+                log::warn!("cannot start the docker-events thread ({e}): every session list asks the docker engine");
+            }
+        });
+    }
+}
+
+impl Deref for DockerProvider {
+    type Target = Docker;
+
+    fn deref(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+impl Docker {
     /// Whether a stop of session `id` is in flight (then its exit is ours).
     fn stopping(&self, id: &str) -> bool {
         self.stops
@@ -323,7 +365,14 @@ impl Provider for DockerProvider {
         }
     }
 
+    /// From the events-kept table while the watcher follows the engine,
+    /// else a full listing (the engine is down, the stream broke, or it is
+    /// not primed yet).
     fn list(&self) -> Result<Vec<Session>, ProviderError> {
+        self.start_watcher();
+        if let Some(sessions) = self.table.sessions() {
+            return Ok(sessions);
+        }
         Ok(self.list_inner()?)
     }
 
