@@ -20,9 +20,15 @@
 //!                                  worker-N ── provider (Docker, LXC, QEMU)
 //!                                     │ reply (bounded 1) ──▶ the api-conn waiting, if any
 //!                                     │ chunks (bounded 64) ─▶ the api-conn streaming, if any
-//!                                     ├─▶ ledger, spool ── report wake (bounded 1) ──▶ reporter
+//!                                     │ (lanes: a session's commands in order; parked jobs
+//!                                     │  come back on an unbounded ready channel)
+//!                                     ├─▶ ledger (journal) ── report wake (bounded 1) ──▶ reporter
 //!                                     └─▶ events ── per subscriber (bounded 256) ──▶ api-conn (SSE)
-//!   monitor: provider health, session table (publishes changes), pruning
+//!   monitor: provider health, session table (publishes changes), journal
+//!     upkeep (results kept in memory stored, retention, compaction)
+//!   docker-events: follows the engine's /events, keeps Docker's session table
+//!   qmp-events: polls the QMP connections held per VM; QEMU's events go to
+//!     the session table and the event stream (weak link to the runtime)
 //!   heartbeat (coord): every interval, on its own connection
 //!   api-conn also reads the ledger (GET a result) and lists sessions
 //!   through the runtime (GET /api/v1/sessions: ≤ workers at once)
@@ -30,6 +36,8 @@
 //!
 //! Shutdown is a channel whose sender `main` drops: the workers, the
 //! monitor, the link's threads and the event streams all select on it.
+//! The providers' watchers (docker-events, qmp-events) hold their
+//! provider weakly and end once it is dropped.
 //! Every join has a deadline (`shutdown_timeout`).
 //!
 //! # The path of one command
@@ -44,10 +52,11 @@
 //! 3. `runtime::workers`: a worker marks it running and runs it
 //!    (`runtime::dispatch` routes it to the provider that owns the
 //!    session); a panic becomes a failed result.
-//! 4. `Runtime::complete`: the ledger stores the result, the spool keeps it
-//!    for the server (commands from the server), an event goes out, and
-//!    the waiting request, if any, gets it.
-//! 5. `coord::reporter` delivers spooled results and removes each on a 2xx.
+//! 4. `Runtime::complete`: the ledger stores the result in the journal
+//!    (marked for the server when it came from there), an event goes out,
+//!    and the waiting request, if any, gets it.
+//! 5. `coord::reporter` delivers the results the server has not
+//!    acknowledged and records each acknowledgement on a 2xx.
 //!
 //! # Layers
 //!
