@@ -112,10 +112,9 @@ fn kill9_at_every_durability_point_runs_each_command_at_most_once_in_order() {
         for (id, r) in ids.iter().zip(&results) {
             let Some(r) = r else { continue };
             if r["code"] == "agent_restarted" {
-                assert!(
-                    !lines.contains(id),
-                    "{point}: {id} is reported interrupted but ran: {r}"
-                );
+                // Its effects are unknown: it may have run before the
+                // kill (once at most, as the order check above shows).
+                failed(r, "agent_restarted", "agent restarted during execution");
             } else {
                 ok(r);
                 assert!(
