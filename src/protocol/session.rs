@@ -36,6 +36,24 @@ pub(crate) enum SessionStatus {
     Lost,
 }
 
+impl Session {
+    /// A bare Docker session, for tests of what keeps sessions.
+    #[cfg(test)]
+    pub(crate) fn bare(id: &str, status: SessionStatus) -> Session {
+        Session {
+            id: id.into(),
+            provider: ProviderKind::Docker,
+            status,
+            image: "img".into(),
+            ports: Default::default(),
+            created: String::new(),
+            labels: Default::default(),
+            exit_code: None,
+            warnings: vec![],
+        }
+    }
+}
+
 impl SessionStatus {
     pub(crate) fn as_str(self) -> &'static str {
         match self {

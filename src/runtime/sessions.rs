@@ -400,17 +400,7 @@ mod tests {
     use super::*;
 
     fn s(id: &str, status: SessionStatus) -> Session {
-        Session {
-            id: id.into(),
-            provider: ProviderKind::Docker,
-            status,
-            image: "img".into(),
-            ports: Default::default(),
-            created: String::new(),
-            labels: Default::default(),
-            exit_code: None,
-            warnings: vec![],
-        }
+        Session::bare(id, status)
     }
 
     #[test]

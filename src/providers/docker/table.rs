@@ -192,21 +192,10 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ProviderKind;
     use crate::providers::SessionStatus;
 
     fn s(id: &str, status: SessionStatus) -> Session {
-        Session {
-            id: id.into(),
-            provider: ProviderKind::Docker,
-            status,
-            image: "img".into(),
-            ports: Default::default(),
-            created: String::new(),
-            labels: Default::default(),
-            exit_code: None,
-            warnings: vec![],
-        }
+        Session::bare(id, status)
     }
 
     fn status(t: &Table, id: &str) -> Option<SessionStatus> {
