@@ -133,7 +133,7 @@ PY
     read -r TP_RATE TP_SECS TP_FETCH TP_RESULT TP_RT TP_BODY TP_FETCHES TP_FETCHED TP_REDELIVERED TP_RESULTS <"$work/tput-$batch.txt"
     echo "batch $batch: $n commands in $TP_SECS s = $TP_RATE/s; $TP_FETCHES fetches handed out $TP_FETCHED commands ($TP_REDELIVERED redelivered after 5 s without a result); $TP_RESULTS result posts; per command: fetch share $TP_FETCH B + result round trip $TP_RESULT B (result body $TP_BODY B)" >&2
 }
-throughput 10 200 # warm-up: connections, ledger, page cache
+throughput 10 200 # warm-up: connections, journal, page cache
 throughput 1 2000
 rate1=$TP_RATE rt1=$TP_RT fetch1=$TP_FETCH result1=$TP_RESULT body1=$TP_BODY
 row link "commands/s end to end, 1 per fetch (system.status)" "$TP_RATE/s" "" "2000 commands in $TP_SECS s"

@@ -124,7 +124,7 @@ row lxc "create+start through the agent (median of $N)" "$(ms "$a_start")" "rati
 row lxc "exec round trip, true (median of $EXECS)" "$(ms "$a_exec")" "ratio <= 1.25" "direct lxc-attach $(ms "$d_exec"): ratio $(ratio "$a_exec" "$d_exec")"
 # What the agent adds per exec: the command's own duration (the result's
 # duration_ms: ownership check and lxc-attach) against direct lxc-attach,
-# then the rest (HTTP, the durable ledger's fsynced writes, events).
+# then the rest (HTTP, the journal's flushes of start and result, events).
 row lxc "exec inside the agent (result duration_ms)" "$(ms "$a_inside")" "ratio <= 1.25" "direct lxc-attach $(ms "$d_exec"): ratio $(ratio "$a_inside" "$d_exec")"
-row lxc "agent overhead per exec outside the command" "$(python3 -c "print(f'{($a_exec-$a_inside)/1000:.1f} ms')")" "" "HTTP, ledger writes with fsync, result"
+row lxc "agent overhead per exec outside the command" "$(python3 -c "print(f'{($a_exec-$a_inside)/1000:.1f} ms')")" "" "HTTP, two journal flushes (start, result), result"
 row lxc "stop -k / destroy through the agent (median)" "$(ms "$a_stop") / $(ms "$a_destroy")" "" ""

@@ -46,11 +46,11 @@ def rss_kib(pid):
             return int(l.split()[1])
 
 rss0 = rss_kib(agent_pid)
-# The core's own cost of a durable command (ledger writes with fsync),
+# The core's own cost of a durable command (two journal flushes: start and result),
 # with no VM: destroy of a session that does not exist.
 floor = statistics.median([timed(lambda: cmd("destroy", session_id="no-such-vm")) for _ in range(50)])
 row("durable command floor, no VM (destroy of an unknown session, median of 50)", f"{floor:.2f} ms",
-    "", "core ledger fsyncs, not QEMU")
+    "", "two journal flushes, not QEMU")
 
 ids = [f"bench-{i}" for i in range(20)]
 lat = [timed(lambda: (cmd("create", session_id=ids[0]), cmd("start", session_id=ids[0])))]
@@ -63,7 +63,7 @@ qmp_sock = os.path.join(dirs[ids[0]], "qmp-user.sock")
 
 # QMP round trip through the agent: session list with one running VM is
 # one QMP connection (greeting, qmp_capabilities, query-status) and is not
-# written to the ledger.
+# written to the journal.
 agent_qmp = [timed(lambda: cmd("list")) for _ in range(50)]
 def direct_qmp():
     s = socket.socket(socket.AF_UNIX); s.connect(qmp_sock); f = s.makefile("rb")
