@@ -155,7 +155,7 @@ impl<S: Read + Write> Wire<S> {
         Wire {
             stream,
             peer,
-            buf: Vec::with_capacity(8192),
+            buf: Vec::new(),
             pos: 0,
             next_id: 1,
         }
