@@ -326,6 +326,9 @@ impl Journal {
         }
         f.busy = true;
         drop(f);
+        // Let threads that are appending right now join this flush: a
+        // yield costs microseconds, a flush of their own far more.
+        std::thread::yield_now();
         // Everything appended until now rides on this flush.
         let (file, upto, seg) = {
             let w = lock(&self.writer);
