@@ -158,7 +158,9 @@ impl std::error::Error for ProviderError {}
 pub(crate) struct Notice {
     pub(crate) session_id: String,
     pub(crate) status: SessionStatus,
-    /// What the runtime said, e.g. `qmp:SHUTDOWN`.
+    /// The main process's exit code, when the runtime said it.
+    pub(crate) exit_code: Option<i32>,
+    /// What the runtime said, e.g. `qmp:SHUTDOWN`, `docker:die`.
     pub(crate) cause: String,
 }
 
@@ -206,8 +208,8 @@ pub(crate) trait Provider: Send + Sync {
     }
 
     /// Where to report changes the runtime announces on its own (QEMU's
-    /// events), as they happen; providers that only learn by listing
-    /// ignore it.
+    /// and Docker's events), as they happen; providers that only learn by
+    /// listing ignore it.
     fn watch(&self, _sink: NoticeSink) {}
 
     /// Kills what an exec left running when the agent died during it: the

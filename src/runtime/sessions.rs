@@ -367,7 +367,8 @@ impl Runtime {
     }
 }
 
-/// Where providers report what their runtimes announce (QEMU's events):
+/// Where providers report what their runtimes announce (QEMU's and
+/// Docker's events):
 /// the session table takes the new status and the event stream shows it
 /// with its cause. A notice that changes nothing (the agent's own command
 /// already said so) makes no event. Holds the runtime weakly: providers
@@ -387,6 +388,9 @@ pub(crate) fn notice_sink(rt: &std::sync::Arc<Runtime>) -> crate::providers::Not
         }
         log::info!(session_id = n.session_id.as_str(), cause = n.cause.as_str(); "session went from {} to {}", s.status.as_str(), n.status.as_str());
         s.status = n.status;
+        if n.exit_code.is_some() {
+            s.exit_code = n.exit_code;
+        }
         rt.sessions.upsert(s.clone());
         rt.events.publish(Event::Session(SessionEvent {
             cause: Some(n.cause),

@@ -925,9 +925,18 @@ fn changes_behind_the_agents_back_show_from_the_engines_events() {
         assert!(r["ports"]["80/tcp"].as_u64().unwrap() > 0, "{r}");
 
         // Killed behind the agent's back: exited, with the code from the
-        // engine's die event.
+        // engine's die event, which also reaches the event stream as it
+        // arrives, with its cause.
+        let mut events = Events::open(&a);
         let (st, _) = engine("POST", &format!("/containers/vendetta-{killed}/kill"), None);
         assert_eq!(st, 204);
+        let ev = events
+            .wait_for(Duration::from_secs(10), |v| {
+                v["id"] == killed.as_str() && v["status"] == "exited"
+            })
+            .unwrap_or_else(|| panic!("no exited event for {killed}; log:\n{}", a.log()));
+        assert_eq!(ev["cause"], "docker:die", "{ev}");
+        assert_eq!(ev["exit_code"], 137, "{ev}");
         let mut s = Value::Null;
         assert!(
             wait_until(Duration::from_secs(10), || {

@@ -439,14 +439,26 @@ impl Docker {
             }
             Action::Die { exit_code } => {
                 let stopped = self.state.get(id.as_str()).stopped;
+                let status = if stopped {
+                    SessionStatus::Stopped
+                } else {
+                    SessionStatus::Exited
+                };
                 self.table.update(id.as_str(), &ev.container, ev.time, |s| {
-                    s.status = if stopped {
-                        SessionStatus::Stopped
-                    } else {
-                        SessionStatus::Exited
-                    };
+                    s.status = status;
                     s.exit_code = *exit_code;
                 });
+                // An exit of its own (not the agent's stop): the event
+                // stream hears of it now, not at the next listing.
+                let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let (Some(sink), false) = (sink, stopped) {
+                    sink(crate::providers::Notice {
+                        session_id: id.as_str().to_string(),
+                        status,
+                        exit_code: *exit_code,
+                        cause: "docker:die".into(),
+                    });
+                }
                 Ok(())
             }
             Action::Stop | Action::Kill | Action::Pause | Action::Unpause | Action::Health(_) => {

@@ -244,6 +244,9 @@ pub(crate) struct Docker {
     /// This node's sessions, kept by the engine's events; `list` answers
     /// from it while the watcher follows them.
     table: table::Table,
+    /// Where a container's exit behind the agent's back is reported as
+    /// the event arrives (`Provider::watch`).
+    sink: Mutex<Option<crate::providers::NoticeSink>>,
 }
 
 impl DockerProvider {
@@ -261,6 +264,7 @@ impl DockerProvider {
                 known: Mutex::new(HashMap::new()),
                 stops: Mutex::new(HashSet::new()),
                 table: table::Table::default(),
+                sink: Mutex::new(None),
             }),
             watcher: Once::new(),
         }
@@ -374,6 +378,10 @@ impl Provider for DockerProvider {
             return Ok(sessions);
         }
         Ok(self.list_inner()?)
+    }
+
+    fn watch(&self, sink: crate::providers::NoticeSink) {
+        *self.docker.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
     fn node_ids(&self) -> Vec<String> {

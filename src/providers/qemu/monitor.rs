@@ -231,6 +231,7 @@ fn notify(inner: &Inner, id: &str, events: &[Event]) {
             sink(Notice {
                 session_id: id.to_string(),
                 status,
+                exit_code: None,
                 cause: format!("qmp:{}", e.name),
             });
         }
