@@ -620,10 +620,12 @@ impl Ledger {
     /// Ids of results the server has not acknowledged, oldest first.
     pub(crate) fn reports(&self) -> Vec<String> {
         let inner = self.lock();
+        // A result is in the index once appended, but goes to the server
+        // only once flushed: until then its command is still in flight.
         let mut ids: Vec<(u64, u64, String)> = inner
             .index
             .iter()
-            .filter(|(_, e)| e.report)
+            .filter(|(id, e)| e.report && !inner.inflight.contains_key(id.as_ref() as &str))
             .map(|(id, e)| (e.time, e.seq, id.to_string()))
             .collect();
         ids.extend(
@@ -643,6 +645,9 @@ impl Ledger {
         let inner = self.lock();
         if let Some(u) = inner.unstored.iter().find(|u| u.result.id == id) {
             return Some(u.result.clone());
+        }
+        if inner.inflight.contains_key(id) {
+            return None;
         }
         let loc = inner.index.get(id).filter(|e| e.report)?.loc;
         drop(inner);
