@@ -91,6 +91,9 @@ struct Flush {
     synced: Lsn,
     /// A thread is flushing now.
     busy: bool,
+    /// Threads waiting for a flush: others are committing at the same
+    /// time, so more may be about to.
+    waiting: usize,
 }
 
 pub(crate) struct Journal {
@@ -179,6 +182,7 @@ impl Journal {
             flush: Mutex::new(Flush {
                 synced: 0,
                 busy: false,
+                waiting: 0,
             }),
             flushed: Condvar::new(),
             stats: Stats::default(),
@@ -322,13 +326,19 @@ impl Journal {
             if !f.busy {
                 break;
             }
+            f.waiting += 1;
             f = self.flushed.wait(f).unwrap_or_else(|p| p.into_inner());
+            f.waiting -= 1;
         }
         f.busy = true;
+        let crowd = f.waiting > 0;
         drop(f);
-        // Let threads that are appending right now join this flush: a
-        // yield costs microseconds, a flush of their own far more.
-        std::thread::yield_now();
+        // Under concurrency, let threads that are appending right now join
+        // this flush: a yield costs microseconds, a flush of their own far
+        // more. Alone, flush at once.
+        if crowd {
+            std::thread::yield_now();
+        }
         // Everything appended until now rides on this flush.
         let (file, upto, seg) = {
             let w = lock(&self.writer);
