@@ -295,7 +295,7 @@ impl Ledger {
     /// acknowledge a command (a 202, a long-poll batch taken).
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
         super::crash_point("intake");
-        self.journal.sync(self.journal.last_lsn())
+        self.sync_all()
     }
 
     /// Checks an id and, if it is new, records it as queued for a sender
@@ -333,31 +333,8 @@ impl Ledger {
             }
         }
         if durable {
-            let seq = inner.next_seq;
-            let body = body(
-                "journal intake record",
-                &IntakeOut {
-                    origin,
-                    tenancy,
-                    command,
-                },
-            )?;
-            let time = now_secs();
-            let (loc, _) =
-                self.journal
-                    .append(Room::New, Op::Intake, 0, seq, time, id.as_str(), &body)?;
-            inner.next_seq += 1;
-            inner.index.insert(
-                id.as_str().into(),
-                Entry {
-                    seq,
-                    state: State::Queued,
-                    loc,
-                    start: None,
-                    report: false,
-                    time,
-                },
-            );
+            let entry = self.append_intake(&mut inner, id.as_str(), origin, tenancy, command)?;
+            inner.index.insert(id.as_str().into(), entry);
         }
         inner.inflight.insert(
             id.as_str().to_string(),
@@ -474,6 +451,39 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// Appends an intake record under the next seq (not yet in the index).
+    fn append_intake(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        origin: Origin,
+        tenancy: &Tenancy,
+        command: &Value,
+    ) -> Result<Entry, StoreError> {
+        let seq = inner.next_seq;
+        let body = body(
+            "journal intake record",
+            &IntakeOut {
+                origin,
+                tenancy,
+                command,
+            },
+        )?;
+        let time = now_secs();
+        let (loc, _) = self
+            .journal
+            .append(Room::New, Op::Intake, 0, seq, time, id, &body)?;
+        inner.next_seq += 1;
+        Ok(Entry {
+            seq,
+            state: State::Queued,
+            loc,
+            start: None,
+            report: false,
+            time,
+        })
     }
 
     /// Appends a result record and points the index at it.
@@ -859,7 +869,7 @@ impl Ledger {
             inner.index.insert(id, moved);
         }
         drop(inner);
-        self.journal.sync(self.journal.last_lsn())
+        self.sync_all()
     }
 }
 
@@ -982,71 +992,32 @@ impl Ledger {
         if inner.index.contains_key(m.id) {
             return Ok(());
         }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        let time = now_secs();
-        let entry = match (m.state, m.result) {
-            (State::Done, Some(result)) => {
-                let body = body(
-                    "journal result record",
-                    &ResultOut {
-                        origin: m.origin,
-                        tenancy: m.tenancy,
-                        result,
-                    },
-                )?;
-                let flags = if m.report { REPORT } else { 0 };
-                let (loc, _) =
-                    self.journal
-                        .append(Room::New, Op::Result, flags, seq, time, m.id, &body)?;
-                Entry {
-                    seq,
-                    state: State::Done,
-                    loc,
-                    start: None,
-                    report: m.report,
-                    time,
-                }
-            }
-            (state, _) => {
-                let body = body(
-                    "journal intake record",
-                    &IntakeOut {
-                        origin: m.origin,
-                        tenancy: m.tenancy,
-                        command: m.command,
-                    },
-                )?;
-                let (loc, _) =
-                    self.journal
-                        .append(Room::New, Op::Intake, 0, seq, time, m.id, &body)?;
-                let start = if state == State::Running {
-                    Some(
-                        self.journal
-                            .append(Room::Following, Op::Start, 0, seq, time, m.id, b"")?
-                            .0,
-                    )
-                } else {
-                    None
-                };
-                Entry {
-                    seq,
-                    state: if state == State::Running {
-                        State::Running
-                    } else {
-                        State::Queued
-                    },
-                    loc,
-                    start,
-                    report: false,
-                    time,
-                }
-            }
-        };
+        if let (State::Done, Some(result)) = (m.state, m.result) {
+            // Under a new seq: the index does not know the id.
+            drop(inner);
+            return self
+                .write_result(result, m.origin, m.tenancy, m.report)
+                .map(|_| ());
+        }
+        let mut entry = self.append_intake(&mut inner, m.id, m.origin, m.tenancy, m.command)?;
+        if m.state == State::Running {
+            let (start, _) = self.journal.append(
+                Room::Following,
+                Op::Start,
+                0,
+                entry.seq,
+                entry.time,
+                m.id,
+                b"",
+            )?;
+            entry.start = Some(start);
+            entry.state = State::Running;
+        }
         inner.index.insert(m.id.into(), entry);
         Ok(())
     }
 
+    /// Flushes everything appended so far.
     pub(crate) fn sync_all(&self) -> Result<(), StoreError> {
         self.journal.sync(self.journal.last_lsn())
     }
