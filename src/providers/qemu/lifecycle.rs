@@ -37,6 +37,9 @@ const POWERDOWN_REPEAT: Duration = Duration::from_secs(1);
 /// After quit / SIGTERM: how long each may take to end the VM.
 const QUIT_WAIT: Duration = Duration::from_secs(2);
 const TERM_WAIT: Duration = Duration::from_secs(2);
+/// How long a QEMU that closed its monitor gets to exit before a listing
+/// stops waiting for it.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The VM's session status for a QMP run state.
 pub(crate) fn status_for(runstate: &str) -> SessionStatus {
@@ -272,21 +275,32 @@ impl QemuProvider {
             // adopt the process the pidfile names if it is this VM's QEMU.
             rec.process = adopt_from_pidfile(dir);
         }
-        let identity = rec.process.as_ref().map(identify);
-        match identity {
-            Some(Identity::Ours) => {
-                match self.monitors.with(
-                    &rec.id,
-                    &dir.join(QMP_SOCK),
-                    qmp_timeout,
-                    Call::Look,
-                    |q| q.status(qmp_timeout),
-                ) {
-                    Ok(state) => rec.status = status_for(&state),
-                    // Busy or slow: keep what we knew.
-                    Err(e) => log::debug!(session_id = rec.id.as_str(); "qmp status: {e}"),
+        let mut identity = rec.process.as_ref().map(identify);
+        if identity == Some(Identity::Ours) {
+            match self
+                .monitors
+                .with(&rec.id, &dir.join(QMP_SOCK), qmp_timeout, Call::Look, |q| {
+                    q.status(qmp_timeout)
+                }) {
+                Ok(state) => rec.status = status_for(&state),
+                // QEMU closes its monitor only on its way out (its
+                // SHUTDOWN may already be in the event stream): wait
+                // for it to be gone rather than report it running.
+                Err(e)
+                    if e.is_gone()
+                        && rec
+                            .process
+                            .as_ref()
+                            .is_some_and(|p| wait_gone(p, EXIT_WAIT)) =>
+                {
+                    identity = rec.process.as_ref().map(identify);
                 }
+                // Busy or slow: keep what we knew.
+                Err(e) => log::debug!(session_id = rec.id.as_str(); "qmp status: {e}"),
             }
+        }
+        match identity {
+            Some(Identity::Ours) => {}
             other => {
                 self.monitors.forget(&rec.id);
                 if matches!(rec.status, SessionStatus::Created | SessionStatus::Running) {
